@@ -1,0 +1,239 @@
+//! The binary's commands: turn parsed flags into validated library
+//! configuration, call the library, and print for people or scripts.
+
+use std::io::{BufRead, Write};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mongoq::bson::{Bson, DateTime};
+use mongoq::exec::ExecHandler;
+use mongoq::retry::RetryPolicy;
+use mongoq::simulate::SimulateHandler;
+use mongoq::{EnqueueOptions, Handler, Queue, QueueConfig, Shutdown, Worker, WorkerConfig};
+
+use crate::cli::{Cli, Command, EnqueueArgs, StatsArgs, WorkArgs};
+
+/// Exit code for input that is not valid (sysexits' EX_DATAERR).
+const EXIT_BAD_INPUT: u8 = 65;
+/// Exit code after a second stop signal.
+const EXIT_SECOND_SIGNAL: i32 = 130;
+
+/// A failed command: what to tell the user, and the exit code.
+#[derive(Debug)]
+pub struct CommandError {
+    message: String,
+    code: u8,
+}
+
+impl CommandError {
+    pub fn exit_code(&self) -> u8 {
+        self.code
+    }
+}
+
+impl std::fmt::Display for CommandError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl From<mongoq::Error> for CommandError {
+    fn from(error: mongoq::Error) -> Self {
+        CommandError { message: error.to_string(), code: 1 }
+    }
+}
+
+fn usage(message: impl Into<String>) -> CommandError {
+    CommandError { message: message.into(), code: 2 }
+}
+
+pub fn run(cli: Cli) -> Result<ExitCode, CommandError> {
+    let queue = Queue::connect(&QueueConfig {
+        uri: cli.global.uri,
+        database: cli.global.db,
+        collection: cli.global.collection,
+    })?;
+    match cli.command {
+        Command::Init => init(&queue),
+        Command::Enqueue(args) => enqueue(&queue, &args),
+        Command::Work(args) => work(queue, args),
+        Command::Stats(args) => stats(&queue, &args),
+    }
+}
+
+fn init(queue: &Queue) -> Result<ExitCode, CommandError> {
+    let indexes = queue.ensure_indexes()?;
+    println!(
+        "indexes on {}.{}: {}",
+        queue.database().name(),
+        queue.collection().name(),
+        indexes.join(", ")
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn enqueue_options(args: &EnqueueArgs) -> Result<EnqueueOptions, CommandError> {
+    let run_at = match (&args.run_at, args.delay) {
+        (Some(text), _) => Some(DateTime::parse_rfc3339_str(text).map_err(|e| {
+            usage(format!("--run-at `{text}` is not an RFC 3339 time such as 2026-12-01T09:00:00Z: {e}"))
+        })?),
+        (None, Some(delay)) => Some(DateTime::from_millis(
+            DateTime::now().timestamp_millis() + delay.as_millis() as i64,
+        )),
+        (None, None) => None,
+    };
+    Ok(EnqueueOptions {
+        priority: args.priority,
+        run_at,
+        max_attempts: args.max_attempts,
+    })
+}
+
+fn parse_data(text: &str) -> Result<Bson, String> {
+    let value: serde_json::Value = serde_json::from_str(text).map_err(|e| format!("not valid JSON ({e})"))?;
+    Bson::try_from(value).map_err(|e| format!("not valid extended JSON ({e})"))
+}
+
+fn enqueue(queue: &Queue, args: &EnqueueArgs) -> Result<ExitCode, CommandError> {
+    let options = enqueue_options(args)?;
+    if let Some(json) = &args.json {
+        let data = parse_data(json).map_err(|reason| CommandError {
+            message: format!("the job data is {reason}; pass one JSON value, e.g. '{{\"to\": \"ada@example.com\"}}'"),
+            code: EXIT_BAD_INPUT,
+        })?;
+        let id = queue.enqueue(data, &options)?;
+        if args.quiet {
+            println!("1");
+        } else {
+            println!("{}", id.to_hex());
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    // Stream stdin: parse a line, buffer it, insert every 1,000. Memory stays
+    // at one batch however long the input is.
+    let stdin = std::io::stdin().lock();
+    let mut stdout = std::io::stdout().lock();
+    let mut batch: Vec<Bson> = Vec::with_capacity(1_000);
+    let mut total = 0usize;
+    let mut flush = |batch: &mut Vec<Bson>, total: &mut usize| -> Result<(), CommandError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let ids = queue.enqueue_many(batch.drain(..), &options)?;
+        *total += ids.len();
+        if !args.quiet {
+            for id in ids {
+                let _ = writeln!(stdout, "{}", id.to_hex());
+            }
+        }
+        Ok(())
+    };
+    for (index, line) in stdin.lines().enumerate() {
+        let number = index + 1;
+        let line = line.map_err(|e| CommandError {
+            message: format!("cannot read stdin at line {number}: {e}"),
+            code: EXIT_BAD_INPUT,
+        })?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        match parse_data(&line) {
+            Ok(data) => batch.push(data),
+            Err(reason) => {
+                flush(&mut batch, &mut total)?;
+                return Err(CommandError {
+                    message: format!(
+                        "line {number} is {reason}. The {total} jobs before it were enqueued and nothing after it was read; fix the line and resume with `tail -n +{number} FILE | mongoq enqueue`"
+                    ),
+                    code: EXIT_BAD_INPUT,
+                });
+            }
+        }
+        if batch.len() == 1_000 {
+            flush(&mut batch, &mut total)?;
+        }
+    }
+    flush(&mut batch, &mut total)?;
+    if args.quiet {
+        println!("{total}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn worker_config(args: &WorkArgs) -> WorkerConfig {
+    let defaults = WorkerConfig::default();
+    WorkerConfig {
+        threads: args.threads.map_or(defaults.threads, |n| n as usize),
+        batch_size: args.batch_size as usize,
+        lease: args.lease,
+        poll_interval: args.poll_interval,
+        max_attempts: args.max_attempts,
+        shutdown_grace: args.shutdown_grace,
+        worker_id: args.worker_id.clone().unwrap_or(defaults.worker_id),
+        drain: args.drain,
+        retry: RetryPolicy {
+            base: args.backoff_base,
+            max: args.backoff_max,
+        },
+    }
+}
+
+fn handler(args: WorkArgs) -> Result<Arc<dyn Handler>, CommandError> {
+    if let Some(mut command) = args.exec {
+        let program = command.remove(0);
+        let handler = ExecHandler::new(&program, command, args.timeout).map_err(usage)?;
+        return Ok(Arc::new(handler));
+    }
+    let (min, max) = args.simulate.unwrap_or((Duration::from_secs(1), Duration::from_secs(5)));
+    Ok(Arc::new(SimulateHandler { min, max }))
+}
+
+fn work(queue: Queue, args: WorkArgs) -> Result<ExitCode, CommandError> {
+    if args.lease < Duration::from_secs(1) {
+        return Err(usage("--lease must be at least 1s: leases are renewed every third of it"));
+    }
+    if args.poll_interval.is_zero() {
+        return Err(usage("--poll-interval must be more than 0s"));
+    }
+    let config = worker_config(&args);
+    let worker = Worker::with_shared_handler(queue, config, handler(args)?)?;
+    let shutdown = Shutdown::new();
+    let signalled = shutdown.clone();
+    ctrlc::set_handler(move || {
+        if signalled.is_requested() {
+            log::warn!("second stop signal: exiting now; held jobs run again after their leases expire");
+            std::process::exit(EXIT_SECOND_SIGNAL);
+        }
+        log::info!("stop signal received: finishing running jobs (a second signal exits at once)");
+        signalled.request();
+    })
+    .map_err(|e| CommandError { message: format!("cannot install the signal handler: {e}"), code: 1 })?;
+    let report = worker.run(&shutdown);
+    log::debug!("report: {report:?}");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn stats(queue: &Queue, args: &StatsArgs) -> Result<ExitCode, CommandError> {
+    let stats = queue.stats()?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&stats).unwrap_or_default());
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("queue {}.{}", queue.database().name(), queue.collection().name());
+    for (status, count) in &stats.counts {
+        if status == "pending" {
+            println!("  {status:<10} {count:>10}  (eligible now {}, scheduled later {})", stats.eligible, stats.scheduled);
+        } else {
+            println!("  {status:<10} {count:>10}");
+        }
+    }
+    match stats.oldest_eligible_age_seconds {
+        Some(age) => println!(
+            "  oldest eligible job has waited {}",
+            mongoq::duration::format_duration(Duration::from_secs_f64(age))
+        ),
+        None => println!("  no job is waiting"),
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,45 @@
+//! Errors at the library's boundary.
+//!
+//! Each message says what went wrong and what to do about it, and never
+//! carries a password: everything that quotes a URI or a driver error goes
+//! through [`crate::redact`] first.
+
+/// What can go wrong talking to the queue.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The connection string could not be used.
+    #[error("invalid MongoDB URI `{uri}`: {reason}. Pass a URI like mongodb://user:password@host:27017/?replicaSet=rs0 with --uri or MONGODB_URI")]
+    InvalidUri {
+        /// The URI, password redacted.
+        uri: String,
+        /// Why the driver refused it, password redacted.
+        reason: String,
+    },
+    /// A database operation failed (server unreachable, not authorized, …).
+    #[error("MongoDB {operation} failed on {uri}: {reason}")]
+    Database {
+        /// What mongoq was doing.
+        operation: &'static str,
+        /// The URI, password redacted.
+        uri: String,
+        /// The driver's message, password redacted, with a hint where one helps.
+        reason: String,
+    },
+    /// A value handed to the library is not usable.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Adds a hint for the driver errors people meet most.
+pub(crate) fn hint_for(message: &str) -> &'static str {
+    let lower = message.to_ascii_lowercase();
+    if lower.contains("server selection timeout") || lower.contains("connection refused") {
+        " (is the server running and reachable at that address? check --uri / MONGODB_URI)"
+    } else if lower.contains("authentication failed") || lower.contains("auth") && lower.contains("fail") {
+        " (check the user name and password in the URI, and authSource)"
+    } else if lower.contains("not authorized") || lower.contains("unauthorized") {
+        " (the user needs the readWrite role on this database; see README, \"Least privilege\")"
+    } else {
+        ""
+    }
+}

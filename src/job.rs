@@ -1,0 +1,271 @@
+//! A claimed job, and the rules for what a valid job document is.
+//!
+//! Producers are anything that can insert a document, so the worker cannot
+//! trust the shape of what it claims. [`Job::from_document`] is the one
+//! place that decides whether a document can run; what it rejects is marked
+//! `failed` with the exact reason it returns, so a malformed document is
+//! neither skipped forever nor allowed to crash a worker.
+
+use mongodb::bson::{oid::ObjectId, Bson, DateTime, Document};
+
+/// Field and status names of the document schema (see DESIGN.md).
+pub mod fields {
+    /// The job's payload, any BSON.
+    pub const DATA: &str = "data";
+    /// `pending`, `running`, `completed`, `failed`, or anything else (left alone).
+    pub const STATUS: &str = "status";
+    /// Higher runs first (int, default 0).
+    pub const PRIORITY: &str = "priority";
+    /// Not before this time (date, default: eligible now).
+    pub const RUN_AT: &str = "run_at";
+    /// Attempts before `failed` (int, default: the worker's `--max-attempts`).
+    pub const MAX_ATTEMPTS: &str = "max_attempts";
+    /// How many times the job has been claimed.
+    pub const ATTEMPTS: &str = "attempts";
+    /// The worker that holds the running job.
+    pub const LEASE_OWNER: &str = "lease_owner";
+    /// The fencing token of the claim that holds the running job.
+    pub const LEASE_TOKEN: &str = "lease_token";
+    /// When the lease expires unless extended.
+    pub const LEASE_UNTIL: &str = "lease_until";
+    /// When the job was last claimed.
+    pub const STARTED_AT: &str = "started_at";
+    /// When the job completed.
+    pub const COMPLETED_AT: &str = "completed_at";
+    /// When the job failed for good.
+    pub const FAILED_AT: &str = "failed_at";
+    /// What the handler returned.
+    pub const RESULT: &str = "result";
+    /// The latest error text.
+    pub const LAST_ERROR: &str = "last_error";
+    /// A bounded history of attempts' errors.
+    pub const ERRORS: &str = "errors";
+
+    /// Waiting to be claimed.
+    pub const PENDING: &str = "pending";
+    /// Claimed and leased by a worker.
+    pub const RUNNING: &str = "running";
+    /// Finished successfully.
+    pub const COMPLETED: &str = "completed";
+    /// Attempts exhausted, or malformed.
+    pub const FAILED: &str = "failed";
+}
+
+/// A job a worker holds: it was claimed with `lease_token` and may be run.
+#[derive(Debug, Clone)]
+pub struct Job {
+    /// The document's `_id`.
+    pub id: Bson,
+    /// The payload.
+    pub data: Bson,
+    /// This attempt's number, starting at 1.
+    pub attempt: u32,
+    /// Attempts allowed before the job fails for good.
+    pub max_attempts: u32,
+    /// Priority it was claimed with.
+    pub priority: i64,
+    /// The fencing token of the claim that holds it.
+    pub lease_token: ObjectId,
+}
+
+/// Why a claimed document cannot run. The text becomes `last_error`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("malformed job: {0}")]
+pub struct Malformed(pub String);
+
+impl Job {
+    /// Reads a document this worker has just claimed.
+    ///
+    /// `default_max_attempts` applies when the producer set none.
+    pub fn from_document(
+        document: &Document,
+        lease_token: ObjectId,
+        default_max_attempts: u32,
+    ) -> Result<Job, Malformed> {
+        let id = document
+            .get("_id")
+            .cloned()
+            .ok_or_else(|| Malformed("the document has no `_id`".into()))?;
+        let data = document.get(fields::DATA).cloned().ok_or_else(|| {
+            Malformed("the document has no `data` field; a job needs `data` (any value) and `status: \"pending\"`".into())
+        })?;
+        let priority = match document.get(fields::PRIORITY) {
+            None | Some(Bson::Null) => 0,
+            Some(value) => integer(value).ok_or_else(|| {
+                Malformed(format!(
+                    "`priority` must be an integer, but it is {}",
+                    describe(value)
+                ))
+            })?,
+        };
+        match document.get(fields::RUN_AT) {
+            None | Some(Bson::Null | Bson::DateTime(_)) => {}
+            Some(value) => {
+                return Err(Malformed(format!(
+                    "`run_at` must be a date (e.g. ISODate(\"2026-01-01T00:00:00Z\") in mongosh), but it is {}",
+                    describe(value)
+                )))
+            }
+        }
+        let max_attempts = match document.get(fields::MAX_ATTEMPTS) {
+            None | Some(Bson::Null) => default_max_attempts,
+            Some(value) => match integer(value) {
+                Some(n) if n >= 1 => u32::try_from(n).unwrap_or(u32::MAX),
+                Some(n) => {
+                    return Err(Malformed(format!(
+                        "`max_attempts` must be at least 1, but it is {n}"
+                    )))
+                }
+                None => {
+                    return Err(Malformed(format!(
+                        "`max_attempts` must be an integer, but it is {}",
+                        describe(value)
+                    )))
+                }
+            },
+        };
+        let attempt = match document.get(fields::ATTEMPTS) {
+            None | Some(Bson::Null) => 1,
+            Some(value) => match integer(value) {
+                Some(n) if n >= 1 => u32::try_from(n).unwrap_or(u32::MAX),
+                _ => {
+                    return Err(Malformed(format!(
+                        "`attempts` is owned by the worker and must be a positive integer, but it is {}",
+                        describe(value)
+                    )))
+                }
+            },
+        };
+        Ok(Job {
+            id,
+            data,
+            attempt,
+            max_attempts,
+            priority,
+            lease_token,
+        })
+    }
+
+    /// The job as the JSON an `--exec` program reads on stdin:
+    /// `{"id": …, "attempt": n, "max_attempts": n, "priority": n, "data": …}`,
+    /// in relaxed extended JSON (dates as `{"$date": …}`, ids as `{"$oid": …}`).
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "id": self.id.clone().into_relaxed_extjson(),
+            "attempt": self.attempt,
+            "max_attempts": self.max_attempts,
+            "priority": self.priority,
+            "data": self.data.clone().into_relaxed_extjson(),
+        })
+    }
+
+    /// The id as text for logs and environment variables.
+    pub fn id_text(&self) -> String {
+        id_text(&self.id)
+    }
+}
+
+/// An `_id` as text: the hex of an `ObjectId`, else its JSON form.
+pub fn id_text(id: &Bson) -> String {
+    match id {
+        Bson::ObjectId(oid) => oid.to_hex(),
+        Bson::String(text) => text.clone(),
+        other => other.clone().into_relaxed_extjson().to_string(),
+    }
+}
+
+/// An integer from any BSON number that holds one exactly.
+fn integer(value: &Bson) -> Option<i64> {
+    match value {
+        Bson::Int32(n) => Some(i64::from(*n)),
+        Bson::Int64(n) => Some(*n),
+        #[allow(clippy::float_cmp)]
+        Bson::Double(x) if x.fract() == 0.0 && x.abs() < 9.0e15 => Some(*x as i64),
+        _ => None,
+    }
+}
+
+/// "a string (\"high\")", "a date", … for error messages.
+fn describe(value: &Bson) -> String {
+    let mut shown = value.clone().into_relaxed_extjson().to_string();
+    if shown.len() > 60 {
+        let mut end = 60;
+        while !shown.is_char_boundary(end) {
+            end -= 1;
+        }
+        shown.truncate(end);
+        shown.push('…');
+    }
+    let kind = match value {
+        Bson::String(_) => "a string",
+        Bson::Double(_) => "a non-integer number",
+        Bson::Boolean(_) => "a boolean",
+        Bson::Array(_) => "an array",
+        Bson::Document(_) => "an object",
+        Bson::DateTime(_) => "a date",
+        Bson::ObjectId(_) => "an ObjectId",
+        Bson::Int32(_) | Bson::Int64(_) => "an integer",
+        _ => "a value of another type",
+    };
+    format!("{kind} ({shown})")
+}
+
+/// The current time as a BSON date.
+pub(crate) fn now() -> DateTime {
+    DateTime::now()
+}
+
+/// `now + duration` as a BSON date.
+pub(crate) fn after(duration: std::time::Duration) -> DateTime {
+    DateTime::from_millis(DateTime::now().timestamp_millis() + duration.as_millis() as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mongodb::bson::doc;
+
+    fn parse(document: Document) -> Result<Job, Malformed> {
+        Job::from_document(&document, ObjectId::new(), 5)
+    }
+
+    #[test]
+    fn a_producer_needs_only_data_and_status() {
+        let job = parse(doc! {"_id": 1, "data": {"x": 1}, "status": "pending"}).unwrap();
+        assert_eq!(job.priority, 0);
+        assert_eq!(job.max_attempts, 5);
+        assert_eq!(job.attempt, 1);
+    }
+
+    #[test]
+    fn optional_fields_are_read() {
+        let job = parse(doc! {"_id": 1, "data": null, "priority": 7_i64, "max_attempts": 2.0, "attempts": 2, "run_at": DateTime::now()}).unwrap();
+        assert_eq!(job.priority, 7);
+        assert_eq!(job.max_attempts, 2);
+        assert_eq!(job.attempt, 2);
+    }
+
+    #[test]
+    fn malformed_documents_say_what_is_wrong() {
+        let reason = |d| parse(d).unwrap_err().0;
+        assert!(reason(doc! {"_id": 1, "status": "pending"}).contains("no `data`"));
+        assert!(reason(doc! {"_id": 1, "data": 1, "priority": "high"})
+            .contains("`priority` must be an integer, but it is a string (\"high\")"));
+        assert!(reason(doc! {"_id": 1, "data": 1, "run_at": "tomorrow"})
+            .contains("`run_at` must be a date"));
+        assert!(reason(doc! {"_id": 1, "data": 1, "max_attempts": -1})
+            .contains("`max_attempts` must be at least 1, but it is -1"));
+        assert!(reason(doc! {"_id": 1, "data": 1, "max_attempts": 1.5})
+            .contains("`max_attempts` must be an integer"));
+    }
+
+    #[test]
+    fn exec_json_carries_id_attempt_and_data() {
+        let oid = ObjectId::new();
+        let job = parse(doc! {"_id": oid, "data": {"cmd": "; rm -rf /"}}).unwrap();
+        let json = job.to_json();
+        assert_eq!(json["id"]["$oid"], oid.to_hex());
+        assert_eq!(json["attempt"], 1);
+        assert_eq!(json["data"]["cmd"], "; rm -rf /");
+    }
+}

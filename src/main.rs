@@ -1,0 +1,21 @@
+//! The `mongoq` binary: parse flags, install the logger, run a command,
+//! turn its error into a message and an exit code.
+
+mod cli;
+mod commands;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    match commands::run(cli) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("mongoq: {error}");
+            ExitCode::from(error.exit_code())
+        }
+    }
+}

@@ -1,0 +1,288 @@
+//! Outcomes of attempts, and writing them back: fenced and batched.
+//!
+//! Every write is **fenced**: its filter is `{_id, lease_token, status:
+//! "running"}`, so a worker that lost a job's lease (its process was
+//! paused, its network cut, and another worker took the job over) matches
+//! nothing and cannot overwrite the other worker's outcome.
+//!
+//! Writes are **batched**: the completer thread takes every outcome that is
+//! waiting, and sends them as one `update` command with one statement per
+//! job (a documented command that works on standalone servers, replica sets
+//! and sharded clusters, where each statement targets one `_id`). Under load
+//! outcomes pile up while a write is in flight, so batches grow by
+//! themselves; when idle, an outcome is written at once.
+
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+use mongodb::bson::{doc, oid::ObjectId, Bson, DateTime, Document};
+
+use crate::error::Error;
+use crate::job::{fields, id_text, now};
+use crate::lease::Leases;
+use crate::outage::retry_until_stopped;
+use crate::queue::Queue;
+use crate::shutdown::Shutdown;
+
+/// How many past errors a job keeps in `errors`.
+pub(crate) const ERROR_HISTORY: i32 = 10;
+/// Longest error text stored.
+pub(crate) const MAX_ERROR_BYTES: usize = 4 * 1024;
+/// Largest `result` stored; larger ones are replaced by a note.
+pub(crate) const MAX_RESULT_BYTES: usize = 256 * 1024;
+/// Most statements in one `update` command (the server allows 100,000).
+const MAX_STATEMENTS: usize = 1_000;
+
+/// Which job, under which claim.
+#[derive(Debug, Clone)]
+pub(crate) struct JobKey {
+    pub(crate) id: Bson,
+    pub(crate) token: ObjectId,
+}
+
+/// What to write for one job.
+#[derive(Debug, Clone)]
+pub(crate) enum Outcome {
+    /// Ran and succeeded.
+    Completed { key: JobKey, result: Option<Bson> },
+    /// Failed; runs again at `run_at`.
+    Retry { key: JobKey, attempt: u32, error: String, run_at: DateTime },
+    /// Failed for good (attempts exhausted, permanent error, malformed).
+    Failed { key: JobKey, attempt: u32, error: String },
+    /// Claimed but never started (shutdown): back to pending, attempt not counted.
+    Released { key: JobKey },
+    /// Started but cut off by shutdown: back to pending now, attempt counted.
+    Interrupted { key: JobKey, error: String },
+}
+
+impl Outcome {
+    pub(crate) fn key(&self) -> &JobKey {
+        match self {
+            Outcome::Completed { key, .. }
+            | Outcome::Retry { key, .. }
+            | Outcome::Failed { key, .. }
+            | Outcome::Released { key }
+            | Outcome::Interrupted { key, .. } => key,
+        }
+    }
+
+    /// The fenced update statement for this outcome.
+    fn statement(&self, worker: &str, at: DateTime) -> Document {
+        let key = self.key();
+        let filter = doc! {"_id": key.id.clone(), fields::LEASE_TOKEN: key.token, fields::STATUS: fields::RUNNING};
+        let unset_lease = doc! {fields::LEASE_OWNER: "", fields::LEASE_TOKEN: "", fields::LEASE_UNTIL: ""};
+        let history = |attempt: u32, error: &str| {
+            doc! {fields::ERRORS: {"$each": [{"attempt": i64::from(attempt), "at": at, "error": error, "worker": worker}], "$slice": -ERROR_HISTORY}}
+        };
+        let update = match self {
+            Outcome::Completed { result, .. } => doc! {
+                "$set": {fields::STATUS: fields::COMPLETED, fields::COMPLETED_AT: at, fields::RESULT: bounded_result(result.clone())},
+                "$unset": unset_lease,
+            },
+            Outcome::Retry { attempt, error, run_at, .. } => doc! {
+                "$set": {fields::STATUS: fields::PENDING, fields::RUN_AT: *run_at, fields::LAST_ERROR: error},
+                "$unset": unset_lease,
+                "$push": history(*attempt, error),
+            },
+            Outcome::Failed { attempt, error, .. } => doc! {
+                "$set": {fields::STATUS: fields::FAILED, fields::FAILED_AT: at, fields::LAST_ERROR: error},
+                "$unset": unset_lease,
+                "$push": history(*attempt, error),
+            },
+            Outcome::Released { .. } => {
+                let mut unset = unset_lease;
+                unset.insert(fields::STARTED_AT, "");
+                doc! {
+                    "$set": {fields::STATUS: fields::PENDING},
+                    "$inc": {fields::ATTEMPTS: -1},
+                    "$unset": unset,
+                }
+            }
+            Outcome::Interrupted { error, .. } => doc! {
+                "$set": {fields::STATUS: fields::PENDING, fields::RUN_AT: at, fields::LAST_ERROR: error},
+                "$unset": unset_lease,
+                "$push": history(0, error),
+            },
+        };
+        doc! {"q": filter, "u": update, "multi": false}
+    }
+}
+
+/// Cuts an error text to [`MAX_ERROR_BYTES`] on a character boundary.
+pub(crate) fn bounded_error(mut text: String) -> String {
+    if text.len() > MAX_ERROR_BYTES {
+        let mut end = MAX_ERROR_BYTES;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push_str("…[truncated]");
+    }
+    text
+}
+
+fn bounded_result(result: Option<Bson>) -> Bson {
+    let Some(result) = result else {
+        return Bson::Null;
+    };
+    let size = mongodb::bson::to_vec(&doc! {"r": &result}).map_or(usize::MAX, |bytes| bytes.len());
+    if size > MAX_RESULT_BYTES {
+        Bson::String(format!(
+            "[result not stored: {size} bytes is over the {MAX_RESULT_BYTES}-byte limit]"
+        ))
+    } else {
+        result
+    }
+}
+
+/// Writes outcomes in one `update` command per [`MAX_STATEMENTS`]; returns
+/// how many matched (the rest had lost their leases).
+pub(crate) fn write(queue: &Queue, worker: &str, outcomes: &[Outcome]) -> Result<u64, Error> {
+    let at = now();
+    let mut matched = 0;
+    for chunk in outcomes.chunks(MAX_STATEMENTS) {
+        let statements: Vec<Document> = chunk.iter().map(|o| o.statement(worker, at)).collect();
+        let mut command = doc! {
+            "update": queue.collection().name(),
+            "updates": statements,
+            "ordered": false,
+        };
+        if let Some(concern) = queue.collection().write_concern() {
+            if let Ok(concern) = mongodb::bson::to_document(concern) {
+                if !concern.is_empty() {
+                    command.insert("writeConcern", concern);
+                }
+            }
+        }
+        let reply = queue
+            .database()
+            .run_command(command)
+            .run()
+            .map_err(|e| queue.db_error("update (outcomes)", &e))?;
+        if let Ok(errors) = reply.get_array("writeErrors") {
+            if !errors.is_empty() {
+                return Err(Error::Invalid(format!(
+                    "MongoDB refused {} outcome writes: {}",
+                    errors.len(),
+                    Bson::Array(errors.clone())
+                )));
+            }
+        }
+        matched += match reply.get("n") {
+            Some(Bson::Int32(n)) => u64::try_from(*n).unwrap_or(0),
+            Some(Bson::Int64(n)) => u64::try_from(*n).unwrap_or(0),
+            _ => 0,
+        };
+    }
+    Ok(matched)
+}
+
+/// Counters the completer keeps.
+#[derive(Default)]
+pub(crate) struct Tally {
+    pub(crate) completed: std::sync::atomic::AtomicU64,
+    pub(crate) retried: std::sync::atomic::AtomicU64,
+    pub(crate) failed: std::sync::atomic::AtomicU64,
+    pub(crate) released: std::sync::atomic::AtomicU64,
+    pub(crate) lost: std::sync::atomic::AtomicU64,
+    pub(crate) writes: std::sync::atomic::AtomicU64,
+}
+
+/// The completer thread's loop: gather what is waiting, write it, release
+/// the leases. Ends when every sender is gone and all is written, or when
+/// `stop` fires (then what is unwritten is left to lease expiry).
+pub(crate) fn run_completer(
+    queue: &Queue,
+    worker: &str,
+    outcomes: &Receiver<Outcome>,
+    leases: &Leases,
+    tally: &Tally,
+    stop: &Shutdown,
+) {
+    let mut pending: Vec<Outcome> = Vec::new();
+    loop {
+        match outcomes.recv_timeout(Duration::from_millis(100)) {
+            Ok(outcome) => pending.push(outcome),
+            Err(RecvTimeoutError::Timeout) => {
+                if stop.is_requested() {
+                    break;
+                }
+                continue;
+            }
+            Err(RecvTimeoutError::Disconnected) => break,
+        }
+        while pending.len() < MAX_STATEMENTS {
+            match outcomes.try_recv() {
+                Ok(outcome) => pending.push(outcome),
+                Err(_) => break,
+            }
+        }
+        flush(queue, worker, &mut pending, leases, tally, stop);
+        if stop.is_requested() && pending.is_empty() && outcomes.is_empty() {
+            break;
+        }
+    }
+    pending.extend(outcomes.try_iter());
+    flush(queue, worker, &mut pending, leases, tally, stop);
+    if !pending.is_empty() {
+        log::warn!(
+            "{} job outcomes could not be written before exit; those jobs run again after their leases expire",
+            pending.len()
+        );
+    }
+}
+
+fn flush(
+    queue: &Queue,
+    worker: &str,
+    pending: &mut Vec<Outcome>,
+    leases: &Leases,
+    tally: &Tally,
+    stop: &Shutdown,
+) {
+    use std::sync::atomic::Ordering::Relaxed;
+    if pending.is_empty() {
+        return;
+    }
+    let Some(matched) = retry_until_stopped(stop, "writing job outcomes", || write(queue, worker, pending)) else {
+        return;
+    };
+    tally.writes.fetch_add(1, Relaxed);
+    let lost = (pending.len() as u64).saturating_sub(matched);
+    if lost > 0 {
+        tally.lost.fetch_add(lost, Relaxed);
+        let ids: Vec<String> = pending.iter().take(20).map(|o| id_text(&o.key().id)).collect();
+        log::warn!(
+            "{lost} of {} outcomes were not written because their leases were lost (another worker took those jobs over after the lease expired); batch: {}",
+            pending.len(),
+            ids.join(", ")
+        );
+    }
+    for outcome in pending.drain(..) {
+        match &outcome {
+            Outcome::Completed { key, .. } => {
+                tally.completed.fetch_add(1, Relaxed);
+                log::debug!("job {} completed", id_text(&key.id));
+            }
+            Outcome::Retry { key, attempt, error, run_at } => {
+                tally.retried.fetch_add(1, Relaxed);
+                log::info!(
+                    "job {} attempt {attempt} failed, retry at {}: {error}",
+                    id_text(&key.id),
+                    run_at.try_to_rfc3339_string().unwrap_or_default()
+                );
+            }
+            Outcome::Failed { key, attempt, error } => {
+                tally.failed.fetch_add(1, Relaxed);
+                log::warn!("job {} failed for good after attempt {attempt}: {error}", id_text(&key.id));
+            }
+            Outcome::Released { .. } => {
+                tally.released.fetch_add(1, Relaxed);
+            }
+            Outcome::Interrupted { key, .. } => {
+                log::warn!("job {} was interrupted by shutdown and is pending again", id_text(&key.id));
+            }
+        }
+        leases.release(outcome.key().token);
+    }
+}

@@ -1,0 +1,112 @@
+//! Keeping secrets out of logs and error messages.
+//!
+//! A MongoDB URI carries the password in its user-info part
+//! (`mongodb://user:secret@host`). Anything that shows a URI to a person
+//! goes through [`redact_uri`] first; errors from the driver go through
+//! [`redact_text`] with the URI they came from, because a driver error may
+//! quote the connection string it failed to parse.
+
+/// Replaces the password in a MongoDB URI with `****`.
+///
+/// Works on text that is not a valid URI too: whatever sits between the
+/// scheme's `//` and the last `@` before the host list is treated as
+/// user info.
+pub fn redact_uri(uri: &str) -> String {
+    let Some(scheme_end) = uri.find("://") else {
+        return uri.to_string();
+    };
+    let rest_start = scheme_end + 3;
+    let rest = &uri[rest_start..];
+    // The user info ends at the last '@' before the path; passwords may
+    // contain '@' only percent-encoded, but be generous and take the last.
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let authority = &rest[..authority_end];
+    let Some(at) = authority.rfind('@') else {
+        return uri.to_string();
+    };
+    let user_info = &authority[..at];
+    let user = user_info.split(':').next().unwrap_or("");
+    let redacted_user_info = if user_info.contains(':') {
+        format!("{user}:****")
+    } else {
+        user.to_string()
+    };
+    format!(
+        "{}{}{}",
+        &uri[..rest_start],
+        redacted_user_info,
+        &rest[at..]
+    )
+}
+
+/// Removes the password of `uri` from `text` wherever it appears, in plain
+/// or percent-decoded form.
+pub fn redact_text(text: &str, uri: &str) -> String {
+    let mut out = text.replace(uri, &redact_uri(uri));
+    if let Some(password) = password_of(uri) {
+        if !password.is_empty() {
+            out = out.replace(&password, "****");
+            let decoded = percent_decode(&password);
+            if !decoded.is_empty() {
+                out = out.replace(&decoded, "****");
+            }
+        }
+    }
+    out
+}
+
+fn password_of(uri: &str) -> Option<String> {
+    let rest = &uri[uri.find("://")? + 3..];
+    let authority = &rest[..rest.find('/').unwrap_or(rest.len())];
+    let user_info = &authority[..authority.rfind('@')?];
+    let (_, password) = user_info.split_once(':')?;
+    Some(password.to_string())
+}
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            if let Ok(byte) = u8::from_str_radix(&text[i + 1..i + 3], 16) {
+                out.push(byte);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hides_the_password_only() {
+        assert_eq!(
+            redact_uri("mongodb://alice:s3cret@db1:27017,db2/queue?tls=true"),
+            "mongodb://alice:****@db1:27017,db2/queue?tls=true"
+        );
+        assert_eq!(
+            redact_uri("mongodb+srv://bob:p%40ss@cluster.example.net"),
+            "mongodb+srv://bob:****@cluster.example.net"
+        );
+        assert_eq!(redact_uri("mongodb://localhost"), "mongodb://localhost");
+        assert_eq!(redact_uri("mongodb://carol@host"), "mongodb://carol@host");
+        assert_eq!(redact_uri("not a uri"), "not a uri");
+    }
+
+    #[test]
+    fn scrubs_text_that_quotes_the_password() {
+        let uri = "mongodb://alice:p%40ss@db1";
+        let text = format!("cannot parse {uri}: bad password p@ss or p%40ss");
+        let clean = redact_text(&text, uri);
+        assert!(!clean.contains("p@ss"), "{clean}");
+        assert!(!clean.contains("p%40ss"), "{clean}");
+        assert!(clean.contains("alice:****@db1"), "{clean}");
+    }
+}
