@@ -64,7 +64,12 @@ pub(crate) struct Claimer {
 }
 
 impl Claimer {
-    pub(crate) fn new(queue: Queue, owner: String, lease: Duration, max_window_age: Duration) -> Claimer {
+    pub(crate) fn new(
+        queue: Queue,
+        owner: String,
+        lease: Duration,
+        max_window_age: Duration,
+    ) -> Claimer {
         Claimer {
             queue,
             owner,
@@ -79,7 +84,11 @@ impl Claimer {
 
     /// Claims up to `count` jobs. An empty result means nothing is eligible
     /// right now.
-    pub(crate) fn claim(&mut self, count: usize, batch_size: usize) -> Result<Option<Claimed>, Error> {
+    pub(crate) fn claim(
+        &mut self,
+        count: usize,
+        batch_size: usize,
+    ) -> Result<Option<Claimed>, Error> {
         if count == 0 {
             return Ok(None);
         }
@@ -87,12 +96,13 @@ impl Claimer {
         // Two passes at most: the second only after a stale or contended
         // window was dropped.
         for _ in 0..2 {
-            let fresh = if self.window.is_empty() || self.window_read_at.elapsed() > self.max_window_age {
-                self.read_window(batch_size * READ_AHEAD_BATCHES)?;
-                true
-            } else {
-                false
-            };
+            let fresh =
+                if self.window.is_empty() || self.window_read_at.elapsed() > self.max_window_age {
+                    self.read_window(batch_size * READ_AHEAD_BATCHES)?;
+                    true
+                } else {
+                    false
+                };
             if self.window.is_empty() {
                 return Ok(None);
             }
@@ -131,7 +141,8 @@ impl Claimer {
         self.round_trips += 1;
         self.window.clear();
         for document in cursor {
-            let document = document.map_err(|e| self.queue.db_error("find (claim read-ahead)", &e))?;
+            let document =
+                document.map_err(|e| self.queue.db_error("find (claim read-ahead)", &e))?;
             if let Some(id) = document.get("_id") {
                 self.window.push_back(id.clone());
             }

@@ -40,12 +40,18 @@ impl std::fmt::Display for CommandError {
 
 impl From<mongoq::Error> for CommandError {
     fn from(error: mongoq::Error) -> Self {
-        CommandError { message: error.to_string(), code: 1 }
+        CommandError {
+            message: error.to_string(),
+            code: 1,
+        }
     }
 }
 
 fn usage(message: impl Into<String>) -> CommandError {
-    CommandError { message: message.into(), code: 2 }
+    CommandError {
+        message: message.into(),
+        code: 2,
+    }
 }
 
 pub fn run(cli: Cli) -> Result<ExitCode, CommandError> {
@@ -76,7 +82,9 @@ fn init(queue: &Queue) -> Result<ExitCode, CommandError> {
 fn enqueue_options(args: &EnqueueArgs) -> Result<EnqueueOptions, CommandError> {
     let run_at = match (&args.run_at, args.delay) {
         (Some(text), _) => Some(DateTime::parse_rfc3339_str(text).map_err(|e| {
-            usage(format!("--run-at `{text}` is not an RFC 3339 time such as 2026-12-01T09:00:00Z: {e}"))
+            usage(format!(
+                "--run-at `{text}` is not an RFC 3339 time such as 2026-12-01T09:00:00Z: {e}"
+            ))
         })?),
         (None, Some(delay)) => Some(DateTime::from_millis(
             DateTime::now().timestamp_millis() + delay.as_millis() as i64,
@@ -91,7 +99,8 @@ fn enqueue_options(args: &EnqueueArgs) -> Result<EnqueueOptions, CommandError> {
 }
 
 fn parse_data(text: &str) -> Result<Bson, String> {
-    let value: serde_json::Value = serde_json::from_str(text).map_err(|e| format!("not valid JSON ({e})"))?;
+    let value: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| format!("not valid JSON ({e})"))?;
     Bson::try_from(value).map_err(|e| format!("not valid extended JSON ({e})"))
 }
 
@@ -185,13 +194,17 @@ fn handler(args: WorkArgs) -> Result<Arc<dyn Handler>, CommandError> {
         let handler = ExecHandler::new(&program, command, args.timeout).map_err(usage)?;
         return Ok(Arc::new(handler));
     }
-    let (min, max) = args.simulate.unwrap_or((Duration::from_secs(1), Duration::from_secs(5)));
+    let (min, max) = args
+        .simulate
+        .unwrap_or((Duration::from_secs(1), Duration::from_secs(5)));
     Ok(Arc::new(SimulateHandler { min, max }))
 }
 
 fn work(queue: Queue, args: WorkArgs) -> Result<ExitCode, CommandError> {
     if args.lease < Duration::from_secs(1) {
-        return Err(usage("--lease must be at least 1s: leases are renewed every third of it"));
+        return Err(usage(
+            "--lease must be at least 1s: leases are renewed every third of it",
+        ));
     }
     if args.poll_interval.is_zero() {
         return Err(usage("--poll-interval must be more than 0s"));
@@ -202,13 +215,18 @@ fn work(queue: Queue, args: WorkArgs) -> Result<ExitCode, CommandError> {
     let signalled = shutdown.clone();
     ctrlc::set_handler(move || {
         if signalled.is_requested() {
-            log::warn!("second stop signal: exiting now; held jobs run again after their leases expire");
+            log::warn!(
+                "second stop signal: exiting now; held jobs run again after their leases expire"
+            );
             std::process::exit(EXIT_SECOND_SIGNAL);
         }
         log::info!("stop signal received: finishing running jobs (a second signal exits at once)");
         signalled.request();
     })
-    .map_err(|e| CommandError { message: format!("cannot install the signal handler: {e}"), code: 1 })?;
+    .map_err(|e| CommandError {
+        message: format!("cannot install the signal handler: {e}"),
+        code: 1,
+    })?;
     let report = worker.run(&shutdown);
     log::debug!("report: {report:?}");
     Ok(ExitCode::SUCCESS)
@@ -217,13 +235,23 @@ fn work(queue: Queue, args: WorkArgs) -> Result<ExitCode, CommandError> {
 fn stats(queue: &Queue, args: &StatsArgs) -> Result<ExitCode, CommandError> {
     let stats = queue.stats()?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&stats).unwrap_or_default());
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&stats).unwrap_or_default()
+        );
         return Ok(ExitCode::SUCCESS);
     }
-    println!("queue {}.{}", queue.database().name(), queue.collection().name());
+    println!(
+        "queue {}.{}",
+        queue.database().name(),
+        queue.collection().name()
+    );
     for (status, count) in &stats.counts {
         if status == "pending" {
-            println!("  {status:<10} {count:>10}  (eligible now {}, scheduled later {})", stats.eligible, stats.scheduled);
+            println!(
+                "  {status:<10} {count:>10}  (eligible now {}, scheduled later {})",
+                stats.eligible, stats.scheduled
+            );
         } else {
             println!("  {status:<10} {count:>10}");
         }

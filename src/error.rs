@@ -35,7 +35,9 @@ pub(crate) fn hint_for(message: &str) -> &'static str {
     let lower = message.to_ascii_lowercase();
     if lower.contains("server selection timeout") || lower.contains("connection refused") {
         " (is the server running and reachable at that address? check --uri / MONGODB_URI)"
-    } else if lower.contains("authentication failed") || lower.contains("auth") && lower.contains("fail") {
+    } else if lower.contains("authentication failed")
+        || lower.contains("auth") && lower.contains("fail")
+    {
         " (check the user name and password in the URI, and authSource)"
     } else if lower.contains("not authorized") || lower.contains("unauthorized") {
         " (the user needs the readWrite role on this database; see README, \"Least privilege\")"

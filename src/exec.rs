@@ -24,8 +24,9 @@ use crate::job::Job;
 
 /// Stdout kept for `result`.
 pub const MAX_STDOUT: usize = 256 * 1024;
-/// Stderr kept (the end of it) for `last_error`.
-pub const MAX_STDERR_TAIL: usize = 4 * 1024;
+/// Stderr kept (the end of it) for `last_error`; with the message around
+/// it, this stays under the 4 KiB bound on stored error text.
+pub const MAX_STDERR_TAIL: usize = 3 * 1024;
 
 /// Runs a program per job.
 pub struct ExecHandler {
@@ -156,7 +157,9 @@ impl Handler for ExecHandler {
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 #[derive(Default)]
@@ -237,8 +240,7 @@ fn resolve(program: &str) -> Option<PathBuf> {
         {
             use std::os::unix::fs::PermissionsExt;
             path.metadata()
-                .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-                .unwrap_or(false)
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
         }
         #[cfg(not(unix))]
         {
@@ -272,9 +274,18 @@ mod tests {
 
     #[test]
     fn stdout_json_becomes_structured_result() {
-        let out = Captured { bytes: br#"{"ok": 1}"#.to_vec(), total: 9 };
-        assert_eq!(result_from_stdout(&out), Bson::Document(mongodb::bson::doc! {"ok": 1}));
-        let text = Captured { bytes: b"done\n".to_vec(), total: 5 };
+        let out = Captured {
+            bytes: br#"{"ok": 1}"#.to_vec(),
+            total: 9,
+        };
+        assert_eq!(
+            result_from_stdout(&out),
+            Bson::Document(mongodb::bson::doc! {"ok": 1})
+        );
+        let text = Captured {
+            bytes: b"done\n".to_vec(),
+            total: 5,
+        };
         assert_eq!(result_from_stdout(&text), Bson::String("done".into()));
     }
 

@@ -33,7 +33,9 @@ pub(crate) struct Leases {
 
 impl Leases {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ObjectId, usize>> {
-        self.held.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.held
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Records `count` jobs claimed under `token`.
@@ -136,14 +138,16 @@ impl Keeper<'_> {
     /// lease has time left, and the tick is a third of the lease.
     pub(crate) fn run(&self, stop: &Shutdown) {
         let extend_every = (self.lease / 3).max(Duration::from_millis(50));
-        let rescue_every = (self.lease / 4).clamp(Duration::from_millis(250), Duration::from_secs(30));
+        let rescue_every =
+            (self.lease / 4).clamp(Duration::from_millis(250), Duration::from_secs(30));
         let mut next_rescue = Instant::now();
         loop {
             let tokens = self.leases.tokens();
             if !tokens.is_empty() {
                 match extend(self.queue, self.owner, &tokens, self.lease) {
                     Ok(matched) => {
-                        self.extended.fetch_add(matched, std::sync::atomic::Ordering::Relaxed);
+                        self.extended
+                            .fetch_add(matched, std::sync::atomic::Ordering::Relaxed);
                         log::debug!("extended {matched} leases under {} claims", tokens.len());
                     }
                     Err(error) => log::warn!("could not extend leases (will retry): {error}"),
@@ -153,10 +157,15 @@ impl Keeper<'_> {
                 match rescue_expired(self.queue, self.owner) {
                     Ok(0) => {}
                     Ok(n) => {
-                        self.rescued.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
-                        log::warn!("rescued {n} jobs whose leases had expired; they will run again");
+                        self.rescued
+                            .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+                        log::warn!(
+                            "rescued {n} jobs whose leases had expired; they will run again"
+                        );
                     }
-                    Err(error) => log::warn!("could not rescue expired leases (will retry): {error}"),
+                    Err(error) => {
+                        log::warn!("could not rescue expired leases (will retry): {error}");
+                    }
                 }
                 next_rescue = Instant::now() + rescue_every;
             }

@@ -46,9 +46,18 @@ pub(crate) enum Outcome {
     /// Ran and succeeded.
     Completed { key: JobKey, result: Option<Bson> },
     /// Failed; runs again at `run_at`.
-    Retry { key: JobKey, attempt: u32, error: String, run_at: DateTime },
+    Retry {
+        key: JobKey,
+        attempt: u32,
+        error: String,
+        run_at: DateTime,
+    },
     /// Failed for good (attempts exhausted, permanent error, malformed).
-    Failed { key: JobKey, attempt: u32, error: String },
+    Failed {
+        key: JobKey,
+        attempt: u32,
+        error: String,
+    },
     /// Claimed but never started (shutdown): back to pending, attempt not counted.
     Released { key: JobKey },
     /// Started but cut off by shutdown: back to pending now, attempt counted.
@@ -70,7 +79,8 @@ impl Outcome {
     fn statement(&self, worker: &str, at: DateTime) -> Document {
         let key = self.key();
         let filter = doc! {"_id": key.id.clone(), fields::LEASE_TOKEN: key.token, fields::STATUS: fields::RUNNING};
-        let unset_lease = doc! {fields::LEASE_OWNER: "", fields::LEASE_TOKEN: "", fields::LEASE_UNTIL: ""};
+        let unset_lease =
+            doc! {fields::LEASE_OWNER: "", fields::LEASE_TOKEN: "", fields::LEASE_UNTIL: ""};
         let history = |attempt: u32, error: &str| {
             doc! {fields::ERRORS: {"$each": [{"attempt": i64::from(attempt), "at": at, "error": error, "worker": worker}], "$slice": -ERROR_HISTORY}}
         };
@@ -79,7 +89,12 @@ impl Outcome {
                 "$set": {fields::STATUS: fields::COMPLETED, fields::COMPLETED_AT: at, fields::RESULT: bounded_result(result.clone())},
                 "$unset": unset_lease,
             },
-            Outcome::Retry { attempt, error, run_at, .. } => doc! {
+            Outcome::Retry {
+                attempt,
+                error,
+                run_at,
+                ..
+            } => doc! {
                 "$set": {fields::STATUS: fields::PENDING, fields::RUN_AT: *run_at, fields::LAST_ERROR: error},
                 "$unset": unset_lease,
                 "$push": history(*attempt, error),
@@ -244,14 +259,20 @@ fn flush(
     if pending.is_empty() {
         return;
     }
-    let Some(matched) = retry_until_stopped(stop, "writing job outcomes", || write(queue, worker, pending)) else {
+    let Some(matched) = retry_until_stopped(stop, "writing job outcomes", || {
+        write(queue, worker, pending)
+    }) else {
         return;
     };
     tally.writes.fetch_add(1, Relaxed);
     let lost = (pending.len() as u64).saturating_sub(matched);
     if lost > 0 {
         tally.lost.fetch_add(lost, Relaxed);
-        let ids: Vec<String> = pending.iter().take(20).map(|o| id_text(&o.key().id)).collect();
+        let ids: Vec<String> = pending
+            .iter()
+            .take(20)
+            .map(|o| id_text(&o.key().id))
+            .collect();
         log::warn!(
             "{lost} of {} outcomes were not written because their leases were lost (another worker took those jobs over after the lease expired); batch: {}",
             pending.len(),
@@ -264,7 +285,12 @@ fn flush(
                 tally.completed.fetch_add(1, Relaxed);
                 log::debug!("job {} completed", id_text(&key.id));
             }
-            Outcome::Retry { key, attempt, error, run_at } => {
+            Outcome::Retry {
+                key,
+                attempt,
+                error,
+                run_at,
+            } => {
                 tally.retried.fetch_add(1, Relaxed);
                 log::info!(
                     "job {} attempt {attempt} failed, retry at {}: {error}",
@@ -272,15 +298,25 @@ fn flush(
                     run_at.try_to_rfc3339_string().unwrap_or_default()
                 );
             }
-            Outcome::Failed { key, attempt, error } => {
+            Outcome::Failed {
+                key,
+                attempt,
+                error,
+            } => {
                 tally.failed.fetch_add(1, Relaxed);
-                log::warn!("job {} failed for good after attempt {attempt}: {error}", id_text(&key.id));
+                log::warn!(
+                    "job {} failed for good after attempt {attempt}: {error}",
+                    id_text(&key.id)
+                );
             }
             Outcome::Released { .. } => {
                 tally.released.fetch_add(1, Relaxed);
             }
             Outcome::Interrupted { key, .. } => {
-                log::warn!("job {} was interrupted by shutdown and is pending again", id_text(&key.id));
+                log::warn!(
+                    "job {} was interrupted by shutdown and is pending again",
+                    id_text(&key.id)
+                );
             }
         }
         leases.release(outcome.key().token);

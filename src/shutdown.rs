@@ -29,7 +29,11 @@ impl Shutdown {
 
     /// Asks every holder to stop; wakes all sleepers. Idempotent.
     pub fn request(&self) {
-        let _guard = self.inner.lock.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let _guard = self
+            .inner
+            .lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         self.inner.requested.store(true, Ordering::SeqCst);
         self.inner.wake.notify_all();
     }
@@ -42,7 +46,11 @@ impl Shutdown {
     /// Sleeps for `duration` or until stop is requested; returns whether it was.
     pub fn sleep(&self, duration: Duration) -> bool {
         let deadline = Instant::now() + duration;
-        let mut guard = self.inner.lock.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut guard = self
+            .inner
+            .lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         loop {
             if self.is_requested() {
                 return true;

@@ -50,7 +50,8 @@ impl Queue {
         .iter()
         .map(|status| ((*status).to_string(), 0))
         .collect();
-        let pipeline = vec![doc! {"$group": {"_id": format!("${}", fields::STATUS), "n": {"$sum": 1}}}];
+        let pipeline =
+            vec![doc! {"$group": {"_id": format!("${}", fields::STATUS), "n": {"$sum": 1}}}];
         let cursor = collection
             .aggregate(pipeline)
             .run()

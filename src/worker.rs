@@ -125,6 +125,17 @@ pub struct Worker {
     shared: Arc<Shared>,
 }
 
+/// The threads of a running worker and the handles that stop them.
+struct Threads {
+    keeper: JoinHandle<()>,
+    completer: JoinHandle<()>,
+    /// The handler threads and the fetcher.
+    handlers: Vec<JoinHandle<()>>,
+    keeper_stop: Shutdown,
+    hard_stop: Shutdown,
+    outcomes: Sender<Outcome>,
+}
+
 struct Shared {
     queue: Queue,
     config: WorkerConfig,
@@ -143,7 +154,11 @@ struct Shared {
 
 impl Worker {
     /// A worker for `queue` running `handler`.
-    pub fn new(queue: Queue, config: WorkerConfig, handler: impl Handler + 'static) -> Result<Worker, Error> {
+    pub fn new(
+        queue: Queue,
+        config: WorkerConfig,
+        handler: impl Handler + 'static,
+    ) -> Result<Worker, Error> {
         Worker::with_shared_handler(queue, config, Arc::new(handler))
     }
 
@@ -159,7 +174,9 @@ impl Worker {
             ));
         }
         if config.lease < Duration::from_millis(300) {
-            return Err(Error::Invalid("the lease must be at least 300ms (--lease)".into()));
+            return Err(Error::Invalid(
+                "the lease must be at least 300ms (--lease)".into(),
+            ));
         }
         Ok(Worker {
             shared: Arc::new(Shared {
@@ -194,14 +211,36 @@ impl Worker {
             shared.queue.database().name(),
             shared.queue.collection().name(),
         );
-        let Some(indexes) = retry_until_stopped(shutdown, "creating indexes", || shared.queue.ensure_indexes()) else {
+        let Some(indexes) = retry_until_stopped(shutdown, "creating indexes", || {
+            shared.queue.ensure_indexes()
+        }) else {
             return self.report(false);
         };
         log::debug!("indexes: {}", indexes.join(", "));
+        let threads = self.start(shutdown);
+        while !shutdown.sleep(Duration::from_secs(3600)) {}
+        let grace_exceeded = self.stop(threads);
+        let report = self.report(grace_exceeded);
+        log::info!(
+            "worker {} stopped: {} completed, {} retried, {} failed, {} handed back, {} lost leases",
+            config.worker_id,
+            report.completed,
+            report.retried,
+            report.failed,
+            report.released,
+            report.lost
+        );
+        report
+    }
 
+    /// Starts the keeper, the completer, the handler threads and the fetcher.
+    fn start(&self, shutdown: &Shutdown) -> Threads {
+        let shared = &self.shared;
+        let config = &shared.config;
         let keeper_stop = Shutdown::new();
         let hard_stop = Shutdown::new();
-        let (job_tx, job_rx) = crossbeam_channel::bounded::<Job>(config.threads + config.batch_size);
+        let (job_tx, job_rx) =
+            crossbeam_channel::bounded::<Job>(config.threads + config.batch_size);
         let (outcome_tx, outcome_rx) = crossbeam_channel::unbounded::<Outcome>();
 
         let keeper = {
@@ -249,49 +288,66 @@ impl Worker {
             let shared = Arc::clone(shared);
             let outcomes = outcome_tx.clone();
             let shutdown = shutdown.clone();
-            spawn("mongoq-fetcher", move || shared.fetch(&job_tx, &outcomes, &shutdown))
+            spawn("mongoq-fetcher", move || {
+                shared.fetch(&job_tx, &outcomes, &shutdown);
+            })
         };
         handlers.push(fetcher);
+        Threads {
+            keeper,
+            completer,
+            handlers,
+            keeper_stop,
+            hard_stop,
+            outcomes: outcome_tx,
+        }
+    }
 
-        while !shutdown.sleep(Duration::from_secs(3600)) {}
+    /// The shutdown sequence after the fetcher was told to stop; returns
+    /// whether the grace period ran out.
+    fn stop(&self, threads: Threads) -> bool {
+        let shared = &self.shared;
+        let config = &shared.config;
         log::info!(
             "worker {} stopping: no new claims; {} running jobs get up to {} to finish",
             config.worker_id,
             lock(&shared.running).len(),
             crate::duration::format_duration(config.shutdown_grace)
         );
+        let Threads {
+            keeper,
+            completer,
+            handlers,
+            keeper_stop,
+            hard_stop,
+            outcomes,
+        } = threads;
         let deadline = Instant::now() + config.shutdown_grace;
         let grace_exceeded = !wait_until(deadline, || handlers.iter().all(JoinHandle::is_finished));
         if grace_exceeded {
-            self.interrupt_running(&outcome_tx);
+            self.interrupt_running(&outcomes);
         }
-        drop(outcome_tx);
+        drop(outcomes);
         // The completer gets the rest of the grace period (at least a few
         // seconds, so the last outcomes are written) to flush.
         let flush_deadline = deadline.max(Instant::now() + Duration::from_secs(5));
-        if !wait_until(flush_deadline, || completer.is_finished() || (grace_exceeded && shared.leases.held() == 0)) {
+        if !wait_until(flush_deadline, || {
+            completer.is_finished() || (grace_exceeded && shared.leases.held() == 0)
+        }) {
             log::warn!("could not write every outcome in time; unwritten jobs run again after their leases expire");
         }
         hard_stop.request();
         let _ = completer.join();
         keeper_stop.request();
         let _ = keeper.join();
+        // Threads stuck in a handler past the grace period are left behind;
+        // the process is about to exit.
         for handle in handlers {
             if handle.is_finished() {
                 let _ = handle.join();
             }
         }
-        let report = self.report(grace_exceeded);
-        log::info!(
-            "worker {} stopped: {} completed, {} retried, {} failed, {} handed back, {} lost leases",
-            config.worker_id,
-            report.completed,
-            report.retried,
-            report.failed,
-            report.released,
-            report.lost
-        );
-        report
+        grace_exceeded
     }
 
     /// The grace period ran out: ask the handler to stop, and hand the jobs
@@ -337,7 +393,12 @@ impl Shared {
         // The read-ahead window is re-read at least this often, so a new
         // urgent job waits no longer than this behind older ones.
         let window_age = config.poll_interval.min(Duration::from_secs(1));
-        let mut claimer = Claimer::new(self.queue.clone(), config.worker_id.clone(), config.lease, window_age);
+        let mut claimer = Claimer::new(
+            self.queue.clone(),
+            config.worker_id.clone(),
+            config.lease,
+            window_age,
+        );
         let shortest_idle = (config.poll_interval / 16).max(Duration::from_millis(5));
         let mut idle = shortest_idle;
         while !shutdown.is_requested() {
@@ -352,8 +413,11 @@ impl Shared {
             }
             let want = room.min(config.batch_size);
             let before = claimer.round_trips;
-            let claimed = retry_until_stopped(shutdown, "claiming jobs", || claimer.claim(want, config.batch_size));
-            self.claim_round_trips.fetch_add(claimer.round_trips - before, Relaxed);
+            let claimed = retry_until_stopped(shutdown, "claiming jobs", || {
+                claimer.claim(want, config.batch_size)
+            });
+            self.claim_round_trips
+                .fetch_add(claimer.round_trips - before, Relaxed);
             match claimed {
                 None => break,
                 Some(Some(claimed)) => {
@@ -383,13 +447,19 @@ impl Shared {
             return threads.min(self.config.batch_size);
         }
         let per_thread = PREFETCH_HORIZON.as_micros() as u64 / micros.max(1);
-        (threads as u64).saturating_mul(per_thread.max(1)).clamp(1, self.config.batch_size as u64) as usize
+        (threads as u64)
+            .saturating_mul(per_thread.max(1))
+            .clamp(1, self.config.batch_size as u64) as usize
     }
 
     fn record_duration(&self, elapsed: Duration) {
         let sample = (elapsed.as_micros() as u64).max(1);
         let _ = self.pace_micros.fetch_update(Relaxed, Relaxed, |old| {
-            Some(if old == 0 { sample } else { (old * 7 + sample) / 8 })
+            Some(if old == 0 {
+                sample
+            } else {
+                (old * 7 + sample) / 8
+            })
         });
     }
 
@@ -417,7 +487,10 @@ impl Shared {
         self.claimed.fetch_add(documents.len() as u64, Relaxed);
         log::debug!("claimed {} jobs under {token}", documents.len());
         for document in documents {
-            let id = document.get("_id").cloned().unwrap_or(mongodb::bson::Bson::Null);
+            let id = document
+                .get("_id")
+                .cloned()
+                .unwrap_or(mongodb::bson::Bson::Null);
             let key = JobKey { id, token };
             let attempt = document.get_i32(fields::ATTEMPTS).map_or_else(
                 |_| document.get_i64(fields::ATTEMPTS).unwrap_or(1) as u32,
@@ -425,20 +498,33 @@ impl Shared {
             );
             match Job::from_document(&document, token, self.config.max_attempts) {
                 Err(malformed) => {
-                    let _ = outcomes.send(Outcome::Failed { key, attempt, error: malformed.to_string() });
+                    let _ = outcomes.send(Outcome::Failed {
+                        key,
+                        attempt,
+                        error: malformed.to_string(),
+                    });
                 }
                 Ok(job) if job.attempt > job.max_attempts => {
                     let error = format!(
                         "attempts exhausted: attempt {} of at most {} was claimed after the previous attempt's lease expired (its worker crashed or stalled; see `errors`)",
                         job.attempt, job.max_attempts
                     );
-                    let _ = outcomes.send(Outcome::Failed { key, attempt: job.attempt, error });
+                    let _ = outcomes.send(Outcome::Failed {
+                        key,
+                        attempt: job.attempt,
+                        error,
+                    });
                 }
                 Ok(job) => {
                     if let Err(returned) = jobs.send(job) {
                         // Every handler thread is gone (cannot happen while
                         // the fetcher runs); hand the job back.
-                        let _ = outcomes.send(Outcome::Released { key: JobKey { id: returned.0.id, token } });
+                        let _ = outcomes.send(Outcome::Released {
+                            key: JobKey {
+                                id: returned.0.id,
+                                token,
+                            },
+                        });
                     }
                 }
             }
@@ -446,9 +532,18 @@ impl Shared {
     }
 
     /// A handler thread: run jobs until the channel is closed and empty.
-    fn work(&self, index: usize, jobs: &Receiver<Job>, outcomes: &Sender<Outcome>, shutdown: &Shutdown) {
+    fn work(
+        &self,
+        index: usize,
+        jobs: &Receiver<Job>,
+        outcomes: &Sender<Outcome>,
+        shutdown: &Shutdown,
+    ) {
         for job in jobs {
-            let key = JobKey { id: job.id.clone(), token: job.lease_token };
+            let key = JobKey {
+                id: job.id.clone(),
+                token: job.lease_token,
+            };
             if shutdown.is_requested() {
                 let _ = outcomes.send(Outcome::Released { key });
                 continue;
@@ -467,7 +562,11 @@ impl Shared {
                         .map(ToString::to_string)
                         .or_else(|| panic.downcast_ref::<String>().cloned())
                         .unwrap_or_else(|| "unknown panic payload".into());
-                    self.failure(&job, key, HandlerError::retry(format!("handler panicked: {message}")))
+                    self.failure(
+                        &job,
+                        key,
+                        HandlerError::retry(format!("handler panicked: {message}")),
+                    )
                 }
             };
             let _ = outcomes.send(outcome);
@@ -477,11 +576,22 @@ impl Shared {
     fn failure(&self, job: &Job, key: JobKey, error: HandlerError) -> Outcome {
         let message = bounded_error(error.message);
         if error.permanent || job.attempt >= job.max_attempts {
-            Outcome::Failed { key, attempt: job.attempt, error: message }
+            Outcome::Failed {
+                key,
+                attempt: job.attempt,
+                error: message,
+            }
         } else {
             let delay = self.config.retry.delay_for(job.attempt, &mut rand::rng());
-            let run_at = DateTime::from_millis(DateTime::now().timestamp_millis() + delay.as_millis() as i64);
-            Outcome::Retry { key, attempt: job.attempt, error: message, run_at }
+            let run_at = DateTime::from_millis(
+                DateTime::now().timestamp_millis() + delay.as_millis() as i64,
+            );
+            Outcome::Retry {
+                key,
+                attempt: job.attempt,
+                error: message,
+                run_at,
+            }
         }
     }
 }
@@ -494,7 +604,9 @@ fn spawn(name: &str, body: impl FnOnce() + Send + 'static) -> JoinHandle<()> {
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Polls `done` until it holds or `deadline` passes; returns whether it held.

@@ -1,0 +1,71 @@
+# Shared by the scripts: install and run the test server and the shell
+# client. Source it; do not run it.
+#
+# The test server is SecantusDB (a MongoDB-compatible server on the real wire
+# protocol), run as a separate process only. Production uses real MongoDB.
+
+MONGOQ_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+MONGOQ_TOOLS="${MONGOQ_TOOLS:-$MONGOQ_ROOT/.tools}"
+SECANTUS_VERSION="0.5.3-beta.196"
+
+log() { printf '[%s] %s\n' "$(basename "$0")" "$*" >&2; }
+
+# Puts secantusd-rs on PATH, building it once (about 5 minutes) if missing.
+ensure_server() {
+  export PATH="$HOME/.cargo/bin:$PATH"
+  if command -v secantusd-rs >/dev/null 2>&1; then return 0; fi
+  log "installing the test server (secantusd-rs $SECANTUS_VERSION; about 5 minutes, once)"
+  if ! command -v cmake >/dev/null 2>&1; then
+    apt-get update -qq && apt-get install -y -qq cmake >/dev/null
+  fi
+  cargo install secantus-mdb --version "$SECANTUS_VERSION" --ignore-rust-version --quiet
+}
+
+# Puts mongosh on PATH, installing it from npm into $MONGOQ_TOOLS if missing.
+ensure_mongosh() {
+  if command -v mongosh >/dev/null 2>&1; then return 0; fi
+  export PATH="$MONGOQ_TOOLS/node_modules/.bin:$PATH"
+  if command -v mongosh >/dev/null 2>&1; then return 0; fi
+  command -v npm >/dev/null 2>&1 || { log "npm is needed to install mongosh; install Node.js"; return 1; }
+  log "installing mongosh into $MONGOQ_TOOLS"
+  mkdir -p "$MONGOQ_TOOLS"
+  npm install --prefix "$MONGOQ_TOOLS" --no-fund --no-audit --loglevel=error mongosh >/dev/null
+  command -v mongosh >/dev/null 2>&1
+}
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
+}
+
+# Starts the test server on a free port with a fresh data directory.
+# Sets SERVER_PORT, SERVER_DIR, SERVER_PID, SERVER_URI. Stop it with stop_server.
+start_server() {
+  SERVER_PORT="${1:-$(free_port)}"
+  SERVER_DIR="$(mktemp -d "${TMPDIR:-/tmp}/mongoq-server.XXXXXX")"
+  secantusd-rs --port "$SERVER_PORT" --storage-path "$SERVER_DIR/data" >"$SERVER_DIR/server.log" 2>&1 &
+  SERVER_PID=$!
+  SERVER_URI="mongodb://127.0.0.1:$SERVER_PORT"
+  for _ in $(seq 1 100); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$SERVER_PORT") 2>/dev/null; then
+      log "test server up at $SERVER_URI (pid $SERVER_PID, data $SERVER_DIR)"
+      return 0
+    fi
+    if ! kill -0 "$SERVER_PID" 2>/dev/null; then break; fi
+    sleep 0.1
+  done
+  log "the test server did not start; its log:"
+  cat "$SERVER_DIR/server.log" >&2
+  return 1
+}
+
+stop_server() {
+  if [ -n "${SERVER_PID:-}" ]; then
+    kill "$SERVER_PID" 2>/dev/null || true
+    wait "$SERVER_PID" 2>/dev/null || true
+    SERVER_PID=""
+  fi
+  if [ -n "${SERVER_DIR:-}" ]; then
+    rm -rf "$SERVER_DIR"
+    SERVER_DIR=""
+  fi
+}

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The one test command: installs the test server and mongosh if missing,
+# starts the server on a free port with its own data directory, runs the
+# whole suite against it, and stops it on every exit path.
+#
+#   scripts/test.sh              # everything
+#   scripts/test.sh worker::     # only tests whose name matches
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+cd "$MONGOQ_ROOT"
+
+ensure_server
+ensure_mongosh
+trap stop_server EXIT INT TERM
+start_server
+
+export MONGOQ_TEST_URI="$SERVER_URI"
+export MONGOQ_MONGOSH="$(command -v mongosh)"
+cargo test --all-targets -- --test-threads "${MONGOQ_TEST_THREADS:-4}" "$@"

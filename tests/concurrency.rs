@@ -1,0 +1,70 @@
+//! Many workers, one collection: every job runs, exactly once when nothing
+//! fails, counted through a side channel rather than assumed.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use mongodb::bson::doc;
+
+use crate::helpers::{tempfile, TestDb};
+
+#[test]
+fn three_workers_of_four_threads_drain_5000_jobs_exactly_once() {
+    let db = TestDb::new("three_workers");
+    db.enqueue_many(5_000, &[]);
+    let ledger = tempfile(&format!("{}-ledger", db.db));
+    let _ = std::fs::remove_file(&ledger);
+    // Each run appends its job id as one short line (an atomic O_APPEND
+    // write), so a job run twice shows up twice.
+    let record = format!("printf '%s\\n' \"$MONGOQ_JOB_ID\" >> {}", ledger.display());
+    let mut workers: Vec<_> = (0..3)
+        .map(|i| {
+            db.spawn_worker(&[
+                "--drain",
+                "--threads",
+                "4",
+                "--batch-size",
+                "50",
+                "--worker-id",
+                &format!("w{i}"),
+                "--exec",
+                "sh",
+                "-c",
+                &record,
+            ])
+        })
+        .collect();
+    for worker in &mut workers {
+        assert!(
+            worker.wait(Duration::from_secs(300)).success(),
+            "{}",
+            worker.log_text()
+        );
+    }
+    let text = std::fs::read_to_string(&ledger).unwrap();
+    let mut runs: HashMap<&str, usize> = HashMap::new();
+    for id in text.lines() {
+        *runs.entry(id).or_default() += 1;
+    }
+    let twice: Vec<_> = runs.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "jobs ran more than once: {twice:?}");
+    assert_eq!(runs.len(), 5_000, "every job ran");
+    assert_eq!(
+        db.count(doc! {"status": "completed", "attempts": 1}),
+        5_000,
+        "{:?}",
+        db.by_status()
+    );
+    assert_eq!(db.count(doc! {"status": {"$ne": "completed"}}), 0);
+    for job in db.all(doc! {}) {
+        assert!(runs.contains_key(job.get_object_id("_id").unwrap().to_hex().as_str()));
+    }
+    let owners: Vec<String> = workers
+        .iter()
+        .map(crate::helpers::Worker::log_text)
+        .collect();
+    assert!(
+        owners.iter().all(|log| log.contains("stopped:")),
+        "every worker stopped cleanly"
+    );
+}

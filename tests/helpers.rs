@@ -1,0 +1,238 @@
+//! Shared test plumbing: a database per test on the real server, the
+//! `mongoq` binary with that database preset, and polling helpers.
+
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use mongodb::bson::{doc, Bson, Document};
+use mongodb::sync::{Client, Collection};
+
+/// The server `scripts/test.sh` started. A test without one fails loudly:
+/// it never passes by testing nothing.
+pub fn server_uri() -> String {
+    std::env::var("MONGOQ_TEST_URI").expect(
+        "MONGOQ_TEST_URI is not set: run the suite with scripts/test.sh, which starts the test server",
+    )
+}
+
+/// One test's own database on the test server, dropped at the end.
+pub struct TestDb {
+    pub uri: String,
+    pub db: String,
+    client: Client,
+}
+
+impl TestDb {
+    pub fn new(name: &str) -> TestDb {
+        let uri = server_uri();
+        let client = Client::with_uri_str(&uri).expect("the test URI is valid");
+        client
+            .database("admin")
+            .run_command(doc! {"ping": 1})
+            .run()
+            .unwrap_or_else(|e| panic!("the test server at {uri} does not answer: {e}"));
+        let db = format!("t_{name}_{}_{}", std::process::id(), rand::random::<u32>());
+        TestDb { uri, db, client }
+    }
+
+    pub fn coll(&self) -> Collection<Document> {
+        self.client.database(&self.db).collection("queue")
+    }
+
+    pub fn queue(&self) -> mongoq::Queue {
+        mongoq::Queue::connect(&mongoq::QueueConfig {
+            uri: self.uri.clone(),
+            database: self.db.clone(),
+            collection: "queue".into(),
+        })
+        .unwrap()
+    }
+
+    /// `mongoq` with this database and the test server preset.
+    pub fn mongoq(&self) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_mongoq"));
+        command
+            .env("MONGODB_URI", &self.uri)
+            .env("RUST_LOG", "info")
+            .args(["--db", &self.db]);
+        command
+    }
+
+    /// Runs `mongoq ARGS` to completion.
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.mongoq().args(args).output().unwrap()
+    }
+
+    /// Runs `mongoq ARGS` with `input` on stdin.
+    pub fn run_with_stdin(&self, args: &[&str], input: &str) -> Output {
+        use std::io::Write;
+        let mut child = self
+            .mongoq()
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        let input = input.to_string();
+        let writer = std::thread::spawn(move || stdin.write_all(input.as_bytes()));
+        let output = child.wait_with_output().unwrap();
+        writer.join().unwrap().unwrap();
+        output
+    }
+
+    /// Starts `mongoq work ARGS` in the background, logs to a file.
+    pub fn spawn_worker(&self, args: &[&str]) -> Worker {
+        let log = tempfile(&format!("{}-worker.log", self.db));
+        let file = std::fs::File::create(&log).unwrap();
+        let child = self
+            .mongoq()
+            .arg("work")
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .unwrap();
+        Worker { child, log }
+    }
+
+    pub fn count(&self, filter: Document) -> u64 {
+        self.coll().count_documents(filter).run().unwrap()
+    }
+
+    pub fn all(&self, filter: Document) -> Vec<Document> {
+        self.coll()
+            .find(filter)
+            .sort(doc! {"_id": 1})
+            .run()
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    }
+
+    pub fn enqueue_many(&self, n: usize, args: &[&str]) {
+        let input: String = (0..n).map(|i| format!("{{\"n\": {i}}}\n")).collect();
+        let mut all = vec!["enqueue", "--quiet"];
+        all.extend_from_slice(args);
+        let out = self.run_with_stdin(&all, &input);
+        assert!(
+            out.status.success(),
+            "enqueue failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), n.to_string());
+    }
+
+    /// Waits until `filter` matches `n` documents; panics with the counts by
+    /// status if it does not within `timeout`.
+    pub fn wait_for_count(&self, filter: Document, n: u64, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let count = self.count(filter.clone());
+            if count == n {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "waited {timeout:?} for {n} documents matching {filter}, have {count}; by status: {:?}",
+                self.by_status()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn by_status(&self) -> Vec<(String, u64)> {
+        ["pending", "running", "completed", "failed"]
+            .iter()
+            .map(|s| ((*s).to_string(), self.count(doc! {"status": *s})))
+            .collect()
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let _ = self.client.database(&self.db).drop().run();
+    }
+}
+
+/// A `mongoq work` process.
+pub struct Worker {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Worker {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &self.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{signal} failed");
+    }
+
+    /// Waits for exit; panics if it takes longer than `timeout`.
+    pub fn wait(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!(
+                    "worker did not exit within {timeout:?}; log:\n{}",
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn tempfile(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join("mongoq-tests");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
+}
+
+pub fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+pub fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+pub fn int(document: &Document, field: &str) -> i64 {
+    match document.get(field) {
+        Some(Bson::Int32(n)) => i64::from(*n),
+        Some(Bson::Int64(n)) => *n,
+        other => panic!("{field} is not an integer in {document}: {other:?}"),
+    }
+}
+
+/// mongosh, as installed by scripts/test.sh.
+pub fn mongosh() -> String {
+    std::env::var("MONGOQ_MONGOSH").expect(
+        "MONGOQ_MONGOSH is not set: run the suite with scripts/test.sh, which installs mongosh",
+    )
+}

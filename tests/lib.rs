@@ -1,0 +1,16 @@
+//! The integration suite: one test binary, a module per area, every test
+//! against the real server that `scripts/test.sh` starts (its URI in
+//! `MONGOQ_TEST_URI`), each in a database of its own, driving the real
+//! `mongoq` binary wherever a user would.
+
+#![allow(clippy::format_collect, clippy::manual_assert)]
+
+mod helpers;
+
+mod cli;
+mod concurrency;
+mod exec;
+mod library;
+mod lifecycle;
+mod malformed;
+mod mongosh;

@@ -1,0 +1,136 @@
+//! The Rust API: a `Queue` to enqueue and inspect, a `Worker` with a closure.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use mongodb::bson::{doc, Bson};
+use mongoq::{EnqueueOptions, HandlerError, Job, Shutdown, Worker, WorkerConfig};
+
+use crate::helpers::TestDb;
+
+fn config() -> WorkerConfig {
+    WorkerConfig {
+        threads: 3,
+        drain: true,
+        poll_interval: Duration::from_millis(50),
+        retry: mongoq::retry::RetryPolicy {
+            base: Duration::from_millis(10),
+            max: Duration::from_millis(50),
+        },
+        ..WorkerConfig::default()
+    }
+}
+
+#[test]
+fn a_closure_worker_drains_what_the_queue_enqueued() {
+    let db = TestDb::new("lib_closure");
+    let queue = db.queue();
+    let ids = queue
+        .enqueue_many((0..200).map(Bson::Int32), &EnqueueOptions::default())
+        .unwrap();
+    assert_eq!(ids.len(), 200);
+    let seen = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&seen);
+    let worker = Worker::new(queue.clone(), config(), move |job: &Job| {
+        counter.fetch_add(1, Ordering::SeqCst);
+        Ok(Some(Bson::Int64(i64::from(job.data.as_i32().unwrap()) * 2)))
+    })
+    .unwrap();
+    let report = worker.run(&Shutdown::new());
+    assert_eq!(report.completed, 200);
+    assert_eq!(seen.load(Ordering::SeqCst), 200);
+    assert!(
+        report.claim_round_trips * 4 < 200,
+        "claims are batched: {report:?}"
+    );
+    let stats = queue.stats().unwrap();
+    assert_eq!(stats.counts["completed"], 200);
+    let job = db
+        .coll()
+        .find_one(doc! {"data": 21})
+        .run()
+        .unwrap()
+        .unwrap();
+    assert_eq!(job.get_i64("result").unwrap(), 42);
+}
+
+#[test]
+fn a_panicking_handler_fails_the_attempt_and_the_pool_keeps_going() {
+    let db = TestDb::new("lib_panic");
+    let queue = db.queue();
+    queue
+        .enqueue_many(
+            (0..30).map(Bson::Int32),
+            &EnqueueOptions {
+                max_attempts: Some(1),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let worker = Worker::new(queue, config(), |job: &Job| {
+        if job.data.as_i32().unwrap() % 3 == 0 {
+            panic!("bad luck {}", job.data);
+        }
+        Ok(None)
+    })
+    .unwrap();
+    let report = worker.run(&Shutdown::new());
+    assert_eq!((report.completed, report.failed), (20, 10), "{report:?}");
+    let failed = db.all(doc! {"status": "failed"});
+    assert!(failed.iter().all(|j| j
+        .get_str("last_error")
+        .unwrap()
+        .starts_with("handler panicked: bad luck")));
+}
+
+#[test]
+fn permanent_errors_skip_the_retries() {
+    let db = TestDb::new("lib_permanent");
+    let queue = db.queue();
+    queue
+        .enqueue(Bson::Null, &EnqueueOptions::default())
+        .unwrap();
+    let worker = Worker::new(queue, config(), |_: &Job| {
+        Err(HandlerError::permanent("bad address"))
+    })
+    .unwrap();
+    let report = worker.run(&Shutdown::new());
+    assert_eq!(report.failed, 1);
+    let job = db.coll().find_one(doc! {}).run().unwrap().unwrap();
+    assert_eq!(job.get_i32("attempts").unwrap(), 1);
+    assert_eq!(job.get_str("last_error").unwrap(), "bad address");
+}
+
+#[test]
+fn the_claim_query_uses_the_queue_index() {
+    let db = TestDb::new("explain");
+    let queue = db.queue();
+    queue.ensure_indexes().unwrap();
+    queue
+        .enqueue_many((0..10).map(Bson::Int32), &EnqueueOptions::default())
+        .unwrap();
+    let explain = queue
+        .database()
+        .run_command(doc! {
+            "explain": {
+                "find": "queue",
+                "filter": {"status": "pending", "run_at": {"$not": {"$gt": mongodb::bson::DateTime::now()}}},
+                "sort": {"priority": -1, "run_at": 1, "_id": 1},
+                "projection": {"_id": 1},
+                "limit": 400,
+            },
+            "verbosity": "queryPlanner",
+        })
+        .run()
+        .unwrap();
+    let plan = explain.to_string();
+    assert!(
+        plan.contains("mongoq_claim"),
+        "claim must use the queue index: {plan}"
+    );
+    assert!(
+        !plan.contains("COLLSCAN"),
+        "claim must not scan the collection: {plan}"
+    );
+}

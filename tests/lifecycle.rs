@@ -1,0 +1,335 @@
+//! A job's life under the worker: completion, retries, order, shutdown,
+//! crashes, and fencing of a worker that lost its lease.
+
+use std::time::{Duration, Instant};
+
+use mongodb::bson::{doc, Bson};
+
+use crate::helpers::{int, stderr, TestDb};
+
+#[test]
+fn enqueue_work_completed_with_result() {
+    let db = TestDb::new("complete");
+    let out = db.run(&["enqueue", r#"{"x": 41}"#]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let mut worker = db.spawn_worker(&[
+        "--drain",
+        "--threads",
+        "2",
+        "--exec",
+        "sh",
+        "-c",
+        "echo '{\"answer\": 42}'",
+    ]);
+    assert!(
+        worker.wait(Duration::from_secs(30)).success(),
+        "{}",
+        worker.log_text()
+    );
+    let job = db.coll().find_one(doc! {}).run().unwrap().unwrap();
+    assert_eq!(job.get_str("status").unwrap(), "completed", "{job}");
+    assert_eq!(job.get_document("result").unwrap(), &doc! {"answer": 42});
+    assert_eq!(int(&job, "attempts"), 1);
+    assert!(job.get_datetime("completed_at").is_ok() && job.get_datetime("started_at").is_ok());
+    for field in ["lease_owner", "lease_token", "lease_until"] {
+        assert!(
+            job.get(field).is_none(),
+            "{field} must be gone once the job is done: {job}"
+        );
+    }
+}
+
+#[test]
+fn a_failing_handler_retries_with_growing_delays_then_fails_with_its_errors() {
+    let db = TestDb::new("retries");
+    db.run(&["enqueue", "{}"]);
+    let mut worker = db.spawn_worker(&[
+        "--max-attempts",
+        "4",
+        "--backoff-base",
+        "300ms",
+        "--poll-interval",
+        "50ms",
+        "--threads",
+        "1",
+        "--exec",
+        "sh",
+        "-c",
+        "echo \"boom on attempt $MONGOQ_ATTEMPT\" >&2; exit 3",
+    ]);
+    db.wait_for_count(doc! {"status": "failed"}, 1, Duration::from_secs(30));
+    worker.signal("TERM");
+    assert!(worker.wait(Duration::from_secs(10)).success());
+    let job = db.coll().find_one(doc! {}).run().unwrap().unwrap();
+    assert_eq!(int(&job, "attempts"), 4);
+    assert!(
+        job.get_str("last_error")
+            .unwrap()
+            .contains("boom on attempt 4"),
+        "{job}"
+    );
+    assert!(
+        job.get_str("last_error")
+            .unwrap()
+            .contains("exited with status 3"),
+        "{job}"
+    );
+    let errors = job.get_array("errors").unwrap();
+    assert_eq!(errors.len(), 4, "one error per attempt: {job}");
+    let times: Vec<i64> = errors
+        .iter()
+        .map(|e| {
+            e.as_document()
+                .unwrap()
+                .get_datetime("at")
+                .unwrap()
+                .timestamp_millis()
+        })
+        .collect();
+    let gaps: Vec<i64> = times.windows(2).map(|w| w[1] - w[0]).collect();
+    // Nominal delays 300, 600, 1200 ms with jitter in [0.5, 1.5): the third
+    // is always longer than the first, and the first is at least 150 ms.
+    assert!(gaps[0] >= 150, "first retry waited only {}ms", gaps[0]);
+    assert!(gaps[2] > gaps[0], "delays must grow: {gaps:?}");
+    assert!(job.get_datetime("failed_at").is_ok());
+}
+
+#[test]
+fn higher_priority_runs_first() {
+    let db = TestDb::new("priority");
+    for (data, priority) in [("low", "0"), ("high", "10"), ("mid", "5")] {
+        db.run(&["enqueue", &format!("\"{data}\""), "--priority", priority]);
+    }
+    let mut worker = db.spawn_worker(&[
+        "--drain",
+        "--threads",
+        "1",
+        "--batch-size",
+        "1",
+        "--simulate",
+        "20ms..20ms",
+    ]);
+    assert!(worker.wait(Duration::from_secs(30)).success());
+    let mut jobs = db.all(doc! {"status": "completed"});
+    jobs.sort_by_key(|j| j.get_datetime("completed_at").unwrap().timestamp_millis());
+    let order: Vec<&str> = jobs.iter().map(|j| j.get_str("data").unwrap()).collect();
+    assert_eq!(order, ["high", "mid", "low"]);
+}
+
+#[test]
+fn sigterm_mid_run_exits_zero_within_grace_and_leaves_nothing_running() {
+    let db = TestDb::new("sigterm");
+    db.enqueue_many(40, &[]);
+    let mut worker = db.spawn_worker(&[
+        "--threads",
+        "2",
+        "--batch-size",
+        "20",
+        "--simulate",
+        "400ms..400ms",
+        "--shutdown-grace",
+        "5s",
+    ]);
+    db.wait_for_count(doc! {"status": "completed"}, 2, Duration::from_secs(30));
+    worker.signal("TERM");
+    let started = Instant::now();
+    let status = worker.wait(Duration::from_secs(10));
+    assert!(
+        status.success(),
+        "exit code {status:?}; log:\n{}",
+        worker.log_text()
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        db.count(doc! {"status": "running"}),
+        0,
+        "{:?}",
+        db.by_status()
+    );
+    let completed = db.count(doc! {"status": "completed"});
+    let pending = db.all(doc! {"status": "pending"});
+    assert_eq!(completed + pending.len() as u64, 40, "{:?}", db.by_status());
+    assert!(
+        !pending.is_empty(),
+        "the test wants jobs still pending at the signal"
+    );
+    for job in &pending {
+        assert_eq!(
+            int(job, "attempts"),
+            0,
+            "a job handed back unstarted keeps its attempt: {job}"
+        );
+        assert!(job.get("lease_token").is_none());
+    }
+}
+
+#[test]
+fn sigterm_past_the_grace_period_hands_running_jobs_back() {
+    let db = TestDb::new("grace");
+    db.enqueue_many(2, &[]);
+    let mut worker = db.spawn_worker(&[
+        "--threads",
+        "2",
+        "--simulate",
+        "30s..30s",
+        "--shutdown-grace",
+        "1s",
+    ]);
+    db.wait_for_count(doc! {"status": "running"}, 2, Duration::from_secs(30));
+    worker.signal("TERM");
+    let started = Instant::now();
+    let status = worker.wait(Duration::from_secs(15));
+    assert!(status.success(), "{}", worker.log_text());
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        db.count(doc! {"status": "pending"}),
+        2,
+        "{:?}",
+        db.by_status()
+    );
+    assert!(
+        worker.log_text().contains("grace period"),
+        "{}",
+        worker.log_text()
+    );
+}
+
+#[test]
+fn a_second_signal_exits_at_once() {
+    let db = TestDb::new("second_signal");
+    db.enqueue_many(2, &[]);
+    let mut worker = db.spawn_worker(&[
+        "--threads",
+        "2",
+        "--simulate",
+        "30s..30s",
+        "--shutdown-grace",
+        "60s",
+    ]);
+    db.wait_for_count(doc! {"status": "running"}, 2, Duration::from_secs(30));
+    worker.signal("INT");
+    std::thread::sleep(Duration::from_millis(300));
+    worker.signal("INT");
+    let status = worker.wait(Duration::from_secs(5));
+    assert!(!status.success());
+}
+
+#[test]
+fn kill_9_mid_run_and_every_job_still_completes_via_lease_expiry() {
+    let db = TestDb::new("kill9");
+    db.enqueue_many(30, &[]);
+    let mut victim = db.spawn_worker(&[
+        "--threads",
+        "4",
+        "--lease",
+        "2s",
+        "--simulate",
+        "300ms..300ms",
+    ]);
+    db.wait_for_count(doc! {"status": "completed"}, 4, Duration::from_secs(30));
+    victim.signal("KILL");
+    victim.wait(Duration::from_secs(5));
+    let orphaned = db.count(doc! {"status": "running"});
+    assert!(orphaned > 0, "the kill should leave running jobs behind");
+    let mut rescuer = db.spawn_worker(&[
+        "--drain",
+        "--threads",
+        "4",
+        "--lease",
+        "2s",
+        "--simulate",
+        "10ms..10ms",
+    ]);
+    assert!(
+        rescuer.wait(Duration::from_secs(60)).success(),
+        "{}",
+        rescuer.log_text()
+    );
+    assert_eq!(
+        db.count(doc! {"status": "completed"}),
+        30,
+        "{:?}",
+        db.by_status()
+    );
+    let rerun = db.count(doc! {"attempts": 2});
+    assert_eq!(
+        rerun, orphaned,
+        "each orphaned job ran once more, no other job did"
+    );
+    assert!(
+        rescuer.log_text().contains("rescued"),
+        "{}",
+        rescuer.log_text()
+    );
+}
+
+#[test]
+fn a_worker_whose_lease_was_taken_over_cannot_write_its_outcome() {
+    let db = TestDb::new("fencing");
+    db.run(&["enqueue", "{}"]);
+    let mut stale = db.spawn_worker(&[
+        "--threads",
+        "1",
+        "--lease",
+        "1s",
+        "--worker-id",
+        "stale",
+        "--exec",
+        "sh",
+        "-c",
+        "sleep 1.5; echo '\"stale\"'",
+    ]);
+    db.wait_for_count(
+        doc! {"status": "running", "lease_owner": "stale"},
+        1,
+        Duration::from_secs(30),
+    );
+    stale.signal("STOP");
+    std::thread::sleep(Duration::from_millis(1_500));
+    let mut fresh = db.spawn_worker(&[
+        "--drain",
+        "--threads",
+        "1",
+        "--lease",
+        "5s",
+        "--worker-id",
+        "fresh",
+        "--exec",
+        "sh",
+        "-c",
+        "echo '\"fresh\"'",
+    ]);
+    let fresh_status = fresh.wait(Duration::from_secs(30));
+    assert!(fresh_status.success(), "{}", fresh.log_text());
+    let done = db.coll().find_one(doc! {}).run().unwrap().unwrap();
+    assert_eq!(done.get("result"), Some(&Bson::String("fresh".into())));
+    stale.signal("CONT");
+    // The stale worker's program finishes and it tries to write "stale".
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !stale.log_text().contains("leases were lost") {
+        assert!(
+            Instant::now() < deadline,
+            "stale worker never reported its lost lease:\n{}",
+            stale.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let after = db.coll().find_one(doc! {}).run().unwrap().unwrap();
+    assert_eq!(
+        after.get("result"),
+        Some(&Bson::String("fresh".into())),
+        "{after}"
+    );
+    assert_eq!(after.get("completed_at"), done.get("completed_at"));
+    assert_eq!(after.get_str("status").unwrap(), "completed");
+    stale.signal("TERM");
+    assert!(stale.wait(Duration::from_secs(10)).success());
+}

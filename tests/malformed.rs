@@ -1,0 +1,66 @@
+//! Documents from other producers with the wrong shape end `failed` with a
+//! reason, and good jobs keep flowing past them.
+
+use std::time::Duration;
+
+use mongodb::bson::doc;
+
+use crate::helpers::TestDb;
+
+#[test]
+fn malformed_documents_fail_with_a_reason_while_good_jobs_flow() {
+    let db = TestDb::new("malformed");
+    let bad = vec![
+        (doc! {"status": "pending", "priority": 1}, "no `data` field"),
+        (
+            doc! {"data": 1, "status": "pending", "priority": "high"},
+            "`priority` must be an integer, but it is a string (\"high\")",
+        ),
+        (
+            doc! {"data": 1, "status": "pending", "run_at": "tomorrow"},
+            "`run_at` must be a date",
+        ),
+        (
+            doc! {"data": 1, "status": "pending", "max_attempts": -1},
+            "`max_attempts` must be at least 1, but it is -1",
+        ),
+        (
+            doc! {"data": 1, "status": "pending", "max_attempts": "many"},
+            "`max_attempts` must be an integer",
+        ),
+    ];
+    for (document, _) in &bad {
+        db.coll().insert_one(document.clone()).run().unwrap();
+    }
+    db.coll()
+        .insert_one(doc! {"data": "paused", "status": "paused"})
+        .run()
+        .unwrap();
+    db.enqueue_many(50, &[]);
+    let mut worker = db.spawn_worker(&["--drain", "--threads", "2", "--simulate", "0ms..0ms"]);
+    assert!(
+        worker.wait(Duration::from_secs(60)).success(),
+        "{}",
+        worker.log_text()
+    );
+    assert_eq!(db.count(doc! {"status": "completed"}), 50);
+    assert_eq!(db.count(doc! {"status": "failed"}), bad.len() as u64);
+    for (document, reason) in &bad {
+        let mut filter = document.clone();
+        filter.insert("status", "failed");
+        let failed = db
+            .coll()
+            .find_one(filter)
+            .run()
+            .unwrap()
+            .unwrap_or_else(|| panic!("{document} not failed"));
+        let error = failed.get_str("last_error").unwrap();
+        assert!(error.contains(reason), "{document}: {error}");
+        assert!(failed.get_datetime("failed_at").is_ok());
+    }
+    assert_eq!(
+        db.count(doc! {"status": "paused"}),
+        1,
+        "other statuses are left alone"
+    );
+}
