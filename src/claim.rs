@@ -16,9 +16,10 @@
 //!    sees exactly what it won, as it is now (not as the read-ahead saw it).
 //!
 //! Steps 2–3 cost two round trips per batch and step 1 one per several
-//! batches. When a claim wins less than half of what it asked for, other
-//! workers are working the same ids, so the read-ahead is thrown away and
-//! read again rather than fought over. The read-ahead is also re-read after
+//! batches. Workers that read the same window claim runs starting at random
+//! places within the head's priority, so they seldom collide; when claims
+//! keep winning less than half of what they ask for, the window is stale and
+//! is read again rather than fought over. The read-ahead is also re-read after
 //! `max_window_age`, so a new high-priority job waits at most that long.
 //!
 //! Retrying a claim after a lost reply is safe: the same token is reused,
@@ -29,6 +30,7 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use mongodb::bson::{doc, oid::ObjectId, Bson, Document};
+use rand::Rng;
 
 use crate::error::Error;
 use crate::job::{fields, now};
@@ -36,8 +38,16 @@ use crate::lease::lease_end;
 use crate::queue::Queue;
 use crate::stats::eligible_filter;
 
-/// How many batches of ids one read-ahead fetches.
-const READ_AHEAD_BATCHES: usize = 4;
+/// How many ids one read-ahead fetches: twenty batches, at most 5,000.
+///
+/// A read-ahead costs one query whose price grows with the backlog on some
+/// servers (everything the filter matches is examined) and is cheap on
+/// others (the index scan stops at the limit); reading many batches' ids
+/// at once makes either cheap per job. Ids are ~20 bytes, so 5,000 is
+/// ~100 KB.
+fn read_ahead_size(batch_size: usize) -> usize {
+    (batch_size * 20).clamp(batch_size, 5_000.max(batch_size))
+}
 
 /// The sort of the queue: priority first, then age.
 pub(crate) fn queue_order() -> Document {
@@ -55,7 +65,10 @@ pub(crate) struct Claimer {
     queue: Queue,
     owner: String,
     lease: Duration,
-    window: VecDeque<Bson>,
+    /// `(_id, priority)` of eligible jobs, in queue order.
+    window: VecDeque<(Bson, Bson)>,
+    /// Claims in a row that won less than half of what they asked for.
+    contended: u32,
     window_read_at: Instant,
     max_window_age: Duration,
     last_normalized: Option<Instant>,
@@ -75,6 +88,7 @@ impl Claimer {
             owner,
             lease,
             window: VecDeque::new(),
+            contended: 0,
             window_read_at: Instant::now(),
             max_window_age,
             last_normalized: None,
@@ -98,7 +112,7 @@ impl Claimer {
         for _ in 0..2 {
             let fresh =
                 if self.window.is_empty() || self.window_read_at.elapsed() > self.max_window_age {
-                    self.read_window(batch_size * READ_AHEAD_BATCHES)?;
+                    self.read_window(read_ahead_size(batch_size))?;
                     true
                 } else {
                     false
@@ -106,12 +120,18 @@ impl Claimer {
             if self.window.is_empty() {
                 return Ok(None);
             }
-            let take = count.min(self.window.len());
-            let ids: Vec<Bson> = self.window.drain(..take).collect();
+            let ids = self.take_ids(count);
             let won = self.claim_ids(&ids, token)?;
-            if won * 2 < take {
-                // Other workers are ahead of us on this window.
-                self.window.clear();
+            if won * 2 < ids.len() {
+                self.contended += 1;
+                if self.contended >= 2 {
+                    // Other workers keep beating us to this window: it is
+                    // stale, read a fresh one.
+                    self.window.clear();
+                    self.contended = 0;
+                }
+            } else {
+                self.contended = 0;
             }
             if won > 0 {
                 let documents = self.read_claimed(token)?;
@@ -126,6 +146,25 @@ impl Claimer {
         Ok(None)
     }
 
+    /// Takes `count` ids from the window: a run starting at a random place
+    /// among the ids that share the head's priority, so workers reading the
+    /// same window mostly claim different ids, and lower priorities still
+    /// wait for higher ones.
+    fn take_ids(&mut self, count: usize) -> Vec<Bson> {
+        let head = self.window[0].1.clone();
+        let same = self.window.iter().take_while(|(_, p)| *p == head).count();
+        let take = count.min(self.window.len());
+        let start = if same > take {
+            rand::rng().random_range(0..=same - take)
+        } else {
+            0
+        };
+        self.window
+            .drain(start..start + take)
+            .map(|(id, _)| id)
+            .collect()
+    }
+
     fn read_window(&mut self, limit: usize) -> Result<(), Error> {
         self.normalize_priorities()?;
         let cursor = self
@@ -133,7 +172,7 @@ impl Claimer {
             .collection()
             .find(eligible_filter(now()))
             .sort(queue_order())
-            .projection(doc! {"_id": 1})
+            .projection(doc! {"_id": 1, fields::PRIORITY: 1})
             .limit(limit as i64)
             .batch_size(limit as u32)
             .run()
@@ -144,7 +183,11 @@ impl Claimer {
             let document =
                 document.map_err(|e| self.queue.db_error("find (claim read-ahead)", &e))?;
             if let Some(id) = document.get("_id") {
-                self.window.push_back(id.clone());
+                let priority = document
+                    .get(fields::PRIORITY)
+                    .cloned()
+                    .unwrap_or(Bson::Null);
+                self.window.push_back((id.clone(), priority));
             }
         }
         self.window_read_at = Instant::now();

@@ -5,13 +5,12 @@
 
 use std::time::Duration;
 
-use mongodb::bson::doc;
 use rand::Rng;
 
 use crate::handler::{Handler, HandlerResult};
 use crate::job::Job;
 
-/// Sleeps a random time in `[min, max]` and succeeds.
+/// Sleeps a random time in `[min, max]` and succeeds with no result.
 #[derive(Debug, Clone, Copy)]
 pub struct SimulateHandler {
     /// Shortest sleep.
@@ -30,6 +29,8 @@ impl Handler for SimulateHandler {
         if !sleep.is_zero() {
             std::thread::sleep(sleep);
         }
-        Ok(Some(doc! {"simulated_ms": sleep.as_millis() as i64}.into()))
+        // No result: like the original demo, a simulated job is just done
+        // (and a completion without a result is the cheapest to write).
+        Ok(None)
     }
 }

@@ -9,7 +9,7 @@
 //! ```
 //!
 //! **How much to claim.** Claimed jobs hold leases while they wait, so the
-//! fetcher keeps at most `threads + prefetch` jobs, where `prefetch` is what
+//! fetcher keeps at most `threads + 2 × prefetch` jobs, where `prefetch` is what
 //! the threads can start within about [`PREFETCH_HORIZON`] at the measured
 //! handler speed (capped at `--batch-size`). Fast jobs get full batches and
 //! few round trips; slow jobs are not hoarded away from other workers.
@@ -240,7 +240,7 @@ impl Worker {
         let keeper_stop = Shutdown::new();
         let hard_stop = Shutdown::new();
         let (job_tx, job_rx) =
-            crossbeam_channel::bounded::<Job>(config.threads + config.batch_size);
+            crossbeam_channel::bounded::<Job>(config.threads + 2 * config.batch_size);
         let (outcome_tx, outcome_rx) = crossbeam_channel::unbounded::<Outcome>();
 
         let keeper = {
@@ -404,10 +404,12 @@ impl Shared {
         while !shutdown.is_requested() {
             let prefetch = self.prefetch();
             let held = self.leases.held();
-            let room = (config.threads + prefetch).saturating_sub(held);
+            // Two prefetches may be held: one being run while the next
+            // claim is already on its way, so claiming overlaps running.
+            let room = (config.threads + 2 * prefetch).saturating_sub(held);
             // While every thread is busy, wait until a claim is worth its
             // round trips rather than claiming one job at a time.
-            if room == 0 || (held >= config.threads && room < prefetch.div_ceil(2)) {
+            if room == 0 || (held >= config.threads && room < prefetch) {
                 self.leases.wait_for_release(Duration::from_millis(50));
                 continue;
             }
@@ -446,9 +448,9 @@ impl Shared {
         if micros == 0 {
             return threads.min(self.config.batch_size);
         }
-        let per_thread = PREFETCH_HORIZON.as_micros() as u64 / micros.max(1);
-        (threads as u64)
-            .saturating_mul(per_thread.max(1))
+        let startable = (threads as u64).saturating_mul(PREFETCH_HORIZON.as_micros() as u64);
+        startable
+            .div_ceil(micros)
             .clamp(1, self.config.batch_size as u64) as usize
     }
 
