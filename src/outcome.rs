@@ -102,7 +102,7 @@ impl Outcome {
         let history = |attempt: u32, error: &str| {
             doc! {fields::ERRORS: {"$each": [{"attempt": i64::from(attempt), "at": at, "error": error, "worker": worker}], "$slice": -ERROR_HISTORY}}
         };
-        let update = match self {
+        match self {
             Outcome::Completed { result, .. } => doc! {
                 "$set": {fields::STATUS: fields::COMPLETED, fields::COMPLETED_AT: at, fields::RESULT: bounded_result(result.clone())},
                 "$unset": unset_lease,
@@ -136,8 +136,7 @@ impl Outcome {
                 "$unset": unset_lease,
                 "$push": history(0, error),
             },
-        };
-        update
+        }
     }
 }
 
