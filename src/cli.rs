@@ -102,6 +102,9 @@ pub struct WorkArgs {
     /// Exit 0 once no job is eligible and none is running
     #[arg(long)]
     pub drain: bool,
+    /// Do not watch a change stream for new jobs; only poll
+    #[arg(long)]
+    pub no_change_stream: bool,
     /// Handler: sleep a random time in MIN..MAX, like the original demo [default: 1s..5s]
     #[arg(long, value_name = "MIN..MAX", value_parser = parse_duration_range, conflicts_with = "exec")]
     pub simulate: Option<(Duration, Duration)>,

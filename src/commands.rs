@@ -185,6 +185,7 @@ fn worker_config(args: &WorkArgs) -> WorkerConfig {
             base: args.backoff_base,
             max: args.backoff_max,
         },
+        change_streams: !args.no_change_stream,
     }
 }
 

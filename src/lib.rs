@@ -45,6 +45,7 @@ mod claim;
 mod lease;
 mod outage;
 mod outcome;
+mod wake;
 
 pub use error::Error;
 pub use handler::{Handler, HandlerError, HandlerResult};

@@ -46,6 +46,7 @@ use crate::outcome::{bounded_error, run_completer, JobKey, Outcome, Tally};
 use crate::queue::Queue;
 use crate::retry::RetryPolicy;
 use crate::shutdown::Shutdown;
+use crate::wake::{watch, Doorbell};
 
 /// Claimed jobs should be startable within about this long.
 pub const PREFETCH_HORIZON: Duration = Duration::from_millis(200);
@@ -71,6 +72,9 @@ pub struct WorkerConfig {
     pub drain: bool,
     /// Delay before retries.
     pub retry: RetryPolicy,
+    /// Wake up on new jobs through a change stream where the deployment
+    /// supports one (polling continues either way).
+    pub change_streams: bool,
 }
 
 impl Default for WorkerConfig {
@@ -85,6 +89,7 @@ impl Default for WorkerConfig {
             worker_id: default_worker_id(),
             drain: false,
             retry: RetryPolicy::default(),
+            change_streams: true,
         }
     }
 }
@@ -127,6 +132,7 @@ pub struct Worker {
 
 /// The threads of a running worker and the handles that stop them.
 struct Threads {
+    watcher: Option<JoinHandle<()>>,
     keeper: JoinHandle<()>,
     completer: JoinHandle<()>,
     /// The handler threads and the fetcher.
@@ -150,6 +156,8 @@ struct Shared {
     pace_micros: AtomicU64,
     /// The job each handler thread is running.
     running: Mutex<HashMap<usize, JobKey>>,
+    /// Rung by the change-stream watcher (and at shutdown) to wake the fetcher.
+    doorbell: Doorbell,
 }
 
 impl Worker {
@@ -191,6 +199,7 @@ impl Worker {
                 claim_round_trips: AtomicU64::new(0),
                 pace_micros: AtomicU64::new(0),
                 running: Mutex::new(HashMap::new()),
+                doorbell: Doorbell::default(),
             }),
         })
     }
@@ -219,6 +228,7 @@ impl Worker {
         log::debug!("indexes: {}", indexes.join(", "));
         let threads = self.start(shutdown);
         while !shutdown.sleep(Duration::from_secs(3600)) {}
+        shared.doorbell.ring();
         let grace_exceeded = self.stop(threads);
         let report = self.report(grace_exceeded);
         log::info!(
@@ -293,7 +303,15 @@ impl Worker {
             })
         };
         handlers.push(fetcher);
+        let watcher = config.change_streams.then(|| {
+            let shared = Arc::clone(shared);
+            let shutdown = shutdown.clone();
+            spawn("mongoq-watcher", move || {
+                watch(&shared.queue, &shared.doorbell, &shutdown);
+            })
+        });
         Threads {
+            watcher,
             keeper,
             completer,
             handlers,
@@ -315,6 +333,7 @@ impl Worker {
             crate::duration::format_duration(config.shutdown_grace)
         );
         let Threads {
+            watcher,
             keeper,
             completer,
             handlers,
@@ -340,6 +359,9 @@ impl Worker {
         let _ = completer.join();
         keeper_stop.request();
         let _ = keeper.join();
+        if let Some(watcher) = watcher {
+            let _ = watcher.join();
+        }
         // Threads stuck in a handler past the grace period are left behind;
         // the process is about to exit.
         for handle in handlers {
@@ -432,10 +454,11 @@ impl Shared {
                         shutdown.request();
                         break;
                     }
-                    if shutdown.sleep(idle) {
-                        break;
+                    if self.doorbell.wait(idle) {
+                        idle = shortest_idle;
+                    } else {
+                        idle = (idle * 2).min(config.poll_interval);
                     }
-                    idle = (idle * 2).min(config.poll_interval);
                 }
             }
         }

@@ -333,3 +333,29 @@ fn a_worker_whose_lease_was_taken_over_cannot_write_its_outcome() {
     stale.signal("TERM");
     assert!(stale.wait(Duration::from_secs(10)).success());
 }
+
+#[test]
+fn an_idle_worker_wakes_on_a_change_stream_event_long_before_its_next_poll() {
+    let db = TestDb::new("wake");
+    db.run(&["init"]);
+    let mut worker = db.spawn_worker(&[
+        "--threads",
+        "1",
+        "--poll-interval",
+        "60s",
+        "--simulate",
+        "0ms..0ms",
+    ]);
+    // Idle polls back off from 60s/16: at about 0s, 3.75s, then 11.25s.
+    std::thread::sleep(Duration::from_secs(5));
+    let enqueued = Instant::now();
+    db.run(&["enqueue", "{}"]);
+    db.wait_for_count(doc! {"status": "completed"}, 1, Duration::from_secs(4));
+    assert!(enqueued.elapsed() < Duration::from_secs(4));
+    worker.signal("TERM");
+    assert!(
+        worker.wait(Duration::from_secs(10)).success(),
+        "{}",
+        worker.log_text()
+    );
+}
