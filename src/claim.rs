@@ -38,15 +38,16 @@ use crate::lease::lease_end;
 use crate::queue::Queue;
 use crate::stats::eligible_filter;
 
-/// How many ids one read-ahead fetches: twenty batches, at most 5,000.
+/// How many ids one read-ahead fetches: twenty batches, at least 2,000 and
+/// at most 5,000 (or one batch, if that is larger).
 ///
 /// A read-ahead costs one query whose price grows with the backlog on some
 /// servers (everything the filter matches is examined) and is cheap on
 /// others (the index scan stops at the limit); reading many batches' ids
-/// at once makes either cheap per job. Ids are ~20 bytes, so 5,000 is
-/// ~100 KB.
+/// at once makes either cheap per job, even with small batches. Ids are
+/// ~20 bytes, so 5,000 is ~100 KB.
 fn read_ahead_size(batch_size: usize) -> usize {
-    (batch_size * 20).clamp(batch_size, 5_000.max(batch_size))
+    (batch_size * 20).clamp(2_000, 5_000).max(batch_size)
 }
 
 /// The sort of the queue: priority first, then age.

@@ -46,6 +46,48 @@ pub enum Command {
     Work(WorkArgs),
     /// Show job counts by status, eligible vs scheduled, oldest eligible job
     Stats(StatsArgs),
+    /// Measure throughput, latency and cost against the server (uses its own database)
+    Bench(BenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Database for the bench's throwaway collections (never the queue's)
+    #[arg(long, default_value = "mongoq_bench")]
+    pub bench_db: String,
+    /// Backlog for the drain matrix and the large backlog shape
+    #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u32).range(100..))]
+    pub jobs: u32,
+    /// The small backlog shape
+    #[arg(long, default_value_t = 2_000, value_parser = clap::value_parser!(u32).range(100..))]
+    pub small_backlog: u32,
+    /// Thread counts of the drain matrix, comma-separated
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4,8")]
+    pub threads: Vec<usize>,
+    /// Batch sizes of the drain matrix, comma-separated
+    #[arg(long, value_delimiter = ',', default_value = "10,50,100,250,500")]
+    pub batch_sizes: Vec<usize>,
+    /// Time budget of each peer pattern
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub peer_budget: Duration,
+    /// Jobs inserted one at a time for the wake-up latency scenario
+    #[arg(long, default_value_t = 50)]
+    pub latency_jobs: usize,
+    /// Their rate, per second
+    #[arg(long, default_value_t = 10.0)]
+    pub latency_rate: f64,
+    /// Backlog for the memory scenario
+    #[arg(long, default_value_t = 100_000)]
+    pub memory_jobs: usize,
+    /// How long the idle-CPU scenario watches
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub idle: Duration,
+    /// Print JSON instead of a table
+    #[arg(long)]
+    pub json: bool,
+    /// Write the throughput chart (SVG) here
+    #[arg(long, default_value = "bench-chart.svg")]
+    pub chart: std::path::PathBuf,
 }
 
 #[derive(Debug, Args)]

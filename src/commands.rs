@@ -12,7 +12,7 @@ use mongoq::retry::RetryPolicy;
 use mongoq::simulate::SimulateHandler;
 use mongoq::{EnqueueOptions, Handler, Queue, QueueConfig, Shutdown, Worker, WorkerConfig};
 
-use crate::cli::{Cli, Command, EnqueueArgs, StatsArgs, WorkArgs};
+use crate::cli::{BenchArgs, Cli, Command, EnqueueArgs, StatsArgs, WorkArgs};
 
 /// Exit code for input that is not valid (sysexits' EX_DATAERR).
 const EXIT_BAD_INPUT: u8 = 65;
@@ -55,6 +55,9 @@ fn usage(message: impl Into<String>) -> CommandError {
 }
 
 pub fn run(cli: Cli) -> Result<ExitCode, CommandError> {
+    if let Command::Bench(args) = &cli.command {
+        return bench(&cli.global.uri, args);
+    }
     let queue = Queue::connect(&QueueConfig {
         uri: cli.global.uri,
         database: cli.global.db,
@@ -65,6 +68,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, CommandError> {
         Command::Enqueue(args) => enqueue(&queue, &args),
         Command::Work(args) => work(queue, args),
         Command::Stats(args) => stats(&queue, &args),
+        Command::Bench(_) => unreachable!("handled above"),
     }
 }
 
@@ -263,6 +267,62 @@ fn stats(queue: &Queue, args: &StatsArgs) -> Result<ExitCode, CommandError> {
             mongoq::duration::format_duration(Duration::from_secs_f64(age))
         ),
         None => println!("  no job is waiting"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn bench(uri: &str, args: &BenchArgs) -> Result<ExitCode, CommandError> {
+    if args.threads.contains(&0) || args.batch_sizes.contains(&0) || args.latency_rate <= 0.0 {
+        return Err(usage(
+            "--threads, --batch-sizes and --latency-rate must be positive",
+        ));
+    }
+    let exe = std::env::current_exe().map_err(|e| CommandError {
+        message: format!("cannot find the mongoq binary: {e}"),
+        code: 1,
+    })?;
+    let defaults = WorkerConfig::default();
+    let config = mongoq::bench::BenchConfig {
+        uri: uri.to_string(),
+        database: args.bench_db.clone(),
+        jobs: args.jobs as usize,
+        small_backlog: args.small_backlog as usize,
+        threads: args.threads.clone(),
+        batch_sizes: args.batch_sizes.clone(),
+        default_threads: defaults.threads,
+        default_batch: defaults.batch_size,
+        peer_budget: args.peer_budget,
+        latency_jobs: args.latency_jobs,
+        latency_rate: args.latency_rate,
+        memory_jobs: args.memory_jobs,
+        idle_time: args.idle,
+        exe,
+    };
+    let started = std::time::Instant::now();
+    let mut progress = |step: &str| {
+        eprint!(
+            "\r\x1b[2K[{:>5.0}s] {step}",
+            started.elapsed().as_secs_f64()
+        );
+        let _ = std::io::stderr().flush();
+    };
+    let results = mongoq::bench::run(&config, &mut progress)?;
+    eprintln!("\r\x1b[2K[{:>5.0}s] done", started.elapsed().as_secs_f64());
+    std::fs::write(&args.chart, mongoq::bench::render_svg(&results)).map_err(|e| CommandError {
+        message: format!(
+            "cannot write the chart to {}: {e} (choose another path with --chart)",
+            args.chart.display()
+        ),
+        code: 1,
+    })?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&results).unwrap_or_default()
+        );
+    } else {
+        print!("{}", mongoq::bench::render_table(&results));
+        println!("\nchart: {}", args.chart.display());
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -28,6 +28,7 @@
 //! The contract (document schema, statuses, guarantees) is in DESIGN.md;
 //! the binary's flags are in README.md.
 
+pub mod bench;
 pub mod duration;
 pub mod error;
 pub mod exec;

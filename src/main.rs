@@ -10,7 +10,15 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    // The bench runs workers in-process; their per-run lines would bury its
+    // progress line, so it logs warnings only unless RUST_LOG says otherwise.
+    let default_level = if matches!(cli.command, cli::Command::Bench(_)) {
+        "warn"
+    } else {
+        "info"
+    };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default_level))
+        .init();
     match commands::run(cli) {
         Ok(code) => code,
         Err(error) => {

@@ -66,6 +66,15 @@ impl Queue {
     /// Connects lazily: a bad URI fails here, an unreachable server fails
     /// (or, in a worker, is retried) at the first operation.
     pub fn connect(config: &QueueConfig) -> Result<Queue, Error> {
+        Queue::connect_with(config, |_| {})
+    }
+
+    /// Like [`Queue::connect`], letting `adjust` change the driver's options
+    /// after the URI is parsed (command monitoring, pool size, …).
+    pub fn connect_with(
+        config: &QueueConfig,
+        adjust: impl FnOnce(&mut ClientOptions),
+    ) -> Result<Queue, Error> {
         let mut options =
             ClientOptions::parse(&config.uri)
                 .run()
@@ -93,6 +102,7 @@ impl Queue {
                 config.collection
             )));
         }
+        adjust(&mut options);
         let client = Client::with_options(options).map_err(|error| Error::InvalidUri {
             uri: redact_uri(&config.uri),
             reason: redact_text(&error.to_string(), &config.uri),

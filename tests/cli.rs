@@ -224,3 +224,30 @@ fn bad_uris_are_clear_errors_and_never_show_the_password() {
         "--help must not show the URI from the environment"
     );
 }
+
+#[test]
+fn a_worker_that_cannot_reach_its_server_logs_without_the_password_and_stops_cleanly() {
+    let db = TestDb::new("work_redacted");
+    let mut worker = db.spawn_worker(&[
+        "--uri",
+        "mongodb://alice:hunter2@127.0.0.1:1/?serverSelectionTimeoutMS=200",
+        "--simulate",
+        "0ms..0ms",
+    ]);
+    std::thread::sleep(std::time::Duration::from_millis(1_500));
+    worker.signal("TERM");
+    assert!(
+        worker.wait(std::time::Duration::from_secs(10)).success(),
+        "an outage is not a crash"
+    );
+    let log = worker.log_text();
+    assert!(
+        log.contains("retrying in"),
+        "the outage is logged and retried: {log}"
+    );
+    assert!(log.contains("alice:****@127.0.0.1:1"), "{log}");
+    assert!(
+        !log.contains("hunter2"),
+        "password leaked into the log: {log}"
+    );
+}

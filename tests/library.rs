@@ -134,3 +134,49 @@ fn the_claim_query_uses_the_queue_index() {
         "claim must not scan the collection: {plan}"
     );
 }
+
+#[test]
+fn a_job_whose_lease_expired_on_its_last_attempt_fails_instead_of_running_again() {
+    let db = TestDb::new("lib_exhausted");
+    let queue = db.queue();
+    queue.ensure_indexes().unwrap();
+    let expired = mongodb::bson::DateTime::from_millis(
+        mongodb::bson::DateTime::now().timestamp_millis() - 60_000,
+    );
+    db.coll()
+        .insert_one(doc! {
+            "data": "poison", "status": "running", "attempts": 2, "max_attempts": 2,
+            "lease_owner": "crashed:1", "lease_token": mongodb::bson::oid::ObjectId::new(), "lease_until": expired,
+        })
+        .run()
+        .unwrap();
+    let ran = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&ran);
+    let worker = Worker::new(queue, config(), move |_: &Job| {
+        counter.fetch_add(1, Ordering::SeqCst);
+        Ok(None)
+    })
+    .unwrap();
+    let report = worker.run(&Shutdown::new());
+    assert_eq!(
+        ran.load(Ordering::SeqCst),
+        0,
+        "an exhausted job must not run again"
+    );
+    assert_eq!((report.rescued, report.failed), (1, 1), "{report:?}");
+    let job = db.coll().find_one(doc! {}).run().unwrap().unwrap();
+    assert_eq!(job.get_str("status").unwrap(), "failed");
+    assert!(
+        job.get_str("last_error")
+            .unwrap()
+            .contains("attempts exhausted"),
+        "{job}"
+    );
+    let errors = job.get_array("errors").unwrap();
+    assert!(errors.iter().any(|e| e
+        .as_document()
+        .unwrap()
+        .get_str("error")
+        .unwrap()
+        .contains("lease expired")));
+}
