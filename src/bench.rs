@@ -9,7 +9,7 @@
 //! that time; mongoq and the ceiling drain the whole backlog. See
 //! BENCHMARKS.md for the results and how to read them.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -71,6 +71,56 @@ pub struct DrainRow {
     pub seconds: f64,
     pub jobs_per_second: f64,
     pub round_trips_per_job: f64,
+    /// Milliseconds spent waiting for replies, by command name.
+    pub reply_wait_ms: BTreeMap<String, f64>,
+}
+
+/// Counts the commands a client sends and how long each kind took to be
+/// answered (the driver's command monitoring), to see where time goes.
+#[derive(Default)]
+struct Monitor {
+    commands: AtomicU64,
+    millis: Mutex<BTreeMap<String, f64>>,
+}
+
+impl Monitor {
+    fn observe(&self, event: CommandEvent) {
+        match event {
+            CommandEvent::Started(_) => {
+                self.commands.fetch_add(1, Ordering::Relaxed);
+            }
+            CommandEvent::Succeeded(done) => self.add(&done.command_name, done.duration),
+            CommandEvent::Failed(failed) => self.add(&failed.command_name, failed.duration),
+            _ => {}
+        }
+    }
+
+    fn add(&self, name: &str, took: Duration) {
+        let mut millis = self
+            .millis
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *millis.entry(name.to_string()).or_insert(0.0) += took.as_secs_f64() * 1000.0;
+    }
+
+    fn reset(&self) {
+        self.commands.store(0, Ordering::Relaxed);
+        self.millis
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clear();
+    }
+
+    fn sent(&self) -> u64 {
+        self.commands.load(Ordering::Relaxed)
+    }
+
+    fn millis(&self) -> BTreeMap<String, f64> {
+        self.millis
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
 }
 
 /// A pattern's rate on one backlog shape.
@@ -84,6 +134,8 @@ pub struct PatternRow {
     /// Handler runs beyond one per job (the original design double-runs).
     pub duplicate_runs: usize,
     pub round_trips_per_job: f64,
+    /// Milliseconds spent waiting for replies, by command name.
+    pub reply_wait_ms: BTreeMap<String, f64>,
 }
 
 /// Enqueue rates.
@@ -166,6 +218,7 @@ pub fn run(config: &BenchConfig, progress: &mut dyn FnMut(&str)) -> Result<Bench
             jobs_per_second: row.jobs_per_second,
             duplicate_runs: 0,
             round_trips_per_job: row.round_trips_per_job,
+            reply_wait_ms: row.reply_wait_ms.clone(),
         });
         for pattern in [
             Pattern::Original,
@@ -232,7 +285,7 @@ struct Bench<'a> {
 
 impl Bench<'_> {
     /// A fresh collection's queue, optionally counting commands.
-    fn queue(&self, name: &str, counter: Option<Arc<AtomicU64>>) -> Result<Queue, Error> {
+    fn queue(&self, name: &str, monitor: Option<Arc<Monitor>>) -> Result<Queue, Error> {
         let n = self.serial.fetch_add(1, Ordering::Relaxed);
         let collection = format!("{name}_{}_{n}", std::process::id());
         let queue = Queue::connect_with(
@@ -242,12 +295,9 @@ impl Bench<'_> {
                 collection,
             },
             |options| {
-                if let Some(counter) = counter {
-                    options.command_event_handler = Some(EventHandler::callback(move |event| {
-                        if matches!(event, CommandEvent::Started(_)) {
-                            counter.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }));
+                if let Some(monitor) = monitor {
+                    options.command_event_handler =
+                        Some(EventHandler::callback(move |event| monitor.observe(event)));
                 }
             },
         )?;
@@ -278,8 +328,8 @@ impl Bench<'_> {
     }
 
     fn drain(&self, n: usize, threads: usize, batch: usize) -> Result<DrainRow, Error> {
-        let commands = Arc::new(AtomicU64::new(0));
-        let queue = self.queue("bench_drain", Some(Arc::clone(&commands)))?;
+        let monitor = Arc::new(Monitor::default());
+        let queue = self.queue("bench_drain", Some(Arc::clone(&monitor)))?;
         Bench::fill(&queue, n)?;
         let config = WorkerConfig {
             threads,
@@ -291,11 +341,11 @@ impl Bench<'_> {
             ..WorkerConfig::default()
         };
         let worker = Worker::new(queue.clone(), config, |_: &crate::Job| Ok(None))?;
-        commands.store(0, Ordering::Relaxed);
+        monitor.reset();
         let started = Instant::now();
         let report = worker.run(&Shutdown::new());
         let seconds = started.elapsed().as_secs_f64();
-        let sent = commands.load(Ordering::Relaxed);
+        let sent = monitor.sent();
         let done = completed(&queue)?;
         let _ = queue.collection().drop().run();
         if done != n as u64 || report.completed != n as u64 {
@@ -311,6 +361,7 @@ impl Bench<'_> {
             seconds,
             jobs_per_second: n as f64 / seconds,
             round_trips_per_job: sent as f64 / n as f64,
+            reply_wait_ms: monitor.millis(),
         })
     }
 
@@ -321,10 +372,10 @@ impl Bench<'_> {
         threads: usize,
         batch: usize,
     ) -> Result<PatternRow, Error> {
-        let commands = Arc::new(AtomicU64::new(0));
-        let queue = self.queue("bench_peer", Some(Arc::clone(&commands)))?;
+        let monitor = Arc::new(Monitor::default());
+        let queue = self.queue("bench_peer", Some(Arc::clone(&monitor)))?;
         Bench::fill(&queue, backlog)?;
-        commands.store(0, Ordering::Relaxed);
+        monitor.reset();
         let deadline = Instant::now() + self.config.peer_budget;
         let runs = Mutex::new(Vec::<Bson>::new());
         let started = Instant::now();
@@ -361,7 +412,8 @@ impl Bench<'_> {
         let runs = runs.into_inner().unwrap_or_default();
         let distinct: HashSet<String> = runs.iter().map(ToString::to_string).collect();
         let done = completed(&queue)? as usize;
-        let sent = commands.load(Ordering::Relaxed);
+        let sent = monitor.sent();
+        let reply_wait_ms = monitor.millis();
         let _ = queue.collection().drop().run();
         Ok(PatternRow {
             pattern: pattern.name().into(),
@@ -375,6 +427,7 @@ impl Bench<'_> {
             } else {
                 sent as f64 / done as f64
             },
+            reply_wait_ms,
         })
     }
 
@@ -790,6 +843,7 @@ fn server_description(queue: &Queue) -> Result<String, Error> {
 }
 
 /// The results as a plain-text report.
+#[allow(clippy::too_many_lines)] // one report, written top to bottom
 pub fn render_table(results: &BenchResults) -> String {
     use std::fmt::Write;
     let mut out = String::new();
@@ -841,6 +895,25 @@ pub fn render_table(results: &BenchResults) -> String {
             r.duplicate_runs,
             r.round_trips_per_job,
             ratio
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\n   where the time goes: ms waiting for replies per 1,000 jobs, by command"
+    );
+    for r in &results.patterns {
+        let per_k = |ms: f64| ms * 1000.0 / r.completed.max(1) as f64;
+        let parts: Vec<String> = r
+            .reply_wait_ms
+            .iter()
+            .map(|(name, ms)| format!("{name} {:.0}", per_k(*ms)))
+            .collect();
+        let _ = writeln!(
+            out,
+            "   {:<52} {:>7}  {}",
+            r.pattern,
+            r.backlog,
+            parts.join(", ")
         );
     }
     let _ = writeln!(out, "\n4. enqueue throughput");

@@ -2,31 +2,36 @@
 //! trips.
 //!
 //! MongoDB has no "update N documents and return them" (findAndModify takes
-//! one), so a batch claim is built from three documented operations:
+//! one), so a batch claim is built from documented operations:
 //!
-//! 1. **Read ahead** the `_id`s of the next eligible jobs, in queue order
-//!    (`priority` desc, `run_at`, `_id`), several batches at once, through
-//!    the `mongoq_claim` index. Only `_id`s travel.
-//! 2. **Claim** a batch of those ids with one `updateMany` whose filter
-//!    repeats `status: "pending"` and the `run_at` bound. Each document's
-//!    update is atomic, so a job another worker took in between simply does
-//!    not match: two workers never hold the same job. All jobs claimed get
-//!    this claim's fresh `lease_token` and `attempts + 1`.
-//! 3. **Read** the claimed documents back by `lease_token`, so the worker
-//!    sees exactly what it won, as it is now (not as the read-ahead saw it).
+//! 1. **Read ahead** the next eligible jobs, in queue order (`priority`
+//!    desc, `run_at`, `_id`), several batches at once, through the
+//!    `mongoq_claim` index, into a window bounded by count and bytes.
+//! 2. **Claim** a batch from the window with one `updateMany` whose filter
+//!    repeats `status: "pending"`, the `run_at` bound and the `attempts` the
+//!    read-ahead saw. Each document's update is atomic, so a job another
+//!    worker took in between simply does not match: two workers never hold
+//!    the same job. All jobs claimed get this claim's fresh `lease_token`
+//!    and `attempts + 1`.
+//! 3. When the claim took every job it asked for, the window's copies are
+//!    exactly what was claimed (a document whose `attempts` had moved would
+//!    not have matched), so no read is needed. When it took fewer, the
+//!    claimed `_id`s are read back by `lease_token`.
 //!
-//! Steps 2–3 cost two round trips per batch and step 1 one per several
+//! That is one round trip per batch plus one read-ahead per several
 //! batches. Workers that read the same window claim runs starting at random
 //! places within the head's priority, so they seldom collide; when claims
 //! keep winning less than half of what they ask for, the window is stale and
-//! is read again rather than fought over. The read-ahead is also re-read after
-//! `max_window_age`, so a new high-priority job waits at most that long.
+//! is read again rather than fought over. The window is also re-read after
+//! `max_window_age` (at most a second), so a new high-priority job waits at
+//! most that long, and a producer's edit of a pending job's `data` can race
+//! a claim only within that second (as it could race any claim).
 //!
-//! Retrying a claim after a lost reply is safe: the same token is reused,
-//! the documents it already took no longer match `pending`, and step 3
-//! finds them by token.
+//! Retrying a claim after a lost reply is safe: the retry reuses the token,
+//! the documents the lost attempt took no longer match `pending`, and the
+//! retry reads everything held under the token back from the server.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use mongodb::bson::{doc, oid::ObjectId, Bson, Document};
@@ -38,17 +43,20 @@ use crate::lease::lease_end;
 use crate::queue::Queue;
 use crate::stats::eligible_filter;
 
-/// How many ids one read-ahead fetches: twenty batches, at least 2,000 and
+/// How many jobs one read-ahead fetches: twenty batches, at least 2,000 and
 /// at most 5,000 (or one batch, if that is larger).
 ///
 /// A read-ahead costs one query whose price grows with the backlog on some
 /// servers (everything the filter matches is examined) and is cheap on
-/// others (the index scan stops at the limit); reading many batches' ids
-/// at once makes either cheap per job, even with small batches. Ids are
-/// ~20 bytes, so 5,000 is ~100 KB.
+/// others (the index scan stops at the limit); reading many batches at once
+/// makes either cheap per job, even with small batches.
 fn read_ahead_size(batch_size: usize) -> usize {
     (batch_size * 20).clamp(2_000, 5_000).max(batch_size)
 }
+
+/// The window stops filling at this many bytes of documents, so large jobs
+/// cannot make a worker's memory grow with the backlog.
+const WINDOW_BYTES: usize = 8 * 1024 * 1024;
 
 /// The sort of the queue: priority first, then age.
 pub(crate) fn queue_order() -> Document {
@@ -66,13 +74,15 @@ pub(crate) struct Claimer {
     queue: Queue,
     owner: String,
     lease: Duration,
-    /// `(_id, priority)` of eligible jobs, in queue order.
-    window: VecDeque<(Bson, Bson)>,
+    /// Eligible jobs as the read-ahead saw them, in queue order.
+    window: VecDeque<Document>,
     /// Claims in a row that won less than half of what they asked for.
     contended: u32,
     window_read_at: Instant,
     max_window_age: Duration,
     last_normalized: Option<Instant>,
+    /// The token of a claim that failed half-way; the retry reuses it.
+    unfinished: Option<ObjectId>,
     /// Round trips made, for `bench` and stats.
     pub(crate) round_trips: u64,
 }
@@ -93,12 +103,12 @@ impl Claimer {
             window_read_at: Instant::now(),
             max_window_age,
             last_normalized: None,
+            unfinished: None,
             round_trips: 0,
         }
     }
 
-    /// Claims up to `count` jobs. An empty result means nothing is eligible
-    /// right now.
+    /// Claims up to `count` jobs. `None` means nothing is eligible right now.
     pub(crate) fn claim(
         &mut self,
         count: usize,
@@ -107,7 +117,22 @@ impl Claimer {
         if count == 0 {
             return Ok(None);
         }
-        let token = ObjectId::new();
+        // An error below leaves `unfinished` set, so the caller's retry
+        // comes back with the same token.
+        let retrying = self.unfinished.is_some();
+        let token = *self.unfinished.get_or_insert_with(ObjectId::new);
+        let claimed = self.claim_with(token, count, batch_size, retrying)?;
+        self.unfinished = None;
+        Ok(claimed)
+    }
+
+    fn claim_with(
+        &mut self,
+        token: ObjectId,
+        count: usize,
+        batch_size: usize,
+        retrying: bool,
+    ) -> Result<Option<Claimed>, Error> {
         // Two passes at most: the second only after a stale or contended
         // window was dropped.
         for _ in 0..2 {
@@ -118,12 +143,12 @@ impl Claimer {
                 } else {
                     false
                 };
-            if self.window.is_empty() {
+            if self.window.is_empty() && !retrying {
                 return Ok(None);
             }
-            let ids = self.take_ids(count);
-            let won = self.claim_ids(&ids, token)?;
-            if won * 2 < ids.len() {
+            let candidates = self.take(count);
+            let won = self.claim_documents(&candidates, token)?;
+            if won * 2 < candidates.len() {
                 self.contended += 1;
                 if self.contended >= 2 {
                     // Other workers keep beating us to this window: it is
@@ -134,8 +159,29 @@ impl Claimer {
             } else {
                 self.contended = 0;
             }
-            if won > 0 {
-                let documents = self.read_claimed(token)?;
+            let documents = if retrying {
+                // A lost reply may have claimed jobs we never saw.
+                self.read_claimed(token, false)?
+            } else if won == candidates.len() {
+                candidates
+                    .into_iter()
+                    .map(|d| as_claimed(d, token, &self.owner))
+                    .collect()
+            } else if won > 0 {
+                let ids: HashSet<String> = self
+                    .read_claimed(token, true)?
+                    .iter()
+                    .filter_map(|d| d.get("_id").map(ToString::to_string))
+                    .collect();
+                candidates
+                    .into_iter()
+                    .filter(|d| d.get("_id").is_some_and(|id| ids.contains(&id.to_string())))
+                    .map(|d| as_claimed(d, token, &self.owner))
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            if !documents.is_empty() {
                 return Ok(Some(Claimed { token, documents }));
             }
             if fresh {
@@ -147,23 +193,27 @@ impl Claimer {
         Ok(None)
     }
 
-    /// Takes `count` ids from the window: a run starting at a random place
-    /// among the ids that share the head's priority, so workers reading the
-    /// same window mostly claim different ids, and lower priorities still
-    /// wait for higher ones.
-    fn take_ids(&mut self, count: usize) -> Vec<Bson> {
-        let head = self.window[0].1.clone();
-        let same = self.window.iter().take_while(|(_, p)| *p == head).count();
+    /// Takes `count` documents from the window: a run starting at a random
+    /// place among those that share the head's priority, so workers reading
+    /// the same window mostly claim different jobs, and lower priorities
+    /// still wait for higher ones.
+    fn take(&mut self, count: usize) -> Vec<Document> {
+        let Some(first) = self.window.front() else {
+            return Vec::new();
+        };
+        let head = first.get(fields::PRIORITY).cloned();
+        let same = self
+            .window
+            .iter()
+            .take_while(|d| d.get(fields::PRIORITY).cloned() == head)
+            .count();
         let take = count.min(self.window.len());
         let start = if same > take {
             rand::rng().random_range(0..=same - take)
         } else {
             0
         };
-        self.window
-            .drain(start..start + take)
-            .map(|(id, _)| id)
-            .collect()
+        self.window.drain(start..start + take).collect()
     }
 
     fn read_window(&mut self, limit: usize) -> Result<(), Error> {
@@ -173,59 +223,100 @@ impl Claimer {
             .collection()
             .find(eligible_filter(now()))
             .sort(queue_order())
-            .projection(doc! {"_id": 1, fields::PRIORITY: 1})
             .limit(limit as i64)
-            .batch_size(limit as u32)
             .run()
             .map_err(|e| self.queue.db_error("find (claim read-ahead)", &e))?;
         self.round_trips += 1;
         self.window.clear();
+        let mut bytes = 0;
         for document in cursor {
             let document =
                 document.map_err(|e| self.queue.db_error("find (claim read-ahead)", &e))?;
-            if let Some(id) = document.get("_id") {
-                let priority = document
-                    .get(fields::PRIORITY)
-                    .cloned()
-                    .unwrap_or(Bson::Null);
-                self.window.push_back((id.clone(), priority));
+            bytes += mongodb::bson::to_vec(&document).map_or(0, |b| b.len());
+            self.window.push_back(document);
+            if bytes > WINDOW_BYTES {
+                // Dropping the cursor ends the query on the server.
+                break;
             }
         }
         self.window_read_at = Instant::now();
         Ok(())
     }
 
-    fn claim_ids(&mut self, ids: &[Bson], token: ObjectId) -> Result<usize, Error> {
-        let mut filter = eligible_filter(now());
-        filter.insert("_id", doc! {"$in": ids});
-        let result = self
-            .queue
-            .collection()
-            .update_many(
-                filter,
-                doc! {
-                    "$set": {
-                        fields::STATUS: fields::RUNNING,
-                        fields::LEASE_OWNER: &self.owner,
-                        fields::LEASE_TOKEN: token,
-                        fields::LEASE_UNTIL: lease_end(self.lease),
-                        fields::STARTED_AT: now(),
-                    },
-                    "$inc": {fields::ATTEMPTS: 1},
-                },
-            )
-            .run()
-            .map_err(|e| self.queue.db_error("update (claim)", &e))?;
-        self.round_trips += 1;
-        Ok(result.modified_count as usize)
+    /// Claims the candidates that are still as the read-ahead saw them; one
+    /// `updateMany` per distinct `attempts` value (almost always one).
+    fn claim_documents(
+        &mut self,
+        candidates: &[Document],
+        token: ObjectId,
+    ) -> Result<usize, Error> {
+        let mut groups: Vec<(Bson, Vec<Bson>)> = Vec::new();
+        for document in candidates {
+            let attempts = document
+                .get(fields::ATTEMPTS)
+                .cloned()
+                .unwrap_or(Bson::Null);
+            let id = document.get("_id").cloned().unwrap_or(Bson::Null);
+            if !matches!(
+                attempts,
+                Bson::Null | Bson::Int32(_) | Bson::Int64(_) | Bson::Double(_)
+            ) {
+                // `$inc` would fail on it and stop the whole claim.
+                self.fail_unclaimable(id, &attempts)?;
+                continue;
+            }
+            match groups.iter_mut().find(|(a, _)| *a == attempts) {
+                Some(group) => group.1.push(id),
+                None => groups.push((attempts, vec![id])),
+            }
+        }
+        let mut won = 0;
+        for (attempts, ids) in groups {
+            let mut filter = eligible_filter(now());
+            filter.insert("_id", doc! {"$in": ids});
+            filter.insert(fields::ATTEMPTS, attempts);
+            let result = self
+                .queue
+                .collection()
+                .update_many(filter, claim_update(token, &self.owner, self.lease))
+                .run()
+                .map_err(|e| self.queue.db_error("update (claim)", &e))?;
+            self.round_trips += 1;
+            won += result.modified_count as usize;
+        }
+        Ok(won)
     }
 
-    fn read_claimed(&mut self, token: ObjectId) -> Result<Vec<Document>, Error> {
-        let cursor = self
+    /// Marks `failed` a pending job whose worker-owned `attempts` field a
+    /// producer set to something that is not a number.
+    fn fail_unclaimable(&mut self, id: Bson, attempts: &Bson) -> Result<(), Error> {
+        let error = format!(
+            "malformed job: `attempts` is owned by the worker and must be a number, but it is {}",
+            attempts.clone().into_relaxed_extjson()
+        );
+        log::warn!("job {} failed: {error}", crate::job::id_text(&id));
+        self.queue
+            .collection()
+            .update_one(
+                doc! {"_id": id, fields::STATUS: fields::PENDING, fields::ATTEMPTS: attempts.clone()},
+                doc! {"$set": {fields::STATUS: fields::FAILED, fields::FAILED_AT: now(), fields::LAST_ERROR: error}},
+            )
+            .run()
+            .map_err(|e| self.queue.db_error("update (fail malformed)", &e))?;
+        self.round_trips += 1;
+        Ok(())
+    }
+
+    fn read_claimed(&mut self, token: ObjectId, ids_only: bool) -> Result<Vec<Document>, Error> {
+        let mut find = self
             .queue
             .collection()
-            .find(doc! {fields::LEASE_TOKEN: token})
-            .sort(queue_order())
+            .find(doc! {fields::LEASE_TOKEN: token, fields::STATUS: fields::RUNNING})
+            .sort(queue_order());
+        if ids_only {
+            find = find.projection(doc! {"_id": 1});
+        }
+        let cursor = find
             .run()
             .map_err(|e| self.queue.db_error("find (claimed jobs)", &e))?;
         self.round_trips += 1;
@@ -258,4 +349,33 @@ impl Claimer {
         self.last_normalized = Some(Instant::now());
         Ok(())
     }
+}
+
+/// What a claim writes.
+fn claim_update(token: ObjectId, owner: &str, lease: Duration) -> Document {
+    doc! {
+        "$set": {
+            fields::STATUS: fields::RUNNING,
+            fields::LEASE_OWNER: owner,
+            fields::LEASE_TOKEN: token,
+            fields::LEASE_UNTIL: lease_end(lease),
+            fields::STARTED_AT: now(),
+        },
+        "$inc": {fields::ATTEMPTS: 1},
+    }
+}
+
+/// The window's copy of a document, as the claim left it on the server
+/// (only the fields the worker reads need to be exact: `attempts`).
+fn as_claimed(mut document: Document, token: ObjectId, owner: &str) -> Document {
+    let attempts = match document.get(fields::ATTEMPTS) {
+        Some(Bson::Int32(n)) => i64::from(*n) + 1,
+        Some(Bson::Int64(n)) => n + 1,
+        _ => 1,
+    };
+    document.insert(fields::ATTEMPTS, attempts);
+    document.insert(fields::STATUS, fields::RUNNING);
+    document.insert(fields::LEASE_TOKEN, token);
+    document.insert(fields::LEASE_OWNER, owner);
+    document
 }

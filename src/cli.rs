@@ -118,7 +118,7 @@ pub struct WorkArgs {
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub threads: Option<u32>,
     /// Most jobs claimed per round trip
-    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub batch_size: u32,
     /// How long a claimed job is held without renewal; renewed every third
     #[arg(long, default_value = "60s", value_parser = parse_duration)]

@@ -81,7 +81,7 @@ impl Default for WorkerConfig {
     fn default() -> Self {
         WorkerConfig {
             threads: std::thread::available_parallelism().map_or(2, std::num::NonZero::get),
-            batch_size: 100,
+            batch_size: 500,
             lease: Duration::from_secs(60),
             poll_interval: Duration::from_secs(1),
             max_attempts: 5,
