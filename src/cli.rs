@@ -67,6 +67,9 @@ pub struct BenchArgs {
     /// Batch sizes of the drain matrix, comma-separated
     #[arg(long, value_delimiter = ',', default_value = "10,50,100,250,500")]
     pub batch_sizes: Vec<usize>,
+    /// Batch size for the pattern comparison and cost scenarios [default: work's default]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub compare_batch_size: Option<u32>,
     /// Time budget of each peer pattern
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub peer_budget: Duration,

@@ -290,7 +290,9 @@ fn bench(uri: &str, args: &BenchArgs) -> Result<ExitCode, CommandError> {
         threads: args.threads.clone(),
         batch_sizes: args.batch_sizes.clone(),
         default_threads: defaults.threads,
-        default_batch: defaults.batch_size,
+        default_batch: args
+            .compare_batch_size
+            .map_or(defaults.batch_size, |n| n as usize),
         peer_budget: args.peer_budget,
         latency_jobs: args.latency_jobs,
         latency_rate: args.latency_rate,

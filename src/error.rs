@@ -30,17 +30,23 @@ pub enum Error {
     Invalid(String),
 }
 
+/// The useful part of a driver error: it ends its text with labels and a
+/// hex dump of the raw server reply, which tell a person nothing.
+pub(crate) fn trim_driver_message(message: &str) -> &str {
+    message
+        .find(", labels: {")
+        .map_or(message, |end| &message[..end])
+}
+
 /// Adds a hint for the driver errors people meet most.
 pub(crate) fn hint_for(message: &str) -> &'static str {
     let lower = message.to_ascii_lowercase();
-    if lower.contains("server selection timeout") || lower.contains("connection refused") {
-        " (is the server running and reachable at that address? check --uri / MONGODB_URI)"
-    } else if lower.contains("authentication failed")
-        || lower.contains("auth") && lower.contains("fail")
-    {
-        " (check the user name and password in the URI, and authSource)"
-    } else if lower.contains("not authorized") || lower.contains("unauthorized") {
+    if lower.contains("not authorized") || lower.contains("unauthorized") {
         " (the user needs the readWrite role on this database; see README, \"Least privilege\")"
+    } else if lower.contains("authentication failed") || lower.contains("kind: authentication") {
+        " (check the user name and password in the URI, and authSource)"
+    } else if lower.contains("server selection timeout") || lower.contains("connection refused") {
+        " (is the server running and reachable at that address? check --uri / MONGODB_URI)"
     } else {
         ""
     }

@@ -268,4 +268,72 @@ mod tests {
         assert_eq!(json["attempt"], 1);
         assert_eq!(json["data"]["cmd"], "; rm -rf /");
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn any_bson() -> impl Strategy<Value = Bson> {
+            let leaf = prop_oneof![
+                Just(Bson::Null),
+                any::<bool>().prop_map(Bson::Boolean),
+                any::<i32>().prop_map(Bson::Int32),
+                any::<i64>().prop_map(Bson::Int64),
+                any::<f64>().prop_map(Bson::Double),
+                ".{0,12}".prop_map(Bson::String),
+                any::<i64>().prop_map(|ms| Bson::DateTime(DateTime::from_millis(ms))),
+            ];
+            leaf.prop_recursive(3, 24, 4, |inner| {
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 0..4).prop_map(Bson::Array),
+                    prop::collection::btree_map("[a-z_]{1,8}", inner, 0..4)
+                        .prop_map(|m| Bson::Document(m.into_iter().collect())),
+                ]
+            })
+        }
+
+        fn field() -> impl Strategy<Value = Option<Bson>> {
+            prop_oneof![Just(None), any_bson().prop_map(Some)]
+        }
+
+        proptest! {
+            /// Whatever a producer writes, parsing never panics, and what it
+            /// accepts is runnable: a positive attempt and attempt limit.
+            #[test]
+            fn any_document_parses_or_is_rejected_with_a_reason(
+                data in field(), priority in field(), run_at in field(),
+                max_attempts in field(), attempts in field(), extra in any_bson(),
+            ) {
+                let mut document = doc! {"_id": 1, "status": "pending", "unknown": extra};
+                for (name, value) in [("data", data.clone()), ("priority", priority), ("run_at", run_at), ("max_attempts", max_attempts), ("attempts", attempts)] {
+                    if let Some(value) = value {
+                        document.insert(name, value);
+                    }
+                }
+                match Job::from_document(&document, ObjectId::new(), 3) {
+                    Ok(job) => {
+                        prop_assert!(job.attempt >= 1 && job.max_attempts >= 1);
+                        // Compared as text: NaN is not equal to itself.
+                        prop_assert_eq!(format!("{:?}", Some(&job.data)), format!("{:?}", data.as_ref()));
+                        let _ = job.to_json();
+                    }
+                    Err(Malformed(reason)) => prop_assert!(!reason.is_empty()),
+                }
+            }
+
+            /// JSON from `mongoq enqueue` always becomes a document the
+            /// worker accepts.
+            #[test]
+            fn every_enqueued_json_value_is_a_runnable_job(value in any_bson()) {
+                let json = value.into_relaxed_extjson();
+                if let Ok(data) = Bson::try_from(json) {
+                    let document = crate::queue::new_job_document(
+                        ObjectId::new(), data, &crate::queue::EnqueueOptions::default(), DateTime::now());
+                    let mut claimed = document.clone();
+                    claimed.insert("attempts", 1);
+                    prop_assert!(Job::from_document(&claimed, ObjectId::new(), 5).is_ok());
+                }
+            }
+        }
+    }
 }

@@ -11,7 +11,7 @@ use mongodb::options::{ClientOptions, IndexOptions};
 use mongodb::sync::{Client, Collection, Database};
 use mongodb::IndexModel;
 
-use crate::error::{hint_for, Error};
+use crate::error::{hint_for, trim_driver_message, Error};
 use crate::job::fields;
 use crate::redact::{redact_text, redact_uri};
 
@@ -135,6 +135,7 @@ impl Queue {
     pub(crate) fn db_error(&self, operation: &'static str, error: &mongodb::error::Error) -> Error {
         let message = redact_text(&error.to_string(), &self.uri);
         let hint = hint_for(&message);
+        let message = trim_driver_message(&message);
         Error::Database {
             operation,
             uri: self.redacted_uri(),

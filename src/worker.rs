@@ -356,17 +356,26 @@ impl Worker {
             log::warn!("could not write every outcome in time; unwritten jobs run again after their leases expire");
         }
         hard_stop.request();
-        let _ = completer.join();
         keeper_stop.request();
-        let _ = keeper.join();
-        if let Some(watcher) = watcher {
-            let _ = watcher.join();
-        }
-        // Threads stuck in a handler past the grace period are left behind;
-        // the process is about to exit.
-        for handle in handlers {
+        // A thread blocked inside a driver call on a dead connection (the
+        // driver has no socket timeout) would hold shutdown forever; give
+        // the bookkeeping threads a few seconds to notice the stop, then
+        // leave behind any that did not. Their leases expire and the jobs
+        // are rescued, as after a crash.
+        let bookkeeping = [Some(completer), Some(keeper), watcher];
+        let last_call = Instant::now() + Duration::from_secs(5);
+        wait_until(last_call, || {
+            bookkeeping.iter().flatten().all(JoinHandle::is_finished)
+        });
+        // Handler threads stuck past the grace period are left behind too.
+        for handle in bookkeeping.into_iter().flatten().chain(handlers) {
             if handle.is_finished() {
                 let _ = handle.join();
+            } else {
+                log::warn!(
+                    "thread {} did not stop in time and is left behind",
+                    handle.thread().name().unwrap_or("?")
+                );
             }
         }
         grace_exceeded

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -27,14 +28,26 @@ pub struct TestDb {
 
 impl TestDb {
     pub fn new(name: &str) -> TestDb {
-        let uri = server_uri();
-        let client = Client::with_uri_str(&uri).expect("the test URI is valid");
+        TestDb::on(&server_uri(), name)
+    }
+
+    /// A database on a server of the test's own.
+    pub fn on(uri: &str, name: &str) -> TestDb {
+        let db = format!("t_{name}_{}_{}", std::process::id(), rand::random::<u32>());
+        TestDb::on_with_admin(uri, &db, uri)
+    }
+
+    /// The database `db` (exactly that name), which `mongoq` reaches with
+    /// `uri` while the test inspects it with `admin_uri` (more rights).
+    pub fn on_with_admin(uri: &str, db: &str, admin_uri: &str) -> TestDb {
+        let uri = uri.to_string();
+        let client = Client::with_uri_str(admin_uri).expect("the test URI is valid");
         client
             .database("admin")
             .run_command(doc! {"ping": 1})
             .run()
             .unwrap_or_else(|e| panic!("the test server at {uri} does not answer: {e}"));
-        let db = format!("t_{name}_{}_{}", std::process::id(), rand::random::<u32>());
+        let db = db.to_string();
         TestDb { uri, db, client }
     }
 
@@ -235,4 +248,86 @@ pub fn mongosh() -> String {
     std::env::var("MONGOQ_MONGOSH").expect(
         "MONGOQ_MONGOSH is not set: run the suite with scripts/test.sh, which installs mongosh",
     )
+}
+
+/// A test server of the test's own.
+pub struct OwnServer {
+    pub port: u16,
+    dir: PathBuf,
+    extra: Vec<String>,
+    child: Option<Child>,
+}
+
+impl OwnServer {
+    pub fn start(name: &str, extra: &[&str]) -> OwnServer {
+        let port = free_port();
+        let dir = tempfile(&format!("server-{name}-{}-{port}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut server = OwnServer {
+            port,
+            dir,
+            extra: extra.iter().map(ToString::to_string).collect(),
+            child: None,
+        };
+        server.restart();
+        server
+    }
+
+    pub fn uri(&self) -> String {
+        format!("mongodb://127.0.0.1:{}", self.port)
+    }
+
+    pub fn restart(&mut self) {
+        let child = Command::new("secantusd-rs")
+            .args(["--port", &self.port.to_string(), "--storage-path"])
+            .arg(&self.dir)
+            .args(&self.extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("secantusd-rs must be on PATH: run the suite with scripts/test.sh");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "own test server did not start on port {}",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while child.try_wait().unwrap().is_none() {
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+}
+
+impl Drop for OwnServer {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }

@@ -3,14 +3,16 @@
 //! `MONGOQ_TEST_URI`), each in a database of its own, driving the real
 //! `mongoq` binary wherever a user would.
 
-#![allow(clippy::format_collect, clippy::manual_assert)]
+#![allow(clippy::format_collect, clippy::manual_assert, clippy::too_many_lines)]
 
 mod helpers;
 
 mod cli;
 mod concurrency;
 mod exec;
+mod faults;
 mod library;
 mod lifecycle;
 mod malformed;
 mod mongosh;
+mod security;

