@@ -17,3 +17,6 @@ start_server
 export MONGOQ_TEST_URI="$SERVER_URI"
 export MONGOQ_MONGOSH="$(command -v mongosh)"
 cargo test --all-targets -- --test-threads "${MONGOQ_TEST_THREADS:-4}" "$@"
+if [ $# -eq 0 ]; then
+  cargo test --doc --quiet   # the crate docs' example must keep compiling
+fi
