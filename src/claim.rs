@@ -38,8 +38,7 @@ use mongodb::bson::{doc, oid::ObjectId, Bson, Document};
 use rand::Rng;
 
 use crate::error::Error;
-use crate::job::{fields, now};
-use crate::lease::lease_end;
+use crate::job::{after, fields, now};
 use crate::queue::Queue;
 use crate::stats::eligible_filter;
 
@@ -358,7 +357,7 @@ fn claim_update(token: ObjectId, owner: &str, lease: Duration) -> Document {
             fields::STATUS: fields::RUNNING,
             fields::LEASE_OWNER: owner,
             fields::LEASE_TOKEN: token,
-            fields::LEASE_UNTIL: lease_end(lease),
+            fields::LEASE_UNTIL: after(lease),
             fields::STARTED_AT: now(),
         },
         "$inc": {fields::ATTEMPTS: 1},

@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use mongodb::bson::{doc, oid::ObjectId, DateTime};
+use mongodb::bson::{doc, oid::ObjectId};
 
 use crate::error::Error;
 use crate::job::{after, fields, now};
@@ -174,9 +174,4 @@ impl Keeper<'_> {
             }
         }
     }
-}
-
-/// The instant a lease taken now with `lease` ends, as a BSON date.
-pub(crate) fn lease_end(lease: Duration) -> DateTime {
-    after(lease)
 }

@@ -34,12 +34,12 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
-use mongodb::bson::{doc, DateTime};
+use mongodb::bson::doc;
 
 use crate::claim::{Claimed, Claimer};
 use crate::error::Error;
 use crate::handler::{Handler, HandlerError};
-use crate::job::{fields, Job};
+use crate::job::{after, fields, Job};
 use crate::lease::{Keeper, Leases};
 use crate::outage::retry_until_stopped;
 use crate::outcome::{bounded_error, run_completer, JobKey, Outcome, Tally};
@@ -617,9 +617,7 @@ impl Shared {
             }
         } else {
             let delay = self.config.retry.delay_for(job.attempt, &mut rand::rng());
-            let run_at = DateTime::from_millis(
-                DateTime::now().timestamp_millis() + delay.as_millis() as i64,
-            );
+            let run_at = after(delay);
             Outcome::Retry {
                 key,
                 attempt: job.attempt,
