@@ -82,6 +82,9 @@ pub(crate) struct Claimer {
     last_normalized: Option<Instant>,
     /// The token of a claim that failed half-way; the retry reuses it.
     unfinished: Option<ObjectId>,
+    /// This claim cannot trust the window's copies (it fell back to
+    /// claiming one by one); read what the token holds from the server.
+    read_back: bool,
     /// Round trips made, for `bench` and stats.
     pub(crate) round_trips: u64,
 }
@@ -103,6 +106,7 @@ impl Claimer {
             max_window_age,
             last_normalized: None,
             unfinished: None,
+            read_back: false,
             round_trips: 0,
         }
     }
@@ -158,7 +162,8 @@ impl Claimer {
             } else {
                 self.contended = 0;
             }
-            let documents = if retrying {
+            let read_back = std::mem::take(&mut self.read_back);
+            let documents = if retrying || read_back {
                 // A lost reply may have claimed jobs we never saw.
                 self.read_claimed(token, false)?
             } else if won == candidates.len() {
@@ -272,16 +277,52 @@ impl Claimer {
         let mut won = 0;
         for (attempts, ids) in groups {
             let mut filter = eligible_filter(now());
-            filter.insert("_id", doc! {"$in": ids});
-            filter.insert(fields::ATTEMPTS, attempts);
+            filter.insert("_id", doc! {"$in": &ids});
+            filter.insert(fields::ATTEMPTS, attempts.clone());
             let result = self
                 .queue
                 .collection()
                 .update_many(filter, claim_update(token, &self.owner, self.lease))
-                .run()
-                .map_err(|e| self.queue.db_error("update (claim)", &e))?;
+                .run();
             self.round_trips += 1;
-            won += result.modified_count as usize;
+            match result {
+                Ok(result) => won += result.modified_count as usize,
+                Err(error) if too_large(&error) => {
+                    // One job is so close to 16 MB that the claim's fields do
+                    // not fit. updateMany stops at it, maybe half-way, so
+                    // claim one by one, fail the oversized job, and read
+                    // back what this token holds.
+                    self.read_back = true;
+                    won += self.claim_one_by_one(&ids, &attempts, token)?;
+                }
+                Err(error) => return Err(self.queue.db_error("update (claim)", &error)),
+            }
+        }
+        Ok(won)
+    }
+
+    fn claim_one_by_one(
+        &mut self,
+        ids: &[Bson],
+        attempts: &Bson,
+        token: ObjectId,
+    ) -> Result<usize, Error> {
+        let mut won = 0;
+        for id in ids {
+            let mut filter = eligible_filter(now());
+            filter.insert("_id", id.clone());
+            filter.insert(fields::ATTEMPTS, attempts.clone());
+            let result = self
+                .queue
+                .collection()
+                .update_one(filter, claim_update(token, &self.owner, self.lease))
+                .run();
+            self.round_trips += 1;
+            match result {
+                Ok(result) => won += result.modified_count as usize,
+                Err(error) if too_large(&error) => fail_oversized(&self.queue, id)?,
+                Err(error) => return Err(self.queue.db_error("update (claim)", &error)),
+            }
         }
         Ok(won)
     }
@@ -377,4 +418,42 @@ fn as_claimed(mut document: Document, token: ObjectId, owner: &str) -> Document 
     document.insert(fields::LEASE_TOKEN, token);
     document.insert(fields::LEASE_OWNER, owner);
     document
+}
+
+/// MongoDB refuses a document over 16 MB after an update (codes 10334,
+/// 17419, 17420).
+pub(crate) fn too_large(error: &mongodb::error::Error) -> bool {
+    use mongodb::error::{ErrorKind, WriteFailure};
+    let code = match error.kind.as_ref() {
+        ErrorKind::Write(WriteFailure::WriteError(write)) => write.code,
+        ErrorKind::Command(command) => command.code,
+        _ => return false,
+    };
+    matches!(code, 10334 | 17419 | 17420)
+}
+
+/// Marks `failed` a job that cannot take the fields a claim or an outcome
+/// adds. `status: "failed"` is shorter than `"pending"`/`"running"`, so that
+/// write fits; the reason is added only if it fits too.
+pub(crate) fn fail_oversized(queue: &Queue, id: &Bson) -> Result<(), Error> {
+    log::warn!(
+        "job {} failed: the document is too close to MongoDB's 16 MB limit to be worked on (no room for the worker's fields); make `data` smaller",
+        crate::job::id_text(id)
+    );
+    queue
+        .collection()
+        .update_one(
+            doc! {"_id": id.clone(), fields::STATUS: {"$in": [fields::PENDING, fields::RUNNING]}},
+            doc! {"$set": {fields::STATUS: fields::FAILED}},
+        )
+        .run()
+        .map_err(|e| queue.db_error("update (fail oversized)", &e))?;
+    let _ = queue
+        .collection()
+        .update_one(
+            doc! {"_id": id.clone()},
+            doc! {"$set": {fields::LAST_ERROR: "document too large: no room under the 16 MB limit for the worker's fields"}},
+        )
+        .run();
+    Ok(())
 }

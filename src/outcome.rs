@@ -17,6 +17,7 @@ use std::time::Duration;
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use mongodb::bson::{doc, oid::ObjectId, Bson, DateTime, Document};
 
+use crate::claim::{fail_oversized, too_large};
 use crate::error::Error;
 use crate::job::{fields, id_text, now};
 use crate::lease::Leases;
@@ -198,16 +199,25 @@ pub(crate) fn write(queue: &Queue, worker: &str, outcomes: &[Outcome]) -> Result
             )),
         }
     }
-    for (_, token, update, ids) in groups {
+    for (kind, token, update, ids) in groups {
         let result = queue
             .collection()
             .update_many(
-                doc! {"_id": {"$in": ids}, fields::LEASE_TOKEN: token, fields::STATUS: fields::RUNNING},
+                doc! {"_id": {"$in": &ids}, fields::LEASE_TOKEN: token, fields::STATUS: fields::RUNNING},
                 update,
             )
-            .run()
-            .map_err(|e| queue.db_error("update (outcomes)", &e))?;
-        matched += result.matched_count;
+            .run();
+        match result {
+            Ok(result) => matched += result.matched_count,
+            // A job too close to 16 MB stopped the updateMany; write this
+            // group one statement per job, where that job alone fails.
+            Err(error) if too_large(&error) => singles.extend(
+                outcomes
+                    .iter()
+                    .filter(|o| o.shared_kind() == Some(kind) && o.key().token == token),
+            ),
+            Err(error) => return Err(queue.db_error("update (outcomes)", &error)),
+        }
     }
     for chunk in singles.chunks(MAX_STATEMENTS) {
         let statements: Vec<Document> = chunk.iter().map(|o| o.statement(worker, at)).collect();
@@ -228,13 +238,35 @@ pub(crate) fn write(queue: &Queue, worker: &str, outcomes: &[Outcome]) -> Result
             .run_command(command)
             .run()
             .map_err(|e| queue.db_error("update (outcomes)", &e))?;
-        if let Ok(errors) = reply.get_array("writeErrors") {
-            if !errors.is_empty() {
-                return Err(Error::Invalid(format!(
-                    "MongoDB refused {} outcome writes: {}",
-                    errors.len(),
-                    Bson::Array(errors.clone())
-                )));
+        // A statement the server refuses for good (not a lost connection,
+        // which fails the whole command and is retried) must not block the
+        // completer: fail a job that outgrew 16 MB, log anything else and
+        // leave that job to lease expiry.
+        for refused in reply
+            .get_array("writeErrors")
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+        {
+            let Some(refused) = refused.as_document() else {
+                continue;
+            };
+            let index = refused
+                .get_i32("index")
+                .ok()
+                .and_then(|i| usize::try_from(i).ok());
+            let Some(outcome) = index.and_then(|i| chunk.get(i)) else {
+                continue;
+            };
+            let code = refused.get_i32("code").unwrap_or(0);
+            if matches!(code, 10334 | 17419 | 17420) {
+                fail_oversized(queue, &outcome.key().id)?;
+                matched += 1;
+            } else {
+                log::warn!(
+                    "MongoDB refused the outcome of job {}: {}; it runs again after its lease expires",
+                    id_text(&outcome.key().id),
+                    refused.get_str("errmsg").unwrap_or("no message")
+                );
             }
         }
         matched += match reply.get("n") {

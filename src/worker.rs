@@ -502,15 +502,21 @@ impl Shared {
         if self.leases.held() > 0 {
             return false;
         }
-        let running = retry_until_stopped(shutdown, "counting running jobs", || {
+        // An empty claim alone does not prove it: the claim may have lost
+        // its whole window to other workers, or failed a job it could not take.
+        let eligible_or_running = doc! {"$or": [
+            crate::stats::eligible_filter(crate::job::now()),
+            {fields::STATUS: fields::RUNNING},
+        ]};
+        let left = retry_until_stopped(shutdown, "counting jobs left", || {
             self.queue
                 .collection()
-                .count_documents(doc! {fields::STATUS: fields::RUNNING})
+                .count_documents(eligible_or_running.clone())
                 .limit(1)
                 .run()
                 .map_err(|e| self.queue.db_error("count", &e))
         });
-        running == Some(0)
+        left == Some(0)
     }
 
     /// Turns claimed documents into jobs for the threads; malformed ones and

@@ -64,3 +64,35 @@ fn malformed_documents_fail_with_a_reason_while_good_jobs_flow() {
         "other statuses are left alone"
     );
 }
+
+#[test]
+fn a_job_too_close_to_16_mb_fails_and_the_rest_keep_flowing() {
+    let db = TestDb::new("oversized");
+    db.run(&["init"]);
+    // Fits under the limit as inserted; the claim's own fields would not.
+    let huge = "x".repeat(16 * 1024 * 1024 - 110);
+    db.coll()
+        .insert_one(doc! {"data": huge, "status": "pending", "priority": 5})
+        .run()
+        .unwrap();
+    db.enqueue_many(20, &[]);
+    let mut worker = db.spawn_worker(&["--drain", "--threads", "2", "--simulate", "0ms..0ms"]);
+    assert!(
+        worker.wait(Duration::from_secs(120)).success(),
+        "{}",
+        worker.log_text()
+    );
+    assert_eq!(
+        db.count(doc! {"status": "completed"}),
+        20,
+        "{:?}",
+        db.by_status()
+    );
+    assert_eq!(
+        db.count(doc! {"status": "failed", "priority": 5}),
+        1,
+        "{:?}",
+        db.by_status()
+    );
+    assert!(worker.log_text().contains("16 MB"), "{}", worker.log_text());
+}
