@@ -123,3 +123,18 @@ fn huge_output_is_bounded() {
     );
     assert!(error.ends_with("yyyy"), "keeps the end of stderr");
 }
+
+#[test]
+fn a_program_killed_by_a_signal_is_a_failed_attempt() {
+    let db = TestDb::new("exec_signal");
+    db.run(&["enqueue", "{}"]);
+    drain(&db, &["--exec", "sh", "-c", "kill -9 $$"]);
+    let job = db.coll().find_one(doc! {}).run().unwrap().unwrap();
+    assert_eq!(job.get_str("status").unwrap(), "failed");
+    assert!(
+        job.get_str("last_error")
+            .unwrap()
+            .contains("killed by signal 9"),
+        "{job}"
+    );
+}

@@ -28,6 +28,10 @@ fn malformed_documents_fail_with_a_reason_while_good_jobs_flow() {
             doc! {"data": 1, "status": "pending", "max_attempts": "many"},
             "`max_attempts` must be an integer",
         ),
+        (
+            doc! {"data": 1, "status": "pending", "attempts": "none"},
+            "`attempts` is owned by the worker and must be a number",
+        ),
     ];
     for (document, _) in &bad {
         db.coll().insert_one(document.clone()).run().unwrap();
@@ -36,6 +40,13 @@ fn malformed_documents_fail_with_a_reason_while_good_jobs_flow() {
         .insert_one(doc! {"data": "paused", "status": "paused"})
         .run()
         .unwrap();
+    db.coll()
+        .insert_one(doc! {"data": "no status"})
+        .run()
+        .unwrap();
+    // The same payload enqueued twice is two jobs; both run.
+    db.run(&["enqueue", r#"{"same": true}"#]);
+    db.run(&["enqueue", r#"{"same": true}"#]);
     db.enqueue_many(50, &[]);
     let mut worker = db.spawn_worker(&["--drain", "--threads", "2", "--simulate", "0ms..0ms"]);
     assert!(
@@ -43,7 +54,8 @@ fn malformed_documents_fail_with_a_reason_while_good_jobs_flow() {
         "{}",
         worker.log_text()
     );
-    assert_eq!(db.count(doc! {"status": "completed"}), 50);
+    assert_eq!(db.count(doc! {"status": "completed"}), 52);
+    assert_eq!(db.count(doc! {"data.same": true, "status": "completed"}), 2);
     assert_eq!(db.count(doc! {"status": "failed"}), bad.len() as u64);
     for (document, reason) in &bad {
         let mut filter = document.clone();
@@ -63,16 +75,25 @@ fn malformed_documents_fail_with_a_reason_while_good_jobs_flow() {
         1,
         "other statuses are left alone"
     );
+    assert_eq!(
+        db.count(doc! {"data": "no status", "status": {"$exists": false}}),
+        1,
+        "a document without status is not a job and is left alone"
+    );
 }
 
 #[test]
 fn a_job_too_close_to_16_mb_fails_and_the_rest_keep_flowing() {
     let db = TestDb::new("oversized");
     db.run(&["init"]);
-    // Fits under the limit as inserted; the claim's own fields would not.
-    let huge = "x".repeat(16 * 1024 * 1024 - 110);
+    // Fits under the limit as inserted, nested 40 levels deep; the claim's
+    // own fields would not fit.
+    let mut data = mongodb::bson::Bson::String("x".repeat(16 * 1024 * 1024 - 110 - 40 * 8));
+    for _ in 0..40 {
+        data = mongodb::bson::Bson::Document(doc! {"n": data});
+    }
     db.coll()
-        .insert_one(doc! {"data": huge, "status": "pending", "priority": 5})
+        .insert_one(doc! {"data": data, "status": "pending", "priority": 5})
         .run()
         .unwrap();
     db.enqueue_many(20, &[]);

@@ -67,6 +67,31 @@ fn a_least_privilege_user_on_an_auth_server_runs_the_queue_and_bad_credentials_a
         "{message}"
     );
 
+    // A worker pointed at a database it may not use says why and keeps
+    // trying (the grant may come); it stops cleanly.
+    let denied_log = tempfile(&format!("{}-denied.log", std::process::id()));
+    let mut denied = crate::helpers::Worker {
+        child: Command::new(env!("CARGO_BIN_EXE_mongoq"))
+            .env("MONGODB_URI", &db.uri)
+            .args(["--db", "not_granted", "work", "--simulate", "0ms..0ms"])
+            .stderr(std::fs::File::create(&denied_log).unwrap())
+            .spawn()
+            .unwrap(),
+        log: denied_log,
+    };
+    std::thread::sleep(Duration::from_millis(1_500));
+    denied.signal("TERM");
+    assert!(
+        denied.wait(Duration::from_secs(20)).success(),
+        "{}",
+        denied.log_text()
+    );
+    let log = denied.log_text();
+    assert!(
+        log.contains("not authorized") && log.contains("readWrite"),
+        "{log}"
+    );
+    assert!(!log.contains("S3cret-pw"), "{log}");
     let elsewhere = Command::new(env!("CARGO_BIN_EXE_mongoq"))
         .env("MONGODB_URI", &db.uri)
         .args(["--db", "not_granted", "enqueue", "{}"])
