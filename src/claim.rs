@@ -276,9 +276,7 @@ impl Claimer {
         }
         let mut won = 0;
         for (attempts, ids) in groups {
-            let mut filter = eligible_filter(now());
-            filter.insert("_id", doc! {"$in": &ids});
-            filter.insert(fields::ATTEMPTS, attempts.clone());
+            let filter = claim_filter(doc! {"$in": &ids}, &attempts);
             let result = self
                 .queue
                 .collection()
@@ -309,9 +307,7 @@ impl Claimer {
     ) -> Result<usize, Error> {
         let mut won = 0;
         for id in ids {
-            let mut filter = eligible_filter(now());
-            filter.insert("_id", id.clone());
-            filter.insert(fields::ATTEMPTS, attempts.clone());
+            let filter = claim_filter(id.clone(), attempts);
             let result = self
                 .queue
                 .collection()
@@ -391,6 +387,15 @@ impl Claimer {
     }
 }
 
+/// Which documents a claim may take: eligible, with `_id` matching `id`
+/// (one id or an `$in`), and still at the `attempts` the read-ahead saw.
+fn claim_filter(id: impl Into<Bson>, attempts: &Bson) -> Document {
+    let mut filter = eligible_filter(now());
+    filter.insert("_id", id.into());
+    filter.insert(fields::ATTEMPTS, attempts.clone());
+    filter
+}
+
 /// What a claim writes.
 fn claim_update(token: ObjectId, owner: &str, lease: Duration) -> Document {
     doc! {
@@ -420,16 +425,20 @@ fn as_claimed(mut document: Document, token: ObjectId, owner: &str) -> Document 
     document
 }
 
-/// MongoDB refuses a document over 16 MB after an update (codes 10334,
-/// 17419, 17420).
+/// The server codes for "the document would be over 16 MB after this
+/// update" (10334, 17419, 17420).
+pub(crate) fn is_too_large_code(code: i32) -> bool {
+    matches!(code, 10334 | 17419 | 17420)
+}
+
+/// Whether a driver error is MongoDB refusing a document over 16 MB.
 pub(crate) fn too_large(error: &mongodb::error::Error) -> bool {
     use mongodb::error::{ErrorKind, WriteFailure};
-    let code = match error.kind.as_ref() {
-        ErrorKind::Write(WriteFailure::WriteError(write)) => write.code,
-        ErrorKind::Command(command) => command.code,
-        _ => return false,
-    };
-    matches!(code, 10334 | 17419 | 17420)
+    match error.kind.as_ref() {
+        ErrorKind::Write(WriteFailure::WriteError(write)) => is_too_large_code(write.code),
+        ErrorKind::Command(command) => is_too_large_code(command.code),
+        _ => false,
+    }
 }
 
 /// Marks `failed` a job that cannot take the fields a claim or an outcome

@@ -17,7 +17,7 @@ use std::time::Duration;
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use mongodb::bson::{doc, oid::ObjectId, Bson, DateTime, Document};
 
-use crate::claim::{fail_oversized, too_large};
+use crate::claim::{fail_oversized, is_too_large_code, too_large};
 use crate::error::Error;
 use crate::job::{fields, id_text, now};
 use crate::lease::Leases;
@@ -258,7 +258,7 @@ pub(crate) fn write(queue: &Queue, worker: &str, outcomes: &[Outcome]) -> Result
                 continue;
             };
             let code = refused.get_i32("code").unwrap_or(0);
-            if matches!(code, 10334 | 17419 | 17420) {
+            if is_too_large_code(code) {
                 fail_oversized(queue, &outcome.key().id)?;
                 matched += 1;
             } else {
