@@ -40,7 +40,7 @@ use rand::Rng;
 use crate::error::Error;
 use crate::job::{after, fields, now};
 use crate::queue::Queue;
-use crate::stats::eligible_filter;
+use crate::stats::{eligible_filter, eligible_in};
 
 /// How many jobs one read-ahead fetches: twenty batches, at least 2,000 and
 /// at most 5,000 (or one batch, if that is larger).
@@ -52,6 +52,9 @@ use crate::stats::eligible_filter;
 fn read_ahead_size(batch_size: usize) -> usize {
     (batch_size * 20).clamp(2_000, 5_000).max(batch_size)
 }
+
+/// How often pending jobs with a `queue` of the wrong type are looked for.
+const MALFORMED_QUEUE_CHECK: Duration = Duration::from_secs(10);
 
 /// The window stops filling at this many bytes of documents, so large jobs
 /// cannot make a worker's memory grow with the backlog.
@@ -73,6 +76,8 @@ pub(crate) struct Claimer {
     queue: Queue,
     owner: String,
     lease: Duration,
+    /// The named queues this worker takes jobs from.
+    queues: Vec<String>,
     /// Eligible jobs as the read-ahead saw them, in queue order.
     window: VecDeque<Document>,
     /// Claims in a row that won less than half of what they asked for.
@@ -80,6 +85,7 @@ pub(crate) struct Claimer {
     window_read_at: Instant,
     max_window_age: Duration,
     last_normalized: Option<Instant>,
+    last_unroutable_check: Option<Instant>,
     /// The token of a claim that failed half-way; the retry reuses it.
     unfinished: Option<ObjectId>,
     /// This claim cannot trust the window's copies (it fell back to
@@ -94,17 +100,20 @@ impl Claimer {
         queue: Queue,
         owner: String,
         lease: Duration,
+        queues: Vec<String>,
         max_window_age: Duration,
     ) -> Claimer {
         Claimer {
             queue,
             owner,
             lease,
+            queues,
             window: VecDeque::new(),
             contended: 0,
             window_read_at: Instant::now(),
             max_window_age,
             last_normalized: None,
+            last_unroutable_check: None,
             unfinished: None,
             read_back: false,
             round_trips: 0,
@@ -225,7 +234,7 @@ impl Claimer {
         let cursor = self
             .queue
             .collection()
-            .find(eligible_filter(now()))
+            .find(eligible_in(&self.queues, now()))
             .sort(queue_order())
             .limit(limit as i64)
             .run()
@@ -373,16 +382,50 @@ impl Claimer {
         {
             return Ok(());
         }
+        let mut mine = doc! {fields::STATUS: fields::PENDING, fields::PRIORITY: Bson::Null};
+        mine.insert(fields::QUEUE, crate::job::queue_condition(&self.queues));
         self.queue
             .collection()
-            .update_many(
-                doc! {fields::STATUS: fields::PENDING, fields::PRIORITY: Bson::Null},
-                doc! {"$set": {fields::PRIORITY: 0}},
-            )
+            .update_many(mine, doc! {"$set": {fields::PRIORITY: 0}})
             .run()
             .map_err(|e| self.queue.db_error("update (priority defaults)", &e))?;
         self.round_trips += 1;
+        if self
+            .last_unroutable_check
+            .is_none_or(|at| at.elapsed() >= MALFORMED_QUEUE_CHECK)
+        {
+            self.fail_unroutable()?;
+            self.last_unroutable_check = Some(Instant::now());
+        }
         self.last_normalized = Some(Instant::now());
+        Ok(())
+    }
+
+    /// A pending job whose `queue` is not a string matches no worker's
+    /// queues and would wait forever; mark it failed with the reason. The
+    /// `$type` bounds are a range of the claim index, so this is one seek
+    /// when there is nothing to fix.
+    fn fail_unroutable(&mut self) -> Result<(), Error> {
+        let error = "malformed job: `queue` must be a string naming the queue (or absent for the default queue)";
+        let result = self
+            .queue
+            .collection()
+            .update_many(
+                doc! {
+                    fields::STATUS: fields::PENDING,
+                    fields::QUEUE: {"$exists": true, "$not": {"$type": ["string", "null"]}},
+                },
+                doc! {"$set": {fields::STATUS: fields::FAILED, fields::FAILED_AT: now(), fields::LAST_ERROR: error}},
+            )
+            .run()
+            .map_err(|e| self.queue.db_error("update (fail malformed queue)", &e))?;
+        self.round_trips += 1;
+        if result.modified_count > 0 {
+            log::warn!(
+                "{} jobs failed: their `queue` field is not a string",
+                result.modified_count
+            );
+        }
         Ok(())
     }
 }

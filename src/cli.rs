@@ -38,16 +38,104 @@ pub struct GlobalArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Create the indexes the queue needs (idempotent) and list the indexes
-    Init,
+    /// Create the indexes the queue needs (idempotent), set retention, list the indexes
+    Init(InitArgs),
     /// Add jobs: one from the JSON argument, or one per line of JSON on stdin
     Enqueue(EnqueueArgs),
     /// Run jobs until SIGTERM/SIGINT (or, with --drain, until none is left)
     Work(WorkArgs),
     /// Show job counts by status, eligible vs scheduled, oldest eligible job
     Stats(StatsArgs),
+    /// Print one job's whole document, readable
+    Show(ShowArgs),
+    /// Cancel a job: a pending one never runs; a running one is dropped at its next lease extension
+    Cancel(CancelArgs),
+    /// Put failed jobs back to pending with fresh attempts
+    RetryFailed(RetryFailedArgs),
+    /// Delete finished jobs older than a given age
+    Purge(PurgeArgs),
     /// Measure throughput, latency and cost against the server (uses its own database)
     Bench(BenchArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
+    Completions(CompletionsArgs),
+    /// Print the man page (roff), e.g. `mongoq man > /usr/local/share/man/man1/mongoq.1`
+    Man,
+}
+
+/// How long finished jobs are kept: a duration, or `forever`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Keep {
+    For(Duration),
+    Forever,
+}
+
+fn parse_keep(text: &str) -> Result<Keep, String> {
+    match text.trim() {
+        "forever" | "off" | "never" => Ok(Keep::Forever),
+        other => match parse_duration(other)? {
+            d if d.as_secs() == 0 => Err("must be at least 1s (or `forever`)".into()),
+            d => Ok(Keep::For(d)),
+        },
+    }
+}
+
+#[derive(Debug, Args)]
+#[allow(clippy::struct_field_names)] // the flags are --retain-*
+pub struct InitArgs {
+    /// Delete completed jobs this long after completed_at (TTL index); `forever` keeps them
+    #[arg(long, value_name = "DURATION|forever", value_parser = parse_keep)]
+    pub retain_completed: Option<Keep>,
+    /// Delete failed jobs this long after failed_at (TTL index); `forever` keeps them
+    #[arg(long, value_name = "DURATION|forever", value_parser = parse_keep)]
+    pub retain_failed: Option<Keep>,
+    /// Delete cancelled jobs this long after cancelled_at (TTL index); `forever` keeps them
+    #[arg(long, value_name = "DURATION|forever", value_parser = parse_keep)]
+    pub retain_cancelled: Option<Keep>,
+}
+
+#[derive(Debug, Args)]
+pub struct ShowArgs {
+    /// The job's _id (24-hex ObjectId as printed by enqueue, or the producer's own _id)
+    pub id: String,
+}
+
+#[derive(Debug, Args)]
+pub struct CancelArgs {
+    /// The job's _id
+    pub id: String,
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("which").required(true).args(["id", "all", "older_than"])))]
+pub struct RetryFailedArgs {
+    /// Retry this failed job
+    #[arg(long)]
+    pub id: Option<String>,
+    /// Retry every failed job
+    #[arg(long)]
+    pub all: bool,
+    /// Retry failed jobs that failed more than this long ago (e.g. 1h)
+    #[arg(long, value_parser = parse_duration)]
+    pub older_than: Option<Duration>,
+}
+
+#[derive(Debug, Args)]
+pub struct PurgeArgs {
+    /// Which finished jobs: completed, failed or cancelled
+    #[arg(long)]
+    pub status: String,
+    /// Only jobs that finished more than this long ago (e.g. 7d; 0s for all)
+    #[arg(long, value_parser = parse_duration)]
+    pub older_than: Duration,
+    /// Count what would be deleted; delete nothing
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell
+    pub shell: clap_complete::Shell,
 }
 
 #[derive(Debug, Args)]
@@ -110,6 +198,12 @@ pub struct EnqueueArgs {
     /// Attempts before the job is marked failed (default: the worker's)
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_attempts: Option<u32>,
+    /// Put the job(s) in this named queue [default: the default queue]
+    #[arg(long)]
+    pub queue: Option<String>,
+    /// Refuse the job when a pending or running job has this key (single job only)
+    #[arg(long, requires = "json")]
+    pub unique_key: Option<String>,
     /// Print only the number of jobs enqueued, not their ids
     #[arg(long, short)]
     pub quiet: bool,
@@ -150,6 +244,12 @@ pub struct WorkArgs {
     /// Do not watch a change stream for new jobs; only poll
     #[arg(long)]
     pub no_change_stream: bool,
+    /// Take jobs from this named queue; repeat for several [default: default]
+    #[arg(long = "queue", value_name = "NAME")]
+    pub queues: Vec<String>,
+    /// Serve Prometheus metrics (/metrics) and health (/healthz) on HOST:PORT
+    #[arg(long, value_name = "HOST:PORT")]
+    pub metrics_addr: Option<String>,
     /// Handler: sleep a random time in MIN..MAX, like the original demo [default: 1s..5s]
     #[arg(long, value_name = "MIN..MAX", value_parser = parse_duration_range, conflicts_with = "exec")]
     pub simulate: Option<(Duration, Duration)>,
@@ -166,4 +266,10 @@ pub struct StatsArgs {
     /// Print JSON instead of a table
     #[arg(long)]
     pub json: bool,
+    /// Refresh in place until interrupted
+    #[arg(long, conflicts_with = "json")]
+    pub watch: bool,
+    /// Refresh period with --watch
+    #[arg(long, default_value = "2s", value_parser = parse_duration, requires = "watch")]
+    pub interval: Duration,
 }

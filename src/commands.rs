@@ -12,10 +12,10 @@ use mongoq::retry::RetryPolicy;
 use mongoq::simulate::SimulateHandler;
 use mongoq::{EnqueueOptions, Handler, Queue, QueueConfig, Shutdown, Worker, WorkerConfig};
 
-use crate::cli::{BenchArgs, Cli, Command, EnqueueArgs, StatsArgs, WorkArgs};
+use crate::cli::{BenchArgs, Cli, Command, EnqueueArgs, InitArgs, Keep, StatsArgs, WorkArgs};
 
 /// Exit code for input that is not valid (sysexits' EX_DATAERR).
-const EXIT_BAD_INPUT: u8 = 65;
+pub(crate) const EXIT_BAD_INPUT: u8 = 65;
 /// Exit code after a second stop signal.
 const EXIT_SECOND_SIGNAL: i32 = 130;
 
@@ -47,7 +47,16 @@ impl From<mongoq::Error> for CommandError {
     }
 }
 
-fn usage(message: impl Into<String>) -> CommandError {
+impl CommandError {
+    pub(crate) fn new(message: impl Into<String>, code: u8) -> CommandError {
+        CommandError {
+            message: message.into(),
+            code,
+        }
+    }
+}
+
+pub(crate) fn usage(message: impl Into<String>) -> CommandError {
     CommandError {
         message: message.into(),
         code: 2,
@@ -55,8 +64,11 @@ fn usage(message: impl Into<String>) -> CommandError {
 }
 
 pub fn run(cli: Cli) -> Result<ExitCode, CommandError> {
-    if let Command::Bench(args) = &cli.command {
-        return bench(&cli.global.uri, args);
+    match &cli.command {
+        Command::Bench(args) => return bench(&cli.global.uri, args),
+        Command::Completions(args) => return Ok(crate::ops::completions(args.shell)),
+        Command::Man => return crate::ops::man(),
+        _ => {}
     }
     let queue = Queue::connect(&QueueConfig {
         uri: cli.global.uri,
@@ -64,22 +76,59 @@ pub fn run(cli: Cli) -> Result<ExitCode, CommandError> {
         collection: cli.global.collection,
     })?;
     match cli.command {
-        Command::Init => init(&queue),
+        Command::Init(args) => init(&queue, &args),
         Command::Enqueue(args) => enqueue(&queue, &args),
         Command::Work(args) => work(queue, args),
+        Command::Stats(args) if args.watch => crate::ops::watch_stats(&queue, args.interval),
         Command::Stats(args) => stats(&queue, &args),
-        Command::Bench(_) => unreachable!("handled above"),
+        Command::Show(args) => crate::ops::show(&queue, &args.id),
+        Command::Cancel(args) => crate::ops::cancel(&queue, &args.id),
+        Command::RetryFailed(args) => crate::ops::retry_failed(&queue, &args),
+        Command::Purge(args) => crate::ops::purge(&queue, &args),
+        Command::Bench(_) | Command::Completions(_) | Command::Man => {
+            unreachable!("handled above")
+        }
     }
 }
 
-fn init(queue: &Queue) -> Result<ExitCode, CommandError> {
+fn init(queue: &Queue, args: &InitArgs) -> Result<ExitCode, CommandError> {
     let indexes = queue.ensure_indexes()?;
+    let wanted = [
+        (mongoq::job::fields::COMPLETED, args.retain_completed),
+        (mongoq::job::fields::FAILED, args.retain_failed),
+        (mongoq::job::fields::CANCELLED, args.retain_cancelled),
+    ];
+    for (status, keep) in wanted {
+        if let Some(keep) = keep {
+            let keep = match keep {
+                Keep::For(duration) => Some(duration),
+                Keep::Forever => None,
+            };
+            queue.set_retention(status, keep)?;
+        }
+    }
+    let indexes = if wanted.iter().any(|(_, keep)| keep.is_some()) {
+        queue.index_names()?
+    } else {
+        indexes
+    };
     println!(
         "indexes on {}.{}: {}",
         queue.database().name(),
         queue.collection().name(),
         indexes.join(", ")
     );
+    for retention in queue.retention()? {
+        match retention.keep {
+            Some(keep) => println!(
+                "{} jobs are deleted {} after {}",
+                retention.status,
+                mongoq::duration::format_duration(keep),
+                retention.field
+            ),
+            None => println!("{} jobs are kept forever", retention.status),
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -95,10 +144,15 @@ fn enqueue_options(args: &EnqueueArgs) -> Result<EnqueueOptions, CommandError> {
         )),
         (None, None) => None,
     };
+    if let Some(queue) = &args.queue {
+        mongoq::job::validate_queue_name(queue).map_err(|e| usage(format!("--queue: {e}")))?;
+    }
     Ok(EnqueueOptions {
         priority: args.priority,
         run_at,
         max_attempts: args.max_attempts,
+        queue: args.queue.clone(),
+        unique_key: args.unique_key.clone(),
     })
 }
 
@@ -115,7 +169,19 @@ fn enqueue(queue: &Queue, args: &EnqueueArgs) -> Result<ExitCode, CommandError> 
             message: format!("the job data is {reason}; pass one JSON value, e.g. '{{\"to\": \"ada@example.com\"}}'"),
             code: EXIT_BAD_INPUT,
         })?;
-        let id = queue.enqueue(data, &options)?;
+        let id = match queue.enqueue(data, &options) {
+            Ok(id) => id,
+            Err(duplicate @ mongoq::Error::Duplicate { .. }) => {
+                // Like River's and Oban's unique jobs: a duplicate is not an
+                // error for the producer, the job it wanted is already queued.
+                eprintln!("mongoq: {duplicate}");
+                if args.quiet {
+                    println!("0");
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
+            Err(error) => return Err(error.into()),
+        };
         if args.quiet {
             println!("1");
         } else {
@@ -190,6 +256,11 @@ fn worker_config(args: &WorkArgs) -> WorkerConfig {
             max: args.backoff_max,
         },
         change_streams: !args.no_change_stream,
+        queues: if args.queues.is_empty() {
+            defaults.queues
+        } else {
+            args.queues.clone()
+        },
     }
 }
 
@@ -214,11 +285,22 @@ fn work(queue: Queue, args: WorkArgs) -> Result<ExitCode, CommandError> {
     if args.poll_interval.is_zero() {
         return Err(usage("--poll-interval must be more than 0s"));
     }
+    for name in &args.queues {
+        mongoq::job::validate_queue_name(name).map_err(|e| usage(format!("--queue: {e}")))?;
+    }
     let config = worker_config(&args);
+    let metrics_addr = args.metrics_addr.clone();
     let worker = Worker::with_shared_handler(queue, config, handler(args)?)?;
+    let monitor = worker.monitor();
+    if let Some(addr) = metrics_addr {
+        let bound = crate::ops::serve_metrics(&addr, monitor.clone()).map_err(usage)?;
+        log::info!("metrics on http://{bound}/metrics, health on http://{bound}/healthz");
+    }
+    crate::ops::notify_systemd(monitor);
     let shutdown = Shutdown::new();
     let signalled = shutdown.clone();
     ctrlc::set_handler(move || {
+        let _ = mongoq::systemd::notify("STOPPING=1");
         if signalled.is_requested() {
             log::warn!(
                 "second stop signal: exiting now; held jobs run again after their leases expire"
@@ -233,6 +315,7 @@ fn work(queue: Queue, args: WorkArgs) -> Result<ExitCode, CommandError> {
         code: 1,
     })?;
     let report = worker.run(&shutdown);
+    let _ = mongoq::systemd::notify("STOPPING=1");
     log::debug!("report: {report:?}");
     Ok(ExitCode::SUCCESS)
 }
@@ -246,29 +329,56 @@ fn stats(queue: &Queue, args: &StatsArgs) -> Result<ExitCode, CommandError> {
         );
         return Ok(ExitCode::SUCCESS);
     }
-    println!(
+    print!("{}", render_stats(queue, &stats, None));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The stats table; with the previous sample and its age, rates too.
+pub(crate) fn render_stats(
+    queue: &Queue,
+    stats: &mongoq::Stats,
+    previous: Option<(&mongoq::Stats, Duration)>,
+) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
         "queue {}.{}",
         queue.database().name(),
         queue.collection().name()
     );
     for (status, count) in &stats.counts {
+        let rate = previous
+            .and_then(|(before, elapsed)| {
+                let was = before.counts.get(status).copied().unwrap_or(0);
+                (elapsed.as_secs_f64() > 0.0)
+                    .then(|| (*count as f64 - was as f64) / elapsed.as_secs_f64())
+            })
+            .map(|rate| format!("  {rate:+.1}/s"))
+            .unwrap_or_default();
         if status == "pending" {
-            println!(
-                "  {status:<10} {count:>10}  (eligible now {}, scheduled later {})",
+            let _ = writeln!(
+                out,
+                "  {status:<10} {count:>10}{rate}  (eligible now {}, scheduled later {})",
                 stats.eligible, stats.scheduled
             );
         } else {
-            println!("  {status:<10} {count:>10}");
+            let _ = writeln!(out, "  {status:<10} {count:>10}{rate}");
         }
     }
     match stats.oldest_eligible_age_seconds {
-        Some(age) => println!(
-            "  oldest eligible job has waited {}",
-            mongoq::duration::format_duration(Duration::from_secs_f64(age))
-        ),
-        None => println!("  no job is waiting"),
+        Some(age) => {
+            let _ = writeln!(
+                out,
+                "  oldest eligible job has waited {}",
+                mongoq::duration::format_duration(Duration::from_secs_f64(age))
+            );
+        }
+        None => {
+            let _ = writeln!(out, "  no job is waiting");
+        }
     }
-    Ok(ExitCode::SUCCESS)
+    out
 }
 
 fn bench(uri: &str, args: &BenchArgs) -> Result<ExitCode, CommandError> {

@@ -25,6 +25,17 @@ pub enum Error {
         /// The driver's message, password redacted, with a hint where one helps.
         reason: String,
     },
+    /// A job with the same `unique_key` is already pending or running.
+    #[error("not enqueued: a pending or running job already has unique_key `{unique_key}`{}", existing.as_ref().map(|id| format!(" (job {id})")).unwrap_or_default())]
+    Duplicate {
+        /// The key.
+        unique_key: String,
+        /// The `_id` of the job holding it, if it could be read.
+        existing: Option<String>,
+    },
+    /// No job has that `_id`.
+    #[error("no job has _id {0} (ids are the 24-hex ObjectId printed by enqueue, or the _id the producer chose)")]
+    NotFound(String),
     /// A value handed to the library is not usable.
     #[error("{0}")]
     Invalid(String),

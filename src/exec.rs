@@ -11,6 +11,7 @@
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,12 +29,16 @@ pub const MAX_STDOUT: usize = 256 * 1024;
 /// it, this stays under the 4 KiB bound on stored error text.
 pub const MAX_STDERR_TAIL: usize = 3 * 1024;
 
+/// Programs running now, by a per-run key, with their job's id.
+type Running = HashMap<u64, (Bson, Arc<Mutex<Child>>)>;
+
 /// Runs a program per job.
 pub struct ExecHandler {
     program: PathBuf,
     args: Vec<String>,
     timeout: Option<Duration>,
-    running: Mutex<HashMap<u64, Arc<Mutex<Child>>>>,
+    /// Children running now, with the id of their job.
+    running: Mutex<Running>,
     next_key: AtomicU64,
 }
 
@@ -67,6 +72,9 @@ impl ExecHandler {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
+            // Its own process group, so a kill reaches what it started too
+            // (a shell's children hold the output pipes open otherwise).
+            .process_group(0)
             .spawn()
             .map_err(|e| {
                 HandlerError::retry(format!("cannot start `{}`: {e}", self.program.display()))
@@ -76,7 +84,7 @@ impl ExecHandler {
         let stderr = child.stderr.take();
         let child = Arc::new(Mutex::new(child));
         let key = self.next_key.fetch_add(1, Ordering::Relaxed);
-        lock(&self.running).insert(key, Arc::clone(&child));
+        lock(&self.running).insert(key, (job.id.clone(), Arc::clone(&child)));
 
         // Feeding stdin and draining both outputs each get a thread: a
         // program may read its input only after writing a lot of output, and
@@ -129,7 +137,7 @@ impl ExecHandler {
             if let Some(timeout) = self.timeout {
                 if started.elapsed() >= timeout {
                     let mut child = lock(child);
-                    let _ = child.kill();
+                    kill_group(&mut child);
                     let _ = child.wait();
                     return Err(HandlerError::retry(format!(
                         "`{}` timed out after {} and was killed (--timeout)",
@@ -150,10 +158,28 @@ impl Handler for ExecHandler {
     }
 
     fn abort(&self) {
-        for child in lock(&self.running).values() {
-            let _ = lock(child).kill();
+        for (_, child) in lock(&self.running).values() {
+            kill_group(&mut lock(child));
         }
     }
+
+    fn cancel(&self, job_id: &Bson) {
+        for (id, child) in lock(&self.running).values() {
+            if id == job_id {
+                kill_group(&mut lock(child));
+            }
+        }
+    }
+}
+
+/// Kills the program and every process in its group.
+fn kill_group(child: &mut Child) {
+    use nix::sys::signal::{killpg, Signal};
+    use nix::unistd::Pid;
+    if let Ok(pid) = i32::try_from(child.id()) {
+        let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+    }
+    let _ = child.kill();
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

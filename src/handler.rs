@@ -54,6 +54,12 @@ pub trait Handler: Send + Sync {
     /// Called when the shutdown grace period runs out with jobs still
     /// running: stop them if you can (the process is about to exit).
     fn abort(&self) {}
+
+    /// Called when an operator cancelled the job with this `_id` while it
+    /// runs (`mongoq cancel`): stop it if you can. The job's
+    /// [`Job::is_cancelled`] is already true, and whatever the attempt
+    /// returns is not written.
+    fn cancel(&self, _job_id: &Bson) {}
 }
 
 impl<F> Handler for F

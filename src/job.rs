@@ -6,6 +6,9 @@
 //! `failed` with the exact reason it returns, so a malformed document is
 //! neither skipped forever nor allowed to crash a worker.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
 use mongodb::bson::{oid::ObjectId, Bson, DateTime, Document};
 
 /// Field and status names of the document schema (see DESIGN.md).
@@ -40,6 +43,14 @@ pub mod fields {
     pub const LAST_ERROR: &str = "last_error";
     /// A bounded history of attempts' errors.
     pub const ERRORS: &str = "errors";
+    /// The named queue the job belongs to (string; missing means `default`).
+    pub const QUEUE: &str = "queue";
+    /// A producer's key: at most one pending or running job has it.
+    pub const UNIQUE_KEY: &str = "unique_key";
+    /// Set by `mongoq cancel` on a running job: drop it at the next lease extension.
+    pub const CANCEL_REQUESTED: &str = "cancel_requested";
+    /// When the job was cancelled.
+    pub const CANCELLED_AT: &str = "cancelled_at";
 
     /// Waiting to be claimed.
     pub const PENDING: &str = "pending";
@@ -49,6 +60,11 @@ pub mod fields {
     pub const COMPLETED: &str = "completed";
     /// Attempts exhausted, or malformed.
     pub const FAILED: &str = "failed";
+    /// Cancelled by an operator (`mongoq cancel`); never runs again.
+    pub const CANCELLED: &str = "cancelled";
+
+    /// The queue of jobs that name none.
+    pub const DEFAULT_QUEUE: &str = "default";
 }
 
 /// A job a worker holds: it was claimed with `lease_token` and may be run.
@@ -66,6 +82,12 @@ pub struct Job {
     pub priority: i64,
     /// The fencing token of the claim that holds it.
     pub lease_token: ObjectId,
+    /// The named queue it came from (`default` when it names none).
+    pub queue: String,
+    /// Raised when an operator cancels the running job (`mongoq cancel`);
+    /// a long handler may check [`Job::is_cancelled`] and stop early. Its
+    /// outcome is not written either way.
+    pub cancelled: Arc<AtomicBool>,
 }
 
 /// Why a claimed document cannot run. The text becomes `last_error`.
@@ -136,6 +158,16 @@ impl Job {
                 }
             },
         };
+        let queue = match document.get(fields::QUEUE) {
+            None | Some(Bson::Null) => fields::DEFAULT_QUEUE.to_string(),
+            Some(Bson::String(name)) => name.clone(),
+            Some(value) => {
+                return Err(Malformed(format!(
+                    "`queue` must be a string naming the queue, but it is {}",
+                    describe(value)
+                )))
+            }
+        };
         Ok(Job {
             id,
             data,
@@ -143,7 +175,14 @@ impl Job {
             max_attempts,
             priority,
             lease_token,
+            queue,
+            cancelled: Arc::new(AtomicBool::new(false)),
         })
+    }
+
+    /// Whether an operator cancelled this job while it ran.
+    pub fn is_cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::Relaxed)
     }
 
     /// The job as the JSON an `--exec` program reads on stdin:
@@ -155,6 +194,7 @@ impl Job {
             "attempt": self.attempt,
             "max_attempts": self.max_attempts,
             "priority": self.priority,
+            "queue": self.queue,
             "data": self.data.clone().into_relaxed_extjson(),
         })
     }
@@ -172,6 +212,26 @@ pub fn id_text(id: &Bson) -> String {
         Bson::String(text) => text.clone(),
         other => other.clone().into_relaxed_extjson().to_string(),
     }
+}
+
+/// The `queue` condition matching jobs of the named queues. Jobs that name
+/// no queue (or `null`) belong to `default`.
+pub(crate) fn queue_condition(queues: &[String]) -> Bson {
+    let mut names: Vec<Bson> = queues.iter().map(|q| Bson::String(q.clone())).collect();
+    if queues.iter().any(|q| q == fields::DEFAULT_QUEUE) {
+        names.push(Bson::Null);
+    }
+    Bson::Document(mongodb::bson::doc! {"$in": names})
+}
+
+/// Checks a queue name given on the command line or to the library.
+pub fn validate_queue_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 200 || name.chars().any(char::is_control) {
+        return Err(format!(
+            "`{name}` is not a valid queue name: use 1 to 200 printable characters, e.g. `emails`"
+        ));
+    }
+    Ok(())
 }
 
 /// An integer from any BSON number that holds one exactly.

@@ -17,10 +17,11 @@ use std::collections::HashMap;
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use mongodb::bson::{doc, oid::ObjectId};
+use mongodb::bson::{doc, oid::ObjectId, Bson, Document};
 
 use crate::error::Error;
 use crate::job::{after, fields, now};
+use crate::metrics::{Beat, Health};
 use crate::queue::Queue;
 use crate::shutdown::Shutdown;
 
@@ -100,17 +101,73 @@ pub(crate) fn extend(
     Ok(result.matched_count)
 }
 
-/// Puts every running job whose lease has expired back to `pending`, now.
+/// Finds this worker's running jobs that an operator cancelled (`mongoq
+/// cancel` sets `cancel_requested`) and marks them `cancelled`, fenced by
+/// owner and status. Returns their ids, so their handlers can be stopped.
+/// Running jobs are few (the workers' holdings), so the scan is small.
+pub(crate) fn drop_cancelled(queue: &Queue, owner: &str) -> Result<Vec<Bson>, Error> {
+    let requested = doc! {
+        fields::STATUS: fields::RUNNING,
+        fields::LEASE_OWNER: owner,
+        fields::CANCEL_REQUESTED: true,
+    };
+    let ids: Vec<Bson> = queue
+        .collection()
+        .find(requested.clone())
+        .projection(doc! {"_id": 1})
+        .run()
+        .and_then(|cursor| {
+            cursor
+                .map(|d| d.map(|d| d.get("_id").cloned().unwrap_or(Bson::Null)))
+                .collect()
+        })
+        .map_err(|e| queue.db_error("find (cancelled jobs)", &e))?;
+    if ids.is_empty() {
+        return Ok(ids);
+    }
+    let mut filter = requested;
+    filter.insert("_id", doc! {"$in": &ids});
+    queue
+        .collection()
+        .update_many(
+            filter,
+            cancelled_update(&format!(
+                "cancelled by an operator while running on {owner}"
+            )),
+        )
+        .run()
+        .map_err(|e| queue.db_error("update (cancel running jobs)", &e))?;
+    Ok(ids)
+}
+
+/// The update that ends a job as `cancelled`.
+pub(crate) fn cancelled_update(reason: &str) -> Document {
+    doc! {
+        "$set": {fields::STATUS: fields::CANCELLED, fields::CANCELLED_AT: now(), fields::LAST_ERROR: reason},
+        "$unset": {fields::LEASE_OWNER: "", fields::LEASE_TOKEN: "", fields::LEASE_UNTIL: "", fields::CANCEL_REQUESTED: ""},
+    }
+}
+
+/// Puts every running job whose lease has expired back to `pending`, now
+/// (or, when an operator had asked to cancel it, to `cancelled`).
 /// Returns how many were rescued.
 pub(crate) fn rescue_expired(queue: &Queue, rescuer: &str) -> Result<u64, Error> {
     let at = now();
+    queue
+        .collection()
+        .update_many(
+            doc! {fields::STATUS: fields::RUNNING, fields::LEASE_UNTIL: {"$lt": at}, fields::CANCEL_REQUESTED: true},
+            cancelled_update("cancelled by an operator; its worker stopped before dropping it"),
+        )
+        .run()
+        .map_err(|e| queue.db_error("lease rescue", &e))?;
     let message = format!(
         "lease expired before the job finished (its worker crashed, stalled or lost the database); rescued by {rescuer}"
     );
     let result = queue
         .collection()
         .update_many(
-            doc! {fields::STATUS: fields::RUNNING, fields::LEASE_UNTIL: {"$lt": at}},
+            doc! {fields::STATUS: fields::RUNNING, fields::LEASE_UNTIL: {"$lt": at}, fields::CANCEL_REQUESTED: {"$ne": true}},
             doc! {
                 "$set": {fields::STATUS: fields::PENDING, fields::RUN_AT: at, fields::LAST_ERROR: &message},
                 "$unset": {fields::LEASE_OWNER: "", fields::LEASE_TOKEN: "", fields::LEASE_UNTIL: ""},
@@ -130,6 +187,9 @@ pub(crate) struct Keeper<'a> {
     pub(crate) leases: &'a Leases,
     pub(crate) rescued: &'a std::sync::atomic::AtomicU64,
     pub(crate) extended: &'a std::sync::atomic::AtomicU64,
+    pub(crate) health: &'a Health,
+    /// Told the ids of running jobs the keeper found cancelled.
+    pub(crate) on_cancel: &'a dyn Fn(&[Bson]),
 }
 
 impl Keeper<'_> {
@@ -142,9 +202,13 @@ impl Keeper<'_> {
             (self.lease / 4).clamp(Duration::from_millis(250), Duration::from_secs(30));
         let mut next_rescue = Instant::now();
         loop {
+            self.health.beat(Beat::Keeper);
             let tokens = self.leases.tokens();
             if !tokens.is_empty() {
-                match extend(self.queue, self.owner, &tokens, self.lease) {
+                match self
+                    .health
+                    .track(extend(self.queue, self.owner, &tokens, self.lease))
+                {
                     Ok(matched) => {
                         self.extended
                             .fetch_add(matched, std::sync::atomic::Ordering::Relaxed);
@@ -152,9 +216,18 @@ impl Keeper<'_> {
                     }
                     Err(error) => log::warn!("could not extend leases (will retry): {error}"),
                 }
+                self.health.beat(Beat::Keeper);
+                match self.health.track(drop_cancelled(self.queue, self.owner)) {
+                    Ok(ids) if !ids.is_empty() => (self.on_cancel)(&ids),
+                    Ok(_) => {}
+                    Err(error) => {
+                        log::warn!("could not check for cancelled jobs (will retry): {error}");
+                    }
+                }
             }
             if Instant::now() >= next_rescue {
-                match rescue_expired(self.queue, self.owner) {
+                self.health.beat(Beat::Keeper);
+                match self.health.track(rescue_expired(self.queue, self.owner)) {
                     Ok(0) => {}
                     Ok(n) => {
                         self.rescued

@@ -28,18 +28,22 @@
 //! The contract (document schema, statuses, guarantees) is in DESIGN.md;
 //! the binary's flags are in README.md.
 
+pub mod admin;
 pub mod bench;
 pub mod duration;
 pub mod error;
 pub mod exec;
 pub mod handler;
+pub mod http;
 pub mod job;
+pub mod metrics;
 pub mod queue;
 pub mod redact;
 pub mod retry;
 pub mod shutdown;
 pub mod simulate;
 pub mod stats;
+pub mod systemd;
 pub mod worker;
 
 mod claim;
@@ -54,7 +58,7 @@ pub use job::Job;
 pub use queue::{EnqueueOptions, Queue, QueueConfig};
 pub use shutdown::Shutdown;
 pub use stats::Stats;
-pub use worker::{Report, Worker, WorkerConfig};
+pub use worker::{Monitor, Report, Worker, WorkerConfig};
 
 /// The BSON types jobs are made of, re-exported from the driver.
 pub use mongodb::bson;

@@ -3,6 +3,7 @@
 
 mod cli;
 mod commands;
+mod ops;
 
 use std::process::ExitCode;
 

@@ -21,9 +21,13 @@ use crate::claim::{fail_oversized, is_too_large_code, too_large};
 use crate::error::Error;
 use crate::job::{fields, id_text, now};
 use crate::lease::Leases;
+use crate::metrics::{Beat, Health};
 use crate::outage::retry_until_stopped;
 use crate::queue::Queue;
 use crate::shutdown::Shutdown;
+
+/// The shared kind of hand-backs (see [`Outcome::shared_kind`]).
+const RELEASED: u8 = 1;
 
 /// How many past errors a job keeps in `errors`.
 pub(crate) const ERROR_HISTORY: i32 = 10;
@@ -79,8 +83,21 @@ impl Outcome {
     /// The fenced update statement for this outcome.
     fn statement(&self, worker: &str, at: DateTime) -> Document {
         let key = self.key();
-        let filter = doc! {"_id": key.id.clone(), fields::LEASE_TOKEN: key.token, fields::STATUS: fields::RUNNING};
+        let mut filter = doc! {"_id": key.id.clone(), fields::LEASE_TOKEN: key.token, fields::STATUS: fields::RUNNING};
+        if self.returns_to_pending() {
+            filter.insert(fields::CANCEL_REQUESTED, doc! {"$ne": true});
+        }
         doc! {"q": filter, "u": self.update(worker, at), "multi": false}
+    }
+
+    /// Whether this outcome puts the job back to `pending`. Those writes skip
+    /// a job an operator cancelled meanwhile: it stays `running` under this
+    /// worker until the keeper marks it `cancelled` (or its lease expires).
+    fn returns_to_pending(&self) -> bool {
+        matches!(
+            self,
+            Outcome::Retry { .. } | Outcome::Released { .. } | Outcome::Interrupted { .. }
+        )
     }
 
     /// Outcomes whose update is the same for every job of a claim can be
@@ -91,7 +108,7 @@ impl Outcome {
                 result: None | Some(Bson::Null),
                 ..
             } => Some(0),
-            Outcome::Released { .. } => Some(1),
+            Outcome::Released { .. } => Some(RELEASED),
             _ => None,
         }
     }
@@ -200,13 +217,11 @@ pub(crate) fn write(queue: &Queue, worker: &str, outcomes: &[Outcome]) -> Result
         }
     }
     for (kind, token, update, ids) in groups {
-        let result = queue
-            .collection()
-            .update_many(
-                doc! {"_id": {"$in": &ids}, fields::LEASE_TOKEN: token, fields::STATUS: fields::RUNNING},
-                update,
-            )
-            .run();
+        let mut filter = doc! {"_id": {"$in": &ids}, fields::LEASE_TOKEN: token, fields::STATUS: fields::RUNNING};
+        if kind == RELEASED {
+            filter.insert(fields::CANCEL_REQUESTED, doc! {"$ne": true});
+        }
+        let result = queue.collection().update_many(filter, update).run();
         match result {
             Ok(result) => matched += result.matched_count,
             // A job too close to 16 MB stopped the updateMany; write this
@@ -298,10 +313,12 @@ pub(crate) fn run_completer(
     outcomes: &Receiver<Outcome>,
     leases: &Leases,
     tally: &Tally,
+    health: &Health,
     stop: &Shutdown,
 ) {
     let mut pending: Vec<Outcome> = Vec::new();
     loop {
+        health.beat(Beat::Completer);
         match outcomes.recv_timeout(Duration::from_millis(100)) {
             Ok(outcome) => pending.push(outcome),
             Err(RecvTimeoutError::Timeout) => {
@@ -318,13 +335,13 @@ pub(crate) fn run_completer(
                 Err(_) => break,
             }
         }
-        flush(queue, worker, &mut pending, leases, tally, stop);
+        flush(queue, worker, &mut pending, leases, tally, health, stop);
         if stop.is_requested() && pending.is_empty() && outcomes.is_empty() {
             break;
         }
     }
     pending.extend(outcomes.try_iter());
-    flush(queue, worker, &mut pending, leases, tally, stop);
+    flush(queue, worker, &mut pending, leases, tally, health, stop);
     if !pending.is_empty() {
         log::warn!(
             "{} job outcomes could not be written before exit; those jobs run again after their leases expire",
@@ -339,6 +356,7 @@ fn flush(
     pending: &mut Vec<Outcome>,
     leases: &Leases,
     tally: &Tally,
+    health: &Health,
     stop: &Shutdown,
 ) {
     use std::sync::atomic::Ordering::Relaxed;
@@ -346,7 +364,8 @@ fn flush(
         return;
     }
     let Some(matched) = retry_until_stopped(stop, "writing job outcomes", || {
-        write(queue, worker, pending)
+        health.beat(Beat::Completer);
+        health.track(write(queue, worker, pending))
     }) else {
         return;
     };

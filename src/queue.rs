@@ -47,12 +47,39 @@ pub struct EnqueueOptions {
     pub run_at: Option<DateTime>,
     /// Attempts before `failed` (default: the worker's).
     pub max_attempts: Option<u32>,
+    /// The named queue (default: none, which is the `default` queue).
+    pub queue: Option<String>,
+    /// At most one pending or running job may have this key; enqueueing
+    /// another fails with [`Error::Duplicate`].
+    pub unique_key: Option<String>,
 }
+
+/// How long finished jobs of one status are kept (see [`Queue::set_retention`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Retention {
+    /// `completed`, `failed` or `cancelled`.
+    pub status: &'static str,
+    /// The timestamp field the TTL index expires on.
+    pub field: &'static str,
+    /// How long after that time the job is deleted; `None`: kept forever.
+    pub keep: Option<Duration>,
+}
+
+/// The finished statuses retention applies to, and their timestamp fields.
+pub const RETAINABLE: [(&str, &str); 3] = [
+    (fields::COMPLETED, fields::COMPLETED_AT),
+    (fields::FAILED, fields::FAILED_AT),
+    (fields::CANCELLED, fields::CANCELLED_AT),
+];
 
 /// The name of the index the claim query uses; `explain` tests look for it.
 pub const CLAIM_INDEX: &str = "mongoq_claim";
 const LEASE_TOKEN_INDEX: &str = "mongoq_lease_token";
 const LEASE_EXPIRY_INDEX: &str = "mongoq_lease_expiry";
+/// The unique partial index that enforces `unique_key`.
+pub const UNIQUE_INDEX: &str = "mongoq_unique_key";
+/// MongoDB's duplicate key error.
+const DUPLICATE_KEY: i32 = 11000;
 
 /// A handle on the queue collection. Cheap to clone; share it freely.
 #[derive(Clone)]
@@ -156,7 +183,7 @@ impl Queue {
         let named = |name: &str| IndexOptions::builder().name(name.to_string()).build();
         let models = vec![
             IndexModel::builder()
-                .keys(doc! {fields::STATUS: 1, fields::PRIORITY: -1, fields::RUN_AT: 1, "_id": 1})
+                .keys(doc! {fields::STATUS: 1, fields::QUEUE: 1, fields::PRIORITY: -1, fields::RUN_AT: 1, "_id": 1})
                 .options(named(CLAIM_INDEX))
                 .build(),
             IndexModel::builder()
@@ -177,7 +204,120 @@ impl Queue {
             .create_indexes(models)
             .run()
             .map_err(|e| self.db_error("createIndexes", &e))?;
+        self.ensure_unique_index();
         self.index_names()
+    }
+
+    /// `mongoq_unique_key`: `unique_key` is unique among pending and running
+    /// jobs. The index decides, so two producers racing to insert the same
+    /// key cannot both win (a find-then-insert check could). Its partial
+    /// filter uses `$in`, which MongoDB accepts from 7.0; on a server that
+    /// refuses it (or a sharded collection whose shard key is not
+    /// `unique_key`) the queue works without unique jobs and says so.
+    fn ensure_unique_index(&self) {
+        let model = IndexModel::builder()
+            .keys(doc! {fields::UNIQUE_KEY: 1})
+            .options(
+                IndexOptions::builder()
+                    .name(UNIQUE_INDEX.to_string())
+                    .unique(true)
+                    .partial_filter_expression(doc! {
+                        fields::UNIQUE_KEY: {"$exists": true},
+                        fields::STATUS: {"$in": [fields::PENDING, fields::RUNNING]},
+                    })
+                    .build(),
+            )
+            .build();
+        if let Err(error) = self.collection.create_index(model).run() {
+            log::warn!(
+                "unique_key is not enforced on this collection: the server refused the index {UNIQUE_INDEX} ({}). It needs MongoDB 7.0 or later, no two pending/running jobs already sharing a key, and on a sharded collection a shard key of unique_key",
+                trim_driver_message(&redact_text(&error.to_string(), &self.uri))
+            );
+        }
+    }
+
+    /// The retention of each finished status, from the TTL indexes present.
+    pub fn retention(&self) -> Result<Vec<Retention>, Error> {
+        let indexes: Vec<IndexModel> = self
+            .collection
+            .list_indexes()
+            .run()
+            .map_err(|e| self.db_error("listIndexes", &e))?
+            .collect::<Result<_, _>>()
+            .map_err(|e| self.db_error("listIndexes", &e))?;
+        Ok(RETAINABLE
+            .iter()
+            .map(|(status, field)| {
+                let keep = indexes
+                    .iter()
+                    .filter_map(|index| index.options.as_ref())
+                    .find(|options| options.name.as_deref() == Some(&retention_index(status)))
+                    .and_then(|options| options.expire_after);
+                Retention {
+                    status,
+                    field,
+                    keep,
+                }
+            })
+            .collect())
+    }
+
+    /// Keeps jobs of a finished `status` (`completed`, `failed`,
+    /// `cancelled`) for `keep` after they finished, then lets MongoDB's TTL
+    /// monitor delete them; `None` keeps them forever (drops the index).
+    ///
+    /// The TTL index is partial on `status`, so a job retried after failing
+    /// (back to `pending`) is never deleted by it. MongoDB deletes expired
+    /// documents in a background pass about once a minute, so jobs may
+    /// outlive `keep` by that much (more on a loaded server).
+    pub fn set_retention(&self, status: &str, keep: Option<Duration>) -> Result<(), Error> {
+        let Some((status, field)) = RETAINABLE.iter().find(|(s, _)| *s == status) else {
+            return Err(Error::Invalid(format!(
+                "retention applies to completed, failed or cancelled jobs, not `{status}`"
+            )));
+        };
+        let name = retention_index(status);
+        let current = self
+            .retention()?
+            .into_iter()
+            .find(|r| r.status == *status)
+            .and_then(|r| r.keep);
+        let exists = self.index_names()?.contains(&name);
+        match (keep, exists) {
+            (None, false) => Ok(()),
+            (None, true) => self
+                .collection
+                .drop_index(name)
+                .run()
+                .map_err(|e| self.db_error("dropIndex", &e)),
+            (Some(keep), true) if current == Some(keep) => Ok(()),
+            (Some(keep), true) => self
+                .database
+                .run_command(doc! {
+                    "collMod": self.collection.name(),
+                    "index": {"name": name, "expireAfterSeconds": keep.as_secs() as i64},
+                })
+                .run()
+                .map(|_| ())
+                .map_err(|e| self.db_error("collMod (retention)", &e)),
+            (Some(keep), false) => self
+                .collection
+                .create_index(
+                    IndexModel::builder()
+                        .keys(doc! {*field: 1})
+                        .options(
+                            IndexOptions::builder()
+                                .name(name)
+                                .expire_after(keep)
+                                .partial_filter_expression(doc! {fields::STATUS: *status})
+                                .build(),
+                        )
+                        .build(),
+                )
+                .run()
+                .map(|_| ())
+                .map_err(|e| self.db_error("createIndex (retention)", &e)),
+        }
     }
 
     /// Names of the indexes on the collection.
@@ -189,8 +329,37 @@ impl Queue {
     }
 
     /// Inserts one pending job and returns its `_id`.
+    ///
+    /// With a `unique_key` that a pending or running job already has, nothing
+    /// is inserted and the error is [`Error::Duplicate`] naming that job.
     pub fn enqueue(&self, data: Bson, options: &EnqueueOptions) -> Result<ObjectId, Error> {
-        Ok(self.enqueue_many(std::iter::once(data), options)?[0])
+        if options.unique_key.is_none() {
+            return Ok(self.enqueue_many(std::iter::once(data), options)?[0]);
+        }
+        let id = ObjectId::new();
+        let document = new_job_document(id, data, options, DateTime::now());
+        match self.collection.insert_one(document).run() {
+            Ok(_) => Ok(id),
+            Err(error) if is_duplicate_key(&error) => {
+                let key = options.unique_key.clone().unwrap_or_default();
+                let existing = self
+                    .collection
+                    .find_one(doc! {
+                        fields::UNIQUE_KEY: &key,
+                        fields::STATUS: {"$in": [fields::PENDING, fields::RUNNING]},
+                    })
+                    .projection(doc! {"_id": 1})
+                    .run()
+                    .ok()
+                    .flatten()
+                    .and_then(|d| d.get("_id").map(crate::job::id_text));
+                Err(Error::Duplicate {
+                    unique_key: key,
+                    existing,
+                })
+            }
+            Err(error) => Err(self.db_error("insert", &error)),
+        }
     }
 
     /// Inserts pending jobs in one round trip per 1,000 and returns their ids
@@ -226,6 +395,25 @@ impl Queue {
     }
 }
 
+/// The name of the TTL index that expires jobs of `status`.
+fn retention_index(status: &str) -> String {
+    format!("mongoq_retain_{status}")
+}
+
+/// Whether a driver error is a duplicate key (E11000).
+pub(crate) fn is_duplicate_key(error: &mongodb::error::Error) -> bool {
+    use mongodb::error::{ErrorKind, WriteFailure};
+    match error.kind.as_ref() {
+        ErrorKind::Write(WriteFailure::WriteError(write)) => write.code == DUPLICATE_KEY,
+        ErrorKind::Command(command) => command.code == DUPLICATE_KEY,
+        ErrorKind::InsertMany(many) => many
+            .write_errors
+            .as_ref()
+            .is_some_and(|errors| errors.iter().any(|e| e.code == DUPLICATE_KEY)),
+        _ => false,
+    }
+}
+
 /// The document `enqueue` writes: the producer's two fields plus the
 /// optional ones, always set, so the claim index orders them exactly.
 pub(crate) fn new_job_document(
@@ -244,6 +432,12 @@ pub(crate) fn new_job_document(
     };
     if let Some(max) = options.max_attempts {
         document.insert(fields::MAX_ATTEMPTS, i64::from(max));
+    }
+    if let Some(queue) = &options.queue {
+        document.insert(fields::QUEUE, queue.clone());
+    }
+    if let Some(key) = &options.unique_key {
+        document.insert(fields::UNIQUE_KEY, key.clone());
     }
     document
 }

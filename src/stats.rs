@@ -37,6 +37,13 @@ pub(crate) fn eligible_filter(now: DateTime) -> Document {
     doc! {fields::STATUS: fields::PENDING, fields::RUN_AT: {"$not": {"$gt": now}}}
 }
 
+/// [`eligible_filter`] for the jobs of `queues` only.
+pub(crate) fn eligible_in(queues: &[String], now: DateTime) -> Document {
+    let mut filter = eligible_filter(now);
+    filter.insert(fields::QUEUE, crate::job::queue_condition(queues));
+    filter
+}
+
 impl Queue {
     /// Counts the queue's jobs.
     pub fn stats(&self) -> Result<Stats, Error> {

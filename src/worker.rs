@@ -28,19 +28,20 @@
 
 use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
-use mongodb::bson::doc;
+use mongodb::bson::{doc, Bson};
 
 use crate::claim::{Claimed, Claimer};
 use crate::error::Error;
 use crate::handler::{Handler, HandlerError};
 use crate::job::{after, fields, Job};
 use crate::lease::{Keeper, Leases};
+use crate::metrics::{Beat, Health, HealthReport, Histogram, HANDLER_BUCKETS, ROUND_TRIP_BUCKETS};
 use crate::outage::retry_until_stopped;
 use crate::outcome::{bounded_error, run_completer, JobKey, Outcome, Tally};
 use crate::queue::Queue;
@@ -75,6 +76,9 @@ pub struct WorkerConfig {
     /// Wake up on new jobs through a change stream where the deployment
     /// supports one (polling continues either way).
     pub change_streams: bool,
+    /// The named queues to take jobs from (`default` holds jobs that name
+    /// none).
+    pub queues: Vec<String>,
 }
 
 impl Default for WorkerConfig {
@@ -90,6 +94,7 @@ impl Default for WorkerConfig {
             drain: false,
             retry: RetryPolicy::default(),
             change_streams: true,
+            queues: vec![fields::DEFAULT_QUEUE.to_string()],
         }
     }
 }
@@ -117,6 +122,8 @@ pub struct Report {
     pub lost: u64,
     /// Expired leases (of any worker) this worker rescued.
     pub rescued: u64,
+    /// Running jobs dropped because an operator cancelled them.
+    pub cancelled: u64,
     /// Claim round trips (read-ahead, claim, read-back, defaults).
     pub claim_round_trips: u64,
     /// Outcome write round trips.
@@ -152,10 +159,16 @@ struct Shared {
     rescued: AtomicU64,
     extended: AtomicU64,
     claim_round_trips: AtomicU64,
+    cancelled: AtomicU64,
+    health: Health,
+    handler_seconds: Histogram,
+    claim_seconds: Histogram,
+    /// The last queue depth sample, for metrics.
+    depth: Mutex<Option<(Instant, crate::Stats)>>,
     /// Average handler duration in µs (0: none measured yet).
     pace_micros: AtomicU64,
-    /// The job each handler thread is running.
-    running: Mutex<HashMap<usize, JobKey>>,
+    /// The job each handler thread is running, and its cancel flag.
+    running: Mutex<HashMap<usize, (JobKey, Arc<AtomicBool>)>>,
     /// Rung by the change-stream watcher (and at shutdown) to wake the fetcher.
     doorbell: Doorbell,
 }
@@ -176,6 +189,14 @@ impl Worker {
         config: WorkerConfig,
         handler: Arc<dyn Handler>,
     ) -> Result<Worker, Error> {
+        if config.queues.is_empty() {
+            return Err(Error::Invalid(
+                "a worker needs at least one queue (--queue)".into(),
+            ));
+        }
+        for name in &config.queues {
+            crate::job::validate_queue_name(name).map_err(Error::Invalid)?;
+        }
         if config.threads == 0 || config.batch_size == 0 || config.max_attempts == 0 {
             return Err(Error::Invalid(
                 "threads, batch size and max attempts must each be at least 1".into(),
@@ -197,11 +218,24 @@ impl Worker {
                 rescued: AtomicU64::new(0),
                 extended: AtomicU64::new(0),
                 claim_round_trips: AtomicU64::new(0),
+                cancelled: AtomicU64::new(0),
+                health: Health::default(),
+                handler_seconds: Histogram::new(&HANDLER_BUCKETS),
+                claim_seconds: Histogram::new(&ROUND_TRIP_BUCKETS),
+                depth: Mutex::new(None),
                 pace_micros: AtomicU64::new(0),
                 running: Mutex::new(HashMap::new()),
                 doorbell: Doorbell::default(),
             }),
         })
+    }
+
+    /// A handle for metrics, health and readiness that stays valid while
+    /// (and after) [`Worker::run`] runs on another thread.
+    pub fn monitor(&self) -> Monitor {
+        Monitor {
+            shared: Arc::clone(&self.shared),
+        }
     }
 
     /// Runs until `shutdown` is requested (or, with `drain`, until the queue
@@ -211,23 +245,26 @@ impl Worker {
         let shared = &self.shared;
         let config = &shared.config;
         log::info!(
-            "worker {} starting: {} threads, batch {}, lease {}, on {} ({}.{})",
+            "worker {} starting: {} threads, batch {}, lease {}, queues {}, on {} ({}.{})",
             config.worker_id,
             config.threads,
             config.batch_size,
             crate::duration::format_duration(config.lease),
+            config.queues.join(","),
             shared.queue.redacted_uri(),
             shared.queue.database().name(),
             shared.queue.collection().name(),
         );
         let Some(indexes) = retry_until_stopped(shutdown, "creating indexes", || {
-            shared.queue.ensure_indexes()
+            shared.health.track(shared.queue.ensure_indexes())
         }) else {
             return self.report(false);
         };
         log::debug!("indexes: {}", indexes.join(", "));
         let threads = self.start(shutdown);
+        shared.health.ready.store(true, Relaxed);
         while !shutdown.sleep(Duration::from_secs(3600)) {}
+        shared.health.stopping.store(true, Relaxed);
         shared.doorbell.ring();
         let grace_exceeded = self.stop(threads);
         let report = self.report(grace_exceeded);
@@ -252,6 +289,9 @@ impl Worker {
         let (job_tx, job_rx) =
             crossbeam_channel::bounded::<Job>(config.threads + 2 * config.batch_size);
         let (outcome_tx, outcome_rx) = crossbeam_channel::unbounded::<Outcome>();
+        for beat in [Beat::Fetcher, Beat::Keeper, Beat::Completer] {
+            shared.health.beat(beat);
+        }
 
         let keeper = {
             let shared = Arc::clone(shared);
@@ -264,6 +304,8 @@ impl Worker {
                     leases: &shared.leases,
                     rescued: &shared.rescued,
                     extended: &shared.extended,
+                    health: &shared.health,
+                    on_cancel: &|ids: &[Bson]| shared.cancel_running(ids),
                 }
                 .run(&stop);
             })
@@ -278,6 +320,7 @@ impl Worker {
                     &outcome_rx,
                     &shared.leases,
                     &shared.tally,
+                    &shared.health,
                     &stop,
                 );
             })
@@ -384,7 +427,10 @@ impl Worker {
     /// The grace period ran out: ask the handler to stop, and hand the jobs
     /// still running back to `pending` so they need not wait for lease expiry.
     fn interrupt_running(&self, outcomes: &Sender<Outcome>) {
-        let running: Vec<JobKey> = lock(&self.shared.running).values().cloned().collect();
+        let running: Vec<JobKey> = lock(&self.shared.running)
+            .values()
+            .map(|(key, _)| key.clone())
+            .collect();
         log::warn!(
             "shutdown grace period ({}) ran out with {} jobs running; handing them back",
             crate::duration::format_duration(self.shared.config.shutdown_grace),
@@ -409,6 +455,7 @@ impl Worker {
             released: shared.tally.released.load(Relaxed),
             lost: shared.tally.lost.load(Relaxed),
             rescued: shared.rescued.load(Relaxed),
+            cancelled: shared.cancelled.load(Relaxed),
             claim_round_trips: shared.claim_round_trips.load(Relaxed),
             outcome_writes: shared.tally.writes.load(Relaxed),
             grace_exceeded,
@@ -428,11 +475,13 @@ impl Shared {
             self.queue.clone(),
             config.worker_id.clone(),
             config.lease,
+            config.queues.clone(),
             window_age,
         );
         let shortest_idle = (config.poll_interval / 16).max(Duration::from_millis(5));
         let mut idle = shortest_idle;
         while !shutdown.is_requested() {
+            self.health.beat(Beat::Fetcher);
             let prefetch = self.prefetch();
             let held = self.leases.held();
             // Two prefetches may be held: one being run while the next
@@ -447,7 +496,11 @@ impl Shared {
             let want = room.min(config.batch_size);
             let before = claimer.round_trips;
             let claimed = retry_until_stopped(shutdown, "claiming jobs", || {
-                claimer.claim(want, config.batch_size)
+                self.health.beat(Beat::Fetcher);
+                let started = Instant::now();
+                let claimed = self.health.track(claimer.claim(want, config.batch_size));
+                self.claim_seconds.observe(started.elapsed());
+                claimed
             });
             self.claim_round_trips
                 .fetch_add(claimer.round_trips - before, Relaxed);
@@ -505,8 +558,8 @@ impl Shared {
         // An empty claim alone does not prove it: the claim may have lost
         // its whole window to other workers, or failed a job it could not take.
         let eligible_or_running = doc! {"$or": [
-            crate::stats::eligible_filter(crate::job::now()),
-            {fields::STATUS: fields::RUNNING},
+            crate::stats::eligible_in(&self.config.queues, crate::job::now()),
+            {fields::STATUS: fields::RUNNING, fields::QUEUE: crate::job::queue_condition(&self.config.queues)},
         ]};
         let left = retry_until_stopped(shutdown, "counting jobs left", || {
             self.queue
@@ -588,10 +641,11 @@ impl Shared {
                 let _ = outcomes.send(Outcome::Released { key });
                 continue;
             }
-            lock(&self.running).insert(index, key.clone());
+            lock(&self.running).insert(index, (key.clone(), Arc::clone(&job.cancelled)));
             let started = Instant::now();
             let result = catch_unwind(AssertUnwindSafe(|| self.handler.handle(&job)));
             self.record_duration(started.elapsed());
+            self.handler_seconds.observe(started.elapsed());
             lock(&self.running).remove(&index);
             let outcome = match result {
                 Ok(Ok(result)) => Outcome::Completed { key, result },
@@ -610,6 +664,22 @@ impl Shared {
                 }
             };
             let _ = outcomes.send(outcome);
+        }
+    }
+
+    /// The keeper found these running jobs cancelled by an operator and
+    /// marked them so: tell the handlers running them to stop.
+    fn cancel_running(&self, ids: &[Bson]) {
+        self.cancelled.fetch_add(ids.len() as u64, Relaxed);
+        for (key, flag) in lock(&self.running).values() {
+            if ids.contains(&key.id) {
+                flag.store(true, Relaxed);
+                self.handler.cancel(&key.id);
+                log::info!(
+                    "job {} was cancelled while running; its handler was told to stop",
+                    crate::job::id_text(&key.id)
+                );
+            }
         }
     }
 
@@ -657,5 +727,80 @@ fn wait_until(deadline: Instant, mut done: impl FnMut() -> bool) -> bool {
             return false;
         }
         std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Metrics, health and readiness of a [`Worker`], from any thread.
+#[derive(Clone)]
+pub struct Monitor {
+    shared: Arc<Shared>,
+}
+
+/// A thread that showed no progress for this long is stalled (a driver
+/// call hung on a dead connection, say). Every wait in the worker's loops
+/// is far shorter; a database outage is not a stall.
+pub const STALL_AFTER: Duration = Duration::from_secs(60);
+
+impl Monitor {
+    /// Liveness, readiness and database reachability.
+    pub fn health(&self) -> HealthReport {
+        self.shared.health.report(STALL_AFTER)
+    }
+
+    /// Indexes are in place and the threads are running.
+    pub fn is_ready(&self) -> bool {
+        self.shared.health.ready.load(Relaxed)
+    }
+
+    /// What the worker did so far.
+    pub fn report(&self) -> Report {
+        Worker {
+            shared: Arc::clone(&self.shared),
+        }
+        .report(false)
+    }
+
+    /// Samples the queue's depth (counts by status) for the metrics; call
+    /// it every few seconds from a thread of your own.
+    pub fn sample_depth(&self) -> Result<(), Error> {
+        let stats = self.shared.queue.stats()?;
+        *lock(&self.shared.depth) = Some((Instant::now(), stats));
+        Ok(())
+    }
+
+    /// Jobs running now and jobs held (running or waiting for a thread).
+    pub fn load(&self) -> (usize, usize) {
+        (lock(&self.shared.running).len(), self.shared.leases.held())
+    }
+
+    /// The Prometheus text exposition of this worker's metrics.
+    pub fn metrics_text(&self) -> String {
+        let shared = &self.shared;
+        let report = self.report();
+        let (running, held) = self.load();
+        let counters = crate::metrics::Counters {
+            claimed: report.claimed,
+            completed: report.completed,
+            retried: report.retried,
+            failed: report.failed,
+            released: report.released,
+            lost: report.lost,
+            cancelled: report.cancelled,
+            rescued: report.rescued,
+            extended: shared.extended.load(Relaxed),
+            claim_round_trips: report.claim_round_trips,
+            outcome_writes: report.outcome_writes,
+            running: running as u64,
+            held: held as u64,
+            threads: shared.config.threads as u64,
+        };
+        let depth = lock(&shared.depth).clone();
+        crate::metrics::render(
+            &counters,
+            &shared.handler_seconds,
+            &shared.claim_seconds,
+            &self.health(),
+            depth.as_ref(),
+        )
     }
 }

@@ -51,6 +51,10 @@ impl TestDb {
         TestDb { uri, db, client }
     }
 
+    pub fn database(&self) -> mongodb::sync::Database {
+        self.client.database(&self.db)
+    }
+
     pub fn coll(&self) -> Collection<Document> {
         self.client.database(&self.db).collection("queue")
     }

@@ -15,4 +15,5 @@ mod library;
 mod lifecycle;
 mod malformed;
 mod mongosh;
+mod operations;
 mod security;

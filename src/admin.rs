@@ -1,0 +1,234 @@
+//! Operators' commands on the queue: show a job, cancel it, retry failed
+//! jobs, purge finished ones. Each is one or a few documented operations
+//! whose filters repeat the status they act on, so they are safe to run
+//! while workers are busy on the same collection.
+
+use std::time::Duration;
+
+use mongodb::bson::{doc, oid::ObjectId, Bson, DateTime, Document};
+
+use crate::error::Error;
+use crate::job::{fields, now};
+use crate::queue::{is_duplicate_key, Queue, RETAINABLE};
+
+/// The `_id` condition for an id typed by a person: the 24-hex form of an
+/// `ObjectId`, else the text itself, or the number it spells (producers
+/// may choose their own `_id`s).
+pub fn id_condition(text: &str) -> Bson {
+    let text = text.trim();
+    if let Ok(oid) = ObjectId::parse_str(text) {
+        return Bson::ObjectId(oid);
+    }
+    match text.parse::<i64>() {
+        Ok(number) => Bson::Document(doc! {"$in": [text, number]}),
+        Err(_) => Bson::String(text.to_string()),
+    }
+}
+
+/// What `cancel` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cancel {
+    /// The job was pending; it is `cancelled` and will not run.
+    Cancelled,
+    /// The job is running; its worker drops it at the next lease extension.
+    Requested {
+        /// The worker holding it.
+        owner: String,
+    },
+    /// The job had already finished (or has a status workers leave alone).
+    Finished {
+        /// Its status.
+        status: String,
+    },
+}
+
+/// Which failed jobs `retry_failed` puts back.
+#[derive(Debug, Clone)]
+pub enum RetrySelection {
+    /// One job by id.
+    Id(String),
+    /// Every failed job.
+    All,
+    /// Failed jobs that failed more than this long ago.
+    OlderThan(Duration),
+}
+
+/// What `retry_failed` did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Retried {
+    /// Jobs put back to `pending`.
+    pub retried: u64,
+    /// Jobs left `failed` because a pending or running job has their
+    /// `unique_key` now.
+    pub skipped_duplicates: u64,
+}
+
+fn ago(duration: Duration) -> DateTime {
+    DateTime::from_millis(now().timestamp_millis() - duration.as_millis() as i64)
+}
+
+impl Queue {
+    /// The whole document of one job.
+    pub fn find_job(&self, id: &str) -> Result<Document, Error> {
+        self.collection()
+            .find_one(doc! {"_id": id_condition(id)})
+            .run()
+            .map_err(|e| self.db_error("find", &e))?
+            .ok_or_else(|| Error::NotFound(id.to_string()))
+    }
+
+    /// Cancels a job: a pending one will not run; a running one is marked
+    /// so that its worker drops it at its next lease extension (within a
+    /// third of the lease) and marks it `cancelled`.
+    pub fn cancel(&self, id: &str) -> Result<Cancel, Error> {
+        let text = id.trim().to_string();
+        let id = id_condition(id);
+        // Two rounds at most: the job may move from pending to running
+        // between the first write and the read.
+        for _ in 0..2 {
+            let pending = self
+                .collection()
+                .update_one(
+                    doc! {"_id": id.clone(), fields::STATUS: fields::PENDING},
+                    crate::lease::cancelled_update("cancelled by an operator before it ran"),
+                )
+                .run()
+                .map_err(|e| self.db_error("update (cancel)", &e))?;
+            if pending.modified_count > 0 {
+                return Ok(Cancel::Cancelled);
+            }
+            let running = self
+                .collection()
+                .find_one_and_update(
+                    doc! {"_id": id.clone(), fields::STATUS: fields::RUNNING},
+                    doc! {"$set": {fields::CANCEL_REQUESTED: true}},
+                )
+                .projection(doc! {fields::LEASE_OWNER: 1})
+                .run()
+                .map_err(|e| self.db_error("update (cancel)", &e))?;
+            if let Some(job) = running {
+                let owner = job.get_str(fields::LEASE_OWNER).unwrap_or("?").to_string();
+                return Ok(Cancel::Requested { owner });
+            }
+            let current = self
+                .collection()
+                .find_one(doc! {"_id": id.clone()})
+                .projection(doc! {fields::STATUS: 1})
+                .run()
+                .map_err(|e| self.db_error("find", &e))?
+                .ok_or_else(|| Error::NotFound(text.clone()))?;
+            let status = match current.get(fields::STATUS) {
+                Some(Bson::String(status)) => status.clone(),
+                Some(other) => other.to_string(),
+                None => "(no status)".into(),
+            };
+            if status != fields::PENDING && status != fields::RUNNING {
+                return Ok(Cancel::Finished { status });
+            }
+        }
+        Err(Error::Invalid(format!(
+            "job {text} kept changing status while being cancelled; run the command again"
+        )))
+    }
+
+    /// Puts failed jobs back to `pending`, eligible now, with their attempts
+    /// reset (so each gets its full `max_attempts` again). Their error
+    /// history is kept.
+    pub fn retry_failed(&self, selection: &RetrySelection) -> Result<Retried, Error> {
+        let mut filter = doc! {fields::STATUS: fields::FAILED};
+        match selection {
+            RetrySelection::Id(id) => {
+                filter.insert("_id", id_condition(id));
+            }
+            RetrySelection::All => {}
+            RetrySelection::OlderThan(age) => {
+                filter.insert(fields::FAILED_AT, doc! {"$lt": ago(*age)});
+            }
+        }
+        let update = doc! {
+            "$set": {fields::STATUS: fields::PENDING, fields::RUN_AT: now(), fields::ATTEMPTS: 0},
+            "$unset": {fields::FAILED_AT: ""},
+        };
+        // Jobs without a unique_key go back in one write. Jobs with one may
+        // collide with a newer job holding the key; those go one by one so
+        // a collision skips only that job.
+        let mut plain = filter.clone();
+        plain.insert(fields::UNIQUE_KEY, doc! {"$exists": false});
+        let mut outcome = Retried {
+            retried: self
+                .collection()
+                .update_many(plain, update.clone())
+                .run()
+                .map_err(|e| self.db_error("update (retry failed)", &e))?
+                .modified_count,
+            skipped_duplicates: 0,
+        };
+        let mut keyed = filter;
+        keyed.insert(fields::UNIQUE_KEY, doc! {"$exists": true});
+        let ids: Vec<Bson> = self
+            .collection()
+            .find(keyed)
+            .projection(doc! {"_id": 1})
+            .run()
+            .and_then(|cursor| {
+                cursor
+                    .map(|d| d.map(|d| d.get("_id").cloned().unwrap_or(Bson::Null)))
+                    .collect()
+            })
+            .map_err(|e| self.db_error("find (retry failed)", &e))?;
+        for id in ids {
+            match self
+                .collection()
+                .update_one(
+                    doc! {"_id": id, fields::STATUS: fields::FAILED},
+                    update.clone(),
+                )
+                .run()
+            {
+                Ok(result) => outcome.retried += result.modified_count,
+                Err(error) if is_duplicate_key(&error) => outcome.skipped_duplicates += 1,
+                Err(error) => return Err(self.db_error("update (retry failed)", &error)),
+            }
+        }
+        Ok(outcome)
+    }
+
+    /// Deletes jobs of a finished `status` that finished more than
+    /// `older_than` ago; with `dry_run`, only counts them.
+    pub fn purge(&self, status: &str, older_than: Duration, dry_run: bool) -> Result<u64, Error> {
+        let Some((status, field)) = RETAINABLE.iter().find(|(s, _)| *s == status) else {
+            return Err(Error::Invalid(format!(
+                "purge deletes finished jobs: --status completed, failed or cancelled, not `{status}` (pending and running jobs are never purged)"
+            )));
+        };
+        let filter = doc! {fields::STATUS: *status, *field: {"$lt": ago(older_than)}};
+        if dry_run {
+            return self
+                .collection()
+                .count_documents(filter)
+                .run()
+                .map_err(|e| self.db_error("count", &e));
+        }
+        self.collection()
+            .delete_many(filter)
+            .run()
+            .map(|result| result.deleted_count)
+            .map_err(|e| self.db_error("delete (purge)", &e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_object_ids_numbers_or_text() {
+        let oid = ObjectId::new();
+        assert_eq!(id_condition(&oid.to_hex()), Bson::ObjectId(oid));
+        assert_eq!(
+            id_condition(" 42 "),
+            Bson::Document(doc! {"$in": ["42", 42_i64]})
+        );
+        assert_eq!(id_condition("job-7"), Bson::String("job-7".into()));
+    }
+}
