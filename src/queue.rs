@@ -173,9 +173,11 @@ impl Queue {
     /// Creates the indexes the queue needs (idempotent) and returns the
     /// names of all indexes on the collection afterwards.
     ///
-    /// - `mongoq_claim` `{status, priority: -1, run_at, _id}`: the claim
-    ///   query's equality on `status`, its sort, and its `run_at` bound, so
-    ///   the claim reads only a batch's worth of index entries.
+    /// - `mongoq_claim` `{status, queue, priority: -1, run_at, _id}`: the
+    ///   claim query's equality on `status`, its named queues (each an
+    ///   exact range, merged in sort order), its sort, and its `run_at`
+    ///   bound, so the claim reads only a batch's worth of index entries.
+    /// - `mongoq_unique_key`: see [`Queue::ensure_unique_index`].
     /// - `mongoq_lease_token` (sparse): finding a claim's documents and
     ///   extending its leases by token.
     /// - `mongoq_lease_expiry` `{status, lease_until}`: rescuing expired leases.
