@@ -51,6 +51,8 @@ pub enum RetrySelection {
     All,
     /// Failed jobs that failed more than this long ago.
     OlderThan(Duration),
+    /// One job by its exact `_id` value.
+    Exact(Bson),
 }
 
 /// What `retry_failed` did.
@@ -81,8 +83,12 @@ impl Queue {
     /// so that its worker drops it at its next lease extension (within a
     /// third of the lease) and marks it `cancelled`.
     pub fn cancel(&self, id: &str) -> Result<Cancel, Error> {
-        let text = id.trim().to_string();
-        let id = id_condition(id);
+        self.cancel_exact(&id_condition(id), id.trim())
+    }
+
+    /// [`Queue::cancel`] for an exact `_id` condition; `text` names it in errors.
+    pub fn cancel_exact(&self, id: &Bson, text: &str) -> Result<Cancel, Error> {
+        let text = text.to_string();
         // Two rounds at most: the job may move from pending to running
         // between the first write and the read.
         for _ in 0..2 {
@@ -140,6 +146,9 @@ impl Queue {
             RetrySelection::Id(id) => {
                 filter.insert("_id", id_condition(id));
             }
+            RetrySelection::Exact(id) => {
+                filter.insert("_id", id.clone());
+            }
             RetrySelection::All => {}
             RetrySelection::OlderThan(age) => {
                 filter.insert(fields::FAILED_AT, doc! {"$lt": ago(*age)});
@@ -191,6 +200,25 @@ impl Queue {
             }
         }
         Ok(outcome)
+    }
+
+    /// Deletes one finished (completed, failed or cancelled) job; returns
+    /// whether it did (false: no such job, or it is not finished).
+    pub fn delete_finished(&self, id: &Bson) -> Result<bool, Error> {
+        let finished: Vec<&str> = RETAINABLE.iter().map(|(status, _)| *status).collect();
+        self.collection()
+            .delete_one(doc! {"_id": id.clone(), fields::STATUS: {"$in": finished}})
+            .run()
+            .map(|result| result.deleted_count == 1)
+            .map_err(|e| self.db_error("delete", &e))
+    }
+
+    /// How many jobs are failed now.
+    pub fn count_status(&self, status: &str) -> Result<u64, Error> {
+        self.collection()
+            .count_documents(doc! {fields::STATUS: status})
+            .run()
+            .map_err(|e| self.db_error("count", &e))
     }
 
     /// Deletes jobs of a finished `status` that finished more than

@@ -54,6 +54,8 @@ pub enum Command {
     RetryFailed(RetryFailedArgs),
     /// Delete finished jobs older than a given age
     Purge(PurgeArgs),
+    /// Serve the web dashboard: see and steer the queue from a browser
+    Dashboard(DashboardArgs),
     /// Measure throughput, latency and cost against the server (uses its own database)
     Bench(BenchArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
@@ -91,6 +93,19 @@ pub struct InitArgs {
     /// Delete cancelled jobs this long after cancelled_at (TTL index); `forever` keeps them
     #[arg(long, value_name = "DURATION|forever", value_parser = parse_keep)]
     pub retain_cancelled: Option<Keep>,
+}
+
+#[derive(Debug, Args)]
+pub struct DashboardArgs {
+    /// Address to serve on (keep it on localhost unless --auth-token is set)
+    #[arg(long, default_value = "127.0.0.1:8080", value_name = "HOST:PORT")]
+    pub listen: String,
+    /// Show only: hide and refuse retry, cancel and delete
+    #[arg(long)]
+    pub read_only: bool,
+    /// Require this token (Authorization: Bearer, or open /login?token=… once)
+    #[arg(long, env = "MONGOQ_DASHBOARD_TOKEN", hide_env_values = true)]
+    pub auth_token: Option<String>,
 }
 
 #[derive(Debug, Args)]

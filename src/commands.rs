@@ -85,6 +85,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, CommandError> {
         Command::Cancel(args) => crate::ops::cancel(&queue, &args.id),
         Command::RetryFailed(args) => crate::ops::retry_failed(&queue, &args),
         Command::Purge(args) => crate::ops::purge(&queue, &args),
+        Command::Dashboard(args) => crate::ops::dashboard(queue, &args),
         Command::Bench(_) | Command::Completions(_) | Command::Man => {
             unreachable!("handled above")
         }

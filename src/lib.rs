@@ -30,6 +30,7 @@
 
 pub mod admin;
 pub mod bench;
+pub mod dashboard;
 pub mod duration;
 pub mod error;
 pub mod exec;

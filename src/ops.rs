@@ -12,7 +12,7 @@ use mongoq::admin::{Cancel, RetrySelection};
 use mongoq::http::{Request, Response};
 use mongoq::{Monitor, Queue, Shutdown};
 
-use crate::cli::{Cli, PurgeArgs, RetryFailedArgs};
+use crate::cli::{Cli, DashboardArgs, PurgeArgs, RetryFailedArgs};
 use crate::commands::{usage, CommandError};
 
 /// How often the metrics' queue depth is sampled.
@@ -267,4 +267,44 @@ pub fn notify_systemd(monitor: Monitor) {
     if let Err(error) = spawned {
         log::warn!("cannot start the systemd notifier: {error}");
     }
+}
+
+/// `mongoq dashboard`: serve until SIGINT/SIGTERM.
+pub fn dashboard(queue: Queue, args: &DashboardArgs) -> Result<ExitCode, CommandError> {
+    let token = args.auth_token.clone().filter(|t| !t.is_empty());
+    if let Some(token) = &token {
+        if token.len() < 16 {
+            return Err(usage(
+                "--auth-token must be at least 16 characters (e.g. `openssl rand -hex 16`)",
+            ));
+        }
+    }
+    let config = mongoq::dashboard::DashboardConfig {
+        read_only: args.read_only,
+        auth_token: token.clone(),
+    };
+    let redacted = queue.redacted_uri();
+    let bound = mongoq::http::serve(&args.listen, 4, mongoq::dashboard::handler(queue, config))
+        .map_err(usage)?;
+    if !bound.ip().is_loopback() && token.is_none() {
+        log::warn!(
+            "the dashboard listens on {bound}, beyond this host, without --auth-token: anyone who can reach it can {}",
+            if args.read_only { "read every job" } else { "read, retry, cancel and delete jobs" }
+        );
+    }
+    log::info!(
+        "dashboard on http://{bound}/ for {redacted}{}{}",
+        if args.read_only { " (read-only)" } else { "" },
+        if token.is_some() {
+            "; open /login?token=… once to sign in"
+        } else {
+            ""
+        }
+    );
+    let stop = Shutdown::new();
+    let signalled = stop.clone();
+    ctrlc::set_handler(move || signalled.request())
+        .map_err(|e| CommandError::new(format!("cannot install the signal handler: {e}"), 1))?;
+    while !stop.sleep(Duration::from_secs(3600)) {}
+    Ok(ExitCode::SUCCESS)
 }
