@@ -33,6 +33,30 @@ ensure_mongosh() {
   command -v mongosh >/dev/null 2>&1
 }
 
+# Finds headless Chromium for the dashboard's browser test, installing
+# Debian's `chromium` when missing and apt can. Exports MONGOQ_CHROMIUM, or
+# MONGOQ_SKIP_BROWSER with the reason it cannot be had (the test then says
+# so loudly instead of passing quietly).
+ensure_chromium() {
+  local found
+  for name in chromium chromium-browser google-chrome; do
+    if found="$(command -v "$name")"; then export MONGOQ_CHROMIUM="$found"; return 0; fi
+  done
+  if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    log "installing chromium for the dashboard's browser test"
+    if { apt-get install -y -qq chromium >/dev/null 2>&1 ||
+         { apt-get update -qq && apt-get install -y -qq chromium >/dev/null 2>&1; }; } &&
+       found="$(command -v chromium)"; then
+      export MONGOQ_CHROMIUM="$found"
+      return 0
+    fi
+    export MONGOQ_SKIP_BROWSER="apt-get could not install chromium"
+  else
+    export MONGOQ_SKIP_BROWSER="no chromium on PATH and no root apt-get to install Debian's chromium package"
+  fi
+  log "browser test will be skipped: $MONGOQ_SKIP_BROWSER"
+}
+
 free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
 }

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The one test command: installs the test server and mongosh if missing,
+# The one test command: installs the test server, mongosh and (for the
+# dashboard's browser test) chromium if missing,
 # starts the server on a free port with its own data directory, runs the
 # whole suite against it, and stops it on every exit path.
 #
@@ -11,6 +12,7 @@ cd "$MONGOQ_ROOT"
 
 ensure_server
 ensure_mongosh
+ensure_chromium
 trap stop_server EXIT INT TERM
 start_server
 

@@ -9,6 +9,7 @@ mod helpers;
 
 mod cli;
 mod concurrency;
+mod dashboard;
 mod exec;
 mod faults;
 mod library;
