@@ -101,7 +101,7 @@ fn fmt_time(value: Option<&Bson>) -> String {
             .try_to_rfc3339_string()
             .unwrap_or_default()
             .replace('T', " "),
-        _ => String::new(),
+        _ => "–".to_string(),
     }
 }
 

@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Regenerates the dashboard screenshots in docs/ (used by README.md): starts
+# a local test server, fills a queue with an hour of varied history, serves
+# the dashboard and shoots it with headless Chromium.
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+cd "$MONGOQ_ROOT"
+
+ensure_server
+ensure_mongosh
+ensure_chromium
+[ -n "${MONGOQ_CHROMIUM:-}" ] || { log "no chromium: $MONGOQ_SKIP_BROWSER"; exit 1; }
+cleanup() {
+  kill ${DASH_PID:-} ${WORK_PID:-} 2>/dev/null || true
+  wait ${DASH_PID:-} ${WORK_PID:-} 2>/dev/null || true
+  stop_server
+}
+trap cleanup EXIT INT TERM
+start_server
+cargo build --release --quiet
+export MONGODB_URI="$SERVER_URI" MONGOQ_DB=screens
+mongoq() { "$MONGOQ_ROOT/target/release/mongoq" --db screens "$@"; }
+mongoq init >/dev/null
+
+# An hour of history: completions and a few failures per minute.
+mongosh --quiet "$SERVER_URI/screens" --eval '
+  const now = Date.now(), docs = [];
+  for (let m = 0; m < 60; m++) {
+    const n = 20 + Math.round(15 * Math.sin(m / 6) + 10 * Math.random());
+    for (let i = 0; i < n; i++) {
+      const at = new Date(now - m * 60000 - Math.random() * 60000);
+      docs.push({data: {task: "resize", image: `photo-${m}-${i}.png`}, status: "completed",
+                 queue: "images", attempts: 1, completed_at: at, started_at: at});
+    }
+    if (m % 7 === 3) docs.push({data: {to: `user${m}@example.com`}, status: "failed", queue: "emails",
+      attempts: 5, failed_at: new Date(now - m * 60000),
+      last_error: "`send-mail` exited with code 75: 451 4.3.0 mail server temporarily unavailable",
+      errors: [{attempt: 5, at: new Date(now - m * 60000), error: "451 4.3.0 mail server temporarily unavailable", worker: "mail-1:4242"}]});
+  }
+  db.queue.insertMany(docs);'
+for i in $(seq 1 40); do printf '{"task": "thumbnail", "image": "new-%d.png"}\n' "$i"; done | scripts/enqueue.sh --queue images >/dev/null
+mongoq enqueue --delay 1h '{"report": "nightly"}' >/dev/null
+RUST_LOG=warn mongoq work --queue images --threads 4 --worker-id render-1:812 --shutdown-grace 1s \
+  --exec sleep 60 >/dev/null 2>&1 &
+WORK_PID=$!
+sleep 3
+port="$(free_port)"
+mongoq dashboard --listen "127.0.0.1:$port" >/dev/null 2>&1 &
+DASH_PID=$!
+sleep 1
+failed="$(mongosh --quiet "$SERVER_URI/screens" --eval 'EJSON.stringify(db.queue.findOne({status: "failed"})._id)')"
+shoot() {
+  "$MONGOQ_CHROMIUM" --headless --no-sandbox --disable-gpu --hide-scrollbars --window-size=1200,"$3" \
+    --screenshot="docs/$1" "http://127.0.0.1:$port$2" 2>/dev/null
+  log "docs/$1"
+}
+mkdir -p docs
+shoot dashboard-overview.png / 620
+shoot dashboard-failed.png "/jobs?status=failed" 520
+shoot dashboard-job.png "/job?id=$(python3 -c 'import sys,urllib.parse;print(urllib.parse.quote(sys.argv[1]))' "$failed")" 760
+shoot dashboard-workers.png /workers 300
