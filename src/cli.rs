@@ -265,6 +265,9 @@ pub struct WorkArgs {
     /// Serve Prometheus metrics (/metrics) and health (/healthz) on HOST:PORT
     #[arg(long, value_name = "HOST:PORT")]
     pub metrics_addr: Option<String>,
+    /// Also serve the dashboard's pages, read-only, on --metrics-addr
+    #[arg(long, requires = "metrics_addr")]
+    pub metrics_dashboard: bool,
     /// Handler: sleep a random time in MIN..MAX, like the original demo [default: 1s..5s]
     #[arg(long, value_name = "MIN..MAX", value_parser = parse_duration_range, conflicts_with = "exec")]
     pub simulate: Option<(Duration, Duration)>,

@@ -291,10 +291,19 @@ fn work(queue: Queue, args: WorkArgs) -> Result<ExitCode, CommandError> {
     }
     let config = worker_config(&args);
     let metrics_addr = args.metrics_addr.clone();
+    let pages = args.metrics_dashboard.then(|| {
+        mongoq::dashboard::handler(
+            queue.clone(),
+            mongoq::dashboard::DashboardConfig {
+                read_only: true,
+                auth_token: None,
+            },
+        )
+    });
     let worker = Worker::with_shared_handler(queue, config, handler(args)?)?;
     let monitor = worker.monitor();
     if let Some(addr) = metrics_addr {
-        let bound = crate::ops::serve_metrics(&addr, monitor.clone()).map_err(usage)?;
+        let bound = crate::ops::serve_metrics(&addr, monitor.clone(), pages).map_err(usage)?;
         log::info!("metrics on http://{bound}/metrics, health on http://{bound}/healthz");
     }
     crate::ops::notify_systemd(monitor);

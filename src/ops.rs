@@ -166,12 +166,24 @@ pub fn man() -> Result<ExitCode, CommandError> {
 
 /// Serves `/metrics` (Prometheus) and `/healthz` on `addr`, and samples the
 /// queue depth every few seconds for the metrics.
-pub fn serve_metrics(addr: &str, monitor: Monitor) -> Result<std::net::SocketAddr, String> {
+/// With `pages`, every other path is served by it (the read-only dashboard).
+pub fn serve_metrics(
+    addr: &str,
+    monitor: Monitor,
+    pages: Option<mongoq::http::Handler>,
+) -> Result<std::net::SocketAddr, String> {
     let handler_monitor = monitor.clone();
     let bound = mongoq::http::serve(
         addr,
         2,
-        Arc::new(move |request: &Request| route(&handler_monitor, request)),
+        Arc::new(
+            move |request: &Request| match (&pages, request.path.as_str()) {
+                (Some(pages), path) if !["/metrics", "/healthz", "/livez"].contains(&path) => {
+                    pages(request)
+                }
+                _ => route(&handler_monitor, request),
+            },
+        ),
     )?;
     std::thread::Builder::new()
         .name("mongoq-depth".into())

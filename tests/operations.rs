@@ -558,6 +558,9 @@ fn metrics_and_health_are_served_over_http_and_report_outages() {
     assert_eq!(health["ready"], true);
     assert!(health["database_error"].is_null());
     assert_eq!(get(&format!("{base}/nope")).0, 404);
+    let (status, body) = get(&format!("{base}/"));
+    assert_eq!(status, 200);
+    assert!(!body.contains("<html"), "no dashboard unless asked: {body}");
 
     // An outage: unhealthy (503) with the reason, but alive; healthy again after.
     server.stop();
@@ -783,4 +786,51 @@ fn completions_and_the_man_page_cover_every_command() {
         .output()
         .unwrap();
     assert_eq!(bad.status.code(), Some(2));
+}
+
+#[test]
+fn the_worker_can_serve_the_dashboard_read_only_beside_its_metrics() {
+    let db = TestDb::new("metrics_dashboard");
+    enqueue(&db, &["{}"]);
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut worker = db.spawn_worker(&[
+        "--metrics-addr",
+        &format!("127.0.0.1:{port}"),
+        "--metrics-dashboard",
+        "--simulate",
+        "0ms..0ms",
+    ]);
+    db.wait_for_count(doc! {"status": "completed"}, 1, Duration::from_secs(20));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "{}", worker.log_text());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (status, page) = get(&format!("{base}/"));
+    assert_eq!(status, 200);
+    assert!(page.contains("<b>1</b><span>completed</span>"), "{page}");
+    let (_, page) = get(&format!("{base}/jobs?status=completed"));
+    assert!(
+        !page.contains("method=post"),
+        "read-only: no actions: {page}"
+    );
+    let job = page
+        .split("<a href=\"/job?id=")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap();
+    let (status, page) = get(&format!("{base}/job?id={job}"));
+    assert_eq!(status, 200);
+    assert!(
+        page.contains("status <b>completed</b>") && !page.contains("method=post"),
+        "{page}"
+    );
+    assert!(get(&format!("{base}/metrics"))
+        .1
+        .contains("mongoq_jobs_completed_total 1"));
+    worker.signal("TERM");
+    assert!(worker.wait(Duration::from_secs(30)).success());
 }
