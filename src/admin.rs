@@ -174,17 +174,7 @@ impl Queue {
         };
         let mut keyed = filter;
         keyed.insert(fields::UNIQUE_KEY, doc! {"$exists": true});
-        let ids: Vec<Bson> = self
-            .collection()
-            .find(keyed)
-            .projection(doc! {"_id": 1})
-            .run()
-            .and_then(|cursor| {
-                cursor
-                    .map(|d| d.map(|d| d.get("_id").cloned().unwrap_or(Bson::Null)))
-                    .collect()
-            })
-            .map_err(|e| self.db_error("find (retry failed)", &e))?;
+        let ids = self.find_ids(keyed, "find (retry failed)")?;
         for id in ids {
             match self
                 .collection()

@@ -111,17 +111,7 @@ pub(crate) fn drop_cancelled(queue: &Queue, owner: &str) -> Result<Vec<Bson>, Er
         fields::LEASE_OWNER: owner,
         fields::CANCEL_REQUESTED: true,
     };
-    let ids: Vec<Bson> = queue
-        .collection()
-        .find(requested.clone())
-        .projection(doc! {"_id": 1})
-        .run()
-        .and_then(|cursor| {
-            cursor
-                .map(|d| d.map(|d| d.get("_id").cloned().unwrap_or(Bson::Null)))
-                .collect()
-        })
-        .map_err(|e| queue.db_error("find (cancelled jobs)", &e))?;
+    let ids = queue.find_ids(requested.clone(), "find (cancelled jobs)")?;
     if ids.is_empty() {
         return Ok(ids);
     }

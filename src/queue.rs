@@ -322,6 +322,24 @@ impl Queue {
         }
     }
 
+    /// The `_id`s of the documents `filter` matches.
+    pub(crate) fn find_ids(
+        &self,
+        filter: Document,
+        operation: &'static str,
+    ) -> Result<Vec<Bson>, Error> {
+        self.collection
+            .find(filter)
+            .projection(doc! {"_id": 1})
+            .run()
+            .and_then(|cursor| {
+                cursor
+                    .map(|d| d.map(|d| d.get("_id").cloned().unwrap_or(Bson::Null)))
+                    .collect()
+            })
+            .map_err(|e| self.db_error(operation, &e))
+    }
+
     /// Names of the indexes on the collection.
     pub fn index_names(&self) -> Result<Vec<String>, Error> {
         self.collection

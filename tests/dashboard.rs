@@ -75,6 +75,15 @@ fn post(url: &str, form: &[(&str, &str)]) -> (u16, String, String) {
     )
 }
 
+/// POSTs one job action with the CSRF token; returns status and Location.
+fn act(base: &str, token: &str, action: &str, id: &ObjectId) -> (u16, String) {
+    let (status, location, _) = post(
+        &format!("{base}/action"),
+        &[("csrf", token), ("action", action), ("id", &oid_json(id))],
+    );
+    (status, location)
+}
+
 fn csrf(page: &str) -> String {
     let start = page.find("name=csrf value=\"").expect("a CSRF field") + 17;
     page[start..start + 64].to_string()
@@ -251,14 +260,7 @@ fn actions_need_the_csrf_token_and_do_what_they_say() {
     assert_eq!(status, 403);
     assert_eq!(db.count(doc! {"status": "failed"}), 3);
 
-    let (status, location, _) = post(
-        &format!("{}/action", dash.base),
-        &[
-            ("csrf", &token),
-            ("action", "retry"),
-            ("id", &oid_json(&ids[0])),
-        ],
-    );
+    let (status, location) = act(&dash.base, &token, "retry", &ids[0]);
     assert_eq!(status, 303);
     assert!(location.contains("done=retried"), "{location}");
     assert_eq!(
@@ -271,36 +273,15 @@ fn actions_need_the_csrf_token_and_do_what_they_say() {
         "{page}"
     );
 
-    let (status, _, _) = post(
-        &format!("{}/action", dash.base),
-        &[
-            ("csrf", &token),
-            ("action", "cancel"),
-            ("id", &oid_json(&ids[3])),
-        ],
-    );
+    let (status, _) = act(&dash.base, &token, "cancel", &ids[3]);
     assert_eq!(status, 303);
     assert_eq!(db.count(doc! {"_id": ids[3], "status": "cancelled"}), 1);
 
-    let (status, _, _) = post(
-        &format!("{}/action", dash.base),
-        &[
-            ("csrf", &token),
-            ("action", "delete"),
-            ("id", &oid_json(&ids[4])),
-        ],
-    );
+    let (status, _) = act(&dash.base, &token, "delete", &ids[4]);
     assert_eq!(status, 303);
     assert_eq!(db.count(doc! {"_id": ids[4]}), 0);
     // A pending job is not deleted.
-    let (_, location, _) = post(
-        &format!("{}/action", dash.base),
-        &[
-            ("csrf", &token),
-            ("action", "delete"),
-            ("id", &oid_json(&ids[0])),
-        ],
-    );
+    let (_, location) = act(&dash.base, &token, "delete", &ids[0]);
     assert!(location.contains("not%20deleted"), "{location}");
     assert_eq!(db.count(doc! {"_id": ids[0]}), 1);
 
@@ -336,14 +317,7 @@ fn read_only_mode_hides_and_refuses_actions() {
     );
     let (_, page) = get(&format!("{}/jobs?status=failed", dash.base));
     assert!(!page.contains("Retry all"), "{page}");
-    let (status, _, _) = post(
-        &format!("{}/action", dash.base),
-        &[
-            ("csrf", &token),
-            ("action", "retry"),
-            ("id", &oid_json(&id)),
-        ],
-    );
+    let (status, _) = act(&dash.base, &token, "retry", &id);
     assert_eq!(status, 403);
     assert_eq!(get(&format!("{}/retry-failed", dash.base)).0, 403);
     assert_eq!(db.count(doc! {"status": "failed"}), 1);
