@@ -51,7 +51,7 @@ pub enum RetrySelection {
     All,
     /// Failed jobs that failed more than this long ago.
     OlderThan(Duration),
-    /// One job by its exact `_id` value.
+    /// One job by an `_id` condition (a value, or `{$eq: value}`).
     Exact(Bson),
 }
 
@@ -86,7 +86,8 @@ impl Queue {
         self.cancel_exact(&id_condition(id), id.trim())
     }
 
-    /// [`Queue::cancel`] for an exact `_id` condition; `text` names it in errors.
+    /// [`Queue::cancel`] for an `_id` condition (a value, or `{$eq: value}`
+    /// for ids from untrusted input); `text` names the job in errors.
     pub fn cancel_exact(&self, id: &Bson, text: &str) -> Result<Cancel, Error> {
         let text = text.to_string();
         // Two rounds at most: the job may move from pending to running
@@ -192,8 +193,9 @@ impl Queue {
         Ok(outcome)
     }
 
-    /// Deletes one finished (completed, failed or cancelled) job; returns
-    /// whether it did (false: no such job, or it is not finished).
+    /// Deletes one finished (completed, failed or cancelled) job by an `_id`
+    /// condition; returns whether it did (false: no such job, or it is not
+    /// finished).
     pub fn delete_finished(&self, id: &Bson) -> Result<bool, Error> {
         let finished: Vec<&str> = RETAINABLE.iter().map(|(status, _)| *status).collect();
         self.collection()

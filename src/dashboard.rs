@@ -91,6 +91,13 @@ fn parse_id(text: &str) -> Option<Bson> {
     Bson::try_from(value).ok()
 }
 
+/// The filter condition for an `_id` that came from a request: always an
+/// `$eq`, so an "id" such as `{"$ne": null}` matches only a document whose
+/// `_id` is that very value, never every job.
+fn exactly(id: &Bson) -> Bson {
+    Bson::Document(doc! {"$eq": id.clone()})
+}
+
 fn job_link(id: &Bson) -> String {
     format!("/job?id={}", percent_encode(&id_param(id)))
 }
@@ -425,7 +432,7 @@ impl Dashboard {
         let Some(job) = self
             .queue
             .collection()
-            .find_one(doc! {"_id": id.clone()})
+            .find_one(doc! {"_id": exactly(&id)})
             .run()
             .map_err(|e| self.queue.db_error("find", &e))?
         else {
@@ -567,7 +574,7 @@ impl Dashboard {
             "retry" => {
                 let done = self
                     .queue
-                    .retry_failed(&RetrySelection::Exact(id.clone()))?;
+                    .retry_failed(&RetrySelection::Exact(exactly(&id)))?;
                 if done.retried == 1 {
                     "retried: pending again".to_string()
                 } else if done.skipped_duplicates == 1 {
@@ -576,7 +583,7 @@ impl Dashboard {
                     "not retried: the job is not failed".to_string()
                 }
             }
-            "cancel" => match self.queue.cancel_exact(&id, &text)? {
+            "cancel" => match self.queue.cancel_exact(&exactly(&id), &text)? {
                 Cancel::Cancelled => "cancelled: it will not run".to_string(),
                 Cancel::Requested { owner } => {
                     format!("cancel requested: {owner} drops it at its next lease extension")
@@ -584,7 +591,7 @@ impl Dashboard {
                 Cancel::Finished { status } => format!("not cancelled: the job is {status}"),
             },
             "delete" => {
-                if self.queue.delete_finished(&id)? {
+                if self.queue.delete_finished(&exactly(&id))? {
                     return Ok(Response::redirect("/jobs?status=completed"));
                 }
                 "not deleted: only finished jobs can be deleted".to_string()

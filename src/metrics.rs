@@ -136,7 +136,10 @@ impl Health {
     pub(crate) fn report(&self, stall_after: Duration) -> HealthReport {
         let now = self.started.elapsed().as_millis() as u64;
         let ready = self.ready.load(Relaxed);
-        let stalled = if ready {
+        let stopping = self.stopping.load(Relaxed);
+        // While stopping, threads end one by one and stop beating; the
+        // shutdown sequence bounds itself, so nothing counts as stalled.
+        let stalled = if ready && !stopping {
             self.beats
                 .iter()
                 .zip(BEAT_NAMES)
@@ -156,7 +159,7 @@ impl Health {
             });
         HealthReport {
             ready,
-            stopping: self.stopping.load(Relaxed),
+            stopping,
             stalled,
             database_error,
         }

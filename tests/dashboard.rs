@@ -285,6 +285,21 @@ fn actions_need_the_csrf_token_and_do_what_they_say() {
     assert!(location.contains("not%20deleted"), "{location}");
     assert_eq!(db.count(doc! {"_id": ids[0]}), 1);
 
+    // An "id" that is a query operator matches nothing, not every job.
+    let (status, location, _) = post(
+        &format!("{}/action", dash.base),
+        &[
+            ("csrf", &token),
+            ("action", "delete"),
+            ("id", r#"{"$ne": null}"#),
+        ],
+    );
+    assert_eq!(status, 303);
+    assert!(location.contains("not%20deleted"), "{location}");
+    assert_eq!(db.count(doc! {}), 4);
+    let (status, _) = get(&format!("{}/job?id=%7B%22%24ne%22%3Anull%7D", dash.base));
+    assert_eq!(status, 404);
+
     // Retry all: the confirmation shows the count, the POST does it.
     let (status, page) = get(&format!("{}/retry-failed", dash.base));
     assert_eq!(status, 200);
