@@ -379,7 +379,7 @@ fn flush(
             .map(|o| id_text(&o.key().id))
             .collect();
         log::warn!(
-            "{lost} of {} outcomes were not written because their leases were lost (another worker took those jobs over after the lease expired); batch: {}",
+            "{lost} of {} outcomes were not written: their leases were lost (another worker took those jobs over after the lease expired) or an operator cancelled them; batch: {}",
             pending.len(),
             ids.join(", ")
         );
