@@ -6,7 +6,7 @@
 //!
 //! 1. **Read ahead** the next eligible jobs, in queue order (`priority`
 //!    desc, `run_at`, `_id`), several batches at once, through the
-//!    `mongoq_claim` index, into a window bounded by count and bytes.
+//!    `mongoq_claim_by_queue` index, into a window bounded by count and bytes.
 //! 2. **Claim** a batch from the window with one `updateMany` whose filter
 //!    repeats `status: "pending"`, the `run_at` bound and the `attempts` the
 //!    read-ahead saw. Each document's update is atomic, so a job another

@@ -73,7 +73,9 @@ pub const RETAINABLE: [(&str, &str); 3] = [
 ];
 
 /// The name of the index the claim query uses; `explain` tests look for it.
-pub const CLAIM_INDEX: &str = "mongoq_claim";
+pub const CLAIM_INDEX: &str = "mongoq_claim_by_queue";
+/// The claim index of mongoq before named queues (`{status, priority, run_at, _id}`).
+const LEGACY_CLAIM_INDEX: &str = "mongoq_claim";
 const LEASE_TOKEN_INDEX: &str = "mongoq_lease_token";
 const LEASE_EXPIRY_INDEX: &str = "mongoq_lease_expiry";
 /// The unique partial index that enforces `unique_key`.
@@ -173,7 +175,7 @@ impl Queue {
     /// Creates the indexes the queue needs (idempotent) and returns the
     /// names of all indexes on the collection afterwards.
     ///
-    /// - `mongoq_claim` `{status, queue, priority: -1, run_at, _id}`: the
+    /// - `mongoq_claim_by_queue` `{status, queue, priority: -1, run_at, _id}`: the
     ///   claim query's equality on `status`, its named queues (each an
     ///   exact range, merged in sort order), its sort, and its `run_at`
     ///   bound, so the claim reads only a batch's worth of index entries.
@@ -207,7 +209,14 @@ impl Queue {
             .run()
             .map_err(|e| self.db_error("createIndexes", &e))?;
         self.ensure_unique_index();
-        self.index_names()
+        let names = self.index_names()?;
+        if names.iter().any(|name| name == LEGACY_CLAIM_INDEX) {
+            log::warn!(
+                "index {LEGACY_CLAIM_INDEX} is from an earlier mongoq and no longer used (the claim uses {CLAIM_INDEX}); drop it to save its write cost: db.{}.dropIndex(\"{LEGACY_CLAIM_INDEX}\")",
+                self.collection.name()
+            );
+        }
+        Ok(names)
     }
 
     /// `mongoq_unique_key`: `unique_key` is unique among pending and running

@@ -11,7 +11,11 @@ fn init_creates_the_queue_indexes_and_is_idempotent() {
         let out = db.run(&["init"]);
         assert!(out.status.success(), "{}", stderr(&out));
         let text = stdout(&out);
-        for index in ["mongoq_claim", "mongoq_lease_token", "mongoq_lease_expiry"] {
+        for index in [
+            "mongoq_claim_by_queue",
+            "mongoq_lease_token",
+            "mongoq_lease_expiry",
+        ] {
             assert!(text.contains(index), "{index} missing from: {text}");
         }
     }

@@ -115,7 +115,8 @@ fn the_claim_query_uses_the_queue_index() {
         .run_command(doc! {
             "explain": {
                 "find": "queue",
-                "filter": {"status": "pending", "run_at": {"$not": {"$gt": mongodb::bson::DateTime::now()}}},
+                // The worker's filter: its queues (`default`: the name or no field).
+                "filter": {"status": "pending", "queue": {"$in": ["default", null]}, "run_at": {"$not": {"$gt": mongodb::bson::DateTime::now()}}},
                 "sort": {"priority": -1, "run_at": 1, "_id": 1},
                 "projection": {"_id": 1},
                 "limit": 400,
@@ -126,7 +127,7 @@ fn the_claim_query_uses_the_queue_index() {
         .unwrap();
     let plan = explain.to_string();
     assert!(
-        plan.contains("mongoq_claim"),
+        plan.contains("mongoq_claim_by_queue"),
         "claim must use the queue index: {plan}"
     );
     assert!(
