@@ -164,6 +164,7 @@ pub fn serve(addr: &str, threads: usize, handler: Handler) -> Result<SocketAddr,
                     let _ = write_response(
                         &mut stream,
                         &Response::text(503, "busy: too many connections, try again\n"),
+                        false,
                     );
                 }
             }
@@ -175,15 +176,21 @@ pub fn serve(addr: &str, threads: usize, handler: Handler) -> Result<SocketAddr,
 fn handle_connection(mut stream: TcpStream, handler: &Handler) {
     let _ = stream.set_read_timeout(Some(IO_TIMEOUT));
     let _ = stream.set_write_timeout(Some(IO_TIMEOUT));
-    let response = match read_request(&mut stream) {
+    let (response, head_only) = match read_request(&mut stream) {
         Ok(request) => {
             let caught =
                 std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handler(&request)));
-            caught.unwrap_or_else(|_| Response::text(500, "internal error\n"))
+            (
+                caught.unwrap_or_else(|_| Response::text(500, "internal error\n")),
+                request.method == "HEAD",
+            )
         }
-        Err(status) => Response::text(status, format!("bad request ({status})\n")),
+        Err(status) => (
+            Response::text(status, format!("bad request ({status})\n")),
+            false,
+        ),
     };
-    let _ = write_response(&mut stream, &response);
+    let _ = write_response(&mut stream, &response, head_only);
 }
 
 /// Reads one request; an error is the status to answer with.
@@ -233,7 +240,12 @@ fn read_request(stream: &mut TcpStream) -> Result<Request, u16> {
     })
 }
 
-fn write_response(stream: &mut TcpStream, response: &Response) -> std::io::Result<()> {
+/// Writes the response; for a HEAD request, only its head.
+fn write_response(
+    stream: &mut TcpStream,
+    response: &Response,
+    head_only: bool,
+) -> std::io::Result<()> {
     let reason = match response.status {
         200 => "OK",
         303 => "See Other",
@@ -260,7 +272,9 @@ fn write_response(stream: &mut TcpStream, response: &Response) -> std::io::Resul
     }
     head.push_str("\r\n");
     stream.write_all(head.as_bytes())?;
-    stream.write_all(&response.body)?;
+    if !head_only {
+        stream.write_all(&response.body)?;
+    }
     stream.flush()
 }
 
