@@ -519,7 +519,7 @@ impl Dashboard {
         }
         let count = self.queue.count_status(fields::FAILED)?;
         let body = format!(
-            "<p>Put <b>{count}</b> failed jobs back to pending, with fresh attempts?</p><form method=post action=/retry-failed><input type=hidden name=csrf value=\"{}\"><input type=hidden name=confirm value={count}><button>Retry {count} jobs</button></form> <a href=\"/jobs?status=failed\">Cancel</a>",
+            "<p>Put <b>{count}</b> failed jobs back to pending, with fresh attempts? (Jobs that fail meanwhile are retried too.)</p><form method=post action=/retry-failed><input type=hidden name=csrf value=\"{}\"><button>Retry {count} jobs</button></form> <a href=\"/jobs?status=failed\">Cancel</a>",
             esc(&self.csrf)
         );
         Ok(Response::html(
@@ -551,7 +551,6 @@ impl Dashboard {
         }
         if path == "/retry-failed" {
             let done = self.queue.retry_failed(&RetrySelection::All)?;
-            let _ = field("confirm");
             let message = format!(
                 "{} failed jobs are pending again{}",
                 done.retried,
