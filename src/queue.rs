@@ -222,7 +222,8 @@ impl Queue {
     /// `mongoq_unique_key`: `unique_key` is unique among pending and running
     /// jobs. The index decides, so two producers racing to insert the same
     /// key cannot both win (a find-then-insert check could). Its partial
-    /// filter uses `$in`, which MongoDB accepts from 7.0; on a server that
+    /// filter uses `$in`, which recent MongoDB releases accept (5.x refuses
+    /// it); on a server that
     /// refuses it (or a sharded collection whose shard key is not
     /// `unique_key`) the queue works without unique jobs and says so.
     fn ensure_unique_index(&self) {
@@ -241,7 +242,7 @@ impl Queue {
             .build();
         if let Err(error) = self.collection.create_index(model).run() {
             log::warn!(
-                "unique_key is not enforced on this collection: the server refused the index {UNIQUE_INDEX} ({}). It needs MongoDB 7.0 or later, no two pending/running jobs already sharing a key, and on a sharded collection a shard key of unique_key",
+                "unique_key is not enforced on this collection: the server refused the index {UNIQUE_INDEX} ({}). It needs a MongoDB that accepts $in in partial indexes (recent releases), no two pending/running jobs already sharing a key, and on a sharded collection a shard key of unique_key",
                 trim_driver_message(&redact_text(&error.to_string(), &self.uri))
             );
         }
