@@ -476,12 +476,7 @@ pub(crate) fn is_too_large_code(code: i32) -> bool {
 
 /// Whether a driver error is MongoDB refusing a document over 16 MB.
 pub(crate) fn too_large(error: &mongodb::error::Error) -> bool {
-    use mongodb::error::{ErrorKind, WriteFailure};
-    match error.kind.as_ref() {
-        ErrorKind::Write(WriteFailure::WriteError(write)) => is_too_large_code(write.code),
-        ErrorKind::Command(command) => is_too_large_code(command.code),
-        _ => false,
-    }
+    crate::error::server_code_is(error, is_too_large_code)
 }
 
 /// Marks `failed` a job that cannot take the fields a claim or an outcome

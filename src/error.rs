@@ -41,6 +41,21 @@ pub enum Error {
     Invalid(String),
 }
 
+/// Whether the server refused an operation with a code `matches` accepts:
+/// a write error, a command error, or any write error of an `insertMany`.
+pub(crate) fn server_code_is(error: &mongodb::error::Error, matches: impl Fn(i32) -> bool) -> bool {
+    use mongodb::error::{ErrorKind, WriteFailure};
+    match error.kind.as_ref() {
+        ErrorKind::Write(WriteFailure::WriteError(write)) => matches(write.code),
+        ErrorKind::Command(command) => matches(command.code),
+        ErrorKind::InsertMany(many) => many
+            .write_errors
+            .as_ref()
+            .is_some_and(|errors| errors.iter().any(|e| matches(e.code))),
+        _ => false,
+    }
+}
+
 /// The useful part of a driver error: it ends its text with labels and a
 /// hex dump of the raw server reply, which tell a person nothing.
 pub(crate) fn trim_driver_message(message: &str) -> &str {

@@ -250,20 +250,11 @@ impl Queue {
 
     /// The retention of each finished status, from the TTL indexes present.
     pub fn retention(&self) -> Result<Vec<Retention>, Error> {
-        let indexes: Vec<IndexModel> = self
-            .collection
-            .list_indexes()
-            .run()
-            .map_err(|e| self.db_error("listIndexes", &e))?
-            .collect::<Result<_, _>>()
-            .map_err(|e| self.db_error("listIndexes", &e))?;
+        let indexes = self.indexes()?;
         Ok(RETAINABLE
             .iter()
             .map(|(status, field)| {
-                let keep = indexes
-                    .iter()
-                    .filter_map(|index| index.options.as_ref())
-                    .find(|options| options.name.as_deref() == Some(&retention_index(status)))
+                let keep = index_options(&indexes, &retention_index(status))
                     .and_then(|options| options.expire_after);
                 Retention {
                     status,
@@ -289,13 +280,10 @@ impl Queue {
             )));
         };
         let name = retention_index(status);
-        let current = self
-            .retention()?
-            .into_iter()
-            .find(|r| r.status == *status)
-            .and_then(|r| r.keep);
-        let exists = self.index_names()?.contains(&name);
-        match (keep, exists) {
+        let indexes = self.indexes()?;
+        let existing = index_options(&indexes, &name);
+        let current = existing.and_then(|options| options.expire_after);
+        match (keep, existing.is_some()) {
             (None, false) => Ok(()),
             (None, true) => self
                 .collection
@@ -348,6 +336,15 @@ impl Queue {
                     .collect()
             })
             .map_err(|e| self.db_error(operation, &e))
+    }
+
+    /// The indexes on the collection, with their options.
+    fn indexes(&self) -> Result<Vec<IndexModel>, Error> {
+        self.collection
+            .list_indexes()
+            .run()
+            .and_then(Iterator::collect)
+            .map_err(|e| self.db_error("listIndexes", &e))
     }
 
     /// Names of the indexes on the collection.
@@ -425,6 +422,14 @@ impl Queue {
     }
 }
 
+/// The options of the index called `name` among `indexes`.
+fn index_options<'a>(indexes: &'a [IndexModel], name: &str) -> Option<&'a IndexOptions> {
+    indexes
+        .iter()
+        .filter_map(|index| index.options.as_ref())
+        .find(|options| options.name.as_deref() == Some(name))
+}
+
 /// The name of the TTL index that expires jobs of `status`.
 fn retention_index(status: &str) -> String {
     format!("mongoq_retain_{status}")
@@ -432,16 +437,7 @@ fn retention_index(status: &str) -> String {
 
 /// Whether a driver error is a duplicate key (E11000).
 pub(crate) fn is_duplicate_key(error: &mongodb::error::Error) -> bool {
-    use mongodb::error::{ErrorKind, WriteFailure};
-    match error.kind.as_ref() {
-        ErrorKind::Write(WriteFailure::WriteError(write)) => write.code == DUPLICATE_KEY,
-        ErrorKind::Command(command) => command.code == DUPLICATE_KEY,
-        ErrorKind::InsertMany(many) => many
-            .write_errors
-            .as_ref()
-            .is_some_and(|errors| errors.iter().any(|e| e.code == DUPLICATE_KEY)),
-        _ => false,
-    }
+    crate::error::server_code_is(error, |code| code == DUPLICATE_KEY)
 }
 
 /// The document `enqueue` writes: the producer's two fields plus the
