@@ -202,26 +202,15 @@ impl HealthReport {
     }
 }
 
-/// Counter values for rendering, read from the worker's atomics.
-pub(crate) struct Counters {
-    pub(crate) claimed: u64,
-    pub(crate) completed: u64,
-    pub(crate) retried: u64,
-    pub(crate) failed: u64,
-    pub(crate) released: u64,
-    pub(crate) lost: u64,
-    pub(crate) cancelled: u64,
-    pub(crate) rescued: u64,
-    pub(crate) extended: u64,
-    pub(crate) claim_round_trips: u64,
-    pub(crate) outcome_writes: u64,
+/// What the worker holds now, for the gauges.
+pub(crate) struct Load {
     pub(crate) running: u64,
     pub(crate) held: u64,
     pub(crate) threads: u64,
 }
 
 /// The counters: name, help, value.
-fn counter_rows(c: &Counters) -> [(&'static str, &'static str, u64); 11] {
+fn counter_rows(c: &crate::worker::Report) -> [(&'static str, &'static str, u64); 11] {
     [
         (
             "mongoq_jobs_claimed_total",
@@ -261,7 +250,7 @@ fn counter_rows(c: &Counters) -> [(&'static str, &'static str, u64); 11] {
         (
             "mongoq_lease_extensions_total",
             "Job leases extended (one per job per extension).",
-            c.extended,
+            c.lease_extensions,
         ),
         (
             "mongoq_lease_rescues_total",
@@ -283,13 +272,14 @@ fn counter_rows(c: &Counters) -> [(&'static str, &'static str, u64); 11] {
 
 /// Renders the Prometheus text exposition (format 0.0.4).
 pub(crate) fn render(
-    counters: &Counters,
+    report: &crate::worker::Report,
+    load: &Load,
     handler: &Histogram,
     claim: &Histogram,
     health: &HealthReport,
     depth: Option<&(Instant, crate::Stats)>,
 ) -> String {
-    let c = counters;
+    let c = load;
     let mut gauge_rows: Vec<(&str, &str, f64)> = vec![
         (
             "mongoq_jobs_running",
@@ -309,7 +299,7 @@ pub(crate) fn render(
         ),
     ];
     let mut out = String::with_capacity(4096);
-    for (name, help, value) in counter_rows(counters) {
+    for (name, help, value) in counter_rows(report) {
         let _ = writeln!(
             out,
             "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"

@@ -124,6 +124,8 @@ pub struct Report {
     pub rescued: u64,
     /// Running jobs dropped because an operator cancelled them.
     pub cancelled: u64,
+    /// Job leases extended (one per job per extension).
+    pub lease_extensions: u64,
     /// Claim round trips (read-ahead, claim, read-back, defaults).
     pub claim_round_trips: u64,
     /// Outcome write round trips.
@@ -446,7 +448,13 @@ impl Worker {
     }
 
     fn report(&self, grace_exceeded: bool) -> Report {
-        let shared = &self.shared;
+        self.shared.report(grace_exceeded)
+    }
+}
+
+impl Shared {
+    fn report(&self, grace_exceeded: bool) -> Report {
+        let shared = self;
         Report {
             claimed: shared.claimed.load(Relaxed),
             completed: shared.tally.completed.load(Relaxed),
@@ -456,6 +464,7 @@ impl Worker {
             lost: shared.tally.lost.load(Relaxed),
             rescued: shared.rescued.load(Relaxed),
             cancelled: shared.cancelled.load(Relaxed),
+            lease_extensions: shared.extended.load(Relaxed),
             claim_round_trips: shared.claim_round_trips.load(Relaxed),
             outcome_writes: shared.tally.writes.load(Relaxed),
             grace_exceeded,
@@ -644,8 +653,9 @@ impl Shared {
             lock(&self.running).insert(index, (key.clone(), Arc::clone(&job.cancelled)));
             let started = Instant::now();
             let result = catch_unwind(AssertUnwindSafe(|| self.handler.handle(&job)));
-            self.record_duration(started.elapsed());
-            self.handler_seconds.observe(started.elapsed());
+            let took = started.elapsed();
+            self.record_duration(took);
+            self.handler_seconds.observe(took);
             lock(&self.running).remove(&index);
             let outcome = match result {
                 Ok(Ok(result)) => Outcome::Completed { key, result },
@@ -754,10 +764,7 @@ impl Monitor {
 
     /// What the worker did so far.
     pub fn report(&self) -> Report {
-        Worker {
-            shared: Arc::clone(&self.shared),
-        }
-        .report(false)
+        self.shared.report(false)
     }
 
     /// Samples the queue's depth (counts by status) for the metrics; call
@@ -776,27 +783,16 @@ impl Monitor {
     /// The Prometheus text exposition of this worker's metrics.
     pub fn metrics_text(&self) -> String {
         let shared = &self.shared;
-        let report = self.report();
         let (running, held) = self.load();
-        let counters = crate::metrics::Counters {
-            claimed: report.claimed,
-            completed: report.completed,
-            retried: report.retried,
-            failed: report.failed,
-            released: report.released,
-            lost: report.lost,
-            cancelled: report.cancelled,
-            rescued: report.rescued,
-            extended: shared.extended.load(Relaxed),
-            claim_round_trips: report.claim_round_trips,
-            outcome_writes: report.outcome_writes,
+        let load = crate::metrics::Load {
             running: running as u64,
             held: held as u64,
             threads: shared.config.threads as u64,
         };
         let depth = lock(&shared.depth).clone();
         crate::metrics::render(
-            &counters,
+            &self.report(),
+            &load,
             &shared.handler_seconds,
             &shared.claim_seconds,
             &self.health(),
