@@ -14,7 +14,7 @@ use mongodb::bson::{doc, Bson, DateTime, Document};
 
 use crate::admin::{Cancel, RetrySelection};
 use crate::error::Error;
-use crate::http::{percent_encode, Handler, Request, Response};
+use crate::http::{percent_encode, value_of, Handler, Request, Response};
 use crate::job::fields;
 use crate::queue::Queue;
 
@@ -533,11 +533,7 @@ impl Dashboard {
             return Ok(read_only());
         }
         let form = request.form();
-        let field = |name: &str| {
-            form.iter()
-                .find(|(n, _)| n == name)
-                .map_or("", |(_, v)| v.as_str())
-        };
+        let field = |name: &str| value_of(&form, name).unwrap_or("");
         if !same_secret(field("csrf"), &self.csrf) {
             return Ok(Response::html(
                 403,

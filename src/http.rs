@@ -50,10 +50,7 @@ impl Request {
 
     /// A query parameter.
     pub fn param(&self, name: &str) -> Option<&str> {
-        self.query
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
+        value_of(&self.query, name)
     }
 
     /// The body as `application/x-www-form-urlencoded` pairs.
@@ -276,6 +273,14 @@ fn write_response(
         stream.write_all(&response.body)?;
     }
     stream.flush()
+}
+
+/// The value of the first pair called `name`.
+pub fn value_of<'a>(pairs: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    pairs
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v.as_str())
 }
 
 /// `a=1&b=x%20y` → pairs, decoded (`+` is a space).

@@ -176,14 +176,12 @@ pub fn serve_metrics(
     let bound = mongoq::http::serve(
         addr,
         2,
-        Arc::new(
-            move |request: &Request| match (&pages, request.path.as_str()) {
-                (Some(pages), path) if !["/metrics", "/healthz", "/livez"].contains(&path) => {
-                    pages(request)
-                }
-                _ => route(&handler_monitor, request),
-            },
-        ),
+        Arc::new(move |request: &Request| {
+            endpoint(&handler_monitor, request).unwrap_or_else(|| match &pages {
+                Some(pages) => pages(request),
+                None => index(request),
+            })
+        }),
     )?;
     std::thread::Builder::new()
         .name("mongoq-depth".into())
@@ -197,11 +195,16 @@ pub fn serve_metrics(
     Ok(bound)
 }
 
-fn route(monitor: &Monitor, request: &Request) -> Response {
-    if request.method != "GET" && request.method != "HEAD" {
-        return Response::text(405, "only GET\n").with_header("Allow", "GET, HEAD");
+/// The worker's own endpoints; `None` for any other path.
+fn endpoint(monitor: &Monitor, request: &Request) -> Option<Response> {
+    let path = request.path.as_str();
+    if !["/metrics", "/healthz", "/livez"].contains(&path) {
+        return None;
     }
-    match request.path.as_str() {
+    if let Some(refused) = only_get(request) {
+        return Some(refused);
+    }
+    Some(match path {
         "/metrics" => Response::new(
             200,
             "text/plain; version=0.0.4; charset=utf-8",
@@ -211,16 +214,32 @@ fn route(monitor: &Monitor, request: &Request) -> Response {
             let health = monitor.health();
             Response::json(if health.healthy() { 200 } else { 503 }, &health)
         }
-        "/livez" => {
+        _ => {
             let health = monitor.health();
             Response::json(if health.live() { 200 } else { 503 }, &health)
         }
-        "/" => Response::text(
+    })
+}
+
+/// Every other path when the dashboard's pages are not served.
+fn index(request: &Request) -> Response {
+    if let Some(refused) = only_get(request) {
+        return refused;
+    }
+    if request.path == "/" {
+        Response::text(
             200,
             "mongoq worker: /metrics (Prometheus), /healthz (ready, alive, database reachable), /livez (alive)\n",
-        ),
-        _ => Response::text(404, "not found: try /metrics or /healthz\n"),
+        )
+    } else {
+        Response::text(404, "not found: try /metrics or /healthz\n")
     }
+}
+
+/// `405` for anything but GET and HEAD.
+fn only_get(request: &Request) -> Option<Response> {
+    (request.method != "GET" && request.method != "HEAD")
+        .then(|| Response::text(405, "only GET\n").with_header("Allow", "GET, HEAD"))
 }
 
 /// Under systemd (`Type=notify`): `READY=1` once the worker is connected
