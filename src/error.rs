@@ -36,9 +36,32 @@ pub enum Error {
     /// No job has that `_id`.
     #[error("no job has _id {0} (ids are the 24-hex ObjectId printed by enqueue, or the _id the producer chose)")]
     NotFound(String),
+    /// A setting of the worker or the queue is not usable; `setting` names
+    /// it as the command line spells it (`--lease`), so the CLI's message
+    /// points at the flag to fix.
+    #[error("{setting}: {reason}")]
+    Config {
+        /// The setting, as its flag (`--lease`, `--threads`, …).
+        setting: &'static str,
+        /// What is wrong and what would do.
+        reason: String,
+    },
+    /// A queue name that cannot name a queue.
+    #[error("`{0}` is not a valid queue name: use 1 to 200 printable characters, e.g. `emails`")]
+    QueueName(String),
     /// A value handed to the library is not usable.
     #[error("{0}")]
     Invalid(String),
+}
+
+impl Error {
+    /// A [`Error::Config`] for `setting`.
+    pub fn config(setting: &'static str, reason: impl Into<String>) -> Error {
+        Error::Config {
+            setting,
+            reason: reason.into(),
+        }
+    }
 }
 
 /// Whether the server refused an operation with a code `matches` accepts:

@@ -9,63 +9,9 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use mongodb::bson::{oid::ObjectId, Bson, DateTime, Document};
+use mongodb::bson::{oid::ObjectId, Bson, Document};
 
-/// Field and status names of the document schema (see DESIGN.md).
-pub mod fields {
-    /// The job's payload, any BSON.
-    pub const DATA: &str = "data";
-    /// `pending`, `running`, `completed`, `failed`, or anything else (left alone).
-    pub const STATUS: &str = "status";
-    /// Higher runs first (int, default 0).
-    pub const PRIORITY: &str = "priority";
-    /// Not before this time (date, default: eligible now).
-    pub const RUN_AT: &str = "run_at";
-    /// Attempts before `failed` (int, default: the worker's `--max-attempts`).
-    pub const MAX_ATTEMPTS: &str = "max_attempts";
-    /// How many times the job has been claimed.
-    pub const ATTEMPTS: &str = "attempts";
-    /// The worker that holds the running job.
-    pub const LEASE_OWNER: &str = "lease_owner";
-    /// The fencing token of the claim that holds the running job.
-    pub const LEASE_TOKEN: &str = "lease_token";
-    /// When the lease expires unless extended.
-    pub const LEASE_UNTIL: &str = "lease_until";
-    /// When the job was last claimed.
-    pub const STARTED_AT: &str = "started_at";
-    /// When the job completed.
-    pub const COMPLETED_AT: &str = "completed_at";
-    /// When the job failed for good.
-    pub const FAILED_AT: &str = "failed_at";
-    /// What the handler returned.
-    pub const RESULT: &str = "result";
-    /// The latest error text.
-    pub const LAST_ERROR: &str = "last_error";
-    /// A bounded history of attempts' errors.
-    pub const ERRORS: &str = "errors";
-    /// The named queue the job belongs to (string; missing means `default`).
-    pub const QUEUE: &str = "queue";
-    /// A producer's key: at most one pending or running job has it.
-    pub const UNIQUE_KEY: &str = "unique_key";
-    /// Set by `mongoq cancel` on a running job: drop it at the next lease extension.
-    pub const CANCEL_REQUESTED: &str = "cancel_requested";
-    /// When the job was cancelled.
-    pub const CANCELLED_AT: &str = "cancelled_at";
-
-    /// Waiting to be claimed.
-    pub const PENDING: &str = "pending";
-    /// Claimed and leased by a worker.
-    pub const RUNNING: &str = "running";
-    /// Finished successfully.
-    pub const COMPLETED: &str = "completed";
-    /// Attempts exhausted, or malformed.
-    pub const FAILED: &str = "failed";
-    /// Cancelled by an operator (`mongoq cancel`); never runs again.
-    pub const CANCELLED: &str = "cancelled";
-
-    /// The queue of jobs that name none.
-    pub const DEFAULT_QUEUE: &str = "default";
-}
+use crate::schema::{fields, id_text, integer};
 
 /// A job a worker holds: it was claimed with `lease_token` and may be run.
 #[derive(Debug, Clone)]
@@ -205,57 +151,9 @@ impl Job {
     }
 }
 
-/// An `_id` as text: the hex of an `ObjectId`, else its JSON form.
-pub fn id_text(id: &Bson) -> String {
-    match id {
-        Bson::ObjectId(oid) => oid.to_hex(),
-        Bson::String(text) => text.clone(),
-        other => other.clone().into_relaxed_extjson().to_string(),
-    }
-}
-
-/// The `queue` condition matching jobs of the named queues. Jobs that name
-/// no queue (or `null`) belong to `default`.
-pub(crate) fn queue_condition(queues: &[String]) -> Bson {
-    let mut names: Vec<Bson> = queues.iter().map(|q| Bson::String(q.clone())).collect();
-    if queues.iter().any(|q| q == fields::DEFAULT_QUEUE) {
-        names.push(Bson::Null);
-    }
-    Bson::Document(mongodb::bson::doc! {"$in": names})
-}
-
-/// Checks a queue name given on the command line or to the library.
-pub fn validate_queue_name(name: &str) -> Result<(), String> {
-    if name.is_empty() || name.len() > 200 || name.chars().any(char::is_control) {
-        return Err(format!(
-            "`{name}` is not a valid queue name: use 1 to 200 printable characters, e.g. `emails`"
-        ));
-    }
-    Ok(())
-}
-
-/// An integer from any BSON number that holds one exactly.
-fn integer(value: &Bson) -> Option<i64> {
-    match value {
-        Bson::Int32(n) => Some(i64::from(*n)),
-        Bson::Int64(n) => Some(*n),
-        #[allow(clippy::float_cmp)]
-        Bson::Double(x) if x.fract() == 0.0 && x.abs() < 9.0e15 => Some(*x as i64),
-        _ => None,
-    }
-}
-
 /// "a string (\"high\")", "a date", … for error messages.
 fn describe(value: &Bson) -> String {
-    let mut shown = value.clone().into_relaxed_extjson().to_string();
-    if shown.len() > 60 {
-        let mut end = 60;
-        while !shown.is_char_boundary(end) {
-            end -= 1;
-        }
-        shown.truncate(end);
-        shown.push('…');
-    }
+    let shown = crate::text::truncate(value.clone().into_relaxed_extjson().to_string(), 60, "…");
     let kind = match value {
         Bson::String(_) => "a string",
         Bson::Double(_) => "a non-integer number",
@@ -270,20 +168,10 @@ fn describe(value: &Bson) -> String {
     format!("{kind} ({shown})")
 }
 
-/// The current time as a BSON date.
-pub(crate) fn now() -> DateTime {
-    DateTime::now()
-}
-
-/// `now + duration` as a BSON date.
-pub(crate) fn after(duration: std::time::Duration) -> DateTime {
-    DateTime::from_millis(DateTime::now().timestamp_millis() + duration.as_millis() as i64)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use mongodb::bson::doc;
+    use mongodb::bson::{doc, DateTime};
 
     fn parse(document: Document) -> Result<Job, Malformed> {
         Job::from_document(&document, ObjectId::new(), 5)
@@ -387,7 +275,7 @@ mod tests {
             fn every_enqueued_json_value_is_a_runnable_job(value in any_bson()) {
                 let json = value.into_relaxed_extjson();
                 if let Ok(data) = Bson::try_from(json) {
-                    let document = crate::queue::new_job_document(
+                    let document = crate::queue::enqueue::new_job_document(
                         ObjectId::new(), data, &crate::queue::EnqueueOptions::default(), DateTime::now());
                     let mut claimed = document.clone();
                     claimed.insert("attempts", 1);

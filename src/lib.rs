@@ -28,38 +28,42 @@
 //! The contract (document schema, statuses, guarantees) is in DESIGN.md;
 //! the binary's flags are in README.md.
 
-pub mod admin;
-pub mod bench;
-pub mod dashboard;
-pub mod duration;
-pub mod error;
-pub mod exec;
-pub mod handler;
-pub mod http;
-pub mod job;
-pub mod metrics;
+// The rooms of a job's life: it is enqueued into the queue, claimed and run
+// by a worker, its handler does the work, and the schema says what every
+// stage writes. DESIGN.md has the module map.
+pub mod handlers;
 pub mod queue;
-pub mod redact;
-pub mod retry;
-pub mod shutdown;
-pub mod simulate;
-pub mod stats;
-pub mod systemd;
+pub mod schema;
 pub mod worker;
 
-mod claim;
-mod lease;
-mod outage;
-mod outcome;
-mod wake;
+pub mod backoff;
+pub mod duration;
+pub mod error;
+pub mod job;
+pub mod redact;
+pub mod shutdown;
+pub mod sync;
+pub mod text;
+
+mod clock;
 
 pub use error::Error;
-pub use handler::{Handler, HandlerError, HandlerResult};
+pub use handlers::{Handler, HandlerError, HandlerResult};
 pub use job::Job;
-pub use queue::{EnqueueOptions, Queue, QueueConfig};
+pub use queue::{EnqueueOptions, Queue, QueueConfig, Stats};
+pub use schema::Status;
 pub use shutdown::Shutdown;
-pub use stats::Stats;
 pub use worker::{Monitor, Report, Worker, WorkerConfig};
 
 /// The BSON types jobs are made of, re-exported from the driver.
 pub use mongodb::bson;
+
+/// Cases per property test: 100,000 unless `PROPTEST_CASES` says otherwise
+/// (a longer round: `PROPTEST_CASES=1000000 cargo test --release --lib`).
+#[cfg(test)]
+pub(crate) fn fuzz_cases() -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(100_000)
+}

@@ -6,6 +6,8 @@
 //! [`redact_text`] with the URI they came from, because a driver error may
 //! quote the connection string it failed to parse.
 
+use crate::text::percent_decode;
+
 /// Replaces the password in a MongoDB URI with `****`.
 ///
 /// Works on text that is not a valid URI too: whatever sits between the
@@ -61,24 +63,6 @@ fn password_of(uri: &str) -> Option<String> {
     let user_info = &authority[..authority.rfind('@')?];
     let (_, password) = user_info.split_once(':')?;
     Some(password.to_string())
-}
-
-fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            if let Ok(byte) = u8::from_str_radix(&text[i + 1..i + 3], 16) {
-                out.push(byte);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]

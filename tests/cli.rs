@@ -255,3 +255,43 @@ fn a_worker_that_cannot_reach_its_server_logs_without_the_password_and_stops_cle
         "password leaked into the log: {log}"
     );
 }
+
+#[test]
+fn a_password_with_a_broken_percent_escape_is_one_clear_error_not_a_panic() {
+    let db = TestDb::new("bad_escape");
+    for uri in [
+        "mongodb://u:p%aé@127.0.0.1:1/",
+        "mongodb://u:hunter%2@127.0.0.1:1/",
+    ] {
+        let out = db.mongoq().args(["--uri", uri, "stats"]).output().unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "a usage error: {}",
+            stderr(&out)
+        );
+        let message = stderr(&out);
+        assert_eq!(message.trim().lines().count(), 1, "one line: {message}");
+        assert!(message.contains("starts no %XX escape"), "{message}");
+        assert!(message.contains("%25"), "says how to fix it: {message}");
+        assert!(
+            !message.contains("panicked") && !message.contains("hunter"),
+            "{message}"
+        );
+    }
+}
+
+#[test]
+fn the_same_rules_refuse_a_bad_worker_setting_on_the_command_line() {
+    let db = TestDb::new("bad_settings");
+    assert_clean_failure(&db.run(&["work", "--lease", "500ms"]), "--lease");
+    assert_clean_failure(
+        &db.run(&["work", "--poll-interval", "0s"]),
+        "--poll-interval",
+    );
+    assert_clean_failure(
+        &db.run(&["work", "--backoff-base", "2h", "--backoff-max", "1h"]),
+        "--backoff-base",
+    );
+    assert_clean_failure(&db.run(&["work", "--queue", ""]), "not a valid queue name");
+}

@@ -18,3 +18,4 @@ mod malformed;
 mod mongosh;
 mod operations;
 mod security;
+mod structure;

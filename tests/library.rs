@@ -14,7 +14,7 @@ fn config() -> WorkerConfig {
         threads: 3,
         drain: true,
         poll_interval: Duration::from_millis(50),
-        retry: mongoq::retry::RetryPolicy {
+        retry: mongoq::worker::RetryPolicy {
             base: Duration::from_millis(10),
             max: Duration::from_millis(50),
         },

@@ -1,0 +1,111 @@
+//! `mongoq enqueue`: one job from the argument, or one per line of stdin,
+//! streamed in batches of 1,000 so memory stays at one batch.
+
+use std::io::{BufRead, Write};
+use std::process::ExitCode;
+
+use mongoq::bson::{Bson, DateTime};
+use mongoq::{EnqueueOptions, Queue};
+
+use crate::cli::EnqueueArgs;
+use crate::error::{bad_input, usage, CommandError};
+
+fn enqueue_options(args: &EnqueueArgs) -> Result<EnqueueOptions, CommandError> {
+    let run_at = match (&args.run_at, args.delay) {
+        (Some(text), _) => Some(DateTime::parse_rfc3339_str(text).map_err(|e| {
+            usage(format!(
+                "--run-at `{text}` is not an RFC 3339 time such as 2026-12-01T09:00:00Z: {e}"
+            ))
+        })?),
+        (None, Some(delay)) => Some(DateTime::from_millis(
+            DateTime::now().timestamp_millis() + delay.as_millis() as i64,
+        )),
+        (None, None) => None,
+    };
+    if let Some(queue) = &args.queue {
+        mongoq::queue::validate_queue_name(queue).map_err(|e| usage(format!("--queue: {e}")))?;
+    }
+    Ok(EnqueueOptions {
+        priority: args.priority,
+        run_at,
+        max_attempts: args.max_attempts,
+        queue: args.queue.clone(),
+        unique_key: args.unique_key.clone(),
+    })
+}
+
+fn parse_data(text: &str) -> Result<Bson, String> {
+    let value: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| format!("not valid JSON ({e})"))?;
+    Bson::try_from(value).map_err(|e| format!("not valid extended JSON ({e})"))
+}
+
+pub fn enqueue(queue: &Queue, args: &EnqueueArgs) -> Result<ExitCode, CommandError> {
+    let options = enqueue_options(args)?;
+    if let Some(json) = &args.json {
+        let data = parse_data(json).map_err(|reason| bad_input(format!("the job data is {reason}; pass one JSON value, e.g. '{{\"to\": \"ada@example.com\"}}'")))?;
+        let id = match queue.enqueue(data, &options) {
+            Ok(id) => id,
+            Err(duplicate @ mongoq::Error::Duplicate { .. }) => {
+                // Like River's and Oban's unique jobs: a duplicate is not an
+                // error for the producer, the job it wanted is already queued.
+                eprintln!("mongoq: {duplicate}");
+                if args.quiet {
+                    println!("0");
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
+            Err(error) => return Err(error.into()),
+        };
+        if args.quiet {
+            println!("1");
+        } else {
+            println!("{}", id.to_hex());
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    // Stream stdin: parse a line, buffer it, insert every 1,000. Memory stays
+    // at one batch however long the input is.
+    let stdin = std::io::stdin().lock();
+    let mut stdout = std::io::stdout().lock();
+    let mut batch: Vec<Bson> = Vec::with_capacity(1_000);
+    let mut total = 0usize;
+    let mut flush = |batch: &mut Vec<Bson>, total: &mut usize| -> Result<(), CommandError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let ids = queue.enqueue_many(batch.drain(..), &options)?;
+        *total += ids.len();
+        if !args.quiet {
+            for id in ids {
+                let _ = writeln!(stdout, "{}", id.to_hex());
+            }
+        }
+        Ok(())
+    };
+    for (index, line) in stdin.lines().enumerate() {
+        let number = index + 1;
+        let line =
+            line.map_err(|e| bad_input(format!("cannot read stdin at line {number}: {e}")))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        match parse_data(&line) {
+            Ok(data) => batch.push(data),
+            Err(reason) => {
+                flush(&mut batch, &mut total)?;
+                return Err(bad_input(format!(
+                        "line {number} is {reason}. The {total} jobs before it were enqueued and nothing after it was read; fix the line and resume with `tail -n +{number} FILE | mongoq enqueue`"
+                    )));
+            }
+        }
+        if batch.len() == 1_000 {
+            flush(&mut batch, &mut total)?;
+        }
+    }
+    flush(&mut batch, &mut total)?;
+    if args.quiet {
+        println!("{total}");
+    }
+    Ok(ExitCode::SUCCESS)
+}

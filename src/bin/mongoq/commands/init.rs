@@ -1,0 +1,49 @@
+//! `mongoq init`: create the indexes (idempotent), set retention, list both.
+
+use std::process::ExitCode;
+
+use mongoq::{Queue, Status};
+
+use crate::cli::{InitArgs, Keep};
+use crate::error::CommandError;
+
+pub fn init(queue: &Queue, args: &InitArgs) -> Result<ExitCode, CommandError> {
+    let indexes = queue.ensure_indexes()?;
+    let wanted = [
+        (Status::Completed, args.retain_completed),
+        (Status::Failed, args.retain_failed),
+        (Status::Cancelled, args.retain_cancelled),
+    ];
+    for (status, keep) in wanted {
+        if let Some(keep) = keep {
+            let keep = match keep {
+                Keep::For(duration) => Some(duration),
+                Keep::Forever => None,
+            };
+            queue.set_retention(status, keep)?;
+        }
+    }
+    let indexes = if wanted.iter().any(|(_, keep)| keep.is_some()) {
+        queue.index_names()?
+    } else {
+        indexes
+    };
+    println!(
+        "indexes on {}.{}: {}",
+        queue.database().name(),
+        queue.collection().name(),
+        indexes.join(", ")
+    );
+    for retention in queue.retention()? {
+        match retention.keep {
+            Some(keep) => println!(
+                "{} jobs are deleted {} after {}",
+                retention.status,
+                mongoq::duration::format_duration(keep),
+                retention.field
+            ),
+            None => println!("{} jobs are kept forever", retention.status),
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

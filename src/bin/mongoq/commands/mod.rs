@@ -1,0 +1,48 @@
+//! The binary's commands: each file turns parsed flags into validated
+//! library configuration, calls the library, and prints for people or
+//! scripts. This file only dispatches.
+
+mod admin;
+mod bench;
+mod dashboard;
+mod docs;
+mod enqueue;
+mod init;
+mod stats;
+mod work;
+
+use std::process::ExitCode;
+
+use mongoq::{Queue, QueueConfig};
+
+use crate::cli::{Cli, Command};
+use crate::error::CommandError;
+
+pub fn run(cli: Cli) -> Result<ExitCode, CommandError> {
+    match &cli.command {
+        Command::Bench(args) => return bench::bench(&cli.global.uri, args),
+        Command::Completions(args) => return Ok(docs::completions(args.shell)),
+        Command::Man => return docs::man(),
+        _ => {}
+    }
+    let queue = Queue::connect(&QueueConfig {
+        uri: cli.global.uri,
+        database: cli.global.db,
+        collection: cli.global.collection,
+    })?;
+    match cli.command {
+        Command::Init(args) => init::init(&queue, &args),
+        Command::Enqueue(args) => enqueue::enqueue(&queue, &args),
+        Command::Work(args) => work::work(queue, args),
+        Command::Stats(args) if args.watch => stats::watch_stats(&queue, args.interval),
+        Command::Stats(args) => stats::stats(&queue, &args),
+        Command::Show(args) => admin::show(&queue, &args.id),
+        Command::Cancel(args) => admin::cancel(&queue, &args.id),
+        Command::RetryFailed(args) => admin::retry_failed(&queue, &args),
+        Command::Purge(args) => admin::purge(&queue, &args),
+        Command::Dashboard(args) => dashboard::dashboard(queue, &args),
+        Command::Bench(_) | Command::Completions(_) | Command::Man => {
+            unreachable!("handled above")
+        }
+    }
+}

@@ -1,0 +1,112 @@
+//! `mongoq stats`: counts by status, eligible vs scheduled, the oldest
+//! eligible job; `--watch` redraws it with rates.
+
+use std::io::{IsTerminal, Write};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use mongoq::{Queue, Shutdown};
+
+use crate::cli::StatsArgs;
+use crate::error::{failure, CommandError};
+
+pub fn stats(queue: &Queue, args: &StatsArgs) -> Result<ExitCode, CommandError> {
+    let stats = queue.stats()?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&stats).unwrap_or_default()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    print!("{}", render_stats(queue, &stats, None));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The stats table; with the previous sample and its age, rates too.
+pub fn render_stats(
+    queue: &Queue,
+    stats: &mongoq::Stats,
+    previous: Option<(&mongoq::Stats, Duration)>,
+) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "queue {}.{}",
+        queue.database().name(),
+        queue.collection().name()
+    );
+    for (status, count) in &stats.counts {
+        let rate = previous
+            .and_then(|(before, elapsed)| {
+                let was = before.counts.get(status).copied().unwrap_or(0);
+                (elapsed.as_secs_f64() > 0.0)
+                    .then(|| (*count as f64 - was as f64) / elapsed.as_secs_f64())
+            })
+            .map(|rate| format!("  {rate:+.1}/s"))
+            .unwrap_or_default();
+        if status == "pending" {
+            let _ = writeln!(
+                out,
+                "  {status:<10} {count:>10}{rate}  (eligible now {}, scheduled later {})",
+                stats.eligible, stats.scheduled
+            );
+        } else {
+            let _ = writeln!(out, "  {status:<10} {count:>10}{rate}");
+        }
+    }
+    match stats.oldest_eligible_age_seconds {
+        Some(age) => {
+            let _ = writeln!(
+                out,
+                "  oldest eligible job has waited {}",
+                mongoq::duration::format_duration(Duration::from_secs_f64(age))
+            );
+        }
+        None => {
+            let _ = writeln!(out, "  no job is waiting");
+        }
+    }
+    out
+}
+
+/// `stats --watch`: redraw in place on a terminal, append otherwise, until
+/// SIGINT/SIGTERM (exit 0).
+pub fn watch_stats(queue: &Queue, interval: Duration) -> Result<ExitCode, CommandError> {
+    let stop = Shutdown::new();
+    let signalled = stop.clone();
+    ctrlc::set_handler(move || signalled.request())
+        .map_err(|e| failure(format!("cannot install the signal handler: {e}")))?;
+    let terminal = std::io::stdout().is_terminal();
+    let mut previous: Option<(mongoq::Stats, Instant)> = None;
+    while !stop.is_requested() {
+        let stats = queue.stats()?;
+        let now = Instant::now();
+        let table = render_stats(
+            queue,
+            &stats,
+            previous.as_ref().map(|(s, at)| (s, now - *at)),
+        );
+        let stamp = mongoq::bson::DateTime::now()
+            .try_to_rfc3339_string()
+            .unwrap_or_default();
+        let mut out = std::io::stdout().lock();
+        if terminal {
+            // Home, clear: redraw in place.
+            let _ = write!(out, "\x1b[H\x1b[2J");
+        }
+        let _ = write!(
+            out,
+            "{stamp}  (every {}, Ctrl-C to stop)\n{table}",
+            mongoq::duration::format_duration(interval)
+        );
+        if !terminal {
+            let _ = writeln!(out);
+        }
+        let _ = out.flush();
+        previous = Some((stats, now));
+        stop.sleep(interval);
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,103 @@
+//! `mongoq work`: flags become a validated [`WorkerConfig`], the handler is
+//! chosen, the metrics server and the systemd notifier start beside the
+//! worker, and stop signals become the worker's shutdown.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mongoq::handlers::{ExecHandler, SimulateHandler};
+use mongoq::worker::RetryPolicy;
+use mongoq::{Handler, Queue, Shutdown, Worker, WorkerConfig};
+
+use crate::cli::WorkArgs;
+use crate::error::{exit, failure, usage, CommandError};
+use crate::metrics::MetricsServer;
+use crate::systemd::{self, Notifier};
+
+/// The flags as a worker configuration (validated by the caller).
+fn worker_config(args: &WorkArgs) -> WorkerConfig {
+    let defaults = WorkerConfig::default();
+    WorkerConfig {
+        threads: args.threads.map_or(defaults.threads, |n| n as usize),
+        batch_size: args.batch_size as usize,
+        lease: args.lease,
+        poll_interval: args.poll_interval,
+        max_attempts: args.max_attempts,
+        shutdown_grace: args.shutdown_grace,
+        worker_id: args.worker_id.clone().unwrap_or(defaults.worker_id),
+        drain: args.drain,
+        retry: RetryPolicy {
+            base: args.backoff_base,
+            max: args.backoff_max,
+        },
+        change_streams: !args.no_change_stream,
+        queues: if args.queues.is_empty() {
+            defaults.queues
+        } else {
+            args.queues.clone()
+        },
+    }
+}
+
+fn handler(args: WorkArgs) -> Result<Arc<dyn Handler>, CommandError> {
+    if let Some(mut command) = args.exec {
+        let program = command.remove(0);
+        let handler = ExecHandler::new(&program, command, args.timeout)?;
+        return Ok(Arc::new(handler));
+    }
+    let (min, max) = args
+        .simulate
+        .unwrap_or((Duration::from_secs(1), Duration::from_secs(5)));
+    Ok(Arc::new(SimulateHandler { min, max }))
+}
+
+pub fn work(queue: Queue, args: WorkArgs) -> Result<ExitCode, CommandError> {
+    let config = worker_config(&args);
+    config.validate()?;
+    let metrics_addr = args.metrics_addr.clone();
+    let pages = args.metrics_dashboard.then(|| {
+        crate::dashboard::handler(
+            queue.clone(),
+            crate::dashboard::DashboardConfig {
+                read_only: true,
+                auth_token: None,
+            },
+        )
+    });
+    let worker = Worker::with_shared_handler(queue, config, handler(args)?)?;
+    let monitor = worker.monitor();
+    let metrics = match metrics_addr {
+        Some(addr) => {
+            let server = MetricsServer::start(&addr, monitor.clone(), pages)
+                .map_err(|e| usage(e.to_string()))?;
+            let bound = server.addr();
+            log::info!("metrics on http://{bound}/metrics, health on http://{bound}/healthz");
+            Some(server)
+        }
+        None => None,
+    };
+    let notifier = Notifier::start(monitor);
+    let shutdown = Shutdown::new();
+    let signalled = shutdown.clone();
+    ctrlc::set_handler(move || {
+        let _ = systemd::notify("STOPPING=1");
+        if signalled.is_requested() {
+            log::warn!(
+                "second stop signal: exiting now; held jobs run again after their leases expire"
+            );
+            std::process::exit(exit::SECOND_SIGNAL);
+        }
+        log::info!("stop signal received: finishing running jobs (a second signal exits at once)");
+        signalled.request();
+    })
+    .map_err(|e| failure(format!("cannot install the signal handler: {e}")))?;
+    let report = worker.run(&shutdown);
+    let _ = systemd::notify("STOPPING=1");
+    notifier.stop();
+    if let Some(metrics) = metrics {
+        metrics.stop();
+    }
+    log::debug!("report: {report:?}");
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,354 @@
+//! The dashboard's pages: overview with the per-minute chart, workers,
+//! cursor-paged job lists with filters, one job, and the retry-all
+//! confirmation. Every value from the database goes through [`esc`].
+
+use std::fmt::Write as _;
+
+use mongodb::bson::{doc, Bson, DateTime, Document};
+use mongoq::schema::{fields, integer, Status};
+use mongoq::text::{cut_chars, percent_encode, prefix};
+use mongoq::Error;
+
+use super::actions::read_only;
+use super::html::{chart, esc, fmt_time, job_link, page, regex_escape};
+use super::{exactly, id_param, parse_id, Dashboard, ERROR_CHARS, PAGE, SHOW_BYTES};
+use crate::http::{Request, Response};
+
+impl Dashboard {
+    pub(super) fn overview(&self) -> Result<Response, Error> {
+        let stats = self.queue.stats()?;
+        let mut body = String::from("<div id=live><section class=cards>");
+        for (status, count) in &stats.counts {
+            let _ = write!(
+                body,
+                "<a class=card href=\"/jobs?status={}\"><b>{count}</b><span>{}</span></a>",
+                percent_encode(status),
+                esc(status)
+            );
+        }
+        let _ = write!(
+            body,
+            "</section><p>Eligible now: <b id=eligible>{}</b> · scheduled later: <b>{}</b> · oldest eligible job waited: <b>{}</b></p>",
+            stats.eligible,
+            stats.scheduled,
+            stats.oldest_eligible_age_seconds.map_or_else(
+                || "none waiting".to_string(),
+                |s| mongoq::duration::format_duration(std::time::Duration::from_secs_f64(s))
+            )
+        );
+        let series = self.throughput()?;
+        body.push_str("<h2>Completed and failed per minute, last hour</h2>");
+        body.push_str(&chart(&series));
+        body.push_str("</div>");
+        Ok(Response::html(200, page("Overview", "/", &body, true)))
+    }
+
+    /// Per minute of the last hour: (completed, failed), oldest first,
+    /// counted by the server.
+    pub(super) fn throughput(&self) -> Result<Vec<(u64, u64)>, Error> {
+        let now = DateTime::now().timestamp_millis();
+        let since = DateTime::from_millis(now - 60 * 60_000);
+        let mut series = vec![(0u64, 0u64); 60];
+        for (status, field) in [
+            (Status::Completed, fields::COMPLETED_AT),
+            (Status::Failed, fields::FAILED_AT),
+        ] {
+            // `$bucket` by minute boundaries: no date arithmetic needed.
+            let boundaries: Vec<Bson> = (0..=60)
+                .map(|minute| {
+                    Bson::DateTime(DateTime::from_millis(
+                        since.timestamp_millis() + minute * 60_000,
+                    ))
+                })
+                .collect();
+            let pipeline = vec![
+                doc! {"$match": {fields::STATUS: status, field: {"$gte": since}}},
+                doc! {"$bucket": {
+                    "groupBy": format!("${field}"),
+                    "boundaries": boundaries,
+                    "default": "later",
+                    "output": {"n": {"$sum": 1}},
+                }},
+            ];
+            let cursor = self
+                .queue
+                .collection()
+                .aggregate(pipeline)
+                .run()
+                .map_err(|e| self.queue.db_error("aggregate (throughput)", &e))?;
+            for group in cursor {
+                let group = group.map_err(|e| self.queue.db_error("aggregate (throughput)", &e))?;
+                let Some(Bson::DateTime(start)) = group.get("_id") else {
+                    continue;
+                };
+                let minute = (start.timestamp_millis() - since.timestamp_millis()) / 60_000;
+                let n = group.get("n").and_then(integer).unwrap_or(0);
+                if let Ok(minute) = usize::try_from(minute) {
+                    if let Some(slot) = series.get_mut(minute) {
+                        if status == Status::Completed {
+                            slot.0 += n.max(0) as u64;
+                        } else {
+                            slot.1 += n.max(0) as u64;
+                        }
+                    }
+                }
+            }
+        }
+        Ok(series)
+    }
+
+    pub(super) fn workers(&self) -> Result<Response, Error> {
+        let pipeline = vec![
+            doc! {"$match": {fields::STATUS: Status::Running}},
+            doc! {"$group": {
+                "_id": format!("${}", fields::LEASE_OWNER),
+                "jobs": {"$sum": 1},
+                "oldest": {"$min": format!("${}", fields::STARTED_AT)},
+                "expires": {"$min": format!("${}", fields::LEASE_UNTIL)},
+            }},
+            doc! {"$sort": {"_id": 1}},
+        ];
+        let groups: Vec<Document> = self
+            .queue
+            .collection()
+            .aggregate(pipeline)
+            .run()
+            .and_then(Iterator::collect)
+            .map_err(|e| self.queue.db_error("aggregate (workers)", &e))?;
+        let mut body = String::from("<div id=live>");
+        if groups.is_empty() {
+            body.push_str("<p>No worker holds a lease now.</p>");
+        } else {
+            body.push_str("<table><tr><th>worker (lease_owner)</th><th>jobs held</th><th>oldest lease since</th><th>next lease expiry</th></tr>");
+            for group in &groups {
+                let owner = match group.get("_id") {
+                    Some(Bson::String(owner)) => owner.clone(),
+                    _ => "(none)".into(),
+                };
+                let _ = write!(
+                    body,
+                    "<tr><td><a href=\"/jobs?status=running&amp;owner={}\">{}</a></td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                    percent_encode(&owner),
+                    esc(&owner),
+                    group.get("jobs").and_then(integer).unwrap_or(0),
+                    esc(&fmt_time(group.get("oldest"))),
+                    esc(&fmt_time(group.get("expires")))
+                );
+            }
+            body.push_str("</table>");
+        }
+        body.push_str("</div>");
+        Ok(Response::html(
+            200,
+            page("Workers", "/workers", &body, true),
+        ))
+    }
+
+    pub(super) fn jobs(&self, request: &Request) -> Result<Response, Error> {
+        let status = request
+            .param("status")
+            .unwrap_or(Status::Pending.as_str())
+            .to_string();
+        let queue = request.param("queue").unwrap_or("").trim().to_string();
+        let text = request.param("q").unwrap_or("").trim().to_string();
+        let owner = request.param("owner").unwrap_or("").to_string();
+        let mut filter = doc! {fields::STATUS: &status};
+        if !queue.is_empty() {
+            filter.insert(
+                fields::QUEUE,
+                mongoq::queue::filters::queue_condition(std::slice::from_ref(&queue)),
+            );
+        }
+        if !text.is_empty() {
+            filter.insert(
+                fields::LAST_ERROR,
+                doc! {"$regex": regex_escape(&text), "$options": "i"},
+            );
+        }
+        if !owner.is_empty() {
+            filter.insert(fields::LEASE_OWNER, &owner);
+        }
+        if let Some(before) = request.param("before").and_then(parse_id) {
+            filter.insert("_id", doc! {"$lt": before});
+        }
+        let rows: Vec<Document> = self
+            .queue
+            .collection()
+            .find(filter)
+            .sort(doc! {"_id": -1})
+            .limit(PAGE + 1)
+            .projection(doc! {
+                fields::DATA: 0, fields::RESULT: 0, fields::ERRORS: 0,
+            })
+            .run()
+            .and_then(Iterator::collect)
+            .map_err(|e| self.queue.db_error("find (jobs)", &e))?;
+        let more = rows.len() as i64 > PAGE;
+        let mut body = String::new();
+        let _ = write!(
+            body,
+            "<form class=filters method=get action=/jobs><label>status <select name=status>{}</select></label> <label>queue <input name=queue value=\"{}\" placeholder=default></label> <label>error contains <input name=q value=\"{}\"></label> <button>Filter</button></form>",
+            ["pending", "running", "completed", "failed", "cancelled"]
+                .iter()
+                .fold(String::new(), |mut options, s| {
+                    let selected = if *s == status { " selected" } else { "" };
+                    let _ = write!(options, "<option{selected}>{s}</option>");
+                    options
+                }),
+            esc(&queue),
+            esc(&text)
+        );
+        if Status::parse(&status) == Some(Status::Failed) && !self.config.read_only {
+            body.push_str("<p><a class=button href=/retry-failed>Retry all failed…</a></p>");
+        }
+        body.push_str("<table><tr><th>id</th><th>queue</th><th>priority</th><th>attempts</th><th>run_at</th><th>last_error</th></tr>");
+        for row in rows.iter().take(PAGE as usize) {
+            let id = row.get("_id").cloned().unwrap_or(Bson::Null);
+            let queue_name = match row.get(fields::QUEUE) {
+                Some(Bson::String(q)) => q.clone(),
+                _ => fields::DEFAULT_QUEUE.into(),
+            };
+            let _ = write!(
+                body,
+                "<tr><td><a href=\"{}\"><code>{}</code></a></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=err>{}</td></tr>",
+                esc(&job_link(&id)),
+                esc(&mongoq::schema::id_text(&id)),
+                esc(&queue_name),
+                row.get(fields::PRIORITY).and_then(integer).unwrap_or(0),
+                row.get(fields::ATTEMPTS).and_then(integer).unwrap_or(0),
+                esc(&fmt_time(row.get(fields::RUN_AT))),
+                esc(&cut_chars(row.get_str(fields::LAST_ERROR).unwrap_or(""), ERROR_CHARS))
+            );
+        }
+        body.push_str("</table>");
+        if rows.is_empty() {
+            body.push_str("<p>No jobs.</p>");
+        }
+        if more {
+            if let Some(last) = rows.get(PAGE as usize - 1).and_then(|d| d.get("_id")) {
+                let _ = write!(
+                    body,
+                    "<p><a class=button href=\"/jobs?status={}&amp;queue={}&amp;q={}&amp;owner={}&amp;before={}\">Older →</a></p>",
+                    percent_encode(&status),
+                    percent_encode(&queue),
+                    percent_encode(&text),
+                    percent_encode(&owner),
+                    percent_encode(&id_param(last))
+                );
+            }
+        }
+        Ok(Response::html(
+            200,
+            page(&format!("Jobs: {status}"), "/jobs", &body, false),
+        ))
+    }
+
+    pub(super) fn job(&self, request: &Request) -> Result<Response, Error> {
+        let Some(id) = request.param("id").and_then(parse_id) else {
+            return Ok(Response::html(
+                400,
+                page(
+                    "Job",
+                    "/jobs",
+                    "<p>Give ?id= as the job's _id in extended JSON, e.g. {\"$oid\": \"…\"}.</p>",
+                    false,
+                ),
+            ));
+        };
+        let Some(job) = self
+            .queue
+            .collection()
+            .find_one(doc! {"_id": exactly(&id)})
+            .run()
+            .map_err(|e| self.queue.db_error("find", &e))?
+        else {
+            return Ok(Response::html(
+                404,
+                page(
+                    "Job",
+                    "/jobs",
+                    "<p>No job has this id (it may have been deleted).</p>",
+                    false,
+                ),
+            ));
+        };
+        let status = job.get_str(fields::STATUS).unwrap_or("").to_string();
+        let mut body = String::new();
+        if let Some(done) = request.param("done") {
+            let _ = write!(body, "<p class=notice>{}</p>", esc(done));
+        }
+        let _ = write!(
+            body,
+            "<p>status <b>{}</b> · attempts {} · created {} · started {} · finished {}</p>",
+            esc(&status),
+            job.get(fields::ATTEMPTS).and_then(integer).unwrap_or(0),
+            esc(&match &id {
+                Bson::ObjectId(oid) => fmt_time(Some(&Bson::DateTime(oid.timestamp()))),
+                _ => String::new(),
+            }),
+            esc(&fmt_time(job.get(fields::STARTED_AT))),
+            esc(&fmt_time(
+                job.get(fields::COMPLETED_AT)
+                    .or_else(|| job.get(fields::FAILED_AT))
+                    .or_else(|| job.get(fields::CANCELLED_AT))
+            ))
+        );
+        if !self.config.read_only {
+            let mut actions = Vec::new();
+            let known = Status::parse(&status);
+            if known == Some(Status::Failed) {
+                actions.push(("retry", "Retry"));
+            }
+            if known.is_some_and(Status::is_active) {
+                actions.push(("cancel", "Cancel"));
+            }
+            if known.is_some_and(|s| Status::FINISHED.contains(&s)) {
+                actions.push(("delete", "Delete"));
+            }
+            for (action, label) in actions {
+                let _ = write!(
+                    body,
+                    "<form class=inline method=post action=/action><input type=hidden name=csrf value=\"{}\"><input type=hidden name=action value={action}><input type=hidden name=id value=\"{}\"><button>{label}</button></form> ",
+                    esc(&self.csrf),
+                    esc(&id_param(&id))
+                );
+            }
+        }
+        let json = Bson::Document(job).into_relaxed_extjson();
+        let mut pretty = serde_json::to_string_pretty(&json).unwrap_or_default();
+        let total = pretty.len();
+        if total > SHOW_BYTES {
+            let end = prefix(&pretty, SHOW_BYTES).len();
+            pretty.truncate(end);
+            let _ = write!(
+                pretty,
+                "\n… truncated: {total} bytes in all; `mongoq show` prints everything"
+            );
+        }
+        let _ = write!(body, "<pre id=document>{}</pre>", esc(&pretty));
+        Ok(Response::html(
+            200,
+            page(
+                &format!("Job {}", mongoq::schema::id_text(&id)),
+                "/jobs",
+                &body,
+                false,
+            ),
+        ))
+    }
+
+    pub(super) fn confirm_retry_all(&self) -> Result<Response, Error> {
+        if self.config.read_only {
+            return Ok(read_only());
+        }
+        let count = self.queue.count_status(Status::Failed)?;
+        let body = format!(
+            "<p>Put <b>{count}</b> failed jobs back to pending, with fresh attempts? (Jobs that fail meanwhile are retried too.)</p><form method=post action=/retry-failed><input type=hidden name=csrf value=\"{}\"><button>Retry {count} jobs</button></form> <a href=\"/jobs?status=failed\">Cancel</a>",
+            esc(&self.csrf)
+        );
+        Ok(Response::html(
+            200,
+            page("Retry all failed", "/jobs", &body, false),
+        ))
+    }
+}

@@ -1,0 +1,252 @@
+//! Operators' commands on the queue: show a job, cancel it, retry failed
+//! jobs, purge finished ones. Each is one or a few documented operations
+//! whose filters repeat the status they act on, so they are safe to run
+//! while workers are busy on the same collection.
+
+use std::time::Duration;
+
+use mongodb::bson::{doc, oid::ObjectId, Bson, Document};
+
+use super::enqueue::is_duplicate_key;
+use super::indexes::finished_status;
+use super::Queue;
+use crate::clock::{ago, now};
+use crate::error::Error;
+use crate::schema::{cancelled_update, fields, Status};
+
+/// The `_id` condition for an id typed by a person: the 24-hex form of an
+/// `ObjectId`, else the text itself, or the number it spells (producers
+/// may choose their own `_id`s).
+pub fn id_condition(text: &str) -> Bson {
+    let text = text.trim();
+    if let Ok(oid) = ObjectId::parse_str(text) {
+        return Bson::ObjectId(oid);
+    }
+    match text.parse::<i64>() {
+        Ok(number) => Bson::Document(doc! {"$in": [text, number]}),
+        Err(_) => Bson::String(text.to_string()),
+    }
+}
+
+/// What `cancel` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cancel {
+    /// The job was pending; it is `cancelled` and will not run.
+    Cancelled,
+    /// The job is running; its worker drops it at the next lease extension.
+    Requested {
+        /// The worker holding it.
+        owner: String,
+    },
+    /// The job had already finished (or has a status workers leave alone).
+    Finished {
+        /// Its status.
+        status: String,
+    },
+}
+
+/// Which failed jobs `retry_failed` puts back.
+#[derive(Debug, Clone)]
+pub enum RetrySelection {
+    /// One job by id.
+    Id(String),
+    /// Every failed job.
+    All,
+    /// Failed jobs that failed more than this long ago.
+    OlderThan(Duration),
+    /// One job by an `_id` condition (a value, or `{$eq: value}`).
+    Exact(Bson),
+}
+
+/// What `retry_failed` did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Retried {
+    /// Jobs put back to `pending`.
+    pub retried: u64,
+    /// Jobs left `failed` because a pending or running job has their
+    /// `unique_key` now.
+    pub skipped_duplicates: u64,
+}
+
+impl Queue {
+    /// The whole document of one job.
+    pub fn find_job(&self, id: &str) -> Result<Document, Error> {
+        self.collection()
+            .find_one(doc! {"_id": id_condition(id)})
+            .run()
+            .map_err(|e| self.db_error("find", &e))?
+            .ok_or_else(|| Error::NotFound(id.to_string()))
+    }
+
+    /// Cancels a job: a pending one will not run; a running one is marked
+    /// so that its worker drops it at its next lease extension (within a
+    /// third of the lease) and marks it `cancelled`.
+    pub fn cancel(&self, id: &str) -> Result<Cancel, Error> {
+        self.cancel_exact(&id_condition(id), id.trim())
+    }
+
+    /// [`Queue::cancel`] for an `_id` condition (a value, or `{$eq: value}`
+    /// for ids from untrusted input); `text` names the job in errors.
+    pub fn cancel_exact(&self, id: &Bson, text: &str) -> Result<Cancel, Error> {
+        let text = text.to_string();
+        // Two rounds at most: the job may move from pending to running
+        // between the first write and the read.
+        for _ in 0..2 {
+            let pending = self
+                .collection()
+                .update_one(
+                    doc! {"_id": id.clone(), fields::STATUS: Status::Pending},
+                    cancelled_update("cancelled by an operator before it ran", now()),
+                )
+                .run()
+                .map_err(|e| self.db_error("update (cancel)", &e))?;
+            if pending.modified_count > 0 {
+                return Ok(Cancel::Cancelled);
+            }
+            let running = self
+                .collection()
+                .find_one_and_update(
+                    doc! {"_id": id.clone(), fields::STATUS: Status::Running},
+                    doc! {"$set": {fields::CANCEL_REQUESTED: true}},
+                )
+                .projection(doc! {fields::LEASE_OWNER: 1})
+                .run()
+                .map_err(|e| self.db_error("update (cancel)", &e))?;
+            if let Some(job) = running {
+                let owner = job.get_str(fields::LEASE_OWNER).unwrap_or("?").to_string();
+                return Ok(Cancel::Requested { owner });
+            }
+            let current = self
+                .collection()
+                .find_one(doc! {"_id": id.clone()})
+                .projection(doc! {fields::STATUS: 1})
+                .run()
+                .map_err(|e| self.db_error("find", &e))?
+                .ok_or_else(|| Error::NotFound(text.clone()))?;
+            let status = match current.get(fields::STATUS) {
+                Some(Bson::String(status)) => status.clone(),
+                Some(other) => other.to_string(),
+                None => "(no status)".into(),
+            };
+            if !Status::parse(&status).is_some_and(Status::is_active) {
+                return Ok(Cancel::Finished { status });
+            }
+        }
+        Err(Error::Invalid(format!(
+            "job {text} kept changing status while being cancelled; run the command again"
+        )))
+    }
+
+    /// Puts failed jobs back to `pending`, eligible now, with their attempts
+    /// reset (so each gets its full `max_attempts` again). Their error
+    /// history is kept.
+    pub fn retry_failed(&self, selection: &RetrySelection) -> Result<Retried, Error> {
+        let mut filter = doc! {fields::STATUS: Status::Failed};
+        match selection {
+            RetrySelection::Id(id) => {
+                filter.insert("_id", id_condition(id));
+            }
+            RetrySelection::Exact(id) => {
+                filter.insert("_id", id.clone());
+            }
+            RetrySelection::All => {}
+            RetrySelection::OlderThan(age) => {
+                filter.insert(fields::FAILED_AT, doc! {"$lt": ago(*age)});
+            }
+        }
+        let update = doc! {
+            "$set": {fields::STATUS: Status::Pending, fields::RUN_AT: now(), fields::ATTEMPTS: 0},
+            "$unset": {fields::FAILED_AT: ""},
+        };
+        // Jobs without a unique_key go back in one write. Jobs with one may
+        // collide with a newer job holding the key; those go one by one so
+        // a collision skips only that job.
+        let mut plain = filter.clone();
+        plain.insert(fields::UNIQUE_KEY, doc! {"$exists": false});
+        let mut outcome = Retried {
+            retried: self
+                .collection()
+                .update_many(plain, update.clone())
+                .run()
+                .map_err(|e| self.db_error("update (retry failed)", &e))?
+                .modified_count,
+            skipped_duplicates: 0,
+        };
+        let mut keyed = filter;
+        keyed.insert(fields::UNIQUE_KEY, doc! {"$exists": true});
+        let ids = self.find_ids(keyed, "find (retry failed)")?;
+        for id in ids {
+            match self
+                .collection()
+                .update_one(
+                    doc! {"_id": id, fields::STATUS: Status::Failed},
+                    update.clone(),
+                )
+                .run()
+            {
+                Ok(result) => outcome.retried += result.modified_count,
+                Err(error) if is_duplicate_key(&error) => outcome.skipped_duplicates += 1,
+                Err(error) => return Err(self.db_error("update (retry failed)", &error)),
+            }
+        }
+        Ok(outcome)
+    }
+
+    /// Deletes one finished (completed, failed or cancelled) job by an `_id`
+    /// condition; returns whether it did (false: no such job, or it is not
+    /// finished).
+    pub fn delete_finished(&self, id: &Bson) -> Result<bool, Error> {
+        self.collection()
+            .delete_one(doc! {"_id": id.clone(), fields::STATUS: Status::any_of(&Status::FINISHED)})
+            .run()
+            .map(|result| result.deleted_count == 1)
+            .map_err(|e| self.db_error("delete", &e))
+    }
+
+    /// How many jobs have `status` now.
+    pub fn count_status(&self, status: Status) -> Result<u64, Error> {
+        self.collection()
+            .count_documents(doc! {fields::STATUS: status})
+            .run()
+            .map_err(|e| self.db_error("count", &e))
+    }
+
+    /// Deletes jobs of a finished `status` that finished more than
+    /// `older_than` ago; with `dry_run`, only counts them.
+    pub fn purge(&self, status: &str, older_than: Duration, dry_run: bool) -> Result<u64, Error> {
+        let Some((status, field)) = finished_status(status) else {
+            return Err(Error::Invalid(format!(
+                "purge deletes finished jobs: --status completed, failed or cancelled, not `{status}` (pending and running jobs are never purged)"
+            )));
+        };
+        let filter = doc! {fields::STATUS: status, field: {"$lt": ago(older_than)}};
+        if dry_run {
+            return self
+                .collection()
+                .count_documents(filter)
+                .run()
+                .map_err(|e| self.db_error("count", &e));
+        }
+        self.collection()
+            .delete_many(filter)
+            .run()
+            .map(|result| result.deleted_count)
+            .map_err(|e| self.db_error("delete (purge)", &e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_object_ids_numbers_or_text() {
+        let oid = ObjectId::new();
+        assert_eq!(id_condition(&oid.to_hex()), Bson::ObjectId(oid));
+        assert_eq!(
+            id_condition(" 42 "),
+            Bson::Document(doc! {"$in": ["42", 42_i64]})
+        );
+        assert_eq!(id_condition("job-7"), Bson::String("job-7".into()));
+    }
+}

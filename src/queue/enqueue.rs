@@ -1,0 +1,134 @@
+//! Enqueueing: the documents producers' jobs become.
+//!
+//! A producer needs only `{data, status: "pending"}`; `mongoq enqueue` and
+//! the library write the optional fields too, so the claim index orders
+//! them exactly. Ids are made here, so a retried insert cannot duplicate a
+//! job.
+
+use mongodb::bson::{doc, oid::ObjectId, Bson, DateTime, Document};
+
+use super::Queue;
+use crate::error::Error;
+use crate::schema::{fields, id_text, Status};
+
+/// MongoDB's duplicate key error.
+const DUPLICATE_KEY: i32 = 11000;
+
+/// Options a producer may set on a job.
+#[derive(Debug, Clone, Default)]
+pub struct EnqueueOptions {
+    /// Higher runs first (default 0).
+    pub priority: i64,
+    /// Not before this time (default: now).
+    pub run_at: Option<DateTime>,
+    /// Attempts before `failed` (default: the worker's).
+    pub max_attempts: Option<u32>,
+    /// The named queue (default: none, which is the `default` queue).
+    pub queue: Option<String>,
+    /// At most one pending or running job may have this key; enqueueing
+    /// another fails with [`Error::Duplicate`].
+    pub unique_key: Option<String>,
+}
+
+impl Queue {
+    /// Inserts one pending job and returns its `_id`.
+    ///
+    /// With a `unique_key` that a pending or running job already has, nothing
+    /// is inserted and the error is [`Error::Duplicate`] naming that job.
+    pub fn enqueue(&self, data: Bson, options: &EnqueueOptions) -> Result<ObjectId, Error> {
+        if options.unique_key.is_none() {
+            return Ok(self.enqueue_many(std::iter::once(data), options)?[0]);
+        }
+        let id = ObjectId::new();
+        let document = new_job_document(id, data, options, DateTime::now());
+        match self.collection.insert_one(document).run() {
+            Ok(_) => Ok(id),
+            Err(error) if is_duplicate_key(&error) => {
+                let key = options.unique_key.clone().unwrap_or_default();
+                let existing = self
+                    .collection
+                    .find_one(doc! {
+                        fields::UNIQUE_KEY: &key,
+                        fields::STATUS: {"$in": [Status::Pending, Status::Running]},
+                    })
+                    .projection(doc! {"_id": 1})
+                    .run()
+                    .ok()
+                    .flatten()
+                    .and_then(|d| d.get("_id").map(id_text));
+                Err(Error::Duplicate {
+                    unique_key: key,
+                    existing,
+                })
+            }
+            Err(error) => Err(self.db_error("insert", &error)),
+        }
+    }
+
+    /// Inserts pending jobs in one round trip per 1,000 and returns their ids
+    /// in order. Ids are made here, so a retried insert cannot duplicate a job.
+    pub fn enqueue_many(
+        &self,
+        data: impl IntoIterator<Item = Bson>,
+        options: &EnqueueOptions,
+    ) -> Result<Vec<ObjectId>, Error> {
+        let now = DateTime::now();
+        let mut ids = Vec::new();
+        let mut batch = Vec::with_capacity(1_000);
+        for item in data {
+            let id = ObjectId::new();
+            ids.push(id);
+            batch.push(new_job_document(id, item, options, now));
+            if batch.len() == 1_000 {
+                self.insert_batch(std::mem::take(&mut batch))?;
+            }
+        }
+        if !batch.is_empty() {
+            self.insert_batch(batch)?;
+        }
+        Ok(ids)
+    }
+
+    /// Inserts documents as they are, in one round trip (the caller made
+    /// them with [`new_job_document`] or knows what it writes).
+    pub fn insert_batch(&self, documents: Vec<Document>) -> Result<(), Error> {
+        self.collection
+            .insert_many(documents)
+            .run()
+            .map(|_| ())
+            .map_err(|e| self.db_error("insert", &e))
+    }
+}
+
+/// Whether a driver error is a duplicate key (E11000).
+pub(crate) fn is_duplicate_key(error: &mongodb::error::Error) -> bool {
+    crate::error::server_code_is(error, |code| code == DUPLICATE_KEY)
+}
+
+/// The document `enqueue` writes: the producer's two fields plus the
+/// optional ones, always set, so the claim index orders them exactly.
+pub fn new_job_document(
+    id: ObjectId,
+    data: Bson,
+    options: &EnqueueOptions,
+    now: DateTime,
+) -> Document {
+    let mut document = doc! {
+        "_id": id,
+        fields::DATA: data,
+        fields::STATUS: Status::Pending,
+        fields::PRIORITY: options.priority,
+        fields::RUN_AT: options.run_at.unwrap_or(now),
+        fields::ATTEMPTS: 0,
+    };
+    if let Some(max) = options.max_attempts {
+        document.insert(fields::MAX_ATTEMPTS, i64::from(max));
+    }
+    if let Some(queue) = &options.queue {
+        document.insert(fields::QUEUE, queue.clone());
+    }
+    if let Some(key) = &options.unique_key {
+        document.insert(fields::UNIQUE_KEY, key.clone());
+    }
+    document
+}

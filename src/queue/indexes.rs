@@ -1,0 +1,222 @@
+//! The indexes the queue needs, and retention (TTL indexes per finished
+//! status). `mongoq init` and every worker's start call
+//! [`Queue::ensure_indexes`]; creating an index that exists is a no-op.
+
+use std::time::Duration;
+
+use mongodb::bson::doc;
+use mongodb::options::IndexOptions;
+use mongodb::IndexModel;
+
+use super::Queue;
+use crate::error::{trim_driver_message, Error};
+use crate::redact::redact_text;
+use crate::schema::{fields, Status};
+
+/// How long finished jobs of one status are kept (see [`Queue::set_retention`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Retention {
+    /// `completed`, `failed` or `cancelled`.
+    pub status: Status,
+    /// The timestamp field the TTL index expires on.
+    pub field: &'static str,
+    /// How long after that time the job is deleted; `None`: kept forever.
+    pub keep: Option<Duration>,
+}
+
+/// The finished status `text` names, and its timestamp field; `None` for
+/// any other status (retention and purge apply to finished jobs only).
+pub(crate) fn finished_status(text: &str) -> Option<(Status, &'static str)> {
+    let status = Status::parse(text)?;
+    Some((status, status.finished_at()?))
+}
+
+/// The name of the index the claim query uses; `explain` tests look for it.
+pub const CLAIM_INDEX: &str = "mongoq_claim_by_queue";
+/// The claim index of mongoq before named queues (`{status, priority, run_at, _id}`).
+const LEGACY_CLAIM_INDEX: &str = "mongoq_claim";
+const LEASE_TOKEN_INDEX: &str = "mongoq_lease_token";
+const LEASE_EXPIRY_INDEX: &str = "mongoq_lease_expiry";
+/// The unique partial index that enforces `unique_key`.
+pub const UNIQUE_INDEX: &str = "mongoq_unique_key";
+
+impl Queue {
+    /// Creates the indexes the queue needs (idempotent) and returns the
+    /// names of all indexes on the collection afterwards.
+    ///
+    /// - `mongoq_claim_by_queue` `{status, queue, priority: -1, run_at, _id}`: the
+    ///   claim query's equality on `status`, its named queues (each an
+    ///   exact range, merged in sort order), its sort, and its `run_at`
+    ///   bound, so the claim reads only a batch's worth of index entries.
+    /// - `mongoq_unique_key`: see [`Queue::ensure_unique_index`].
+    /// - `mongoq_lease_token` (sparse): finding a claim's documents and
+    ///   extending its leases by token.
+    /// - `mongoq_lease_expiry` `{status, lease_until}`: rescuing expired leases.
+    pub fn ensure_indexes(&self) -> Result<Vec<String>, Error> {
+        let named = |name: &str| IndexOptions::builder().name(name.to_string()).build();
+        let models = vec![
+            IndexModel::builder()
+                .keys(doc! {fields::STATUS: 1, fields::QUEUE: 1, fields::PRIORITY: -1, fields::RUN_AT: 1, "_id": 1})
+                .options(named(CLAIM_INDEX))
+                .build(),
+            IndexModel::builder()
+                .keys(doc! {fields::LEASE_TOKEN: 1})
+                .options(
+                    IndexOptions::builder()
+                        .name(LEASE_TOKEN_INDEX.to_string())
+                        .sparse(true)
+                        .build(),
+                )
+                .build(),
+            IndexModel::builder()
+                .keys(doc! {fields::STATUS: 1, fields::LEASE_UNTIL: 1})
+                .options(named(LEASE_EXPIRY_INDEX))
+                .build(),
+        ];
+        self.collection
+            .create_indexes(models)
+            .run()
+            .map_err(|e| self.db_error("createIndexes", &e))?;
+        self.ensure_unique_index();
+        let names = self.index_names()?;
+        if names.iter().any(|name| name == LEGACY_CLAIM_INDEX) {
+            log::warn!(
+                "index {LEGACY_CLAIM_INDEX} is from an earlier mongoq and no longer used (the claim uses {CLAIM_INDEX}); drop it to save its write cost: db.{}.dropIndex(\"{LEGACY_CLAIM_INDEX}\")",
+                self.collection.name()
+            );
+        }
+        Ok(names)
+    }
+
+    /// `mongoq_unique_key`: `unique_key` is unique among pending and running
+    /// jobs. The index decides, so two producers racing to insert the same
+    /// key cannot both win (a find-then-insert check could). Its partial
+    /// filter uses `$in`, which recent MongoDB releases accept (5.x refuses
+    /// it); on a server that
+    /// refuses it (or a sharded collection whose shard key is not
+    /// `unique_key`) the queue works without unique jobs and says so.
+    fn ensure_unique_index(&self) {
+        let model = IndexModel::builder()
+            .keys(doc! {fields::UNIQUE_KEY: 1})
+            .options(
+                IndexOptions::builder()
+                    .name(UNIQUE_INDEX.to_string())
+                    .unique(true)
+                    .partial_filter_expression(doc! {
+                        fields::UNIQUE_KEY: {"$exists": true},
+                        fields::STATUS: Status::any_of(&Status::ACTIVE),
+                    })
+                    .build(),
+            )
+            .build();
+        if let Err(error) = self.collection.create_index(model).run() {
+            log::warn!(
+                "unique_key is not enforced on this collection: the server refused the index {UNIQUE_INDEX} ({}). It needs a MongoDB that accepts $in in partial indexes (recent releases), no two pending/running jobs already sharing a key, and on a sharded collection a shard key of unique_key",
+                trim_driver_message(&redact_text(&error.to_string(), &self.uri))
+            );
+        }
+    }
+
+    /// The retention of each finished status, from the TTL indexes present.
+    pub fn retention(&self) -> Result<Vec<Retention>, Error> {
+        let indexes = self.indexes()?;
+        Ok(Status::FINISHED
+            .into_iter()
+            .filter_map(|status| {
+                let field = status.finished_at()?;
+                let keep = index_options(&indexes, &retention_index(status))
+                    .and_then(|options| options.expire_after);
+                Some(Retention {
+                    status,
+                    field,
+                    keep,
+                })
+            })
+            .collect())
+    }
+
+    /// Keeps jobs of a finished `status` (`completed`, `failed`,
+    /// `cancelled`) for `keep` after they finished, then lets MongoDB's TTL
+    /// monitor delete them; `None` keeps them forever (drops the index).
+    ///
+    /// The TTL index is partial on `status`, so a job retried after failing
+    /// (back to `pending`) is never deleted by it. MongoDB deletes expired
+    /// documents in a background pass about once a minute, so jobs may
+    /// outlive `keep` by that much (more on a loaded server).
+    pub fn set_retention(&self, status: Status, keep: Option<Duration>) -> Result<(), Error> {
+        let Some(field) = status.finished_at() else {
+            return Err(Error::Invalid(format!(
+                "retention applies to completed, failed or cancelled jobs, not `{status}`"
+            )));
+        };
+        let name = retention_index(status);
+        let indexes = self.indexes()?;
+        let existing = index_options(&indexes, &name);
+        let current = existing.and_then(|options| options.expire_after);
+        match (keep, existing.is_some()) {
+            (None, false) => Ok(()),
+            (None, true) => self
+                .collection
+                .drop_index(name)
+                .run()
+                .map_err(|e| self.db_error("dropIndex", &e)),
+            (Some(keep), true) if current == Some(keep) => Ok(()),
+            (Some(keep), true) => self
+                .database
+                .run_command(doc! {
+                    "collMod": self.collection.name(),
+                    "index": {"name": name, "expireAfterSeconds": keep.as_secs() as i64},
+                })
+                .run()
+                .map(|_| ())
+                .map_err(|e| self.db_error("collMod (retention)", &e)),
+            (Some(keep), false) => self
+                .collection
+                .create_index(
+                    IndexModel::builder()
+                        .keys(doc! {field: 1})
+                        .options(
+                            IndexOptions::builder()
+                                .name(name)
+                                .expire_after(keep)
+                                .partial_filter_expression(doc! {fields::STATUS: status})
+                                .build(),
+                        )
+                        .build(),
+                )
+                .run()
+                .map(|_| ())
+                .map_err(|e| self.db_error("createIndex (retention)", &e)),
+        }
+    }
+
+    /// The indexes on the collection, with their options.
+    fn indexes(&self) -> Result<Vec<IndexModel>, Error> {
+        self.collection
+            .list_indexes()
+            .run()
+            .and_then(Iterator::collect)
+            .map_err(|e| self.db_error("listIndexes", &e))
+    }
+
+    /// Names of the indexes on the collection.
+    pub fn index_names(&self) -> Result<Vec<String>, Error> {
+        self.collection
+            .list_index_names()
+            .run()
+            .map_err(|e| self.db_error("listIndexes", &e))
+    }
+}
+
+/// The options of the index called `name` among `indexes`.
+fn index_options<'a>(indexes: &'a [IndexModel], name: &str) -> Option<&'a IndexOptions> {
+    indexes
+        .iter()
+        .filter_map(|index| index.options.as_ref())
+        .find(|options| options.name.as_deref() == Some(name))
+}
+
+/// The name of the TTL index that expires jobs of `status`.
+fn retention_index(status: Status) -> String {
+    format!("mongoq_retain_{status}")
+}

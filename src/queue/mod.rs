@@ -1,0 +1,171 @@
+//! The queue as a collection: connecting to it, and the rooms that act on
+//! it without running jobs: [`indexes`] (and retention), [`enqueue`],
+//! [`filters`] (which documents are eligible), [`stats`] and [`admin`]
+//! (show, cancel, retry, purge).
+//!
+//! [`Queue`] is what producers and tools use; the worker borrows its
+//! collection for claims and outcome writes. Every driver error leaves the
+//! queue through [`Queue::db_error`], which redacts the password.
+
+pub mod admin;
+pub mod enqueue;
+pub mod filters;
+pub mod indexes;
+pub mod stats;
+
+pub use admin::{Cancel, Retried, RetrySelection};
+pub use enqueue::EnqueueOptions;
+pub use filters::validate_queue_name;
+pub use indexes::{Retention, CLAIM_INDEX, UNIQUE_INDEX};
+pub use stats::Stats;
+
+use std::time::Duration;
+
+use mongodb::bson::{doc, Bson, Document};
+use mongodb::options::ClientOptions;
+use mongodb::sync::{Client, Collection, Database};
+
+use crate::error::{hint_for, trim_driver_message, Error};
+use crate::redact::{redact_text, redact_uri};
+
+/// Where the queue lives.
+#[derive(Debug, Clone)]
+pub struct QueueConfig {
+    /// A MongoDB connection string. Write concern (`w=majority`), TLS,
+    /// replica set and auth options are all taken from it.
+    pub uri: String,
+    /// Database name (default `distributed_queue`).
+    pub database: String,
+    /// Collection name (default `queue`).
+    pub collection: String,
+}
+
+impl QueueConfig {
+    /// The defaults of the original design: `distributed_queue.queue`.
+    pub fn new(uri: impl Into<String>) -> QueueConfig {
+        QueueConfig {
+            uri: uri.into(),
+            database: "distributed_queue".into(),
+            collection: "queue".into(),
+        }
+    }
+}
+
+/// A handle on the queue collection. Cheap to clone; share it freely.
+#[derive(Clone)]
+pub struct Queue {
+    database: Database,
+    collection: Collection<Document>,
+    uri: String,
+}
+
+impl Queue {
+    /// Connects lazily: a bad URI fails here, an unreachable server fails
+    /// (or, in a worker, is retried) at the first operation.
+    pub fn connect(config: &QueueConfig) -> Result<Queue, Error> {
+        Queue::connect_with(config, |_| {})
+    }
+
+    /// Like [`Queue::connect`], letting `adjust` change the driver's options
+    /// after the URI is parsed (command monitoring, pool size, …).
+    pub fn connect_with(
+        config: &QueueConfig,
+        adjust: impl FnOnce(&mut ClientOptions),
+    ) -> Result<Queue, Error> {
+        // A `%` that starts no `%XX` escape is invalid in any URI (RFC 3986),
+        // and the driver's parser panics on one before a multi-byte
+        // character; refuse it here with a message instead.
+        if let Some(offset) = crate::text::broken_percent_escape(&config.uri) {
+            return Err(Error::InvalidUri {
+                uri: redact_uri(&config.uri),
+                reason: format!(
+                    "the `%` at byte {offset} starts no %XX escape; write a literal % in a user name or password as %25"
+                ),
+            });
+        }
+        let mut options =
+            ClientOptions::parse(&config.uri)
+                .run()
+                .map_err(|error| Error::InvalidUri {
+                    uri: redact_uri(&config.uri),
+                    reason: redact_text(&error.to_string(), &config.uri),
+                })?;
+        if options.app_name.is_none() {
+            options.app_name = Some("mongoq".into());
+        }
+        // The driver's default of 30 s would freeze a worker that long before
+        // it can log an outage; 10 s is still well above a healthy election.
+        if options.server_selection_timeout.is_none() {
+            options.server_selection_timeout = Some(Duration::from_secs(10));
+        }
+        if config.database.is_empty() || config.database.contains(['/', '.', ' ', '$', '"']) {
+            return Err(Error::Invalid(format!(
+                "`{}` is not a valid database name (--db)",
+                config.database
+            )));
+        }
+        if config.collection.is_empty() || config.collection.contains('$') {
+            return Err(Error::Invalid(format!(
+                "`{}` is not a valid collection name (--collection)",
+                config.collection
+            )));
+        }
+        adjust(&mut options);
+        let client = Client::with_options(options).map_err(|error| Error::InvalidUri {
+            uri: redact_uri(&config.uri),
+            reason: redact_text(&error.to_string(), &config.uri),
+        })?;
+        let database = client.database(&config.database);
+        let collection = database.collection::<Document>(&config.collection);
+        Ok(Queue {
+            database,
+            collection,
+            uri: config.uri.clone(),
+        })
+    }
+
+    /// The collection holding the jobs.
+    pub fn collection(&self) -> &Collection<Document> {
+        &self.collection
+    }
+
+    /// The database holding the collection.
+    pub fn database(&self) -> &Database {
+        &self.database
+    }
+
+    /// The URI with its password hidden, for logs.
+    pub fn redacted_uri(&self) -> String {
+        redact_uri(&self.uri)
+    }
+
+    /// Wraps a driver error for the user: operation, redacted URI, hint.
+    pub fn db_error(&self, operation: &'static str, error: &mongodb::error::Error) -> Error {
+        let message = redact_text(&error.to_string(), &self.uri);
+        let hint = hint_for(&message);
+        let message = trim_driver_message(&message);
+        Error::Database {
+            operation,
+            uri: self.redacted_uri(),
+            reason: format!("{message}{hint}"),
+        }
+    }
+
+    /// The `_id`s of the documents `filter` matches.
+    pub(crate) fn find_ids(
+        &self,
+        filter: Document,
+        operation: &'static str,
+    ) -> Result<Vec<Bson>, Error> {
+        self.collection
+            .find(filter)
+            .projection(doc! {"_id": 1})
+            .run()
+            .and_then(|cursor| {
+                cursor
+                    .map(|d| d.map(|d| d.get("_id").cloned().unwrap_or(Bson::Null)))
+                    .collect()
+            })
+            .map_err(|e| self.db_error(operation, &e))
+    }
+}

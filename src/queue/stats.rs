@@ -1,0 +1,92 @@
+//! What is in the queue: counts by status, eligible vs scheduled, and how
+//! long the oldest eligible job has waited.
+//!
+//! Counting is done by the server (`$group`, `countDocuments`), never by
+//! loading jobs, so `stats` stays cheap on a large backlog.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use mongodb::bson::{doc, Bson};
+use serde::Serialize;
+
+use super::filters::eligible_filter;
+use super::Queue;
+use crate::clock::now;
+use crate::error::Error;
+use crate::schema::{count, fields, Status};
+
+/// A snapshot of the queue.
+#[derive(Debug, Clone, Serialize)]
+pub struct Stats {
+    /// Jobs by `status`; always has `pending`, `running`, `completed` and
+    /// `failed`, plus any other status present.
+    pub counts: BTreeMap<String, u64>,
+    /// Pending jobs whose `run_at` has come.
+    pub eligible: u64,
+    /// Pending jobs whose `run_at` is in the future.
+    pub scheduled: u64,
+    /// How long the oldest eligible job has been eligible, in seconds.
+    pub oldest_eligible_age_seconds: Option<f64>,
+}
+
+impl Queue {
+    /// Counts the queue's jobs.
+    pub fn stats(&self) -> Result<Stats, Error> {
+        let collection = self.collection();
+        let mut counts: BTreeMap<String, u64> = [
+            Status::Pending,
+            Status::Running,
+            Status::Completed,
+            Status::Failed,
+        ]
+        .iter()
+        .map(|status| (status.as_str().to_string(), 0))
+        .collect();
+        let pipeline =
+            vec![doc! {"$group": {"_id": format!("${}", fields::STATUS), "n": {"$sum": 1}}}];
+        let cursor = collection
+            .aggregate(pipeline)
+            .run()
+            .map_err(|e| self.db_error("aggregate", &e))?;
+        for group in cursor {
+            let group = group.map_err(|e| self.db_error("aggregate", &e))?;
+            let status = match group.get("_id") {
+                Some(Bson::String(status)) => status.clone(),
+                Some(Bson::Null) | None => "(no status)".to_string(),
+                Some(other) => format!("(status {other})"),
+            };
+            let n = count(group.get("n"));
+            *counts.entry(status).or_insert(0) += n;
+        }
+        let now = now();
+        let eligible = collection
+            .count_documents(eligible_filter(now))
+            .run()
+            .map_err(|e| self.db_error("count", &e))?;
+        let pending = counts.get(Status::Pending.as_str()).copied().unwrap_or(0);
+        let oldest = collection
+            .find_one(eligible_filter(now))
+            .sort(doc! {fields::RUN_AT: 1, "_id": 1})
+            .projection(doc! {fields::RUN_AT: 1})
+            .run()
+            .map_err(|e| self.db_error("find", &e))?;
+        let oldest_eligible_age_seconds = oldest.map(|job| {
+            let since = match job.get(fields::RUN_AT) {
+                Some(Bson::DateTime(at)) => *at,
+                _ => match job.get("_id") {
+                    Some(Bson::ObjectId(id)) => id.timestamp(),
+                    _ => now,
+                },
+            };
+            let millis = (now.timestamp_millis() - since.timestamp_millis()).max(0);
+            Duration::from_millis(millis as u64).as_secs_f64()
+        });
+        Ok(Stats {
+            counts,
+            eligible,
+            scheduled: pending.saturating_sub(eligible),
+            oldest_eligible_age_seconds,
+        })
+    }
+}

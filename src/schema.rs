@@ -1,0 +1,216 @@
+//! The document schema in one place: field names, the statuses a job
+//! passes through, and the update documents that several rooms share (a
+//! claim, an outcome, a rescue and a cancel all end or begin a lease).
+//!
+//! Statuses are a [`Status`] enum, never compared as strings: a typo in a
+//! status is then a compile error rather than a query that silently matches
+//! nothing. On the wire they are the lower-case strings DESIGN.md lists.
+
+use mongodb::bson::{doc, Bson, DateTime, Document};
+
+/// Field names of the document schema (see DESIGN.md).
+pub mod fields {
+    /// The job's payload, any BSON.
+    pub const DATA: &str = "data";
+    /// `pending`, `running`, `completed`, `failed`, or anything else (left alone).
+    pub const STATUS: &str = "status";
+    /// Higher runs first (int, default 0).
+    pub const PRIORITY: &str = "priority";
+    /// Not before this time (date, default: eligible now).
+    pub const RUN_AT: &str = "run_at";
+    /// Attempts before `failed` (int, default: the worker's `--max-attempts`).
+    pub const MAX_ATTEMPTS: &str = "max_attempts";
+    /// How many times the job has been claimed.
+    pub const ATTEMPTS: &str = "attempts";
+    /// The worker that holds the running job.
+    pub const LEASE_OWNER: &str = "lease_owner";
+    /// The fencing token of the claim that holds the running job.
+    pub const LEASE_TOKEN: &str = "lease_token";
+    /// When the lease expires unless extended.
+    pub const LEASE_UNTIL: &str = "lease_until";
+    /// When the job was last claimed.
+    pub const STARTED_AT: &str = "started_at";
+    /// When the job completed.
+    pub const COMPLETED_AT: &str = "completed_at";
+    /// When the job failed for good.
+    pub const FAILED_AT: &str = "failed_at";
+    /// What the handler returned.
+    pub const RESULT: &str = "result";
+    /// The latest error text.
+    pub const LAST_ERROR: &str = "last_error";
+    /// A bounded history of attempts' errors.
+    pub const ERRORS: &str = "errors";
+    /// The named queue the job belongs to (string; missing means `default`).
+    pub const QUEUE: &str = "queue";
+    /// A producer's key: at most one pending or running job has it.
+    pub const UNIQUE_KEY: &str = "unique_key";
+    /// Set by `mongoq cancel` on a running job: drop it at the next lease extension.
+    pub const CANCEL_REQUESTED: &str = "cancel_requested";
+    /// When the job was cancelled.
+    pub const CANCELLED_AT: &str = "cancelled_at";
+
+    /// The queue of jobs that name none.
+    pub const DEFAULT_QUEUE: &str = "default";
+}
+
+/// Where a job is in its life. Any other `status` value in the collection
+/// (e.g. `paused`) is left alone by workers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// Waiting to be claimed.
+    Pending,
+    /// Claimed and leased by a worker.
+    Running,
+    /// Finished successfully.
+    Completed,
+    /// Attempts exhausted, a permanent error, or malformed.
+    Failed,
+    /// Cancelled by an operator (`mongoq cancel`); never runs again.
+    Cancelled,
+}
+
+impl Status {
+    /// Every status mongoq writes.
+    pub const ALL: [Status; 5] = [
+        Status::Pending,
+        Status::Running,
+        Status::Completed,
+        Status::Failed,
+        Status::Cancelled,
+    ];
+    /// Statuses of jobs still to be run or running: a `unique_key` is held
+    /// only by these, and purge never touches them.
+    pub const ACTIVE: [Status; 2] = [Status::Pending, Status::Running];
+    /// Statuses a job ends in; retention and purge apply to these.
+    pub const FINISHED: [Status; 3] = [Status::Completed, Status::Failed, Status::Cancelled];
+
+    /// The status as stored in `status`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Status::Pending => "pending",
+            Status::Running => "running",
+            Status::Completed => "completed",
+            Status::Failed => "failed",
+            Status::Cancelled => "cancelled",
+        }
+    }
+
+    /// The status a stored value names, if mongoq knows it.
+    pub fn parse(text: &str) -> Option<Status> {
+        Status::ALL
+            .into_iter()
+            .find(|status| status.as_str() == text)
+    }
+
+    /// For a finished status, the timestamp field set when the job got it.
+    pub const fn finished_at(self) -> Option<&'static str> {
+        match self {
+            Status::Completed => Some(fields::COMPLETED_AT),
+            Status::Failed => Some(fields::FAILED_AT),
+            Status::Cancelled => Some(fields::CANCELLED_AT),
+            Status::Pending | Status::Running => None,
+        }
+    }
+
+    /// Whether the job is still to run or running.
+    pub fn is_active(self) -> bool {
+        Status::ACTIVE.contains(&self)
+    }
+
+    /// `{$in: [...]}` of these statuses, for a filter.
+    pub fn any_of(statuses: &[Status]) -> Bson {
+        let names: Vec<&str> = statuses.iter().map(|s| s.as_str()).collect();
+        Bson::Document(doc! {"$in": names})
+    }
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl From<Status> for Bson {
+    fn from(status: Status) -> Bson {
+        Bson::String(status.as_str().to_string())
+    }
+}
+
+/// How many past errors a job keeps in `errors`.
+pub const ERROR_HISTORY: i32 = 10;
+
+/// The `$unset` of a lease: what ends a worker's hold on a job.
+pub(crate) fn unset_lease() -> Document {
+    doc! {fields::LEASE_OWNER: "", fields::LEASE_TOKEN: "", fields::LEASE_UNTIL: ""}
+}
+
+/// The `$push` that appends one entry to the bounded error history.
+pub(crate) fn push_error(entry: Document) -> Document {
+    doc! {fields::ERRORS: {"$each": [entry], "$slice": -ERROR_HISTORY}}
+}
+
+/// The update that ends a job as `cancelled` at `at`.
+pub(crate) fn cancelled_update(reason: &str, at: DateTime) -> Document {
+    let mut unset = unset_lease();
+    unset.insert(fields::CANCEL_REQUESTED, "");
+    doc! {
+        "$set": {fields::STATUS: Status::Cancelled, fields::CANCELLED_AT: at, fields::LAST_ERROR: reason},
+        "$unset": unset,
+    }
+}
+
+/// An integer from any BSON number that holds one exactly (producers write
+/// numbers as int32, int64 or, from JavaScript, doubles).
+pub fn integer(value: &Bson) -> Option<i64> {
+    match value {
+        Bson::Int32(n) => Some(i64::from(*n)),
+        Bson::Int64(n) => Some(*n),
+        #[allow(clippy::float_cmp)]
+        Bson::Double(x) if x.fract() == 0.0 && x.abs() < 9.0e15 => Some(*x as i64),
+        _ => None,
+    }
+}
+
+/// A non-negative count from a server reply field (`n`, `nModified`, a
+/// `$sum`), 0 when absent or not a count.
+pub(crate) fn count(value: Option<&Bson>) -> u64 {
+    value
+        .and_then(integer)
+        .and_then(|n| u64::try_from(n).ok())
+        .unwrap_or(0)
+}
+
+/// An `_id` as text: the hex of an `ObjectId`, the string itself, else its
+/// extended JSON form.
+pub fn id_text(id: &Bson) -> String {
+    match id {
+        Bson::ObjectId(oid) => oid.to_hex(),
+        Bson::String(text) => text.clone(),
+        other => other.clone().into_relaxed_extjson().to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_round_trip_and_group() {
+        for status in Status::ALL {
+            assert_eq!(Status::parse(status.as_str()), Some(status));
+            assert_eq!(status.is_active(), status.finished_at().is_none());
+        }
+        assert_eq!(Status::parse("paused"), None);
+        assert_eq!(Bson::from(Status::Running), Bson::String("running".into()));
+    }
+
+    #[test]
+    fn integers_come_from_any_exact_number() {
+        assert_eq!(integer(&Bson::Int32(3)), Some(3));
+        assert_eq!(integer(&Bson::Double(4.0)), Some(4));
+        assert_eq!(integer(&Bson::Double(4.5)), None);
+        assert_eq!(count(Some(&Bson::Int64(-1))), 0);
+        assert_eq!(count(None), 0);
+    }
+}

@@ -1,0 +1,402 @@
+//! The claim: how a worker takes a batch of jobs, atomically, in few round
+//! trips.
+//!
+//! MongoDB has no "update N documents and return them" (findAndModify takes
+//! one), so a batch claim is built from documented operations:
+//!
+//! 1. **Read ahead** the next eligible jobs, in queue order (`priority`
+//!    desc, `run_at`, `_id`), several batches at once, through the
+//!    `mongoq_claim_by_queue` index, into a window bounded by count and bytes.
+//! 2. **Claim** a batch from the window with one `updateMany` whose filter
+//!    repeats `status: "pending"`, the `run_at` bound and the `attempts` the
+//!    read-ahead saw. Each document's update is atomic, so a job another
+//!    worker took in between simply does not match: two workers never hold
+//!    the same job. All jobs claimed get this claim's fresh `lease_token`
+//!    and `attempts + 1`.
+//! 3. When the claim took every job it asked for, the window's copies are
+//!    exactly what was claimed (a document whose `attempts` had moved would
+//!    not have matched), so no read is needed. When it took fewer, the
+//!    claimed `_id`s are read back by `lease_token`.
+//!
+//! That is one round trip per batch plus one read-ahead per several
+//! batches. Workers that read the same window claim runs starting at random
+//! places within the head's priority, so they seldom collide; when claims
+//! keep winning less than half of what they ask for, the window is stale and
+//! is read again rather than fought over. The window is also re-read after
+//! `max_window_age` (at most a second), so a new high-priority job waits at
+//! most that long, and a producer's edit of a pending job's `data` can race
+//! a claim only within that second (as it could race any claim).
+//!
+//! Retrying a claim after a lost reply is safe: the retry reuses the token,
+//! the documents the lost attempt took no longer match `pending`, and the
+//! retry reads everything held under the token back from the server.
+
+use std::collections::{HashSet, VecDeque};
+use std::time::{Duration, Instant};
+
+use mongodb::bson::{doc, oid::ObjectId, Bson, Document};
+use rand::Rng;
+
+use super::oversized::{fail_oversized, too_large};
+use super::upkeep::Upkeep;
+use crate::clock::{after, now};
+use crate::error::Error;
+use crate::queue::filters::{eligible_filter, eligible_in, queue_order};
+use crate::queue::Queue;
+use crate::schema::{fields, id_text, integer, Status};
+
+/// How many jobs one read-ahead fetches: twenty batches, at least 2,000 and
+/// at most 5,000 (or one batch, if that is larger).
+///
+/// A read-ahead costs one query whose price grows with the backlog on some
+/// servers (everything the filter matches is examined) and is cheap on
+/// others (the index scan stops at the limit); reading many batches at once
+/// makes either cheap per job, even with small batches.
+fn read_ahead_size(batch_size: usize) -> usize {
+    (batch_size * 20).clamp(2_000, 5_000).max(batch_size)
+}
+
+/// The window stops filling at this many bytes of documents, so large jobs
+/// cannot make a worker's memory grow with the backlog.
+const WINDOW_BYTES: usize = 8 * 1024 * 1024;
+
+/// A claim that won some jobs.
+pub(crate) struct Claimed {
+    pub(crate) token: ObjectId,
+    pub(crate) documents: Vec<Document>,
+}
+
+/// Claims batches for one worker; owns the read-ahead window.
+pub(crate) struct Claimer {
+    queue: Queue,
+    owner: String,
+    lease: Duration,
+    /// The named queues this worker takes jobs from.
+    queues: Vec<String>,
+    /// Eligible jobs as the read-ahead saw them, in queue order.
+    window: VecDeque<Document>,
+    /// Claims in a row that won less than half of what they asked for.
+    contended: u32,
+    window_read_at: Instant,
+    max_window_age: Duration,
+    upkeep: Upkeep,
+    /// The token of a claim that failed half-way; the retry reuses it.
+    unfinished: Option<ObjectId>,
+    /// This claim cannot trust the window's copies (it fell back to
+    /// claiming one by one); read what the token holds from the server.
+    read_back: bool,
+    /// Round trips made, for `bench` and stats.
+    pub(crate) round_trips: u64,
+}
+
+impl Claimer {
+    pub(crate) fn new(
+        queue: Queue,
+        owner: String,
+        lease: Duration,
+        queues: Vec<String>,
+        max_window_age: Duration,
+    ) -> Claimer {
+        Claimer {
+            queue,
+            owner,
+            lease,
+            queues,
+            window: VecDeque::new(),
+            contended: 0,
+            window_read_at: Instant::now(),
+            max_window_age,
+            upkeep: Upkeep::default(),
+            unfinished: None,
+            read_back: false,
+            round_trips: 0,
+        }
+    }
+
+    /// Claims up to `count` jobs. `None` means nothing is eligible right now.
+    pub(crate) fn claim(
+        &mut self,
+        count: usize,
+        batch_size: usize,
+    ) -> Result<Option<Claimed>, Error> {
+        if count == 0 {
+            return Ok(None);
+        }
+        // An error below leaves `unfinished` set, so the caller's retry
+        // comes back with the same token.
+        let retrying = self.unfinished.is_some();
+        let token = *self.unfinished.get_or_insert_with(ObjectId::new);
+        let claimed = self.claim_with(token, count, batch_size, retrying)?;
+        self.unfinished = None;
+        Ok(claimed)
+    }
+
+    fn claim_with(
+        &mut self,
+        token: ObjectId,
+        count: usize,
+        batch_size: usize,
+        retrying: bool,
+    ) -> Result<Option<Claimed>, Error> {
+        // Two passes at most: the second only after a stale or contended
+        // window was dropped.
+        for _ in 0..2 {
+            let fresh =
+                if self.window.is_empty() || self.window_read_at.elapsed() > self.max_window_age {
+                    self.read_window(read_ahead_size(batch_size))?;
+                    true
+                } else {
+                    false
+                };
+            if self.window.is_empty() && !retrying {
+                return Ok(None);
+            }
+            let candidates = self.take(count);
+            let won = self.claim_documents(&candidates, token)?;
+            if won * 2 < candidates.len() {
+                self.contended += 1;
+                if self.contended >= 2 {
+                    // Other workers keep beating us to this window: it is
+                    // stale, read a fresh one.
+                    self.window.clear();
+                    self.contended = 0;
+                }
+            } else {
+                self.contended = 0;
+            }
+            let read_back = std::mem::take(&mut self.read_back);
+            let documents = if retrying || read_back {
+                // A lost reply may have claimed jobs we never saw.
+                self.read_claimed(token, false)?
+            } else if won == candidates.len() {
+                candidates
+                    .into_iter()
+                    .map(|d| as_claimed(d, token, &self.owner))
+                    .collect()
+            } else if won > 0 {
+                let ids: HashSet<String> = self
+                    .read_claimed(token, true)?
+                    .iter()
+                    .filter_map(|d| d.get("_id").map(ToString::to_string))
+                    .collect();
+                candidates
+                    .into_iter()
+                    .filter(|d| d.get("_id").is_some_and(|id| ids.contains(&id.to_string())))
+                    .map(|d| as_claimed(d, token, &self.owner))
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            if !documents.is_empty() {
+                return Ok(Some(Claimed { token, documents }));
+            }
+            if fresh {
+                // A window read just now was entirely taken by others;
+                // let the caller come back rather than spin.
+                return Ok(None);
+            }
+        }
+        Ok(None)
+    }
+
+    /// Takes `count` documents from the window: a run starting at a random
+    /// place among those that share the head's priority, so workers reading
+    /// the same window mostly claim different jobs, and lower priorities
+    /// still wait for higher ones.
+    fn take(&mut self, count: usize) -> Vec<Document> {
+        let Some(first) = self.window.front() else {
+            return Vec::new();
+        };
+        let head = first.get(fields::PRIORITY).cloned();
+        let same = self
+            .window
+            .iter()
+            .take_while(|d| d.get(fields::PRIORITY).cloned() == head)
+            .count();
+        let take = count.min(self.window.len());
+        let start = if same > take {
+            rand::rng().random_range(0..=same - take)
+        } else {
+            0
+        };
+        self.window.drain(start..start + take).collect()
+    }
+
+    fn read_window(&mut self, limit: usize) -> Result<(), Error> {
+        self.round_trips += self.upkeep.run(&self.queue, &self.queues)?;
+        let cursor = self
+            .queue
+            .collection()
+            .find(eligible_in(&self.queues, now()))
+            .sort(queue_order())
+            .limit(limit as i64)
+            .run()
+            .map_err(|e| self.queue.db_error("find (claim read-ahead)", &e))?;
+        self.round_trips += 1;
+        self.window.clear();
+        let mut bytes = 0;
+        for document in cursor {
+            let document =
+                document.map_err(|e| self.queue.db_error("find (claim read-ahead)", &e))?;
+            bytes += mongodb::bson::to_vec(&document).map_or(0, |b| b.len());
+            self.window.push_back(document);
+            if bytes > WINDOW_BYTES {
+                // Dropping the cursor ends the query on the server.
+                break;
+            }
+        }
+        self.window_read_at = Instant::now();
+        Ok(())
+    }
+
+    /// Claims the candidates that are still as the read-ahead saw them; one
+    /// `updateMany` per distinct `attempts` value (almost always one).
+    fn claim_documents(
+        &mut self,
+        candidates: &[Document],
+        token: ObjectId,
+    ) -> Result<usize, Error> {
+        let mut groups: Vec<(Bson, Vec<Bson>)> = Vec::new();
+        for document in candidates {
+            let attempts = document
+                .get(fields::ATTEMPTS)
+                .cloned()
+                .unwrap_or(Bson::Null);
+            let id = document.get("_id").cloned().unwrap_or(Bson::Null);
+            if !matches!(
+                attempts,
+                Bson::Null | Bson::Int32(_) | Bson::Int64(_) | Bson::Double(_)
+            ) {
+                // `$inc` would fail on it and stop the whole claim.
+                self.fail_unclaimable(id, &attempts)?;
+                continue;
+            }
+            match groups.iter_mut().find(|(a, _)| *a == attempts) {
+                Some(group) => group.1.push(id),
+                None => groups.push((attempts, vec![id])),
+            }
+        }
+        let mut won = 0;
+        for (attempts, ids) in groups {
+            let filter = claim_filter(doc! {"$in": &ids}, &attempts);
+            let result = self
+                .queue
+                .collection()
+                .update_many(filter, claim_update(token, &self.owner, self.lease))
+                .run();
+            self.round_trips += 1;
+            match result {
+                Ok(result) => won += result.modified_count as usize,
+                Err(error) if too_large(&error) => {
+                    // One job is so close to 16 MB that the claim's fields do
+                    // not fit. updateMany stops at it, maybe half-way, so
+                    // claim one by one, fail the oversized job, and read
+                    // back what this token holds.
+                    self.read_back = true;
+                    won += self.claim_one_by_one(&ids, &attempts, token)?;
+                }
+                Err(error) => return Err(self.queue.db_error("update (claim)", &error)),
+            }
+        }
+        Ok(won)
+    }
+
+    fn claim_one_by_one(
+        &mut self,
+        ids: &[Bson],
+        attempts: &Bson,
+        token: ObjectId,
+    ) -> Result<usize, Error> {
+        let mut won = 0;
+        for id in ids {
+            let filter = claim_filter(id.clone(), attempts);
+            let result = self
+                .queue
+                .collection()
+                .update_one(filter, claim_update(token, &self.owner, self.lease))
+                .run();
+            self.round_trips += 1;
+            match result {
+                Ok(result) => won += result.modified_count as usize,
+                Err(error) if too_large(&error) => fail_oversized(&self.queue, id)?,
+                Err(error) => return Err(self.queue.db_error("update (claim)", &error)),
+            }
+        }
+        Ok(won)
+    }
+
+    /// Marks `failed` a pending job whose worker-owned `attempts` field a
+    /// producer set to something that is not a number.
+    fn fail_unclaimable(&mut self, id: Bson, attempts: &Bson) -> Result<(), Error> {
+        let error = format!(
+            "malformed job: `attempts` is owned by the worker and must be a number, but it is {}",
+            attempts.clone().into_relaxed_extjson()
+        );
+        log::warn!("job {} failed: {error}", id_text(&id));
+        self.queue
+            .collection()
+            .update_one(
+                doc! {"_id": id, fields::STATUS: Status::Pending, fields::ATTEMPTS: attempts.clone()},
+                doc! {"$set": {fields::STATUS: Status::Failed, fields::FAILED_AT: now(), fields::LAST_ERROR: error}},
+            )
+            .run()
+            .map_err(|e| self.queue.db_error("update (fail malformed)", &e))?;
+        self.round_trips += 1;
+        Ok(())
+    }
+
+    fn read_claimed(&mut self, token: ObjectId, ids_only: bool) -> Result<Vec<Document>, Error> {
+        let mut find = self
+            .queue
+            .collection()
+            .find(doc! {fields::LEASE_TOKEN: token, fields::STATUS: Status::Running})
+            .sort(queue_order());
+        if ids_only {
+            find = find.projection(doc! {"_id": 1});
+        }
+        let cursor = find
+            .run()
+            .map_err(|e| self.queue.db_error("find (claimed jobs)", &e))?;
+        self.round_trips += 1;
+        cursor
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| self.queue.db_error("find (claimed jobs)", &e))
+    }
+}
+
+/// Which documents a claim may take: eligible, with `_id` matching `id`
+/// (one id or an `$in`), and still at the `attempts` the read-ahead saw.
+fn claim_filter(id: impl Into<Bson>, attempts: &Bson) -> Document {
+    let mut filter = eligible_filter(now());
+    filter.insert("_id", id.into());
+    filter.insert(fields::ATTEMPTS, attempts.clone());
+    filter
+}
+
+/// What a claim writes.
+fn claim_update(token: ObjectId, owner: &str, lease: Duration) -> Document {
+    doc! {
+        "$set": {
+            fields::STATUS: Status::Running,
+            fields::LEASE_OWNER: owner,
+            fields::LEASE_TOKEN: token,
+            fields::LEASE_UNTIL: after(lease),
+            fields::STARTED_AT: now(),
+        },
+        "$inc": {fields::ATTEMPTS: 1},
+    }
+}
+
+/// The window's copy of a document, as the claim left it on the server
+/// (only the fields the worker reads need to be exact: `attempts`).
+fn as_claimed(mut document: Document, token: ObjectId, owner: &str) -> Document {
+    let attempts = document
+        .get(fields::ATTEMPTS)
+        .and_then(integer)
+        .map_or(1, |n| n + 1);
+    document.insert(fields::ATTEMPTS, attempts);
+    document.insert(fields::STATUS, Status::Running);
+    document.insert(fields::LEASE_TOKEN, token);
+    document.insert(fields::LEASE_OWNER, owner);
+    document
+}

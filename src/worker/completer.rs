@@ -1,0 +1,149 @@
+//! The completer thread: gathers the outcomes the handler threads send,
+//! writes them back fenced and batched (see [`super::outcome`]), and
+//! releases the leases they held.
+//!
+//! Under load outcomes pile up while a write is in flight, so batches grow
+//! by themselves; when idle, an outcome is written at once. A database
+//! outage is ridden out: the batch is retried until it lands or the hard
+//! stop fires, and what is left unwritten then runs again after its lease
+//! expires (at-least-once).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+
+use super::health::{Beat, Health};
+use super::lease::Leases;
+use super::outage::retry_until_stopped;
+use super::outcome::{write, Outcome, MAX_STATEMENTS};
+use super::report::Counters;
+use crate::queue::Queue;
+use crate::schema::id_text;
+use crate::shutdown::Shutdown;
+
+/// The completer thread and what it owns.
+pub(crate) struct Completer {
+    pub(crate) queue: Queue,
+    /// This worker's id, recorded in error history entries.
+    pub(crate) worker: String,
+    pub(crate) leases: Arc<Leases>,
+    pub(crate) counters: Arc<Counters>,
+    pub(crate) health: Arc<Health>,
+}
+
+impl Completer {
+    /// The completer thread's loop: gather what is waiting, write it, release
+    /// the leases. Ends when every sender is gone and all is written, or when
+    /// `stop` fires (then what is unwritten is left to lease expiry).
+    pub(crate) fn run(&self, outcomes: &Receiver<Outcome>, stop: &Shutdown) {
+        let mut pending: Vec<Outcome> = Vec::new();
+        loop {
+            self.health.beat(Beat::Completer);
+            match outcomes.recv_timeout(Duration::from_millis(100)) {
+                Ok(outcome) => pending.push(outcome),
+                Err(RecvTimeoutError::Timeout) => {
+                    if stop.is_requested() {
+                        break;
+                    }
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            while pending.len() < MAX_STATEMENTS {
+                match outcomes.try_recv() {
+                    Ok(outcome) => pending.push(outcome),
+                    Err(_) => break,
+                }
+            }
+            self.flush(&mut pending, stop);
+            if stop.is_requested() && pending.is_empty() && outcomes.is_empty() {
+                break;
+            }
+        }
+        pending.extend(outcomes.try_iter());
+        self.flush(&mut pending, stop);
+        if !pending.is_empty() {
+            log::warn!(
+                "{} job outcomes could not be written before exit; those jobs run again after their leases expire",
+                pending.len()
+            );
+        }
+    }
+
+    fn flush(&self, pending: &mut Vec<Outcome>, stop: &Shutdown) {
+        let Completer {
+            queue,
+            worker,
+            leases,
+            counters,
+            health,
+        } = self;
+        if pending.is_empty() {
+            return;
+        }
+        let Some(matched) = retry_until_stopped(stop, "writing job outcomes", || {
+            self.health.beat(Beat::Completer);
+            health.track(write(queue, worker, pending))
+        }) else {
+            return;
+        };
+        Counters::add(&counters.outcome_writes, 1);
+        let lost = (pending.len() as u64).saturating_sub(matched);
+        if lost > 0 {
+            Counters::add(&counters.lost, lost);
+            let ids: Vec<String> = pending
+                .iter()
+                .take(20)
+                .map(|o| id_text(&o.key().id))
+                .collect();
+            log::warn!(
+                "{lost} of {} outcomes were not written: their leases were lost (another worker took those jobs over after the lease expired) or an operator cancelled them; batch: {}",
+                pending.len(),
+                ids.join(", ")
+            );
+        }
+        for outcome in pending.drain(..) {
+            match &outcome {
+                Outcome::Completed { key, .. } => {
+                    Counters::add(&counters.completed, 1);
+                    log::debug!("job {} completed", id_text(&key.id));
+                }
+                Outcome::Retry {
+                    key,
+                    attempt,
+                    error,
+                    run_at,
+                } => {
+                    Counters::add(&counters.retried, 1);
+                    log::info!(
+                        "job {} attempt {attempt} failed, retry at {}: {error}",
+                        id_text(&key.id),
+                        run_at.try_to_rfc3339_string().unwrap_or_default()
+                    );
+                }
+                Outcome::Failed {
+                    key,
+                    attempt,
+                    error,
+                } => {
+                    Counters::add(&counters.failed, 1);
+                    log::warn!(
+                        "job {} failed for good after attempt {attempt}: {error}",
+                        id_text(&key.id)
+                    );
+                }
+                Outcome::Released { .. } => {
+                    Counters::add(&counters.released, 1);
+                }
+                Outcome::Interrupted { key, .. } => {
+                    log::warn!(
+                        "job {} was interrupted by shutdown and is pending again",
+                        id_text(&key.id)
+                    );
+                }
+            }
+            leases.release(outcome.key().token);
+        }
+    }
+}

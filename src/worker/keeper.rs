@@ -1,0 +1,89 @@
+//! The keeper thread: keeps this worker's leases alive, drops jobs an
+//! operator cancelled, and rescues expired leases of any worker.
+//!
+//! It is not the fetcher: a fetcher blocked in a slow claim must not let
+//! leases lapse. Extensions run every third of the lease, so two can fail
+//! in a row before a healthy worker's job is at risk.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::cancel::{drop_cancelled, Running};
+use super::health::{Beat, Health};
+use super::lease::{extend, rescue_expired, Leases};
+use super::report::Counters;
+use crate::handlers::Handler;
+use crate::queue::Queue;
+use crate::shutdown::Shutdown;
+
+/// The keeper thread and what it owns.
+pub(crate) struct Keeper {
+    pub(crate) queue: Queue,
+    pub(crate) owner: String,
+    pub(crate) lease: Duration,
+    /// The jobs this worker holds, whose leases it extends.
+    pub(crate) leases: Arc<Leases>,
+    /// The jobs running now, told when an operator cancels one.
+    pub(crate) running: Arc<Running>,
+    pub(crate) handler: Arc<dyn Handler>,
+    pub(crate) counters: Arc<Counters>,
+    pub(crate) health: Arc<Health>,
+}
+
+impl Keeper {
+    /// Extends and rescues until `stop` fires. Failures are logged and
+    /// retried at the next tick: a missed extension is harmless while the
+    /// lease has time left, and the tick is a third of the lease.
+    pub(crate) fn run(&self, stop: &Shutdown) {
+        let extend_every = (self.lease / 3).max(Duration::from_millis(50));
+        let rescue_every =
+            (self.lease / 4).clamp(Duration::from_millis(250), Duration::from_secs(30));
+        let mut next_rescue = Instant::now();
+        loop {
+            self.health.beat(Beat::Keeper);
+            let tokens = self.leases.tokens();
+            if !tokens.is_empty() {
+                match self
+                    .health
+                    .track(extend(&self.queue, &self.owner, &tokens, self.lease))
+                {
+                    Ok(matched) => {
+                        Counters::add(&self.counters.lease_extensions, matched);
+                        log::debug!("extended {matched} leases under {} claims", tokens.len());
+                    }
+                    Err(error) => log::warn!("could not extend leases (will retry): {error}"),
+                }
+                self.health.beat(Beat::Keeper);
+                match self.health.track(drop_cancelled(&self.queue, &self.owner)) {
+                    Ok(ids) if !ids.is_empty() => {
+                        Counters::add(&self.counters.cancelled, ids.len() as u64);
+                        self.running.cancel(&ids, self.handler.as_ref());
+                    }
+                    Ok(_) => {}
+                    Err(error) => {
+                        log::warn!("could not check for cancelled jobs (will retry): {error}");
+                    }
+                }
+            }
+            if Instant::now() >= next_rescue {
+                self.health.beat(Beat::Keeper);
+                match self.health.track(rescue_expired(&self.queue, &self.owner)) {
+                    Ok(0) => {}
+                    Ok(n) => {
+                        Counters::add(&self.counters.rescued, n);
+                        log::warn!(
+                            "rescued {n} jobs whose leases had expired; they will run again"
+                        );
+                    }
+                    Err(error) => {
+                        log::warn!("could not rescue expired leases (will retry): {error}");
+                    }
+                }
+                next_rescue = Instant::now() + rescue_every;
+            }
+            if stop.sleep(extend_every.min(rescue_every)) {
+                return;
+            }
+        }
+    }
+}

@@ -1,0 +1,127 @@
+//! Leases: what this worker holds, keeping those leases alive, and rescuing
+//! jobs whose leases ran out. The [`super::keeper`] thread runs these.
+//!
+//! Every claim gets a fresh `lease_token` (an `ObjectId`); all jobs of one
+//! claim share it. [`Leases`] counts, per token, the jobs this worker still
+//! holds (claimed and not yet written back). The keeper thread extends all
+//! held tokens with one `updateMany` every third of the lease, so a healthy
+//! worker never loses a long job, and it rescues expired leases of any
+//! worker with one more `updateMany`, so a crashed worker's jobs run again.
+//!
+//! Rescue only puts a job back to `pending`; the attempt it used stays
+//! counted. A job that keeps killing its workers therefore runs out of
+//! attempts and ends `failed` instead of crashing workers forever (the
+//! claim checks `attempts` against `max_attempts`).
+
+use std::collections::HashMap;
+use std::sync::{Condvar, Mutex};
+use std::time::Duration;
+
+use mongodb::bson::{doc, oid::ObjectId};
+
+use crate::clock::{after, now};
+use crate::error::Error;
+use crate::queue::Queue;
+use crate::schema::{cancelled_update, fields, push_error, unset_lease, Status};
+use crate::sync::lock;
+
+/// Jobs this worker holds, by claim token.
+#[derive(Default)]
+pub(crate) struct Leases {
+    held: Mutex<HashMap<ObjectId, usize>>,
+    released: Condvar,
+}
+
+impl Leases {
+    /// Records `count` jobs claimed under `token`.
+    pub(crate) fn add(&self, token: ObjectId, count: usize) {
+        if count > 0 {
+            *lock(&self.held).entry(token).or_insert(0) += count;
+        }
+    }
+
+    /// Records that one job of `token` was written back (or lost).
+    pub(crate) fn release(&self, token: ObjectId) {
+        let mut held = lock(&self.held);
+        if let Some(count) = held.get_mut(&token) {
+            *count -= 1;
+            if *count == 0 {
+                held.remove(&token);
+            }
+        }
+        self.released.notify_all();
+    }
+
+    /// How many jobs this worker holds.
+    pub(crate) fn held(&self) -> usize {
+        lock(&self.held).values().sum()
+    }
+
+    /// Tokens with jobs still held.
+    pub(crate) fn tokens(&self) -> Vec<ObjectId> {
+        lock(&self.held).keys().copied().collect()
+    }
+
+    /// Waits until a job is released or `timeout` passes.
+    pub(crate) fn wait_for_release(&self, timeout: Duration) {
+        let guard = lock(&self.held);
+        let _ = self.released.wait_timeout(guard, timeout);
+    }
+}
+
+/// Pushes `lease_until` forward for every running job held under `tokens`
+/// by `owner`. Returns how many jobs matched.
+pub(crate) fn extend(
+    queue: &Queue,
+    owner: &str,
+    tokens: &[ObjectId],
+    lease: Duration,
+) -> Result<u64, Error> {
+    if tokens.is_empty() {
+        return Ok(0);
+    }
+    let result = queue
+        .collection()
+        .update_many(
+            doc! {
+                fields::LEASE_TOKEN: {"$in": tokens},
+                fields::STATUS: Status::Running,
+                fields::LEASE_OWNER: owner,
+            },
+            doc! {"$set": {fields::LEASE_UNTIL: after(lease)}},
+        )
+        .run()
+        .map_err(|e| queue.db_error("lease extension", &e))?;
+    Ok(result.matched_count)
+}
+
+/// Puts every running job whose lease has expired back to `pending`, now
+/// (or, when an operator had asked to cancel it, to `cancelled`).
+/// Returns how many were rescued.
+pub(crate) fn rescue_expired(queue: &Queue, rescuer: &str) -> Result<u64, Error> {
+    let at = now();
+    queue
+        .collection()
+        .update_many(
+            doc! {fields::STATUS: Status::Running, fields::LEASE_UNTIL: {"$lt": at}, fields::CANCEL_REQUESTED: true},
+            cancelled_update("cancelled by an operator; its worker stopped before dropping it", at),
+        )
+        .run()
+        .map_err(|e| queue.db_error("lease rescue", &e))?;
+    let message = format!(
+        "lease expired before the job finished (its worker crashed, stalled or lost the database); rescued by {rescuer}"
+    );
+    let result = queue
+        .collection()
+        .update_many(
+            doc! {fields::STATUS: Status::Running, fields::LEASE_UNTIL: {"$lt": at}, fields::CANCEL_REQUESTED: {"$ne": true}},
+            doc! {
+                "$set": {fields::STATUS: Status::Pending, fields::RUN_AT: at, fields::LAST_ERROR: &message},
+                "$unset": unset_lease(),
+                "$push": push_error(doc! {"at": at, "error": &message, "worker": rescuer}),
+            },
+        )
+        .run()
+        .map_err(|e| queue.db_error("lease rescue", &e))?;
+    Ok(result.modified_count)
+}

@@ -1,0 +1,392 @@
+//! The worker: a fetcher thread, N handler threads, a completer thread and
+//! a lease keeper, and the shutdown sequence that ties them together.
+//!
+//! One file per thread, each thread a struct owning only what it uses
+//! (`Arc`s of the pieces below), so what a thread can touch is visible in
+//! its type:
+//!
+//! | thread | file | owns |
+//! |---|---|---|
+//! | fetcher | [`fetcher`] | the [`claim`] window, leases, pacing, doorbell, the job sender |
+//! | handler ×N | [`runner`] | the handler, the retry policy, the running-jobs registry |
+//! | completer | [`completer`] | the outcome receiver, leases, counters |
+//! | keeper | [`keeper`] | leases, the running-jobs registry ([`cancel`]), counters |
+//! | watcher | [`wake`] | the doorbell |
+//!
+//! ```text
+//! fetcher ──claims a batch──▶ bounded channel ──▶ N worker threads ──outcomes──▶ completer
+//!    ▲                                                                   │ (fenced, batched writes)
+//!    └──────────────── leases released as outcomes are written ◀─────────┘
+//! keeper: extends held leases, rescues expired ones (any worker's)
+//! ```
+//!
+//! **How much to claim** is decided by [`pacing`]: at most what the threads
+//! can start within about [`PREFETCH_HORIZON`].
+//!
+//! **Shutdown** (SIGTERM/SIGINT, or `--drain` finding nothing to do):
+//! 1. the fetcher stops claiming and drops the channel's sender;
+//! 2. worker threads drain the channel, handing back each job they did not
+//!    start (`Released`: pending again, attempt not counted), and finish
+//!    the job they are running;
+//! 3. the completer writes every outcome, then sees all senders gone and
+//!    stops; the keeper keeps leases alive until then;
+//! 4. if the grace period runs out first, the handler is asked to abort,
+//!    still-running jobs are handed back (`Interrupted`, attempt counted),
+//!    and the worker returns; anything it could not write is rescued after
+//!    its lease expires.
+
+mod cancel;
+mod claim;
+mod completer;
+mod config;
+mod fetcher;
+mod health;
+mod keeper;
+mod lease;
+mod metrics;
+mod monitor;
+mod outage;
+mod outcome;
+mod oversized;
+mod pacing;
+mod report;
+pub mod retry;
+mod runner;
+mod upkeep;
+mod wake;
+
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Sender;
+
+pub use config::{default_worker_id, WorkerConfig, MIN_LEASE};
+pub use health::{DatabaseError, HealthReport};
+pub use metrics::{HANDLER_BUCKETS, ROUND_TRIP_BUCKETS};
+pub use monitor::{Monitor, STALL_AFTER};
+pub use pacing::PREFETCH_HORIZON;
+pub use report::Report;
+pub use retry::RetryPolicy;
+
+use cancel::Running;
+use completer::Completer;
+use fetcher::Fetcher;
+use health::{Beat, Health};
+use keeper::Keeper;
+use lease::Leases;
+use metrics::Histogram;
+use outage::retry_until_stopped;
+use outcome::Outcome;
+use pacing::PaceMeter;
+use report::Counters;
+use runner::Runner;
+use wake::{watch, Doorbell};
+
+use crate::duration::format_duration;
+use crate::error::Error;
+use crate::handlers::Handler;
+use crate::job::Job;
+use crate::queue::Queue;
+use crate::shutdown::Shutdown;
+use crate::sync::{join_or_leave, spawn, wait_until};
+
+/// A queue worker. See the module docs for its threads and shutdown.
+pub struct Worker {
+    queue: Queue,
+    config: WorkerConfig,
+    handler: Arc<dyn Handler>,
+    parts: Parts,
+}
+
+/// The pieces the threads share, each behind its own `Arc` so that a
+/// thread holds only those it uses, and the [`Monitor`] reads them all.
+struct Parts {
+    leases: Arc<Leases>,
+    counters: Arc<Counters>,
+    health: Arc<Health>,
+    running: Arc<Running>,
+    pace: Arc<PaceMeter>,
+    doorbell: Arc<Doorbell>,
+    handler_seconds: Arc<Histogram>,
+    claim_seconds: Arc<Histogram>,
+    /// The last queue depth sample, for metrics.
+    depth: Arc<Mutex<Option<(Instant, crate::Stats)>>>,
+}
+
+impl Parts {
+    fn new() -> Parts {
+        Parts {
+            leases: Arc::default(),
+            counters: Arc::default(),
+            health: Arc::default(),
+            running: Arc::default(),
+            pace: Arc::default(),
+            doorbell: Arc::default(),
+            handler_seconds: Arc::new(Histogram::new(&HANDLER_BUCKETS)),
+            claim_seconds: Arc::new(Histogram::new(&ROUND_TRIP_BUCKETS)),
+            depth: Arc::default(),
+        }
+    }
+}
+
+/// The threads of a running worker and the handles that stop them.
+struct Threads {
+    watcher: Option<JoinHandle<()>>,
+    keeper: JoinHandle<()>,
+    completer: JoinHandle<()>,
+    /// The handler threads and the fetcher.
+    handlers: Vec<JoinHandle<()>>,
+    keeper_stop: Shutdown,
+    hard_stop: Shutdown,
+    outcomes: Sender<Outcome>,
+}
+
+impl Worker {
+    /// A worker for `queue` running `handler`; refuses an invalid `config`
+    /// ([`WorkerConfig::validate`]).
+    pub fn new(
+        queue: Queue,
+        config: WorkerConfig,
+        handler: impl Handler + 'static,
+    ) -> Result<Worker, Error> {
+        Worker::with_shared_handler(queue, config, Arc::new(handler))
+    }
+
+    /// Like [`Worker::new`] with a handler already behind an `Arc`.
+    pub fn with_shared_handler(
+        queue: Queue,
+        config: WorkerConfig,
+        handler: Arc<dyn Handler>,
+    ) -> Result<Worker, Error> {
+        config.validate()?;
+        Ok(Worker {
+            queue,
+            config,
+            handler,
+            parts: Parts::new(),
+        })
+    }
+
+    /// A handle for metrics, health and readiness that stays valid while
+    /// (and after) [`Worker::run`] runs on another thread.
+    pub fn monitor(&self) -> Monitor {
+        let parts = &self.parts;
+        Monitor {
+            queue: self.queue.clone(),
+            threads: self.config.threads,
+            health: Arc::clone(&parts.health),
+            counters: Arc::clone(&parts.counters),
+            running: Arc::clone(&parts.running),
+            leases: Arc::clone(&parts.leases),
+            handler_seconds: Arc::clone(&parts.handler_seconds),
+            claim_seconds: Arc::clone(&parts.claim_seconds),
+            depth: Arc::clone(&parts.depth),
+        }
+    }
+
+    /// Runs until `shutdown` is requested (or, with `drain`, until the queue
+    /// is empty), then stops as the module docs describe. Outages never end
+    /// it: they are logged and retried.
+    pub fn run(&self, shutdown: &Shutdown) -> Report {
+        let config = &self.config;
+        let health = &self.parts.health;
+        log::info!(
+            "worker {} starting: {} threads, batch {}, lease {}, queues {}, on {} ({}.{})",
+            config.worker_id,
+            config.threads,
+            config.batch_size,
+            format_duration(config.lease),
+            config.queues.join(","),
+            self.queue.redacted_uri(),
+            self.queue.database().name(),
+            self.queue.collection().name(),
+        );
+        let Some(indexes) = retry_until_stopped(shutdown, "creating indexes", || {
+            health.track(self.queue.ensure_indexes())
+        }) else {
+            return self.parts.counters.snapshot(false);
+        };
+        log::debug!("indexes: {}", indexes.join(", "));
+        let threads = self.start(shutdown);
+        health.set_ready();
+        while !shutdown.sleep(Duration::from_secs(3600)) {}
+        health.set_stopping();
+        self.parts.doorbell.ring();
+        let grace_exceeded = self.stop(threads);
+        let report = self.parts.counters.snapshot(grace_exceeded);
+        log::info!(
+            "worker {} stopped: {} completed, {} retried, {} failed, {} handed back, {} lost leases",
+            config.worker_id,
+            report.completed,
+            report.retried,
+            report.failed,
+            report.released,
+            report.lost
+        );
+        report
+    }
+
+    /// Starts the keeper, the completer, the handler threads and the fetcher.
+    fn start(&self, shutdown: &Shutdown) -> Threads {
+        let config = &self.config;
+        let parts = &self.parts;
+        let keeper_stop = Shutdown::new();
+        let hard_stop = Shutdown::new();
+        let (job_tx, job_rx) =
+            crossbeam_channel::bounded::<Job>(config.threads + 2 * config.batch_size);
+        let (outcome_tx, outcome_rx) = crossbeam_channel::unbounded::<Outcome>();
+        for beat in [Beat::Fetcher, Beat::Keeper, Beat::Completer] {
+            parts.health.beat(beat);
+        }
+
+        let keeper = Keeper {
+            queue: self.queue.clone(),
+            owner: config.worker_id.clone(),
+            lease: config.lease,
+            leases: Arc::clone(&parts.leases),
+            running: Arc::clone(&parts.running),
+            handler: Arc::clone(&self.handler),
+            counters: Arc::clone(&parts.counters),
+            health: Arc::clone(&parts.health),
+        };
+        let stop = keeper_stop.clone();
+        let keeper = spawn("mongoq-keeper", move || keeper.run(&stop));
+
+        let completer = Completer {
+            queue: self.queue.clone(),
+            worker: config.worker_id.clone(),
+            leases: Arc::clone(&parts.leases),
+            counters: Arc::clone(&parts.counters),
+            health: Arc::clone(&parts.health),
+        };
+        let stop = hard_stop.clone();
+        let completer = spawn("mongoq-completer", move || {
+            completer.run(&outcome_rx, &stop);
+        });
+
+        let mut handlers: Vec<JoinHandle<()>> = (0..config.threads)
+            .map(|index| {
+                let runner = Runner {
+                    index,
+                    handler: Arc::clone(&self.handler),
+                    retry: config.retry,
+                    running: Arc::clone(&parts.running),
+                    pace: Arc::clone(&parts.pace),
+                    handler_seconds: Arc::clone(&parts.handler_seconds),
+                    jobs: job_rx.clone(),
+                    outcomes: outcome_tx.clone(),
+                };
+                let shutdown = shutdown.clone();
+                spawn(&format!("mongoq-worker-{index}"), move || {
+                    runner.run(&shutdown);
+                })
+            })
+            .collect();
+        drop(job_rx);
+
+        let fetcher = Fetcher {
+            queue: self.queue.clone(),
+            config: config.clone(),
+            leases: Arc::clone(&parts.leases),
+            counters: Arc::clone(&parts.counters),
+            health: Arc::clone(&parts.health),
+            claim_seconds: Arc::clone(&parts.claim_seconds),
+            pace: Arc::clone(&parts.pace),
+            doorbell: Arc::clone(&parts.doorbell),
+            jobs: job_tx,
+            outcomes: outcome_tx.clone(),
+        };
+        let fetch_stop = shutdown.clone();
+        handlers.push(spawn("mongoq-fetcher", move || fetcher.run(&fetch_stop)));
+
+        let watcher = config.change_streams.then(|| {
+            let queue = self.queue.clone();
+            let doorbell = Arc::clone(&parts.doorbell);
+            let shutdown = shutdown.clone();
+            spawn("mongoq-watcher", move || {
+                watch(&queue, &doorbell, &shutdown);
+            })
+        });
+        Threads {
+            watcher,
+            keeper,
+            completer,
+            handlers,
+            keeper_stop,
+            hard_stop,
+            outcomes: outcome_tx,
+        }
+    }
+
+    /// The shutdown sequence after the fetcher was told to stop; returns
+    /// whether the grace period ran out.
+    fn stop(&self, threads: Threads) -> bool {
+        let config = &self.config;
+        let parts = &self.parts;
+        log::info!(
+            "worker {} stopping: no new claims; {} running jobs get up to {} to finish",
+            config.worker_id,
+            parts.running.count(),
+            format_duration(config.shutdown_grace)
+        );
+        let Threads {
+            watcher,
+            keeper,
+            completer,
+            handlers,
+            keeper_stop,
+            hard_stop,
+            outcomes,
+        } = threads;
+        let deadline = Instant::now() + config.shutdown_grace;
+        let grace_exceeded = !wait_until(deadline, || handlers.iter().all(JoinHandle::is_finished));
+        if grace_exceeded {
+            self.interrupt_running(&outcomes);
+        }
+        drop(outcomes);
+        // The completer gets the rest of the grace period (at least a few
+        // seconds, so the last outcomes are written) to flush.
+        let flush_deadline = deadline.max(Instant::now() + Duration::from_secs(5));
+        if !wait_until(flush_deadline, || {
+            completer.is_finished() || (grace_exceeded && parts.leases.held() == 0)
+        }) {
+            log::warn!("could not write every outcome in time; unwritten jobs run again after their leases expire");
+        }
+        hard_stop.request();
+        keeper_stop.request();
+        // A thread blocked inside a driver call on a dead connection (the
+        // driver has no socket timeout) would hold shutdown forever; give
+        // the bookkeeping threads a few seconds to notice the stop, then
+        // leave behind any that did not. Their leases expire and the jobs
+        // are rescued, as after a crash. Handler threads stuck past the
+        // grace period are left behind too.
+        let last_call = Instant::now() + Duration::from_secs(5);
+        for handle in [Some(completer), Some(keeper), watcher]
+            .into_iter()
+            .flatten()
+            .chain(handlers)
+        {
+            join_or_leave(handle, last_call);
+        }
+        grace_exceeded
+    }
+
+    /// The grace period ran out: ask the handler to stop, and hand the jobs
+    /// still running back to `pending` so they need not wait for lease expiry.
+    fn interrupt_running(&self, outcomes: &Sender<Outcome>) {
+        let running = self.parts.running.keys();
+        log::warn!(
+            "shutdown grace period ({}) ran out with {} jobs running; handing them back",
+            format_duration(self.config.shutdown_grace),
+            running.len()
+        );
+        self.handler.abort();
+        for key in running {
+            let _ = outcomes.send(Outcome::Interrupted {
+                key,
+                error: "interrupted: the worker shut down before the job finished (--shutdown-grace ran out)".into(),
+            });
+        }
+    }
+}

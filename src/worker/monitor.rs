@@ -1,0 +1,85 @@
+//! A view of a running worker from any thread: health for `/healthz` and
+//! systemd's watchdog, the counters, the load, and the Prometheus text.
+//!
+//! It holds `Arc`s of the worker's pieces, so reading never waits on a
+//! worker thread and it stays valid after [`crate::Worker::run`] returns.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::cancel::Running;
+use super::health::{Health, HealthReport};
+use super::lease::Leases;
+use super::metrics::{render, Histogram, Load};
+use super::report::{Counters, Report};
+use crate::error::Error;
+use crate::queue::{Queue, Stats};
+use crate::sync::lock;
+
+/// A thread that showed no progress for this long is stalled (a driver
+/// call hung on a dead connection, say). Every wait in the worker's loops
+/// is far shorter; a database outage is not a stall.
+pub const STALL_AFTER: Duration = Duration::from_secs(60);
+
+/// Metrics, health and readiness of a [`crate::Worker`], from any thread.
+#[derive(Clone)]
+pub struct Monitor {
+    pub(super) queue: Queue,
+    pub(super) threads: usize,
+    pub(super) health: Arc<Health>,
+    pub(super) counters: Arc<Counters>,
+    pub(super) running: Arc<Running>,
+    pub(super) leases: Arc<Leases>,
+    pub(super) handler_seconds: Arc<Histogram>,
+    pub(super) claim_seconds: Arc<Histogram>,
+    pub(super) depth: Arc<Mutex<Option<(Instant, Stats)>>>,
+}
+
+impl Monitor {
+    /// Liveness, readiness and database reachability.
+    pub fn health(&self) -> HealthReport {
+        self.health.report(STALL_AFTER)
+    }
+
+    /// Indexes are in place and the threads are running.
+    pub fn is_ready(&self) -> bool {
+        self.health.is_ready()
+    }
+
+    /// What the worker did so far.
+    pub fn report(&self) -> Report {
+        self.counters.snapshot(false)
+    }
+
+    /// Samples the queue's depth (counts by status) for the metrics; call
+    /// it every few seconds from a thread of your own.
+    pub fn sample_depth(&self) -> Result<(), Error> {
+        let stats = self.queue.stats()?;
+        *lock(&self.depth) = Some((Instant::now(), stats));
+        Ok(())
+    }
+
+    /// Jobs running now and jobs held (running or waiting for a thread).
+    pub fn load(&self) -> (usize, usize) {
+        (self.running.count(), self.leases.held())
+    }
+
+    /// The Prometheus text exposition of this worker's metrics.
+    pub fn metrics_text(&self) -> String {
+        let (running, held) = self.load();
+        let load = Load {
+            running: running as u64,
+            held: held as u64,
+            threads: self.threads as u64,
+        };
+        let depth = lock(&self.depth).clone();
+        render(
+            &self.report(),
+            &load,
+            &self.handler_seconds,
+            &self.claim_seconds,
+            &self.health(),
+            depth.as_ref(),
+        )
+    }
+}

@@ -1,0 +1,275 @@
+//! Outcomes of attempts, and writing them back: fenced and batched.
+//!
+//! Every write is **fenced**: its filter is `{_id, lease_token, status:
+//! "running"}`, so a worker that lost a job's lease (its process was
+//! paused, its network cut, and another worker took the job over) matches
+//! nothing and cannot overwrite the other worker's outcome.
+//!
+//! Writes are **batched**: the [`super::completer`] thread takes every
+//! outcome that is waiting, and sends them as one `update` command with one
+//! statement per job (a documented command that works on standalone servers, replica sets
+//! and sharded clusters, where each statement targets one `_id`). Under load
+//! outcomes pile up while a write is in flight, so batches grow by
+//! themselves; when idle, an outcome is written at once.
+
+use mongodb::bson::{doc, oid::ObjectId, Bson, DateTime, Document};
+
+use super::oversized::{fail_oversized, is_too_large_code, too_large};
+use crate::clock::now;
+use crate::error::Error;
+use crate::queue::Queue;
+use crate::schema::{count, fields, id_text, push_error, unset_lease, Status};
+
+/// The shared kind of hand-backs (see [`Outcome::shared_kind`]).
+const RELEASED: u8 = 1;
+
+/// Longest error text stored.
+pub(crate) const MAX_ERROR_BYTES: usize = 4 * 1024;
+/// Largest `result` stored; larger ones are replaced by a note.
+pub(crate) const MAX_RESULT_BYTES: usize = 256 * 1024;
+/// Most statements in one `update` command (the server allows 100,000).
+pub(crate) const MAX_STATEMENTS: usize = 1_000;
+
+/// Which job, under which claim.
+#[derive(Debug, Clone)]
+pub(crate) struct JobKey {
+    pub(crate) id: Bson,
+    pub(crate) token: ObjectId,
+}
+
+/// What to write for one job.
+#[derive(Debug, Clone)]
+pub(crate) enum Outcome {
+    /// Ran and succeeded.
+    Completed { key: JobKey, result: Option<Bson> },
+    /// Failed; runs again at `run_at`.
+    Retry {
+        key: JobKey,
+        attempt: u32,
+        error: String,
+        run_at: DateTime,
+    },
+    /// Failed for good (attempts exhausted, permanent error, malformed).
+    Failed {
+        key: JobKey,
+        attempt: u32,
+        error: String,
+    },
+    /// Claimed but never started (shutdown): back to pending, attempt not counted.
+    Released { key: JobKey },
+    /// Started but cut off by shutdown: back to pending now, attempt counted.
+    Interrupted { key: JobKey, error: String },
+}
+
+impl Outcome {
+    pub(crate) fn key(&self) -> &JobKey {
+        match self {
+            Outcome::Completed { key, .. }
+            | Outcome::Retry { key, .. }
+            | Outcome::Failed { key, .. }
+            | Outcome::Released { key }
+            | Outcome::Interrupted { key, .. } => key,
+        }
+    }
+
+    /// The fenced update statement for this outcome.
+    fn statement(&self, worker: &str, at: DateTime) -> Document {
+        let key = self.key();
+        let mut filter = doc! {"_id": key.id.clone(), fields::LEASE_TOKEN: key.token, fields::STATUS: Status::Running};
+        if self.returns_to_pending() {
+            filter.insert(fields::CANCEL_REQUESTED, doc! {"$ne": true});
+        }
+        doc! {"q": filter, "u": self.update(worker, at), "multi": false}
+    }
+
+    /// Whether this outcome puts the job back to `pending`. Those writes skip
+    /// a job an operator cancelled meanwhile: it stays `running` under this
+    /// worker until the keeper marks it `cancelled` (or its lease expires).
+    fn returns_to_pending(&self) -> bool {
+        matches!(
+            self,
+            Outcome::Retry { .. } | Outcome::Released { .. } | Outcome::Interrupted { .. }
+        )
+    }
+
+    /// Outcomes whose update is the same for every job of a claim can be
+    /// written with one `updateMany` per claim token; this names the kind.
+    fn shared_kind(&self) -> Option<u8> {
+        match self {
+            Outcome::Completed {
+                result: None | Some(Bson::Null),
+                ..
+            } => Some(0),
+            Outcome::Released { .. } => Some(RELEASED),
+            _ => None,
+        }
+    }
+
+    /// The update document for this outcome (without the fencing filter).
+    fn update(&self, worker: &str, at: DateTime) -> Document {
+        let unset_lease = unset_lease();
+        let history = |attempt: u32, error: &str| {
+            push_error(
+                doc! {"attempt": i64::from(attempt), "at": at, "error": error, "worker": worker},
+            )
+        };
+        match self {
+            Outcome::Completed { result, .. } => doc! {
+                "$set": {fields::STATUS: Status::Completed, fields::COMPLETED_AT: at, fields::RESULT: bounded_result(result.clone())},
+                "$unset": unset_lease,
+            },
+            Outcome::Retry {
+                attempt,
+                error,
+                run_at,
+                ..
+            } => doc! {
+                "$set": {fields::STATUS: Status::Pending, fields::RUN_AT: *run_at, fields::LAST_ERROR: error},
+                "$unset": unset_lease,
+                "$push": history(*attempt, error),
+            },
+            Outcome::Failed { attempt, error, .. } => doc! {
+                "$set": {fields::STATUS: Status::Failed, fields::FAILED_AT: at, fields::LAST_ERROR: error},
+                "$unset": unset_lease,
+                "$push": history(*attempt, error),
+            },
+            Outcome::Released { .. } => {
+                let mut unset = unset_lease;
+                unset.insert(fields::STARTED_AT, "");
+                doc! {
+                    "$set": {fields::STATUS: Status::Pending},
+                    "$inc": {fields::ATTEMPTS: -1},
+                    "$unset": unset,
+                }
+            }
+            Outcome::Interrupted { error, .. } => doc! {
+                "$set": {fields::STATUS: Status::Pending, fields::RUN_AT: at, fields::LAST_ERROR: error},
+                "$unset": unset_lease,
+                "$push": history(0, error),
+            },
+        }
+    }
+}
+
+/// Cuts an error text to [`MAX_ERROR_BYTES`] on a character boundary.
+pub(crate) fn bounded_error(text: String) -> String {
+    crate::text::truncate(text, MAX_ERROR_BYTES, "…[truncated]")
+}
+
+fn bounded_result(result: Option<Bson>) -> Bson {
+    let Some(result) = result else {
+        return Bson::Null;
+    };
+    let size = mongodb::bson::to_vec(&doc! {"r": &result}).map_or(usize::MAX, |bytes| bytes.len());
+    if size > MAX_RESULT_BYTES {
+        Bson::String(format!(
+            "[result not stored: {size} bytes is over the {MAX_RESULT_BYTES}-byte limit]"
+        ))
+    } else {
+        result
+    }
+}
+
+/// Writes outcomes in one `update` command per [`MAX_STATEMENTS`]; returns
+/// how many matched (the rest had lost their leases).
+///
+/// Outcomes that write the same thing (a completion without a result, a
+/// hand-back) go as one `updateMany` per claim token, fenced by
+/// `{_id: {$in}, lease_token, status: "running"}`: one cheap round trip for
+/// a whole batch. The rest go as one statement per job.
+pub(crate) fn write(queue: &Queue, worker: &str, outcomes: &[Outcome]) -> Result<u64, Error> {
+    let at = now();
+    let mut matched = 0;
+    let mut groups: Vec<(u8, ObjectId, Document, Vec<Bson>)> = Vec::new();
+    let mut singles: Vec<&Outcome> = Vec::new();
+    for outcome in outcomes {
+        let Some(kind) = outcome.shared_kind() else {
+            singles.push(outcome);
+            continue;
+        };
+        let key = outcome.key();
+        match groups
+            .iter_mut()
+            .find(|(k, token, _, _)| *k == kind && *token == key.token)
+        {
+            Some(group) => group.3.push(key.id.clone()),
+            None => groups.push((
+                kind,
+                key.token,
+                outcome.update(worker, at),
+                vec![key.id.clone()],
+            )),
+        }
+    }
+    for (kind, token, update, ids) in groups {
+        let mut filter = doc! {"_id": {"$in": &ids}, fields::LEASE_TOKEN: token, fields::STATUS: Status::Running};
+        if kind == RELEASED {
+            filter.insert(fields::CANCEL_REQUESTED, doc! {"$ne": true});
+        }
+        let result = queue.collection().update_many(filter, update).run();
+        match result {
+            Ok(result) => matched += result.matched_count,
+            // A job too close to 16 MB stopped the updateMany; write this
+            // group one statement per job, where that job alone fails.
+            Err(error) if too_large(&error) => singles.extend(
+                outcomes
+                    .iter()
+                    .filter(|o| o.shared_kind() == Some(kind) && o.key().token == token),
+            ),
+            Err(error) => return Err(queue.db_error("update (outcomes)", &error)),
+        }
+    }
+    for chunk in singles.chunks(MAX_STATEMENTS) {
+        let statements: Vec<Document> = chunk.iter().map(|o| o.statement(worker, at)).collect();
+        let mut command = doc! {
+            "update": queue.collection().name(),
+            "updates": statements,
+            "ordered": false,
+        };
+        if let Some(concern) = queue.collection().write_concern() {
+            if let Ok(concern) = mongodb::bson::to_document(concern) {
+                if !concern.is_empty() {
+                    command.insert("writeConcern", concern);
+                }
+            }
+        }
+        let reply = queue
+            .database()
+            .run_command(command)
+            .run()
+            .map_err(|e| queue.db_error("update (outcomes)", &e))?;
+        // A statement the server refuses for good (not a lost connection,
+        // which fails the whole command and is retried) must not block the
+        // completer: fail a job that outgrew 16 MB, log anything else and
+        // leave that job to lease expiry.
+        for refused in reply
+            .get_array("writeErrors")
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+        {
+            let Some(refused) = refused.as_document() else {
+                continue;
+            };
+            let index = refused
+                .get_i32("index")
+                .ok()
+                .and_then(|i| usize::try_from(i).ok());
+            let Some(outcome) = index.and_then(|i| chunk.get(i)) else {
+                continue;
+            };
+            let code = refused.get_i32("code").unwrap_or(0);
+            if is_too_large_code(code) {
+                fail_oversized(queue, &outcome.key().id)?;
+                matched += 1;
+            } else {
+                log::warn!(
+                    "MongoDB refused the outcome of job {}: {}; it runs again after its lease expires",
+                    id_text(&outcome.key().id),
+                    refused.get_str("errmsg").unwrap_or("no message")
+                );
+            }
+        }
+        matched += count(reply.get("n"));
+    }
+    Ok(matched)
+}

@@ -1,0 +1,76 @@
+//! What a worker did: one set of counters that every thread adds to, and
+//! its snapshot, the [`Report`] that `run` returns and the metrics show.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// What a worker did, returned when it stops.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Report {
+    /// Jobs claimed.
+    pub claimed: u64,
+    /// Jobs completed.
+    pub completed: u64,
+    /// Attempts that failed and were scheduled again.
+    pub retried: u64,
+    /// Jobs that failed for good (including malformed ones).
+    pub failed: u64,
+    /// Jobs handed back unstarted at shutdown.
+    pub released: u64,
+    /// Outcomes not written because the lease had been lost.
+    pub lost: u64,
+    /// Expired leases (of any worker) this worker rescued.
+    pub rescued: u64,
+    /// Running jobs dropped because an operator cancelled them.
+    pub cancelled: u64,
+    /// Job leases extended (one per job per extension).
+    pub lease_extensions: u64,
+    /// Claim round trips (read-ahead, claim, read-back, defaults).
+    pub claim_round_trips: u64,
+    /// Outcome write round trips.
+    pub outcome_writes: u64,
+    /// Whether the grace period ran out with jobs still running.
+    pub grace_exceeded: bool,
+}
+
+/// The worker's counters. Each thread adds to its own few; a snapshot
+/// reads them all without stopping anyone.
+#[derive(Default)]
+pub(crate) struct Counters {
+    pub(crate) claimed: AtomicU64,
+    pub(crate) completed: AtomicU64,
+    pub(crate) retried: AtomicU64,
+    pub(crate) failed: AtomicU64,
+    pub(crate) released: AtomicU64,
+    pub(crate) lost: AtomicU64,
+    pub(crate) rescued: AtomicU64,
+    pub(crate) cancelled: AtomicU64,
+    pub(crate) lease_extensions: AtomicU64,
+    pub(crate) claim_round_trips: AtomicU64,
+    pub(crate) outcome_writes: AtomicU64,
+}
+
+impl Counters {
+    /// Adds `n` to `counter`.
+    pub(crate) fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Relaxed);
+    }
+
+    /// The counters as a report.
+    pub(crate) fn snapshot(&self, grace_exceeded: bool) -> Report {
+        let read = |counter: &AtomicU64| counter.load(Relaxed);
+        Report {
+            claimed: read(&self.claimed),
+            completed: read(&self.completed),
+            retried: read(&self.retried),
+            failed: read(&self.failed),
+            released: read(&self.released),
+            lost: read(&self.lost),
+            rescued: read(&self.rescued),
+            cancelled: read(&self.cancelled),
+            lease_extensions: read(&self.lease_extensions),
+            claim_round_trips: read(&self.claim_round_trips),
+            outcome_writes: read(&self.outcome_writes),
+            grace_exceeded,
+        }
+    }
+}

@@ -1,0 +1,97 @@
+//! A handler thread: takes jobs from the channel, runs the handler, and
+//! sends each attempt's outcome to the completer.
+//!
+//! A panicking handler fails that attempt only (the panic is caught and the
+//! thread keeps going). After a stop signal, jobs still waiting in the
+//! channel are handed back unstarted (`Released`, attempt not counted); the
+//! thread ends when the channel is closed and empty.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+use std::time::Instant;
+
+use crossbeam_channel::{Receiver, Sender};
+
+use super::cancel::Running;
+use super::metrics::Histogram;
+use super::outcome::{bounded_error, JobKey, Outcome};
+use super::pacing::PaceMeter;
+use super::retry::RetryPolicy;
+use crate::clock::after;
+use crate::handlers::{Handler, HandlerError};
+use crate::job::Job;
+use crate::shutdown::Shutdown;
+
+/// One handler thread and what it owns.
+pub(crate) struct Runner {
+    /// This thread's index, its key in [`Running`].
+    pub(crate) index: usize,
+    pub(crate) handler: Arc<dyn Handler>,
+    pub(crate) retry: RetryPolicy,
+    pub(crate) running: Arc<Running>,
+    pub(crate) pace: Arc<PaceMeter>,
+    pub(crate) handler_seconds: Arc<Histogram>,
+    pub(crate) jobs: Receiver<Job>,
+    pub(crate) outcomes: Sender<Outcome>,
+}
+
+impl Runner {
+    /// Runs jobs until the channel is closed and empty.
+    pub(crate) fn run(self, shutdown: &Shutdown) {
+        for job in &self.jobs {
+            let key = JobKey {
+                id: job.id.clone(),
+                token: job.lease_token,
+            };
+            if shutdown.is_requested() {
+                let _ = self.outcomes.send(Outcome::Released { key });
+                continue;
+            }
+            self.running
+                .start(self.index, key.clone(), Arc::clone(&job.cancelled));
+            let started = Instant::now();
+            let result = catch_unwind(AssertUnwindSafe(|| self.handler.handle(&job)));
+            let took = started.elapsed();
+            self.pace.record(took);
+            self.handler_seconds.observe(took);
+            self.running.finish(self.index);
+            let outcome = match result {
+                Ok(Ok(result)) => Outcome::Completed { key, result },
+                Ok(Err(error)) => self.failure(&job, key, error),
+                Err(panic) => {
+                    let message = panic
+                        .downcast_ref::<&str>()
+                        .map(ToString::to_string)
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "unknown panic payload".into());
+                    self.failure(
+                        &job,
+                        key,
+                        HandlerError::retry(format!("handler panicked: {message}")),
+                    )
+                }
+            };
+            let _ = self.outcomes.send(outcome);
+        }
+    }
+
+    /// A failed attempt: retried later with backoff, or failed for good.
+    fn failure(&self, job: &Job, key: JobKey, error: HandlerError) -> Outcome {
+        let message = bounded_error(error.message);
+        if error.permanent || job.attempt >= job.max_attempts {
+            Outcome::Failed {
+                key,
+                attempt: job.attempt,
+                error: message,
+            }
+        } else {
+            let delay = self.retry.delay_for(job.attempt, &mut rand::rng());
+            Outcome::Retry {
+                key,
+                attempt: job.attempt,
+                error: message,
+                run_at: after(delay),
+            }
+        }
+    }
+}
