@@ -21,6 +21,15 @@ ensure_server() {
   cargo install secantus-mdb --version "$SECANTUS_VERSION" --ignore-rust-version --quiet
 }
 
+# Puts Debian's faketime on PATH (the clock-skew tests give workers a wrong
+# wall clock with it), installing it with apt when missing.
+ensure_faketime() {
+  if command -v faketime >/dev/null 2>&1; then return 0; fi
+  log "installing faketime for the clock-skew tests"
+  apt-get install -y -qq faketime >/dev/null 2>&1 ||
+    { apt-get update -qq && apt-get install -y -qq faketime >/dev/null; }
+}
+
 # Puts mongosh on PATH, installing it from npm into $MONGOQ_TOOLS if missing.
 ensure_mongosh() {
   if command -v mongosh >/dev/null 2>&1; then return 0; fi

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The one test command: installs the test server, mongosh and (for the
-# dashboard's browser test) chromium if missing,
+# The one test command: installs the test server, mongosh, faketime (for
+# the clock-skew tests) and (for the dashboard's browser test) chromium if
+# missing,
 # starts the server on a free port with its own data directory, runs the
 # whole suite against it, and stops it on every exit path.
 #
@@ -12,6 +13,7 @@ cd "$MONGOQ_ROOT"
 
 ensure_server
 ensure_mongosh
+ensure_faketime
 ensure_chromium
 trap stop_server EXIT INT TERM
 start_server

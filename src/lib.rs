@@ -37,6 +37,7 @@ pub mod schema;
 pub mod worker;
 
 pub mod backoff;
+pub mod clock;
 pub mod duration;
 pub mod error;
 pub mod job;
@@ -44,8 +45,6 @@ pub mod redact;
 pub mod shutdown;
 pub mod sync;
 pub mod text;
-
-mod clock;
 
 pub use error::Error;
 pub use handlers::{Handler, HandlerError, HandlerResult};

@@ -8,6 +8,7 @@
 mod helpers;
 
 mod cli;
+mod clock;
 mod concurrency;
 mod dashboard;
 mod exec;

@@ -10,7 +10,6 @@ use mongodb::bson::{doc, oid::ObjectId, Bson, Document};
 use super::enqueue::is_duplicate_key;
 use super::indexes::finished_status;
 use super::Queue;
-use crate::clock::{ago, now};
 use crate::error::Error;
 use crate::schema::{cancelled_update, fields, Status};
 
@@ -96,7 +95,7 @@ impl Queue {
                 .collection()
                 .update_one(
                     doc! {"_id": id.clone(), fields::STATUS: Status::Pending},
-                    cancelled_update("cancelled by an operator before it ran", now()),
+                    cancelled_update("cancelled by an operator before it ran", self.clock().now()),
                 )
                 .run()
                 .map_err(|e| self.db_error("update (cancel)", &e))?;
@@ -151,11 +150,11 @@ impl Queue {
             }
             RetrySelection::All => {}
             RetrySelection::OlderThan(age) => {
-                filter.insert(fields::FAILED_AT, doc! {"$lt": ago(*age)});
+                filter.insert(fields::FAILED_AT, doc! {"$lt": self.now_ago(*age)});
             }
         }
         let update = doc! {
-            "$set": {fields::STATUS: Status::Pending, fields::RUN_AT: now(), fields::ATTEMPTS: 0},
+            "$set": {fields::STATUS: Status::Pending, fields::RUN_AT: self.now(), fields::ATTEMPTS: 0},
             "$unset": {fields::FAILED_AT: ""},
         };
         // Jobs without a unique_key go back in one write. Jobs with one may
@@ -219,7 +218,7 @@ impl Queue {
                 "purge deletes finished jobs: --status completed, failed or cancelled, not `{status}` (pending and running jobs are never purged)"
             )));
         };
-        let filter = doc! {fields::STATUS: status, field: {"$lt": ago(older_than)}};
+        let filter = doc! {fields::STATUS: status, field: {"$lt": self.now_ago(older_than)}};
         if dry_run {
             return self
                 .collection()

@@ -40,7 +40,7 @@ impl Queue {
             return Ok(self.enqueue_many(std::iter::once(data), options)?[0]);
         }
         let id = ObjectId::new();
-        let document = new_job_document(id, data, options, DateTime::now());
+        let document = new_job_document(id, data, options, self.now());
         match self.collection.insert_one(document).run() {
             Ok(_) => Ok(id),
             Err(error) if is_duplicate_key(&error) => {
@@ -72,7 +72,7 @@ impl Queue {
         data: impl IntoIterator<Item = Bson>,
         options: &EnqueueOptions,
     ) -> Result<Vec<ObjectId>, Error> {
-        let now = DateTime::now();
+        let now = self.now();
         let mut ids = Vec::new();
         let mut batch = Vec::with_capacity(1_000);
         for item in data {

@@ -21,10 +21,13 @@ pub use stats::Stats;
 
 use std::time::Duration;
 
-use mongodb::bson::{doc, Bson, Document};
+use std::sync::Arc;
+
+use mongodb::bson::{doc, Bson, DateTime, Document};
 use mongodb::options::ClientOptions;
 use mongodb::sync::{Client, Collection, Database};
 
+use crate::clock::{Clock, Reading};
 use crate::error::{hint_for, trim_driver_message, Error};
 use crate::redact::{redact_text, redact_uri};
 
@@ -57,6 +60,8 @@ pub struct Queue {
     database: Database,
     collection: Collection<Document>,
     uri: String,
+    /// The server's clock, shared by every clone (see [`crate::clock`]).
+    clock: Arc<Clock>,
 }
 
 impl Queue {
@@ -121,6 +126,7 @@ impl Queue {
             database,
             collection,
             uri: config.uri.clone(),
+            clock: Arc::default(),
         })
     }
 
@@ -132,6 +138,49 @@ impl Queue {
     /// The database holding the collection.
     pub fn database(&self) -> &Database {
         &self.database
+    }
+
+    /// The server's clock as this process knows it. Until it has been read
+    /// ([`Queue::measure_clock`]) it is this host's clock; [`Queue::now`]
+    /// reads it on first use.
+    pub fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
+    /// The clock, to hand to a thread.
+    pub(crate) fn clock_handle(&self) -> Arc<Clock> {
+        Arc::clone(&self.clock)
+    }
+
+    /// Reads the server's clock now (three `hello`s).
+    pub fn measure_clock(&self) -> Result<Reading, Error> {
+        self.clock
+            .measure(&self.database)
+            .map_err(|e| self.db_error("hello (server clock)", &e))
+    }
+
+    /// The server's time now. The first call reads the server's clock; if
+    /// the server cannot be reached the host's clock stands in (the
+    /// operation that needed the time fails on its own then).
+    pub fn now(&self) -> DateTime {
+        if !self.clock.is_measured() {
+            if let Err(error) = self.measure_clock() {
+                log::debug!("cannot read the server's clock yet: {error}");
+            }
+        }
+        self.clock.now()
+    }
+
+    /// The server's time `duration` from now.
+    pub fn clock_after(&self, duration: std::time::Duration) -> DateTime {
+        let now = self.now();
+        crate::clock::shift_by(now, duration)
+    }
+
+    /// The server's time `duration` ago.
+    pub(crate) fn now_ago(&self, duration: std::time::Duration) -> DateTime {
+        let now = self.now();
+        DateTime::from_millis(now.timestamp_millis() - duration.as_millis() as i64)
     }
 
     /// The URI with its password hidden, for logs.

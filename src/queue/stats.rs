@@ -12,7 +12,6 @@ use serde::Serialize;
 
 use super::filters::eligible_filter;
 use super::Queue;
-use crate::clock::now;
 use crate::error::Error;
 use crate::schema::{count, fields, Status};
 
@@ -59,7 +58,7 @@ impl Queue {
             let n = count(group.get("n"));
             *counts.entry(status).or_insert(0) += n;
         }
-        let now = now();
+        let now = self.now();
         let eligible = collection
             .count_documents(eligible_filter(now))
             .run()

@@ -15,7 +15,6 @@ use std::sync::{Arc, Mutex};
 use mongodb::bson::{doc, Bson};
 
 use super::outcome::JobKey;
-use crate::clock::now;
 use crate::error::Error;
 use crate::handlers::Handler;
 use crate::queue::Queue;
@@ -93,7 +92,7 @@ pub(crate) fn drop_cancelled(queue: &Queue, owner: &str) -> Result<Vec<Bson>, Er
             filter,
             cancelled_update(
                 &format!("cancelled by an operator while running on {owner}"),
-                now(),
+                queue.clock().now(),
             ),
         )
         .run()

@@ -39,7 +39,7 @@ use rand::Rng;
 
 use super::oversized::{fail_oversized, too_large};
 use super::upkeep::Upkeep;
-use crate::clock::{after, now};
+use crate::clock::Clock;
 use crate::error::Error;
 use crate::queue::filters::{eligible_filter, eligible_in, queue_order};
 use crate::queue::Queue;
@@ -227,7 +227,7 @@ impl Claimer {
         let cursor = self
             .queue
             .collection()
-            .find(eligible_in(&self.queues, now()))
+            .find(eligible_in(&self.queues, self.queue.clock().passed()))
             .sort(queue_order())
             .limit(limit as i64)
             .run()
@@ -278,11 +278,14 @@ impl Claimer {
         }
         let mut won = 0;
         for (attempts, ids) in groups {
-            let filter = claim_filter(doc! {"$in": &ids}, &attempts);
+            let filter = claim_filter(doc! {"$in": &ids}, &attempts, self.queue.clock());
             let result = self
                 .queue
                 .collection()
-                .update_many(filter, claim_update(token, &self.owner, self.lease))
+                .update_many(
+                    filter,
+                    claim_update(token, &self.owner, self.lease, self.queue.clock()),
+                )
                 .run();
             self.round_trips += 1;
             match result {
@@ -309,11 +312,14 @@ impl Claimer {
     ) -> Result<usize, Error> {
         let mut won = 0;
         for id in ids {
-            let filter = claim_filter(id.clone(), attempts);
+            let filter = claim_filter(id.clone(), attempts, self.queue.clock());
             let result = self
                 .queue
                 .collection()
-                .update_one(filter, claim_update(token, &self.owner, self.lease))
+                .update_one(
+                    filter,
+                    claim_update(token, &self.owner, self.lease, self.queue.clock()),
+                )
                 .run();
             self.round_trips += 1;
             match result {
@@ -337,7 +343,7 @@ impl Claimer {
             .collection()
             .update_one(
                 doc! {"_id": id, fields::STATUS: Status::Pending, fields::ATTEMPTS: attempts.clone()},
-                doc! {"$set": {fields::STATUS: Status::Failed, fields::FAILED_AT: now(), fields::LAST_ERROR: error}},
+                doc! {"$set": {fields::STATUS: Status::Failed, fields::FAILED_AT: self.queue.clock().now(), fields::LAST_ERROR: error}},
             )
             .run()
             .map_err(|e| self.queue.db_error("update (fail malformed)", &e))?;
@@ -366,22 +372,23 @@ impl Claimer {
 
 /// Which documents a claim may take: eligible, with `_id` matching `id`
 /// (one id or an `$in`), and still at the `attempts` the read-ahead saw.
-fn claim_filter(id: impl Into<Bson>, attempts: &Bson) -> Document {
-    let mut filter = eligible_filter(now());
+fn claim_filter(id: impl Into<Bson>, attempts: &Bson, clock: &Clock) -> Document {
+    let mut filter = eligible_filter(clock.passed());
     filter.insert("_id", id.into());
     filter.insert(fields::ATTEMPTS, attempts.clone());
     filter
 }
 
 /// What a claim writes.
-fn claim_update(token: ObjectId, owner: &str, lease: Duration) -> Document {
+fn claim_update(token: ObjectId, owner: &str, lease: Duration, clock: &Clock) -> Document {
+    let now = clock.now();
     doc! {
         "$set": {
             fields::STATUS: Status::Running,
             fields::LEASE_OWNER: owner,
             fields::LEASE_TOKEN: token,
-            fields::LEASE_UNTIL: after(lease),
-            fields::STARTED_AT: now(),
+            fields::LEASE_UNTIL: crate::clock::shift_by(now, lease),
+            fields::STARTED_AT: now,
         },
         "$inc": {fields::ATTEMPTS: 1},
     }

@@ -24,7 +24,6 @@ use super::pacing::{Decision, PaceMeter, Pacing};
 use super::report::Counters;
 use super::wake::Doorbell;
 use crate::backoff::Backoff;
-use crate::clock::now;
 use crate::job::Job;
 use crate::queue::filters::{eligible_in, queue_condition};
 use crate::queue::Queue;
@@ -117,7 +116,7 @@ impl Fetcher {
         // its whole window to other workers, or failed a job it could not take.
         let queues = &self.config.queues;
         let eligible_or_running = doc! {"$or": [
-            eligible_in(queues, now()),
+            eligible_in(queues, self.queue.clock().passed()),
             {fields::STATUS: Status::Running, fields::QUEUE: queue_condition(queues)},
         ]};
         let left = retry_until_stopped(shutdown, "counting jobs left", || {

@@ -12,6 +12,7 @@ use super::cancel::{drop_cancelled, Running};
 use super::health::{Beat, Health};
 use super::lease::{extend, rescue_expired, Leases};
 use super::report::Counters;
+use crate::clock::REFRESH;
 use crate::handlers::Handler;
 use crate::queue::Queue;
 use crate::shutdown::Shutdown;
@@ -39,6 +40,7 @@ impl Keeper {
         let rescue_every =
             (self.lease / 4).clamp(Duration::from_millis(250), Duration::from_secs(30));
         let mut next_rescue = Instant::now();
+        let mut next_clock = Instant::now() + REFRESH;
         loop {
             self.health.beat(Beat::Keeper);
             let tokens = self.leases.tokens();
@@ -80,6 +82,15 @@ impl Keeper {
                     }
                 }
                 next_rescue = Instant::now() + rescue_every;
+            }
+            if Instant::now() >= next_clock {
+                // The server's clock, re-read so that this host's monotonic
+                // clock cannot drift from it for long.
+                self.health.beat(Beat::Keeper);
+                if let Err(error) = self.health.track(self.queue.measure_clock()) {
+                    log::warn!("could not re-read the server's clock (will retry): {error}");
+                }
+                next_clock = Instant::now() + REFRESH;
             }
             if stop.sleep(extend_every.min(rescue_every)) {
                 return;

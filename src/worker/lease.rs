@@ -19,7 +19,6 @@ use std::time::Duration;
 
 use mongodb::bson::{doc, oid::ObjectId};
 
-use crate::clock::{after, now};
 use crate::error::Error;
 use crate::queue::Queue;
 use crate::schema::{cancelled_update, fields, push_error, unset_lease, Status};
@@ -88,7 +87,7 @@ pub(crate) fn extend(
                 fields::STATUS: Status::Running,
                 fields::LEASE_OWNER: owner,
             },
-            doc! {"$set": {fields::LEASE_UNTIL: after(lease)}},
+            doc! {"$set": {fields::LEASE_UNTIL: queue.clock().after(lease)}},
         )
         .run()
         .map_err(|e| queue.db_error("lease extension", &e))?;
@@ -99,11 +98,13 @@ pub(crate) fn extend(
 /// (or, when an operator had asked to cancel it, to `cancelled`).
 /// Returns how many were rescued.
 pub(crate) fn rescue_expired(queue: &Queue, rescuer: &str) -> Result<u64, Error> {
-    let at = now();
+    // Expired by the latest reading of the clock that has certainly passed.
+    let expired_before = queue.clock().passed();
+    let at = queue.clock().now();
     queue
         .collection()
         .update_many(
-            doc! {fields::STATUS: Status::Running, fields::LEASE_UNTIL: {"$lt": at}, fields::CANCEL_REQUESTED: true},
+            doc! {fields::STATUS: Status::Running, fields::LEASE_UNTIL: {"$lt": expired_before}, fields::CANCEL_REQUESTED: true},
             cancelled_update("cancelled by an operator; its worker stopped before dropping it", at),
         )
         .run()
@@ -114,7 +115,7 @@ pub(crate) fn rescue_expired(queue: &Queue, rescuer: &str) -> Result<u64, Error>
     let result = queue
         .collection()
         .update_many(
-            doc! {fields::STATUS: Status::Running, fields::LEASE_UNTIL: {"$lt": at}, fields::CANCEL_REQUESTED: {"$ne": true}},
+            doc! {fields::STATUS: Status::Running, fields::LEASE_UNTIL: {"$lt": expired_before}, fields::CANCEL_REQUESTED: {"$ne": true}},
             doc! {
                 "$set": {fields::STATUS: Status::Pending, fields::RUN_AT: at, fields::LAST_ERROR: &message},
                 "$unset": unset_lease(),

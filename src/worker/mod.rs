@@ -130,6 +130,30 @@ impl Parts {
     }
 }
 
+/// Says how far this host's clock is from the server's, loudly when it is
+/// far enough that trusting it would have broken leases.
+fn log_clock(worker: &str, reading: crate::clock::Reading) {
+    let offset = Duration::from_millis(reading.offset_millis.unsigned_abs());
+    let direction = if reading.offset_millis > 0 {
+        "behind"
+    } else {
+        "ahead of"
+    };
+    if offset > Duration::from_secs(1) {
+        log::warn!(
+            "worker {worker}: this host's clock is {} {direction} the database server's; mongoq times leases and run_at by the server's clock (±{}), but check NTP on this host",
+            format_duration(offset),
+            format_duration(reading.uncertainty)
+        );
+    } else {
+        log::debug!(
+            "worker {worker}: server clock offset {}ms (±{})",
+            reading.offset_millis,
+            format_duration(reading.uncertainty)
+        );
+    }
+}
+
 /// The threads of a running worker and the handles that stop them.
 struct Threads {
     watcher: Option<JoinHandle<()>>,
@@ -208,6 +232,14 @@ impl Worker {
             return self.parts.counters.snapshot(false);
         };
         log::debug!("indexes: {}", indexes.join(", "));
+        // Leases, rescue and `run_at` are judged on the server's clock; read
+        // it before the first claim (see crate::clock).
+        let Some(reading) = retry_until_stopped(shutdown, "reading the server's clock", || {
+            health.track(self.queue.measure_clock())
+        }) else {
+            return self.parts.counters.snapshot(false);
+        };
+        log_clock(&config.worker_id, reading);
         let threads = self.start(shutdown);
         health.set_ready();
         while !shutdown.sleep(Duration::from_secs(3600)) {}
@@ -271,6 +303,7 @@ impl Worker {
                     index,
                     handler: Arc::clone(&self.handler),
                     retry: config.retry,
+                    clock: self.queue.clock_handle(),
                     running: Arc::clone(&parts.running),
                     pace: Arc::clone(&parts.pace),
                     handler_seconds: Arc::clone(&parts.handler_seconds),

@@ -15,7 +15,6 @@
 use mongodb::bson::{doc, oid::ObjectId, Bson, DateTime, Document};
 
 use super::oversized::{fail_oversized, is_too_large_code, too_large};
-use crate::clock::now;
 use crate::error::Error;
 use crate::queue::Queue;
 use crate::schema::{count, fields, id_text, push_error, unset_lease, Status};
@@ -178,7 +177,7 @@ fn bounded_result(result: Option<Bson>) -> Bson {
 /// `{_id: {$in}, lease_token, status: "running"}`: one cheap round trip for
 /// a whole batch. The rest go as one statement per job.
 pub(crate) fn write(queue: &Queue, worker: &str, outcomes: &[Outcome]) -> Result<u64, Error> {
-    let at = now();
+    let at = queue.clock().now();
     let mut matched = 0;
     let mut groups: Vec<(u8, ObjectId, Document, Vec<Bson>)> = Vec::new();
     let mut singles: Vec<&Outcome> = Vec::new();

@@ -17,7 +17,7 @@ use super::metrics::Histogram;
 use super::outcome::{bounded_error, JobKey, Outcome};
 use super::pacing::PaceMeter;
 use super::retry::RetryPolicy;
-use crate::clock::after;
+use crate::clock::Clock;
 use crate::handlers::{Handler, HandlerError};
 use crate::job::Job;
 use crate::shutdown::Shutdown;
@@ -28,6 +28,7 @@ pub(crate) struct Runner {
     pub(crate) index: usize,
     pub(crate) handler: Arc<dyn Handler>,
     pub(crate) retry: RetryPolicy,
+    pub(crate) clock: Arc<Clock>,
     pub(crate) running: Arc<Running>,
     pub(crate) pace: Arc<PaceMeter>,
     pub(crate) handler_seconds: Arc<Histogram>,
@@ -90,7 +91,7 @@ impl Runner {
                 key,
                 attempt: job.attempt,
                 error: message,
-                run_at: after(delay),
+                run_at: self.clock.after(delay),
             }
         }
     }

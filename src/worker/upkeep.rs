@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 
 use mongodb::bson::{doc, Bson};
 
-use crate::clock::now;
 use crate::error::Error;
 use crate::queue::filters::queue_condition;
 use crate::queue::Queue;
@@ -74,7 +73,7 @@ fn fail_unroutable(queue: &Queue) -> Result<u64, Error> {
                 fields::STATUS: Status::Pending,
                 fields::QUEUE: {"$exists": true, "$not": {"$type": ["string", "null"]}},
             },
-            doc! {"$set": {fields::STATUS: Status::Failed, fields::FAILED_AT: now(), fields::LAST_ERROR: error}},
+            doc! {"$set": {fields::STATUS: Status::Failed, fields::FAILED_AT: queue.clock().now(), fields::LAST_ERROR: error}},
         )
         .run()
         .map_err(|e| queue.db_error("update (fail malformed queue)", &e))?;

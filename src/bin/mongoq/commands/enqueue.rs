@@ -10,16 +10,16 @@ use mongoq::{EnqueueOptions, Queue};
 use crate::cli::EnqueueArgs;
 use crate::error::{bad_input, usage, CommandError};
 
-fn enqueue_options(args: &EnqueueArgs) -> Result<EnqueueOptions, CommandError> {
+fn enqueue_options(queue: &Queue, args: &EnqueueArgs) -> Result<EnqueueOptions, CommandError> {
     let run_at = match (&args.run_at, args.delay) {
         (Some(text), _) => Some(DateTime::parse_rfc3339_str(text).map_err(|e| {
             usage(format!(
                 "--run-at `{text}` is not an RFC 3339 time such as 2026-12-01T09:00:00Z: {e}"
             ))
         })?),
-        (None, Some(delay)) => Some(DateTime::from_millis(
-            DateTime::now().timestamp_millis() + delay.as_millis() as i64,
-        )),
+        // A delay is counted on the server's clock, like every time the
+        // workers compare it with.
+        (None, Some(delay)) => Some(queue.clock_after(delay)),
         (None, None) => None,
     };
     if let Some(queue) = &args.queue {
@@ -41,7 +41,7 @@ fn parse_data(text: &str) -> Result<Bson, String> {
 }
 
 pub fn enqueue(queue: &Queue, args: &EnqueueArgs) -> Result<ExitCode, CommandError> {
-    let options = enqueue_options(args)?;
+    let options = enqueue_options(queue, args)?;
     if let Some(json) = &args.json {
         let data = parse_data(json).map_err(|reason| bad_input(format!("the job data is {reason}; pass one JSON value, e.g. '{{\"to\": \"ada@example.com\"}}'")))?;
         let id = match queue.enqueue(data, &options) {

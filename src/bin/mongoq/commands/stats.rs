@@ -88,9 +88,7 @@ pub fn watch_stats(queue: &Queue, interval: Duration) -> Result<ExitCode, Comman
             &stats,
             previous.as_ref().map(|(s, at)| (s, now - *at)),
         );
-        let stamp = mongoq::bson::DateTime::now()
-            .try_to_rfc3339_string()
-            .unwrap_or_default();
+        let stamp = queue.now().try_to_rfc3339_string().unwrap_or_default();
         let mut out = std::io::stdout().lock();
         if terminal {
             // Home, clear: redraw in place.

@@ -46,7 +46,7 @@ impl Dashboard {
     /// Per minute of the last hour: (completed, failed), oldest first,
     /// counted by the server.
     pub(super) fn throughput(&self) -> Result<Vec<(u64, u64)>, Error> {
-        let now = DateTime::now().timestamp_millis();
+        let now = self.queue.now().timestamp_millis();
         let since = DateTime::from_millis(now - 60 * 60_000);
         let mut series = vec![(0u64, 0u64); 60];
         for (status, field) in [
