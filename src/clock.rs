@@ -144,15 +144,13 @@ impl Clock {
     /// measurement succeeds).
     pub fn now(&self) -> DateTime {
         let now = Instant::now();
-        match *lock(&self.sample) {
-            Some(sample) => DateTime::from_millis(sample.server_now(now)),
-            None => {
-                if !self.warned.swap(true, std::sync::atomic::Ordering::Relaxed) {
-                    log::debug!("the server's clock is not read yet; using this host's clock");
-                }
-                DateTime::now()
-            }
+        if let Some(sample) = *lock(&self.sample) {
+            return DateTime::from_millis(sample.server_now(now));
         }
+        if !self.warned.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            log::debug!("the server's clock is not read yet; using this host's clock");
+        }
+        DateTime::now()
     }
 
     /// How far [`Clock::now`] may be off (zero before any measurement: the
