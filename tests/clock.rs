@@ -114,7 +114,7 @@ fn skewed_workers_run_each_job_once_and_no_delayed_job_early() {
         assert!(Instant::now() < deadline, "workers did not start");
         std::thread::sleep(Duration::from_millis(100));
     }
-    std::thread::sleep(Duration::from_millis(1_000));
+    std::thread::sleep(Duration::from_secs(1));
     db.enqueue_many(12, &[]);
     let delayed = db.run(&["enqueue", "--delay", "15s", r#"{"delayed": true}"#]);
     assert!(delayed.status.success(), "{}", stderr(&delayed));
