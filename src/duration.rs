@@ -113,4 +113,32 @@ mod tests {
         assert_eq!(format_duration(Duration::from_millis(20)), "20ms");
         assert_eq!(format_duration(Duration::from_secs(90)), "1.5m");
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(crate::fuzz_cases()))]
+
+            /// Any flag value parses or is refused with a reason.
+            #[test]
+            fn any_text_parses_or_is_refused(text in "\\PC{0,16}|[0-9.]{0,12}(ms|s|m|h|d|x)?|[0-9]{1,5}\\.\\.[0-9]{1,5}s?") {
+                if let Err(reason) = parse_duration(&text) {
+                    prop_assert!(!reason.is_empty());
+                }
+                let _ = parse_duration_range(&text);
+            }
+
+            /// What `format_duration` writes, `parse_duration` reads back
+            /// (to the precision written).
+            #[test]
+            fn formatted_durations_parse_back(millis in 0u64..10_000_000_000) {
+                let duration = Duration::from_millis(millis);
+                let back = parse_duration(&format_duration(duration)).unwrap();
+                let error = back.as_secs_f64() - duration.as_secs_f64();
+                prop_assert!(error.abs() <= duration.as_secs_f64() * 0.05 + 0.001, "{duration:?} → {back:?}");
+            }
+        }
+    }
 }

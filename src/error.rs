@@ -79,11 +79,87 @@ pub(crate) fn server_code_is(error: &mongodb::error::Error, matches: impl Fn(i32
     }
 }
 
+/// A driver error as one line a person can act on: what failed and why,
+/// without the driver's debug dump (`Topology: { … }`, `labels: {}`,
+/// `source: None`, hex replies).
+pub(crate) fn describe_driver_error(error: &mongodb::error::Error) -> String {
+    use mongodb::error::{ErrorKind, WriteFailure};
+    let text = match error.kind.as_ref() {
+        ErrorKind::ServerSelection { message, .. } => server_selection(message),
+        ErrorKind::Command(command) => {
+            format!(
+                "{} (code {} {})",
+                command.message, command.code, command.code_name
+            )
+        }
+        ErrorKind::Write(WriteFailure::WriteError(write)) => {
+            format!("{} (code {})", write.message, write.code)
+        }
+        ErrorKind::Write(WriteFailure::WriteConcernError(concern)) => {
+            format!(
+                "write concern not satisfied: {} (code {})",
+                concern.message, concern.code
+            )
+        }
+        ErrorKind::InsertMany(many) => match many.write_errors.as_deref() {
+            Some([first, ..]) => format!(
+                "{} (code {}; {} documents refused)",
+                first.message,
+                first.code,
+                many.write_errors.as_ref().map_or(0, Vec::len)
+            ),
+            _ => many
+                .write_concern_error
+                .as_ref()
+                .map_or_else(|| "insert failed".to_string(), |c| c.message.clone()),
+        },
+        ErrorKind::Io(io) => format!("I/O error: {io}"),
+        ErrorKind::Authentication { message, .. } => format!("authentication failed: {message}"),
+        other => other.to_string(),
+    };
+    let text = trim_driver_message(&text);
+    text.lines().next().unwrap_or(text).trim().to_string()
+}
+
+/// "Server selection timeout: No available servers. Topology: { … Servers:
+/// [ { Address: A, …, Error: E, … } ] }" → "server selection timeout: no
+/// available servers (A: E)".
+fn server_selection(message: &str) -> String {
+    let Some((head, topology)) = message.split_once(". Topology:") else {
+        return message.to_string();
+    };
+    let mut servers = Vec::new();
+    for part in topology.split("Address: ").skip(1) {
+        let address = part.split(',').next().unwrap_or("").trim();
+        let error = part.split_once("Error: ").map(|(_, rest)| {
+            let rest = rest.trim_start_matches("Kind: ");
+            let end = [", labels:", " }", ", source:"]
+                .iter()
+                .filter_map(|marker| rest.find(marker))
+                .min()
+                .unwrap_or(rest.len());
+            rest[..end].trim().to_string()
+        });
+        servers.push(match error {
+            Some(error) => format!("{address}: {error}"),
+            None => address.to_string(),
+        });
+    }
+    let head = head.trim_start_matches("Kind: ").to_lowercase();
+    if servers.is_empty() {
+        head
+    } else {
+        format!("{head} ({})", servers.join("; "))
+    }
+}
+
 /// The useful part of a driver error: it ends its text with labels and a
 /// hex dump of the raw server reply, which tell a person nothing.
 pub(crate) fn trim_driver_message(message: &str) -> &str {
-    message
-        .find(", labels: {")
+    [", labels: {", ", source: None", ", server response:"]
+        .iter()
+        .filter_map(|marker| message.find(marker))
+        .min()
         .map_or(message, |end| &message[..end])
 }
 
@@ -98,5 +174,26 @@ pub(crate) fn hint_for(message: &str) -> &'static str {
         " (is the server running and reachable at that address? check --uri / MONGODB_URI)"
     } else {
         ""
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_server_selection_dump_becomes_one_line() {
+        let dump = "Server selection timeout: No available servers. Topology: { Type: ReplicaSetNoPrimary, Set Name: secantus, Max Set Version: 1, Servers: [ { Address: 127.0.0.1:45709, Type: Unknown, Error: Kind: I/O error: Connection refused (os error 111), labels: {} } ] }";
+        assert_eq!(
+            server_selection(dump),
+            "server selection timeout: no available servers (127.0.0.1:45709: I/O error: Connection refused (os error 111))"
+        );
+        assert_eq!(server_selection("plain"), "plain");
+    }
+
+    #[test]
+    fn driver_tails_are_trimmed() {
+        assert_eq!(trim_driver_message("bad, labels: {}, source: None"), "bad");
+        assert_eq!(trim_driver_message("bad, source: None"), "bad");
     }
 }

@@ -93,4 +93,51 @@ mod tests {
         assert!(!clean.contains("p%40ss"), "{clean}");
         assert!(clean.contains("alice:****@db1"), "{clean}");
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(crate::fuzz_cases()))]
+
+            /// Any text, URI or not, is redacted without panicking.
+            #[test]
+            fn any_text_redacts(text in "\\PC{0,60}|mongodb(\\+srv)?://[^/]{0,20}@?[ -~é]{0,20}") {
+                let _ = redact_uri(&text);
+                let _ = redact_text(&text, &text);
+            }
+
+            /// A password never survives redaction, in the URI or in a
+            /// message quoting it (plain or percent-decoded).
+            #[test]
+            fn the_password_never_survives(
+                user in "[a-z]{1,8}",
+                password in "[A-Za-z0-9!*]{6,14}|[A-Za-z0-9]{3,6}%40[A-Za-z0-9]{3,6}",
+                host in "[a-z]{1,8}(:[0-9]{2,5})?(,[a-z]{1,8})?",
+                path in "(/[a-z]{0,6})?(\\?[a-z=&]{0,12})?",
+            ) {
+                let uri = format!("mongodb://{user}:{password}@{host}{path}");
+                let decoded = crate::text::percent_decode(&password);
+                prop_assert!(!redact_uri(&uri).contains(&password));
+                let message = format!("cannot use {uri}: wrong password {password} ({decoded})");
+                let clean = redact_text(&message, &uri);
+                prop_assert!(!clean.contains(&password), "{clean}");
+                prop_assert!(!clean.contains(&decoded), "{clean}");
+            }
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(crate::fuzz_cases() / 10))]
+
+            /// Connection strings of any shape go through the driver's
+            /// parser (and mongoq's own check before it) without a panic.
+            #[test]
+            fn any_connection_string_is_accepted_or_refused(
+                text in "mongodb(\\+srv)?://[ -~é%]{0,30}(/[ -~]{0,10})?(\\?[ -~]{0,20})?|\\PC{0,30}",
+            ) {
+                let _ = crate::Queue::connect(&crate::QueueConfig::new(text));
+            }
+        }
+    }
 }

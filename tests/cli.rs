@@ -295,3 +295,38 @@ fn the_same_rules_refuse_a_bad_worker_setting_on_the_command_line() {
     );
     assert_clean_failure(&db.run(&["work", "--queue", ""]), "not a valid queue name");
 }
+
+#[test]
+fn database_errors_are_one_line_without_driver_dumps() {
+    let db = TestDb::new("one_line_errors");
+    for uri in [
+        "mongodb://alice:hunter2@127.0.0.1:1/?serverSelectionTimeoutMS=300",
+        "mongodb://alice:hunter2@127.0.0.1:1/?replicaSet=rs0&serverSelectionTimeoutMS=300",
+    ] {
+        let out = db.mongoq().args(["--uri", uri, "stats"]).output().unwrap();
+        let message = stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{message}");
+        assert_eq!(message.trim().lines().count(), 1, "one line: {message}");
+        for dump in [
+            "labels: {",
+            "Topology: {",
+            "source: None",
+            "server response",
+            "Kind:",
+        ] {
+            assert!(
+                !message.contains(dump),
+                "driver dump `{dump}` in: {message}"
+            );
+        }
+        assert!(
+            message.contains("no available servers (127.0.0.1:1: I/O error: Connection refused"),
+            "says which server and why: {message}"
+        );
+        assert!(
+            message.contains("is the server running"),
+            "says what to do: {message}"
+        );
+        assert!(!message.contains("hunter2"), "{message}");
+    }
+}

@@ -19,4 +19,5 @@ mod malformed;
 mod mongosh;
 mod operations;
 mod security;
+mod siege;
 mod structure;

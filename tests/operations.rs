@@ -834,3 +834,44 @@ fn the_worker_can_serve_the_dashboard_read_only_beside_its_metrics() {
     worker.signal("TERM");
     assert!(worker.wait(Duration::from_secs(30)).success());
 }
+
+#[test]
+fn show_and_cancel_take_any_id_a_producer_used_as_extended_json() {
+    let db = TestDb::new("json_ids");
+    db.coll()
+        .insert_many([
+            doc! {"_id": {"k": 1}, "data": 1, "status": "pending"},
+            doc! {"_id": 1.5, "data": 2, "status": "pending"},
+            doc! {"_id": "plain text", "data": 3, "status": "pending"},
+        ])
+        .run()
+        .unwrap();
+    let shown = db.run(&["show", r#"{"k": 1}"#]);
+    assert!(shown.status.success(), "{}", stderr(&shown));
+    assert!(stdout(&shown).contains("\"data\": 1"), "{}", stdout(&shown));
+    let shown = db.run(&["show", "plain text"]);
+    assert!(stdout(&shown).contains("\"data\": 3"), "{}", stdout(&shown));
+    // An operator typed as an id is an exact value (which no job can
+    // have), not a query matching every job.
+    let shown = db.run(&["show", r#"{"$gt": 0}"#]);
+    assert_eq!(shown.status.code(), Some(1), "{}", stdout(&shown));
+    assert!(
+        stderr(&shown).contains("no job has _id"),
+        "{}",
+        stderr(&shown)
+    );
+
+    let cancelled = db.run(&["cancel", "1.5"]);
+    assert!(cancelled.status.success(), "{}", stderr(&cancelled));
+    assert_eq!(db.count(doc! {"_id": 1.5, "status": "cancelled"}), 1);
+    let cancelled = db.run(&["cancel", r#"{"k": 1}"#]);
+    assert!(cancelled.status.success(), "{}", stderr(&cancelled));
+    assert_eq!(db.count(doc! {"_id": {"k": 1}, "status": "cancelled"}), 1);
+    assert_eq!(
+        db.count(doc! {"status": "pending"}),
+        1,
+        "nothing else was touched"
+    );
+    let missing = db.run(&["show", "null"]);
+    assert_eq!(missing.status.code(), Some(1), "{}", stderr(&missing));
+}

@@ -13,17 +13,28 @@ use super::Queue;
 use crate::error::Error;
 use crate::schema::{cancelled_update, fields, Status};
 
-/// The `_id` condition for an id typed by a person: the 24-hex form of an
-/// `ObjectId`, else the text itself, or the number it spells (producers
-/// may choose their own `_id`s).
+/// The `_id` condition for an id typed by a person. Producers may choose
+/// their own `_id`s, so besides the 24-hex form of an `ObjectId` this takes
+/// a number (matching it as a number or as that text), any extended JSON
+/// value (`{"k": 1}`, `null`, `{"$oid": "…"}`, `"quoted text"`), and
+/// otherwise the text itself. A JSON value is matched with `$eq`, so text
+/// such as `{"$gt": 0}` is an exact value, never an operator.
 pub fn id_condition(text: &str) -> Bson {
     let text = text.trim();
     if let Ok(oid) = ObjectId::parse_str(text) {
         return Bson::ObjectId(oid);
     }
-    match text.parse::<i64>() {
-        Ok(number) => Bson::Document(doc! {"$in": [text, number]}),
-        Err(_) => Bson::String(text.to_string()),
+    if let Ok(number) = text.parse::<i64>() {
+        return Bson::Document(doc! {"$in": [text, number]});
+    }
+    let parsed = serde_json::from_str::<serde_json::Value>(text)
+        .ok()
+        .and_then(|json| Bson::try_from(json).ok());
+    match parsed {
+        Some(Bson::Double(number)) => Bson::Document(doc! {"$in": [text, number]}),
+        Some(Bson::String(quoted)) => Bson::String(quoted),
+        Some(value) => Bson::Document(doc! {"$eq": value}),
+        None => Bson::String(text.to_string()),
     }
 }
 
@@ -247,5 +258,49 @@ mod tests {
             Bson::Document(doc! {"$in": ["42", 42_i64]})
         );
         assert_eq!(id_condition("job-7"), Bson::String("job-7".into()));
+    }
+
+    #[test]
+    fn ids_may_be_any_extended_json_value_matched_exactly() {
+        assert_eq!(
+            id_condition(r#"{"k": 1}"#),
+            Bson::Document(doc! {"$eq": {"k": 1}})
+        );
+        assert_eq!(
+            id_condition("null"),
+            Bson::Document(doc! {"$eq": Bson::Null})
+        );
+        assert_eq!(
+            id_condition("1.5"),
+            Bson::Document(doc! {"$in": ["1.5", 1.5]})
+        );
+        assert_eq!(id_condition(r#""x y""#), Bson::String("x y".into()));
+        let oid = ObjectId::new();
+        let json = format!(r#"{{"$oid": "{}"}}"#, oid.to_hex());
+        assert_eq!(id_condition(&json), Bson::Document(doc! {"$eq": oid}));
+        // An operator typed as an id stays a value.
+        assert_eq!(
+            id_condition(r#"{"$gt": 0}"#),
+            Bson::Document(doc! {"$eq": {"$gt": 0}})
+        );
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(crate::fuzz_cases()))]
+
+            /// Whatever a person types as an id, it becomes a condition
+            /// without panicking, and never a bare operator document.
+            #[test]
+            fn any_typed_id_is_a_condition(text in "\\PC{0,40}|\\{\"[$a-z]{0,5}\": ?[0-9a-z\"{}.-]{0,12}\\}") {
+                if let Bson::Document(condition) = id_condition(&text) {
+                    let key = condition.keys().next().map(String::as_str);
+                    prop_assert!(matches!(key, Some("$eq" | "$in")), "{condition}");
+                }
+            }
+        }
     }
 }

@@ -28,7 +28,7 @@ use mongodb::options::ClientOptions;
 use mongodb::sync::{Client, Collection, Database};
 
 use crate::clock::{Clock, Reading};
-use crate::error::{hint_for, trim_driver_message, Error};
+use crate::error::{describe_driver_error, hint_for, Error};
 use crate::redact::{redact_text, redact_uri};
 
 /// Where the queue lives.
@@ -190,9 +190,8 @@ impl Queue {
 
     /// Wraps a driver error for the user: operation, redacted URI, hint.
     pub fn db_error(&self, operation: &'static str, error: &mongodb::error::Error) -> Error {
-        let message = redact_text(&error.to_string(), &self.uri);
+        let message = redact_text(&describe_driver_error(error), &self.uri);
         let hint = hint_for(&message);
-        let message = trim_driver_message(&message);
         Error::Database {
             operation,
             uri: self.redacted_uri(),

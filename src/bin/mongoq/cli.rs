@@ -106,6 +106,10 @@ pub struct DashboardArgs {
     /// Require this token (Authorization: Bearer, or open /login?token=… once)
     #[arg(long, env = "MONGOQ_DASHBOARD_TOKEN", hide_env_values = true)]
     pub auth_token: Option<String>,
+    /// Without a token, also answer requests for this host name (repeat;
+    /// IP addresses and localhost are always answered)
+    #[arg(long = "allow-host", value_name = "NAME")]
+    pub allow_hosts: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -268,6 +272,14 @@ pub struct WorkArgs {
     /// Also serve the dashboard's pages, read-only, on --metrics-addr
     #[arg(long, requires = "metrics_addr")]
     pub metrics_dashboard: bool,
+    /// With --metrics-dashboard, also answer requests for this host name
+    /// (repeat; IP addresses and localhost are always answered)
+    #[arg(
+        long = "allow-host",
+        value_name = "NAME",
+        requires = "metrics_dashboard"
+    )]
+    pub allow_hosts: Vec<String>,
     /// Handler: sleep a random time in MIN..MAX, like the original demo [default: 1s..5s]
     #[arg(long, value_name = "MIN..MAX", value_parser = parse_duration_range, conflicts_with = "exec")]
     pub simulate: Option<(Duration, Duration)>,

@@ -21,6 +21,7 @@ pub fn dashboard(queue: Queue, args: &DashboardArgs) -> Result<ExitCode, Command
     let config = crate::dashboard::DashboardConfig {
         read_only: args.read_only,
         auth_token: token.clone(),
+        allowed_hosts: allowed_hosts(&args.listen, &args.allow_hosts),
     };
     let redacted = queue.redacted_uri();
     let server = crate::http::serve(&args.listen, 4, crate::dashboard::handler(queue, config))
@@ -48,4 +49,12 @@ pub fn dashboard(queue: Queue, args: &DashboardArgs) -> Result<ExitCode, Command
     while !stop.sleep(Duration::from_secs(3600)) {}
     server.stop();
     Ok(ExitCode::SUCCESS)
+}
+
+/// The host names a dashboard without a token answers to: the one it was
+/// told to listen on and the operator's `--allow-host` names.
+pub fn allowed_hosts(listen: &str, extra: &[String]) -> Vec<String> {
+    std::iter::once(crate::dashboard::host_name(listen).to_string())
+        .chain(extra.iter().cloned())
+        .collect()
 }

@@ -4,7 +4,7 @@
 
 mod admin;
 mod bench;
-mod dashboard;
+pub mod dashboard;
 mod docs;
 mod enqueue;
 mod init;

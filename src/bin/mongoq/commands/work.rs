@@ -62,6 +62,10 @@ pub fn work(queue: Queue, args: WorkArgs) -> Result<ExitCode, CommandError> {
             crate::dashboard::DashboardConfig {
                 read_only: true,
                 auth_token: None,
+                allowed_hosts: super::dashboard::allowed_hosts(
+                    args.metrics_addr.as_deref().unwrap_or_default(),
+                    &args.allow_hosts,
+                ),
             },
         )
     });

@@ -38,12 +38,30 @@ pub struct DashboardConfig {
     pub read_only: bool,
     /// Require this token (header `Authorization: Bearer …` or cookie).
     pub auth_token: Option<String>,
+    /// Without a token, the host names a request's `Host` may give: IP
+    /// addresses and `localhost` always, plus these (the listen address's
+    /// host and `--allow-host`). Any other is refused with 421, so a web page the
+    /// operator visits cannot reach the dashboard through DNS rebinding.
+    pub allowed_hosts: Vec<String>,
 }
 
 struct Dashboard {
     queue: Queue,
     config: DashboardConfig,
     csrf: String,
+}
+
+/// The host part of a `Host` header or address: `[::1]:8080` → `::1`,
+/// `example.org:80` → `example.org`.
+pub fn host_name(host: &str) -> &str {
+    let host = host.trim();
+    if let Some(rest) = host.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    match host.rsplit_once(':') {
+        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+        _ => host,
+    }
 }
 
 /// The dashboard's request handler, for [`crate::http::serve`].
@@ -88,6 +106,12 @@ fn exactly(id: &Bson) -> Bson {
 
 impl Dashboard {
     fn serve(&self, request: &Request) -> Response {
+        if self.config.auth_token.is_none() && !self.host_allowed(request) {
+            return Response::text(
+                421,
+                "this dashboard answers only to its own address and localhost (start it with --allow-host NAME to add a name, or use --auth-token)\n",
+            );
+        }
         if let Some(token) = &self.config.auth_token {
             if request.path == "/login" {
                 return Dashboard::login(request, token);
@@ -124,6 +148,25 @@ impl Dashboard {
                 ),
             )
         })
+    }
+
+    /// Whether the request's `Host` (without its port) is one this
+    /// dashboard answers to. A request without `Host` is refused too
+    /// (HTTP/1.1 requires it; only a hand-made request lacks it).
+    fn host_allowed(&self, request: &Request) -> bool {
+        let Some(host) = request.header("host") else {
+            return false;
+        };
+        let name = host_name(host);
+        // An IP literal cannot come from DNS rebinding (that needs a name
+        // the attacker controls), so addresses are always answered.
+        name.parse::<std::net::IpAddr>().is_ok()
+            || name.eq_ignore_ascii_case("localhost")
+            || self
+                .config
+                .allowed_hosts
+                .iter()
+                .any(|allowed| host_name(allowed).eq_ignore_ascii_case(name))
     }
 
     fn authorized(request: &Request, token: &str) -> bool {
