@@ -34,6 +34,10 @@ pub struct Job {
     /// a long handler may check [`Job::is_cancelled`] and stop early. Its
     /// outcome is not written either way.
     pub cancelled: Arc<AtomicBool>,
+    /// The limited queue whose concurrency slot this job holds.
+    pub(crate) slot: Option<Arc<str>>,
+    /// Under a rate limit: the job must start by then, or go back unstarted.
+    pub(crate) start_by: Option<std::time::Instant>,
 }
 
 /// Why a claimed document cannot run. The text becomes `last_error`.
@@ -123,6 +127,8 @@ impl Job {
             lease_token,
             queue,
             cancelled: Arc::new(AtomicBool::new(false)),
+            slot: None,
+            start_by: None,
         })
     }
 

@@ -13,6 +13,7 @@ mod concurrency;
 mod dashboard;
 mod exec;
 mod faults;
+mod fleet;
 mod library;
 mod lifecycle;
 mod malformed;

@@ -66,7 +66,12 @@ impl Rate {
 
 impl std::fmt::Display for Rate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.count, crate::duration::format_duration(self.per))
+        write!(
+            f,
+            "{}/{}",
+            self.count,
+            crate::duration::format_duration(self.per)
+        )
     }
 }
 
@@ -108,7 +113,9 @@ impl QueueControl {
         let rate = document.get_document("rate").ok().and_then(|rate| {
             Some(Rate {
                 count: u32::try_from(rate.get("n").and_then(integer)?).ok()?,
-                per: Duration::from_millis(u64::try_from(rate.get("per_ms").and_then(integer)?).ok()?),
+                per: Duration::from_millis(
+                    u64::try_from(rate.get("per_ms").and_then(integer)?).ok()?,
+                ),
             })
         });
         let holders = document
@@ -132,7 +139,7 @@ impl QueueControl {
             paused_at: document
                 .get_datetime("paused_at")
                 .ok()
-                .map(DateTime::timestamp_millis),
+                .map(|at| at.timestamp_millis()),
             concurrency: number("concurrency"),
             in_use: number("in_use").unwrap_or(0),
             rate,
@@ -234,15 +241,14 @@ impl Queue {
     /// the limit). Setting a rate starts its history afresh.
     pub fn set_rate(&self, queue: &str, rate: Option<Rate>) -> Result<(), Error> {
         super::validate_queue_name(queue)?;
-        let update = match rate {
-            Some(rate) => {
-                let epoch = vec![Bson::DateTime(DateTime::from_millis(0)); rate.count as usize];
-                doc! {"$set": {
-                    "rate": {"n": i64::from(rate.count), "per_ms": rate.per.as_millis() as i64},
-                    "starts": epoch,
-                }}
-            }
-            None => doc! {"$unset": {"rate": "", "starts": ""}},
+        let update = if let Some(rate) = rate {
+            let epoch = vec![Bson::DateTime(DateTime::from_millis(0)); rate.count as usize];
+            doc! {"$set": {
+                "rate": {"n": i64::from(rate.count), "per_ms": rate.per.as_millis() as i64},
+                "starts": epoch,
+            }}
+        } else {
+            doc! {"$unset": {"rate": "", "starts": ""}}
         };
         self.update_control(queue, update, "update (rate limit)")
     }

@@ -8,16 +8,22 @@
 //! queue through [`Queue::db_error`], which redacts the password.
 
 pub mod admin;
+pub mod control;
 pub mod enqueue;
 pub mod filters;
 pub mod indexes;
+pub mod registry;
 pub mod stats;
+pub mod wait;
 
 pub use admin::{Cancel, Retried, RetrySelection};
+pub use control::{QueueControl, Rate};
 pub use enqueue::EnqueueOptions;
 pub use filters::validate_queue_name;
 pub use indexes::{Retention, CLAIM_INDEX, UNIQUE_INDEX};
+pub use registry::WorkerInfo;
 pub use stats::Stats;
+pub use wait::Waited;
 
 use std::time::Duration;
 

@@ -15,6 +15,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError};
 
 use super::health::{Beat, Health};
 use super::lease::Leases;
+use super::limits::Slots;
 use super::outage::retry_until_stopped;
 use super::outcome::{write, Outcome, MAX_STATEMENTS};
 use super::report::Counters;
@@ -30,6 +31,8 @@ pub(crate) struct Completer {
     pub(crate) leases: Arc<Leases>,
     pub(crate) counters: Arc<Counters>,
     pub(crate) health: Arc<Health>,
+    /// Concurrency slots held by the jobs whose outcomes are written.
+    pub(crate) slots: Arc<Slots>,
 }
 
 impl Completer {
@@ -78,6 +81,7 @@ impl Completer {
             leases,
             counters,
             health,
+            slots,
         } = self;
         if pending.is_empty() {
             return;
@@ -144,6 +148,9 @@ impl Completer {
                 }
             }
             leases.release(outcome.key().token);
+            if let Some(queue) = &outcome.key().slot {
+                slots.free(queue, 1);
+            }
         }
     }
 }

@@ -7,6 +7,7 @@
 //! the channel's last sender, so the handler threads drain what is left and
 //! stop (crossbeam's disconnection protocol).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,8 +16,10 @@ use mongodb::bson::{doc, Bson};
 
 use super::claim::{Claimed, Claimer};
 use super::config::WorkerConfig;
+use super::control::Controls;
 use super::health::{Beat, Health};
 use super::lease::Leases;
+use super::limits::{take_slots, take_starts, Slots, START_WITHIN};
 use super::metrics::Histogram;
 use super::outage::retry_until_stopped;
 use super::outcome::{JobKey, Outcome};
@@ -26,7 +29,7 @@ use super::wake::Doorbell;
 use crate::backoff::Backoff;
 use crate::job::Job;
 use crate::queue::filters::{eligible_in, queue_condition};
-use crate::queue::Queue;
+use crate::queue::{Queue, QueueControl};
 use crate::schema::{fields, integer, Status};
 use crate::shutdown::Shutdown;
 
@@ -40,6 +43,8 @@ pub(crate) struct Fetcher {
     pub(crate) claim_seconds: Arc<Histogram>,
     pub(crate) pace: Arc<PaceMeter>,
     pub(crate) doorbell: Arc<Doorbell>,
+    pub(crate) controls: Arc<Controls>,
+    pub(crate) slots: Arc<Slots>,
     pub(crate) jobs: Sender<Job>,
     pub(crate) outcomes: Sender<Outcome>,
 }
@@ -48,22 +53,15 @@ impl Fetcher {
     /// Claims until `shutdown` (or, with `drain`, until nothing is left).
     pub(crate) fn run(self, shutdown: &Shutdown) {
         let config = &self.config;
-        // The read-ahead window is re-read at least this often, so a new
-        // urgent job waits no longer than this behind older ones.
-        let window_age = config.poll_interval.min(Duration::from_secs(1));
-        let mut claimer = Claimer::new(
-            self.queue.clone(),
-            config.worker_id.clone(),
-            config.lease,
-            config.queues.clone(),
-            window_age,
-        );
         let pacing = Pacing {
             threads: config.threads,
             batch_size: config.batch_size,
         };
         let shortest_idle = (config.poll_interval / 16).max(Duration::from_millis(5));
         let mut idle = Backoff::new(shortest_idle, config.poll_interval);
+        // One claimer (and read-ahead window) per set of queues claimed
+        // together: the open queues, and each limited queue on its own.
+        let mut claimers: HashMap<Vec<String>, Claimer> = HashMap::new();
         while !shutdown.is_requested() {
             self.health.beat(Beat::Fetcher);
             let want = match pacing.decide(self.leases.held(), self.pace.average()) {
@@ -73,38 +71,154 @@ impl Fetcher {
                 }
                 Decision::Claim(want) => want,
             };
-            let before = claimer.round_trips;
-            let claimed = retry_until_stopped(shutdown, "claiming jobs", || {
-                self.health.beat(Beat::Fetcher);
-                let started = Instant::now();
-                let claimed = self.health.track(claimer.claim(want, config.batch_size));
-                self.claim_seconds.observe(started.elapsed());
-                claimed
-            });
-            Counters::add(
-                &self.counters.claim_round_trips,
-                claimer.round_trips - before,
-            );
-            match claimed {
-                None => break,
-                Some(Some(claimed)) => {
-                    idle.reset();
-                    self.dispatch(claimed);
-                }
-                Some(None) => {
-                    if config.drain && self.drained(shutdown) {
-                        log::info!("--drain: no job is eligible and none is running; stopping");
-                        shutdown.request();
-                        break;
-                    }
-                    if self.doorbell.wait(idle.peek()) {
-                        idle.reset();
-                    } else {
-                        idle.advance();
-                    }
+            let plan = self.controls.plan(&config.queues);
+            let mut won = 0;
+            let mut stopped = false;
+            if !plan.open.is_empty() {
+                match self.claim(&mut claimers, &plan.open, want, None, None, shutdown) {
+                    Some(n) => won += n,
+                    None => stopped = true,
                 }
             }
+            for control in &plan.limited {
+                if stopped || won >= want {
+                    break;
+                }
+                match self.claim_limited(&mut claimers, control, want - won, shutdown) {
+                    Some(n) => won += n,
+                    None => stopped = true,
+                }
+            }
+            if stopped {
+                break;
+            }
+            if won > 0 {
+                idle.reset();
+                continue;
+            }
+            if config.drain && self.drained(shutdown) {
+                log::info!("--drain: no job is eligible and none is running; stopping");
+                shutdown.request();
+                break;
+            }
+            if self.doorbell.wait(idle.peek()) {
+                idle.reset();
+            } else {
+                idle.advance();
+            }
         }
+    }
+
+    /// Claims up to `want` jobs of `queues` and dispatches them; `None`
+    /// when stopping interrupted it.
+    fn claim(
+        &self,
+        claimers: &mut HashMap<Vec<String>, Claimer>,
+        queues: &[String],
+        want: usize,
+        slot: Option<&str>,
+        start_by: Option<Instant>,
+        shutdown: &Shutdown,
+    ) -> Option<usize> {
+        let config = &self.config;
+        // The read-ahead window is re-read at least this often, so a new
+        // urgent job waits no longer than this behind older ones.
+        let window_age = config.poll_interval.min(Duration::from_secs(1));
+        let claimer = claimers.entry(queues.to_vec()).or_insert_with(|| {
+            Claimer::new(
+                self.queue.clone(),
+                config.worker_id.clone(),
+                config.lease,
+                queues.to_vec(),
+                window_age,
+            )
+        });
+        let before = claimer.round_trips;
+        let claimed = retry_until_stopped(shutdown, "claiming jobs", || {
+            self.health.beat(Beat::Fetcher);
+            let started = Instant::now();
+            let claimed = self.health.track(claimer.claim(want, config.batch_size));
+            self.claim_seconds.observe(started.elapsed());
+            claimed
+        });
+        Counters::add(
+            &self.counters.claim_round_trips,
+            claimer.round_trips - before,
+        );
+        let claimed = claimed?;
+        let won = claimed.as_ref().map_or(0, |c| c.documents.len());
+        if let Some(claimed) = claimed {
+            Counters::add(&self.counters.claim_batches, 1);
+            self.dispatch(claimed, slot.map(Arc::<str>::from), start_by);
+        }
+        Some(won)
+    }
+
+    /// Claims jobs of one limited queue: takes slots (concurrency) and
+    /// starts (rate) first, claims at most that many, and frees the slots
+    /// the claim did not fill. `None` when stopping interrupted it.
+    fn claim_limited(
+        &self,
+        claimers: &mut HashMap<Vec<String>, Claimer>,
+        control: &QueueControl,
+        want: usize,
+        shutdown: &Shutdown,
+    ) -> Option<usize> {
+        let config = &self.config;
+        let mut grant = u32::try_from(want).unwrap_or(u32::MAX);
+        let mut start_by = None;
+        if let Some(rate) = control.rate {
+            // Reserved starts must happen soon: only as many as there are
+            // idle threads to start them.
+            let idle_threads = config.threads.saturating_sub(self.leases.held());
+            grant = grant.min(u32::try_from(idle_threads).unwrap_or(u32::MAX));
+            if grant == 0 {
+                return Some(0);
+            }
+            let taken = retry_until_stopped(shutdown, "taking rate-limited starts", || {
+                self.health.track(take_starts(
+                    &self.queue,
+                    &control.queue,
+                    rate,
+                    grant,
+                    self.queue.clock(),
+                ))
+            })?;
+            Counters::add(&self.counters.limit_round_trips, taken.round_trips);
+            grant = taken.jobs;
+            start_by = Some(Instant::now() + START_WITHIN);
+        }
+        let mut slots = 0;
+        if let Some(limit) = control.concurrency {
+            if grant > 0 {
+                let taken = retry_until_stopped(shutdown, "taking concurrency slots", || {
+                    self.health.track(take_slots(
+                        &self.queue,
+                        control,
+                        limit,
+                        &config.worker_id,
+                        grant,
+                        &self.slots,
+                        config.lease,
+                    ))
+                })?;
+                Counters::add(&self.counters.limit_round_trips, taken.round_trips);
+                grant = taken.jobs;
+                slots = taken.jobs;
+            }
+        }
+        if grant == 0 {
+            return Some(0);
+        }
+        let queues = vec![control.queue.clone()];
+        let slot = control.concurrency.map(|_| control.queue.as_str());
+        let won = self.claim(claimers, &queues, grant as usize, slot, start_by, shutdown);
+        // Slots the claim did not fill go back (netted into the next take).
+        let unfilled = slots.saturating_sub(u32::try_from(won.unwrap_or(0)).unwrap_or(u32::MAX));
+        if unfilled > 0 {
+            self.slots.free(&control.queue, unfilled);
+        }
+        won
     }
 
     /// True when this worker holds nothing and no job anywhere is running.
@@ -132,14 +246,18 @@ impl Fetcher {
 
     /// Turns claimed documents into jobs for the threads; malformed ones and
     /// ones out of attempts go straight to the completer as `failed`.
-    fn dispatch(&self, claimed: Claimed) {
+    fn dispatch(&self, claimed: Claimed, slot: Option<Arc<str>>, start_by: Option<Instant>) {
         let Claimed { token, documents } = claimed;
         self.leases.add(token, documents.len());
         Counters::add(&self.counters.claimed, documents.len() as u64);
         log::debug!("claimed {} jobs under {token}", documents.len());
         for document in documents {
             let id = document.get("_id").cloned().unwrap_or(Bson::Null);
-            let key = JobKey { id, token };
+            let key = JobKey {
+                id,
+                token,
+                slot: slot.clone(),
+            };
             let attempt = document
                 .get(fields::ATTEMPTS)
                 .and_then(integer)
@@ -163,7 +281,9 @@ impl Fetcher {
                         error,
                     });
                 }
-                Ok(job) => {
+                Ok(mut job) => {
+                    job.slot.clone_from(&slot);
+                    job.start_by = start_by;
                     if let Err(returned) = self.jobs.send(job) {
                         // Every handler thread is gone (cannot happen while
                         // the fetcher runs); hand the job back.
@@ -171,6 +291,7 @@ impl Fetcher {
                             key: JobKey {
                                 id: returned.0.id,
                                 token,
+                                slot: slot.clone(),
                             },
                         });
                     }

@@ -18,15 +18,16 @@ pub(crate) enum Beat {
     Fetcher = 0,
     Keeper = 1,
     Completer = 2,
+    Control = 3,
 }
 
-const BEAT_NAMES: [&str; 3] = ["fetcher", "keeper", "completer"];
+const BEAT_NAMES: [&str; 4] = ["fetcher", "keeper", "completer", "control"];
 
 /// Liveness and database reachability, as the threads see them.
 pub(crate) struct Health {
     started: Instant,
     /// Milliseconds since `started` of each thread's last sign of progress.
-    beats: [AtomicU64; 3],
+    beats: [AtomicU64; 4],
     /// Indexes are in place and the threads are running.
     pub(crate) ready: AtomicBool,
     /// Set by the shutdown sequence.
@@ -39,7 +40,7 @@ impl Default for Health {
     fn default() -> Self {
         Health {
             started: Instant::now(),
-            beats: [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)],
+            beats: std::array::from_fn(|_| AtomicU64::new(0)),
             ready: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
             db_error: Mutex::new(None),
@@ -174,6 +175,7 @@ mod tests {
         health.ready.store(true, Relaxed);
         health.beat(Beat::Fetcher);
         health.beat(Beat::Keeper);
+        health.beat(Beat::Control);
         let report = health.report(Duration::from_millis(5));
         assert_eq!(report.stalled, vec!["completer".to_string()]);
         assert!(!report.healthy());

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use super::health::HealthReport;
 use super::report::Report;
-use crate::queue::Stats;
+use crate::queue::{QueueControl, Stats};
 
 /// Upper bounds (seconds) of the handler duration histogram's buckets.
 pub const HANDLER_BUCKETS: [f64; 14] = [
@@ -146,6 +146,7 @@ pub(crate) fn render(
     claim: &Histogram,
     health: &HealthReport,
     depth: Option<&(Instant, Stats)>,
+    controls: &[QueueControl],
 ) -> String {
     let c = load;
     let mut gauge_rows: Vec<(&str, &str, f64)> = vec![
@@ -211,6 +212,7 @@ pub(crate) fn render(
             ),
         ]);
     }
+    render_controls(&mut out, controls);
     for (name, help, value) in gauge_rows {
         let _ = writeln!(
             out,
@@ -218,6 +220,47 @@ pub(crate) fn render(
         );
     }
     out
+}
+
+/// The controls of this worker's queues, one gauge family each, labelled
+/// by queue.
+fn render_controls(out: &mut String, controls: &[QueueControl]) {
+    type Value = fn(&QueueControl) -> Option<f64>;
+    let families: [(&str, &str, Value); 4] = [
+        (
+            "mongoq_queue_paused",
+            "1 when the queue is paused fleet-wide.",
+            |c| Some(f64::from(u8::from(c.paused))),
+        ),
+        (
+            "mongoq_queue_concurrency_limit",
+            "The queue's fleet-wide concurrency limit.",
+            |c| c.concurrency.map(f64::from),
+        ),
+        (
+            "mongoq_queue_concurrency_in_use",
+            "Concurrency slots of the queue taken now, fleet-wide.",
+            |c| c.concurrency.map(|_| f64::from(c.in_use)),
+        ),
+        (
+            "mongoq_queue_rate_limit_per_second",
+            "The queue's fleet-wide start rate limit, per second.",
+            |c| c.rate.map(|r| f64::from(r.count) / r.per.as_secs_f64()),
+        ),
+    ];
+    for (name, help, value) in families {
+        let rows: Vec<(String, f64)> = controls
+            .iter()
+            .filter_map(|c| value(c).map(|v| (label_value(&c.queue), v)))
+            .collect();
+        if rows.is_empty() {
+            continue;
+        }
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+        for (queue, value) in rows {
+            let _ = writeln!(out, "{name}{{queue=\"{queue}\"}} {value}");
+        }
+    }
 }
 
 /// Escapes a Prometheus label value.

@@ -39,10 +39,12 @@ mod cancel;
 mod claim;
 mod completer;
 mod config;
+mod control;
 mod fetcher;
 mod health;
 mod keeper;
 mod lease;
+mod limits;
 mod metrics;
 mod monitor;
 mod outage;
@@ -71,10 +73,12 @@ pub use retry::RetryPolicy;
 
 use cancel::Running;
 use completer::Completer;
+use control::{Control, Controls};
 use fetcher::Fetcher;
 use health::{Beat, Health};
 use keeper::Keeper;
 use lease::Leases;
+use limits::Slots;
 use metrics::Histogram;
 use outage::retry_until_stopped;
 use outcome::Outcome;
@@ -108,6 +112,8 @@ struct Parts {
     running: Arc<Running>,
     pace: Arc<PaceMeter>,
     doorbell: Arc<Doorbell>,
+    controls: Arc<Controls>,
+    slots: Arc<Slots>,
     handler_seconds: Arc<Histogram>,
     claim_seconds: Arc<Histogram>,
     /// The last queue depth sample, for metrics.
@@ -123,6 +129,8 @@ impl Parts {
             running: Arc::default(),
             pace: Arc::default(),
             doorbell: Arc::default(),
+            controls: Arc::default(),
+            slots: Arc::default(),
             handler_seconds: Arc::new(Histogram::new(&HANDLER_BUCKETS)),
             claim_seconds: Arc::new(Histogram::new(&ROUND_TRIP_BUCKETS)),
             depth: Arc::default(),
@@ -157,6 +165,8 @@ fn log_clock(worker: &str, reading: crate::clock::Reading) {
 /// The threads of a running worker and the handles that stop them.
 struct Threads {
     watcher: Option<JoinHandle<()>>,
+    control: JoinHandle<()>,
+    control_stop: Shutdown,
     keeper: JoinHandle<()>,
     completer: JoinHandle<()>,
     /// The handler threads and the fetcher.
@@ -206,6 +216,7 @@ impl Worker {
             handler_seconds: Arc::clone(&parts.handler_seconds),
             claim_seconds: Arc::clone(&parts.claim_seconds),
             depth: Arc::clone(&parts.depth),
+            controls: Arc::clone(&parts.controls),
         }
     }
 
@@ -240,7 +251,21 @@ impl Worker {
             return self.parts.counters.snapshot(false);
         };
         log_clock(&config.worker_id, reading);
-        let threads = self.start(shutdown);
+        // Seen by the fleet, and in step with its controls (pause, limits),
+        // before the first claim.
+        let control = self.control();
+        let registered = retry_until_stopped(shutdown, "registering the worker", || {
+            health.track(
+                self.queue
+                    .ensure_registry_index()
+                    .and_then(|()| control.heartbeat())
+                    .and_then(|()| control.refresh()),
+            )
+        });
+        if registered.is_none() {
+            return self.parts.counters.snapshot(false);
+        }
+        let threads = self.start(shutdown, control);
         health.set_ready();
         while !shutdown.sleep(Duration::from_secs(3600)) {}
         health.set_stopping();
@@ -260,7 +285,22 @@ impl Worker {
     }
 
     /// Starts the keeper, the completer, the handler threads and the fetcher.
-    fn start(&self, shutdown: &Shutdown) -> Threads {
+    /// The control thread's state.
+    fn control(&self) -> Control {
+        let parts = &self.parts;
+        Control {
+            queue: self.queue.clone(),
+            config: self.config.clone(),
+            controls: Arc::clone(&parts.controls),
+            slots: Arc::clone(&parts.slots),
+            counters: Arc::clone(&parts.counters),
+            health: Arc::clone(&parts.health),
+            running: Arc::clone(&parts.running),
+            leases: Arc::clone(&parts.leases),
+        }
+    }
+
+    fn start(&self, shutdown: &Shutdown, control: Control) -> Threads {
         let config = &self.config;
         let parts = &self.parts;
         let keeper_stop = Shutdown::new();
@@ -268,7 +308,7 @@ impl Worker {
         let (job_tx, job_rx) =
             crossbeam_channel::bounded::<Job>(config.threads + 2 * config.batch_size);
         let (outcome_tx, outcome_rx) = crossbeam_channel::unbounded::<Outcome>();
-        for beat in [Beat::Fetcher, Beat::Keeper, Beat::Completer] {
+        for beat in [Beat::Fetcher, Beat::Keeper, Beat::Completer, Beat::Control] {
             parts.health.beat(beat);
         }
 
@@ -291,6 +331,7 @@ impl Worker {
             leases: Arc::clone(&parts.leases),
             counters: Arc::clone(&parts.counters),
             health: Arc::clone(&parts.health),
+            slots: Arc::clone(&parts.slots),
         };
         let stop = hard_stop.clone();
         let completer = spawn("mongoq-completer", move || {
@@ -305,6 +346,7 @@ impl Worker {
                     retry: config.retry,
                     clock: self.queue.clock_handle(),
                     running: Arc::clone(&parts.running),
+                    controls: Arc::clone(&parts.controls),
                     pace: Arc::clone(&parts.pace),
                     handler_seconds: Arc::clone(&parts.handler_seconds),
                     jobs: job_rx.clone(),
@@ -327,6 +369,8 @@ impl Worker {
             claim_seconds: Arc::clone(&parts.claim_seconds),
             pace: Arc::clone(&parts.pace),
             doorbell: Arc::clone(&parts.doorbell),
+            controls: Arc::clone(&parts.controls),
+            slots: Arc::clone(&parts.slots),
             jobs: job_tx,
             outcomes: outcome_tx.clone(),
         };
@@ -341,8 +385,13 @@ impl Worker {
                 watch(&queue, &doorbell, &shutdown);
             })
         });
+        let control_stop = Shutdown::new();
+        let stop = control_stop.clone();
+        let control = spawn("mongoq-control", move || control.run(&stop));
         Threads {
             watcher,
+            control,
+            control_stop,
             keeper,
             completer,
             handlers,
@@ -365,6 +414,8 @@ impl Worker {
         );
         let Threads {
             watcher,
+            control,
+            control_stop,
             keeper,
             completer,
             handlers,
@@ -388,6 +439,9 @@ impl Worker {
         }
         hard_stop.request();
         keeper_stop.request();
+        // The control thread goes last: it gives back the slots the last
+        // outcomes freed and removes this worker from the registry.
+        control_stop.request();
         // A thread blocked inside a driver call on a dead connection (the
         // driver has no socket timeout) would hold shutdown forever; give
         // the bookkeeping threads a few seconds to notice the stop, then
@@ -395,7 +449,7 @@ impl Worker {
         // are rescued, as after a crash. Handler threads stuck past the
         // grace period are left behind too.
         let last_call = Instant::now() + Duration::from_secs(5);
-        for handle in [Some(completer), Some(keeper), watcher]
+        for handle in [Some(completer), Some(keeper), watcher, Some(control)]
             .into_iter()
             .flatten()
             .chain(handlers)

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::cancel::Running;
+use super::control::Controls;
 use super::health::{Health, HealthReport};
 use super::lease::Leases;
 use super::metrics::{render, Histogram, Load};
@@ -33,6 +34,7 @@ pub struct Monitor {
     pub(super) handler_seconds: Arc<Histogram>,
     pub(super) claim_seconds: Arc<Histogram>,
     pub(super) depth: Arc<Mutex<Option<(Instant, Stats)>>>,
+    pub(super) controls: Arc<Controls>,
 }
 
 impl Monitor {
@@ -80,6 +82,7 @@ impl Monitor {
             &self.claim_seconds,
             &self.health(),
             depth.as_ref(),
+            &self.controls.all(),
         )
     }
 }

@@ -12,6 +12,8 @@
 //! outcomes pile up while a write is in flight, so batches grow by
 //! themselves; when idle, an outcome is written at once.
 
+use std::sync::Arc;
+
 use mongodb::bson::{doc, oid::ObjectId, Bson, DateTime, Document};
 
 use super::oversized::{fail_oversized, is_too_large_code, too_large};
@@ -34,6 +36,9 @@ pub(crate) const MAX_STATEMENTS: usize = 1_000;
 pub(crate) struct JobKey {
     pub(crate) id: Bson,
     pub(crate) token: ObjectId,
+    /// The limited queue whose concurrency slot the job holds; freed when
+    /// its outcome is written (or lost).
+    pub(crate) slot: Option<Arc<str>>,
 }
 
 /// What to write for one job.

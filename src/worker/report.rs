@@ -28,6 +28,14 @@ pub struct Report {
     pub claim_round_trips: u64,
     /// Outcome write round trips.
     pub outcome_writes: u64,
+    /// Claim batches that won jobs.
+    pub claim_batches: u64,
+    /// Round trips taking concurrency slots and rate starts for claims.
+    pub limit_round_trips: u64,
+    /// Round trips of the control thread (controls, heartbeat, slots).
+    pub control_round_trips: u64,
+    /// Concurrency slots taken back from dead workers.
+    pub rescued_slots: u64,
     /// Whether the grace period ran out with jobs still running.
     pub grace_exceeded: bool,
 }
@@ -47,6 +55,10 @@ pub(crate) struct Counters {
     pub(crate) lease_extensions: AtomicU64,
     pub(crate) claim_round_trips: AtomicU64,
     pub(crate) outcome_writes: AtomicU64,
+    pub(crate) claim_batches: AtomicU64,
+    pub(crate) limit_round_trips: AtomicU64,
+    pub(crate) control_round_trips: AtomicU64,
+    pub(crate) rescued_slots: AtomicU64,
 }
 
 impl Counters {
@@ -70,6 +82,10 @@ impl Counters {
             lease_extensions: read(&self.lease_extensions),
             claim_round_trips: read(&self.claim_round_trips),
             outcome_writes: read(&self.outcome_writes),
+            claim_batches: read(&self.claim_batches),
+            limit_round_trips: read(&self.limit_round_trips),
+            control_round_trips: read(&self.control_round_trips),
+            rescued_slots: read(&self.rescued_slots),
             grace_exceeded,
         }
     }

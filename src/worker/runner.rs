@@ -13,6 +13,7 @@ use std::time::Instant;
 use crossbeam_channel::{Receiver, Sender};
 
 use super::cancel::Running;
+use super::control::Controls;
 use super::metrics::Histogram;
 use super::outcome::{bounded_error, JobKey, Outcome};
 use super::pacing::PaceMeter;
@@ -30,6 +31,7 @@ pub(crate) struct Runner {
     pub(crate) retry: RetryPolicy,
     pub(crate) clock: Arc<Clock>,
     pub(crate) running: Arc<Running>,
+    pub(crate) controls: Arc<Controls>,
     pub(crate) pace: Arc<PaceMeter>,
     pub(crate) handler_seconds: Arc<Histogram>,
     pub(crate) jobs: Receiver<Job>,
@@ -43,8 +45,14 @@ impl Runner {
             let key = JobKey {
                 id: job.id.clone(),
                 token: job.lease_token,
+                slot: job.slot.clone(),
             };
-            if shutdown.is_requested() {
+            // Stopping, its queue paused since the claim, or its reserved
+            // start (rate limit) missed: back to pending, attempt not counted.
+            if shutdown.is_requested()
+                || self.controls.is_paused(&job.queue)
+                || job.start_by.is_some_and(|by| Instant::now() > by)
+            {
                 let _ = self.outcomes.send(Outcome::Released { key });
                 continue;
             }

@@ -56,6 +56,14 @@ pub enum Command {
     Purge(PurgeArgs),
     /// Serve the web dashboard: see and steer the queue from a browser
     Dashboard(DashboardArgs),
+    /// List the workers of the fleet (the registry): live, and late ones
+    Workers(WorkersArgs),
+    /// Pause a queue fleet-wide: no worker starts its jobs until resumed
+    Pause(PauseArgs),
+    /// Resume a paused queue
+    Resume(ResumeArgs),
+    /// Set, clear or list fleet-wide limits: concurrency and rate per queue
+    Limit(LimitArgs),
     /// Measure throughput, latency and cost against the server (uses its own database)
     Bench(BenchArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
@@ -110,6 +118,48 @@ pub struct DashboardArgs {
     /// IP addresses and localhost are always answered)
     #[arg(long = "allow-host", value_name = "NAME")]
     pub allow_hosts: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct WorkersArgs {
+    /// Print JSON instead of a table
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PauseArgs {
+    /// The queue (`default` names jobs that name none)
+    pub queue: String,
+    /// Why, shown by stats and the dashboard
+    #[arg(long)]
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ResumeArgs {
+    /// The queue
+    pub queue: String,
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("change").multiple(true).args(["concurrency", "rate", "clear"])))]
+pub struct LimitArgs {
+    /// The queue; without it, list every queue's limits
+    #[arg(requires = "change")]
+    pub queue: Option<String>,
+    /// At most N jobs of the queue run at once, across all workers
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub concurrency: Option<u32>,
+    /// At most N jobs of the queue start in any window of DURATION, e.g. 100/1m
+    #[arg(long, value_name = "N/DURATION")]
+    pub rate: Option<String>,
+    /// Remove the queue's limits
+    #[arg(long, conflicts_with_all = ["concurrency", "rate"])]
+    pub clear: bool,
+    /// Print JSON instead of a table (when listing)
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -226,6 +276,13 @@ pub struct EnqueueArgs {
     /// Print only the number of jobs enqueued, not their ids
     #[arg(long, short)]
     pub quiet: bool,
+    /// Wait until the job is completed (print its result, exit 0) or failed
+    /// (its error on stderr, exit 1); single job only
+    #[arg(long, requires = "json")]
+    pub wait: bool,
+    /// Give up waiting after this long (exit 124; the job stays queued)
+    #[arg(long, value_parser = parse_duration, requires = "wait")]
+    pub timeout: Option<Duration>,
 }
 
 #[derive(Debug, Args)]

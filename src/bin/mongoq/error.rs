@@ -15,6 +15,9 @@ pub mod exit {
     pub const USAGE: u8 = 2;
     /// The input data is not valid (sysexits' EX_DATAERR).
     pub const BAD_INPUT: u8 = 65;
+    /// `enqueue --wait --timeout` gave up; the job stays queued (as
+    /// coreutils' `timeout`).
+    pub const TIMEOUT: u8 = 124;
     /// `work` got a second stop signal and exited at once.
     pub const SECOND_SIGNAL: i32 = 130;
 }

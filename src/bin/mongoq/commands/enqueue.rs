@@ -5,10 +5,11 @@ use std::io::{BufRead, Write};
 use std::process::ExitCode;
 
 use mongoq::bson::{Bson, DateTime};
+use mongoq::queue::Waited;
 use mongoq::{EnqueueOptions, Queue};
 
 use crate::cli::EnqueueArgs;
-use crate::error::{bad_input, usage, CommandError};
+use crate::error::{bad_input, exit, usage, CommandError};
 
 fn enqueue_options(queue: &Queue, args: &EnqueueArgs) -> Result<EnqueueOptions, CommandError> {
     let run_at = match (&args.run_at, args.delay) {
@@ -40,6 +41,38 @@ fn parse_data(text: &str) -> Result<Bson, String> {
     Bson::try_from(value).map_err(|e| format!("not valid extended JSON ({e})"))
 }
 
+/// `--wait`: the job's result on stdout and exit 0, its error on stderr
+/// and exit 1, or exit 124 when `--timeout` passes first.
+fn wait(
+    queue: &Queue,
+    id: mongoq::bson::oid::ObjectId,
+    args: &EnqueueArgs,
+) -> Result<ExitCode, CommandError> {
+    // Without --timeout, wait as long as it takes (a century is forever
+    // for a shell script).
+    let timeout = args
+        .timeout
+        .unwrap_or(std::time::Duration::from_secs(100 * 365 * 86_400));
+    match queue.wait(&Bson::ObjectId(id), timeout)? {
+        Waited::Completed(result) => {
+            println!("{}", result.into_relaxed_extjson());
+            Ok(ExitCode::SUCCESS)
+        }
+        Waited::Failed(error) => {
+            eprintln!("mongoq: job {} failed: {error}", id.to_hex());
+            Ok(ExitCode::from(exit::FAILURE))
+        }
+        Waited::TimedOut => {
+            eprintln!(
+                "mongoq: job {} is not finished after {}; it stays queued",
+                id.to_hex(),
+                mongoq::duration::format_duration(timeout)
+            );
+            Ok(ExitCode::from(exit::TIMEOUT))
+        }
+    }
+}
+
 pub fn enqueue(queue: &Queue, args: &EnqueueArgs) -> Result<ExitCode, CommandError> {
     let options = enqueue_options(queue, args)?;
     if let Some(json) = &args.json {
@@ -48,15 +81,30 @@ pub fn enqueue(queue: &Queue, args: &EnqueueArgs) -> Result<ExitCode, CommandErr
             Ok(id) => id,
             Err(duplicate @ mongoq::Error::Duplicate { .. }) => {
                 // Like River's and Oban's unique jobs: a duplicate is not an
-                // error for the producer, the job it wanted is already queued.
+                // error for the producer, the job it wanted is already queued
+                // (and with --wait, that job's result is what it waits for).
                 eprintln!("mongoq: {duplicate}");
-                if args.quiet {
-                    println!("0");
+                let existing = match &duplicate {
+                    mongoq::Error::Duplicate { existing, .. } => existing
+                        .as_deref()
+                        .and_then(|id| mongoq::bson::oid::ObjectId::parse_str(id).ok()),
+                    _ => None,
+                };
+                match existing {
+                    Some(id) if args.wait => return wait(queue, id, args),
+                    _ => {
+                        if args.quiet {
+                            println!("0");
+                        }
+                        return Ok(ExitCode::SUCCESS);
+                    }
                 }
-                return Ok(ExitCode::SUCCESS);
             }
             Err(error) => return Err(error.into()),
         };
+        if args.wait {
+            return wait(queue, id, args);
+        }
         if args.quiet {
             println!("1");
         } else {

@@ -7,6 +7,7 @@ mod bench;
 pub mod dashboard;
 mod docs;
 mod enqueue;
+mod fleet;
 mod init;
 mod stats;
 mod work;
@@ -41,6 +42,10 @@ pub fn run(cli: Cli) -> Result<ExitCode, CommandError> {
         Command::RetryFailed(args) => admin::retry_failed(&queue, &args),
         Command::Purge(args) => admin::purge(&queue, &args),
         Command::Dashboard(args) => dashboard::dashboard(queue, &args),
+        Command::Workers(args) => fleet::workers(&queue, &args),
+        Command::Pause(args) => fleet::pause(&queue, &args),
+        Command::Resume(args) => fleet::resume(&queue, &args),
+        Command::Limit(args) => fleet::limit(&queue, &args),
         Command::Bench(_) | Command::Completions(_) | Command::Man => {
             unreachable!("handled above")
         }

@@ -12,14 +12,20 @@ use crate::error::{failure, CommandError};
 
 pub fn stats(queue: &Queue, args: &StatsArgs) -> Result<ExitCode, CommandError> {
     let stats = queue.stats()?;
+    let controls = queue.controls()?;
     if args.json {
+        let mut value = serde_json::to_value(&stats).unwrap_or_default();
+        value["controls"] = serde_json::to_value(&controls).unwrap_or_default();
         println!(
             "{}",
-            serde_json::to_string_pretty(&stats).unwrap_or_default()
+            serde_json::to_string_pretty(&value).unwrap_or_default()
         );
         return Ok(ExitCode::SUCCESS);
     }
     print!("{}", render_stats(queue, &stats, None));
+    if !controls.is_empty() {
+        print!("queues\n{}", super::fleet::render_controls(&controls));
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -1,0 +1,137 @@
+//! The fleet as one: `workers` (the registry), `pause`/`resume` a queue,
+//! and `limit` (fleet-wide concurrency and rate per queue). All of it is
+//! state in MongoDB, so it holds across hosts and worker restarts.
+
+use std::process::ExitCode;
+
+use mongoq::queue::{QueueControl, Rate, WorkerInfo};
+use mongoq::Queue;
+
+use crate::cli::{LimitArgs, PauseArgs, ResumeArgs, WorkersArgs};
+use crate::error::CommandError;
+
+fn json(value: &impl serde::Serialize) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).unwrap_or_default()
+    );
+}
+
+pub fn workers(queue: &Queue, args: &WorkersArgs) -> Result<ExitCode, CommandError> {
+    let workers = queue.workers()?;
+    if args.json {
+        json(&workers);
+        return Ok(ExitCode::SUCCESS);
+    }
+    print!("{}", render_workers(queue, &workers));
+    Ok(ExitCode::SUCCESS)
+}
+
+fn render_workers(queue: &Queue, workers: &[WorkerInfo]) -> String {
+    use std::fmt::Write as _;
+    let now = queue.now().timestamp_millis();
+    let mut out = String::new();
+    if workers.is_empty() {
+        out.push_str("no worker is registered\n");
+        return out;
+    }
+    let _ = writeln!(
+        out,
+        "{:<28} {:>7} {:>8} {:>5} {:>10} {:>8} {:>8}  queues",
+        "worker", "threads", "running", "held", "completed", "failed", "seen"
+    );
+    for w in workers {
+        let seen = format!("{:.0}s ago", (now - w.last_seen).max(0) as f64 / 1000.0);
+        let _ = writeln!(
+            out,
+            "{:<28} {:>7} {:>8} {:>5} {:>10} {:>8} {:>8}  {}{}",
+            w.id,
+            w.threads,
+            w.running,
+            w.held,
+            w.completed,
+            w.failed,
+            seen,
+            w.queues.join(","),
+            if w.late {
+                "  LATE (not seen for a while; its leases expire)"
+            } else {
+                ""
+            }
+        );
+    }
+    out
+}
+
+pub fn pause(queue: &Queue, args: &PauseArgs) -> Result<ExitCode, CommandError> {
+    queue.pause(&args.queue, args.reason.as_deref())?;
+    println!(
+        "queue {} paused: no worker starts its jobs (running ones finish) until `mongoq resume {}`",
+        args.queue, args.queue
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn resume(queue: &Queue, args: &ResumeArgs) -> Result<ExitCode, CommandError> {
+    queue.resume(&args.queue)?;
+    println!("queue {} resumed", args.queue);
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn limit(queue: &Queue, args: &LimitArgs) -> Result<ExitCode, CommandError> {
+    let Some(name) = &args.queue else {
+        let controls = queue.controls()?;
+        if args.json {
+            json(&controls);
+        } else {
+            print!("{}", render_controls(&controls));
+        }
+        return Ok(ExitCode::SUCCESS);
+    };
+    if args.clear {
+        queue.set_concurrency(name, None)?;
+        queue.set_rate(name, None)?;
+        println!("queue {name}: no limits");
+        return Ok(ExitCode::SUCCESS);
+    }
+    if let Some(concurrency) = args.concurrency {
+        queue.set_concurrency(name, Some(concurrency))?;
+        println!("queue {name}: at most {concurrency} jobs run at once, fleet-wide");
+    }
+    if let Some(rate) = &args.rate {
+        let rate = Rate::parse(rate)?;
+        queue.set_rate(name, Some(rate))?;
+        println!("queue {name}: at most {rate} job starts, fleet-wide");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The controlled queues as a table (also used by `stats`).
+pub fn render_controls(controls: &[QueueControl]) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    if controls.is_empty() {
+        out.push_str("no queue is paused or limited\n");
+        return out;
+    }
+    for c in controls {
+        let mut parts = Vec::new();
+        if c.paused {
+            parts.push(match &c.reason {
+                Some(reason) => format!("PAUSED ({reason})"),
+                None => "PAUSED".to_string(),
+            });
+        }
+        if let Some(limit) = c.concurrency {
+            parts.push(format!("concurrency {}/{limit} in use", c.in_use));
+        }
+        if let Some(rate) = c.rate {
+            parts.push(format!("rate {rate}"));
+        }
+        if parts.is_empty() {
+            parts.push("no limits".into());
+        }
+        let _ = writeln!(out, "  {:<20} {}", c.queue, parts.join(", "));
+    }
+    out
+}

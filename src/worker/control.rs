@@ -1,0 +1,192 @@
+//! The control thread: keeps this worker in step with the fleet.
+//!
+//! Twice a second it reads the controls of this worker's queues (pause,
+//! limits) into [`Controls`], which the fetcher consults before claiming
+//! and the handler threads before starting a job; gives back concurrency
+//! slots that finished jobs freed and no claim netted; takes back slots of
+//! dead workers; and every few seconds writes this worker's registry
+//! document (its heartbeat). It costs a few round trips per second per
+//! worker, never any per job. On stop it gives back what it still owes and
+//! removes the registry document.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use mongodb::bson::doc;
+
+use super::cancel::Running;
+use super::config::WorkerConfig;
+use super::health::{Beat, Health};
+use super::lease::Leases;
+use super::limits::{extend_slots, give_back, reclaim_dead, Slots};
+use super::report::Counters;
+use crate::error::Error;
+use crate::queue::registry::HEARTBEAT;
+use crate::queue::{Queue, QueueControl};
+use crate::shutdown::Shutdown;
+
+/// How often the controls are read.
+pub const REFRESH: Duration = Duration::from_millis(500);
+
+/// The controls of this worker's queues, as last read.
+#[derive(Default)]
+pub(crate) struct Controls {
+    by_queue: RwLock<HashMap<String, QueueControl>>,
+    /// The controls were read at least once.
+    loaded: AtomicBool,
+}
+
+/// What the fetcher may claim now.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub(crate) struct Plan {
+    /// Queues without limits, not paused: claimed together.
+    pub(crate) open: Vec<String>,
+    /// Limited queues, not paused: claimed one by one, under their limits.
+    pub(crate) limited: Vec<QueueControl>,
+}
+
+impl Controls {
+    fn set(&self, controls: Vec<QueueControl>) {
+        let by_queue = controls.into_iter().map(|c| (c.queue.clone(), c)).collect();
+        *self
+            .by_queue
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = by_queue;
+        self.loaded.store(true, Relaxed);
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, QueueControl>> {
+        self.by_queue
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Whether jobs of `queue` may not start now.
+    pub(crate) fn is_paused(&self, queue: &str) -> bool {
+        self.read().get(queue).is_some_and(|c| c.paused)
+    }
+
+    /// Which of `queues` to claim from, and how.
+    pub(crate) fn plan(&self, queues: &[String]) -> Plan {
+        let by_queue = self.read();
+        let mut plan = Plan::default();
+        for name in queues {
+            match by_queue.get(name) {
+                Some(control) if control.paused => {}
+                Some(control) if control.is_limited() => plan.limited.push(control.clone()),
+                _ => plan.open.push(name.clone()),
+            }
+        }
+        plan
+    }
+
+    pub(crate) fn all(&self) -> Vec<QueueControl> {
+        self.read().values().cloned().collect()
+    }
+}
+
+/// The control thread and what it owns.
+pub(crate) struct Control {
+    pub(crate) queue: Queue,
+    pub(crate) config: WorkerConfig,
+    pub(crate) controls: Arc<Controls>,
+    pub(crate) slots: Arc<Slots>,
+    pub(crate) counters: Arc<Counters>,
+    pub(crate) health: Arc<Health>,
+    pub(crate) running: Arc<Running>,
+    pub(crate) leases: Arc<Leases>,
+}
+
+impl Control {
+    /// Reads the controls once (before the first claim).
+    pub(crate) fn refresh(&self) -> Result<(), Error> {
+        let controls = self.queue.controls_of(&self.config.queues)?;
+        self.controls.set(controls);
+        Counters::add(&self.counters.control_round_trips, 1);
+        Ok(())
+    }
+
+    /// Writes this worker's registry document.
+    pub(crate) fn heartbeat(&self) -> Result<(), Error> {
+        let report = self.counters.snapshot(false);
+        let fields = doc! {
+            "host": gethostname::gethostname().to_string_lossy().into_owned(),
+            "pid": i64::from(std::process::id()),
+            "version": env!("CARGO_PKG_VERSION"),
+            "threads": self.config.threads as i64,
+            "queues": &self.config.queues,
+            "running": self.running.count() as i64,
+            "held": self.leases.held() as i64,
+            "completed": report.completed as i64,
+            "retried": report.retried as i64,
+            "failed": report.failed as i64,
+        };
+        Counters::add(&self.counters.control_round_trips, 1);
+        self.queue.heartbeat(&self.config.worker_id, fields)
+    }
+
+    /// Until `stop`: refresh, give back, reclaim, extend, heartbeat.
+    pub(crate) fn run(&self, stop: &Shutdown) {
+        let extend_every = (self.config.lease / 3).max(Duration::from_millis(50));
+        let mut next_extend = Instant::now() + extend_every;
+        let mut next_heartbeat = Instant::now() + HEARTBEAT;
+        loop {
+            self.health.beat(Beat::Control);
+            if let Err(error) = self.health.track(self.refresh()) {
+                log::warn!("could not read the queue controls (will retry): {error}");
+            }
+            self.settle();
+            for control in self.controls.all() {
+                if control.concurrency.is_some() {
+                    match reclaim_dead(&self.queue, &control, &self.config.worker_id) {
+                        Ok(0) => {}
+                        Ok(n) => Counters::add(&self.counters.rescued_slots, n),
+                        Err(error) => log::warn!("could not take back slots (will retry): {error}"),
+                    }
+                }
+            }
+            if Instant::now() >= next_extend {
+                for name in self.slots.holding() {
+                    if let Err(error) = extend_slots(
+                        &self.queue,
+                        &name,
+                        &self.config.worker_id,
+                        self.config.lease,
+                    ) {
+                        log::warn!("could not extend concurrency slots (will retry): {error}");
+                    }
+                }
+                next_extend = Instant::now() + extend_every;
+            }
+            if Instant::now() >= next_heartbeat {
+                if let Err(error) = self.heartbeat() {
+                    log::warn!("could not write the worker registry (will retry): {error}");
+                }
+                next_heartbeat = Instant::now() + HEARTBEAT;
+            }
+            if stop.sleep(REFRESH) {
+                break;
+            }
+        }
+        self.settle();
+        if let Err(error) = self.queue.deregister(&self.config.worker_id) {
+            log::warn!(
+                "could not remove this worker from the registry (its entry expires): {error}"
+            );
+        }
+    }
+
+    /// Gives back the slots finished jobs freed.
+    fn settle(&self) {
+        for name in self.slots.with_freed() {
+            match give_back(&self.queue, &name, &self.config.worker_id, &self.slots) {
+                Ok(trips) => Counters::add(&self.counters.control_round_trips, trips),
+                Err(error) => {
+                    log::warn!("could not give back concurrency slots (will retry): {error}");
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,313 @@
+//! Fleet-wide limits, enforced by the claim itself.
+//!
+//! **Concurrency.** A limited queue's control document counts the slots in
+//! use (`in_use`) and who holds them (`holders.<worker>.n`). Before
+//! claiming `k` jobs of it, a worker takes `k` slots with one conditional
+//! update, `in_use ≤ limit − k` (netting in the `f` slots its finished jobs
+//! freed since: `in_use ≤ limit − k + f`, `$inc: k − f`). The update is
+//! atomic on one document, so across the fleet the slots taken never
+//! exceed the limit, and a job holds its slot from claim to outcome: at no
+//! instant do more than `limit` jobs of the queue run. Slots the claim did
+//! not fill, and slots of finished jobs, are given back (netted into the
+//! next take, or returned by the control thread within half a second).
+//! A holder's entry carries `until`, extended with its leases; once it is
+//! past (on the server's clock), the worker is dead and any other worker
+//! takes its slots back, but only if the entry is unchanged since it read
+//! it.
+//!
+//! **Rate.** The document keeps the reservation times of the last `n`
+//! starts, oldest first. Taking `k` starts at time `t` needs the `k`-th
+//! oldest to be older than `t − (window + margin)`; the new times are
+//! pushed and the array trimmed to `n`, in the same update. A job whose
+//! start was reserved must start within [`START_WITHIN`] or it goes back
+//! unstarted, so its real start lies within the margin of its reservation:
+//! the margin covers that and twice the clock's uncertainty, and no window
+//! of the real clock sees more than `n` starts. (Short windows therefore
+//! run somewhat under `n` per window; the price of exactness.)
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use mongodb::bson::{doc, Bson, DateTime};
+
+use crate::clock::{shift_by, Clock};
+use crate::error::Error;
+use crate::queue::control::{holder_key, QueueControl, Rate};
+use crate::queue::Queue;
+use crate::schema::integer;
+use crate::sync::lock;
+
+/// A job whose start was reserved under a rate limit must start within
+/// this long, or it is handed back unstarted.
+pub const START_WITHIN: Duration = Duration::from_millis(500);
+
+/// Slots this worker holds and slots its finished jobs freed, by queue.
+#[derive(Default)]
+pub(crate) struct Slots {
+    /// Slots counted in the control document under this worker.
+    held: Mutex<HashMap<String, u32>>,
+    /// Of those, freed by outcomes and not yet given back.
+    freed: Mutex<HashMap<String, u32>>,
+}
+
+impl Slots {
+    /// An outcome of a job holding a slot of `queue` was written (or lost).
+    pub(crate) fn free(&self, queue: &str, n: u32) {
+        *lock(&self.freed).entry(queue.to_string()).or_insert(0) += n;
+    }
+
+    fn take_freed(&self, queue: &str) -> u32 {
+        lock(&self.freed).remove(queue).unwrap_or(0)
+    }
+
+    fn unfree(&self, queue: &str, n: u32) {
+        if n > 0 {
+            self.free(queue, n);
+        }
+    }
+
+    fn adjust_held(&self, queue: &str, delta: i64) {
+        let mut held = lock(&self.held);
+        let entry = held.entry(queue.to_string()).or_insert(0);
+        *entry = u32::try_from((i64::from(*entry) + delta).max(0)).unwrap_or(0);
+    }
+
+    /// Queues in which this worker holds slots.
+    pub(crate) fn holding(&self) -> Vec<String> {
+        lock(&self.held)
+            .iter()
+            .filter(|(_, n)| **n > 0)
+            .map(|(q, _)| q.clone())
+            .collect()
+    }
+
+    /// Queues with freed slots waiting to be given back.
+    pub(crate) fn with_freed(&self) -> Vec<String> {
+        lock(&self.freed)
+            .iter()
+            .filter(|(_, n)| **n > 0)
+            .map(|(q, _)| q.clone())
+            .collect()
+    }
+}
+
+/// What one take did: how many jobs may be claimed, and the round trips.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Grant {
+    pub(crate) jobs: u32,
+    pub(crate) round_trips: u64,
+}
+
+/// Takes up to `want` slots of `control.queue` for `worker`, netting in
+/// what its finished jobs freed.
+pub(crate) fn take_slots(
+    queue: &Queue,
+    control: &QueueControl,
+    limit: u32,
+    worker: &str,
+    want: u32,
+    slots: &Slots,
+    lease: Duration,
+) -> Result<Grant, Error> {
+    let name = &control.queue;
+    let key = holder_key(worker);
+    let freed = slots.take_freed(name);
+    let collection = queue.controls_collection();
+    let mut grant = Grant::default();
+    let mut k = want;
+    for _ in 0..2 {
+        if k == 0 {
+            break;
+        }
+        let net = i64::from(k) - i64::from(freed);
+        let filter = doc! {
+            "_id": name,
+            "concurrency": i64::from(limit),
+            "in_use": {"$lte": i64::from(limit) - net},
+        };
+        let update = doc! {
+            "$inc": {"in_use": net, format!("holders.{key}.n"): net},
+            "$set": {format!("holders.{key}.until"): queue.clock().after(lease)},
+        };
+        let result = collection
+            .update_one(filter, update)
+            .run()
+            .map_err(|e| queue.db_error("update (take concurrency slots)", &e));
+        grant.round_trips += 1;
+        if result
+            .inspect_err(|_| slots.unfree(name, freed))?
+            .modified_count
+            == 1
+        {
+            slots.adjust_held(name, net);
+            grant.jobs = k;
+            return Ok(grant);
+        }
+        // Too few free: see how many are.
+        let current = collection
+            .find_one(doc! {"_id": name})
+            .projection(doc! {"in_use": 1, "concurrency": 1})
+            .run()
+            .map_err(|e| queue.db_error("find (concurrency slots)", &e))
+            .inspect_err(|_| slots.unfree(name, freed))?;
+        grant.round_trips += 1;
+        let Some(current) = current else { break };
+        let in_use = current.get("in_use").and_then(integer).unwrap_or(0);
+        let now_limit = current.get("concurrency").and_then(integer);
+        if now_limit != Some(i64::from(limit)) {
+            // The limit changed; the next refresh of the controls brings it.
+            break;
+        }
+        let free = i64::from(limit) + i64::from(freed) - in_use;
+        k = k.min(u32::try_from(free.max(0)).unwrap_or(0));
+    }
+    // Nothing taken: what was freed still goes back (now or at the next take).
+    slots.unfree(name, freed);
+    Ok(grant)
+}
+
+/// Gives `queue`'s freed slots back to the control document.
+pub(crate) fn give_back(
+    queue: &Queue,
+    name: &str,
+    worker: &str,
+    slots: &Slots,
+) -> Result<u64, Error> {
+    let freed = slots.take_freed(name);
+    if freed == 0 {
+        return Ok(0);
+    }
+    let key = holder_key(worker);
+    let n = i64::from(freed);
+    let result = queue
+        .controls_collection()
+        .update_one(
+            // Only what this worker still holds: if another worker took its
+            // slots back (it was thought dead), they were counted off then.
+            doc! {"_id": name, format!("holders.{key}.n"): {"$gte": n}},
+            doc! {"$inc": {"in_use": -n, format!("holders.{key}.n"): -n}},
+        )
+        .run()
+        .map_err(|e| queue.db_error("update (give back concurrency slots)", &e));
+    match result {
+        Ok(_) => {
+            slots.adjust_held(name, -n);
+            Ok(1)
+        }
+        Err(error) => {
+            slots.unfree(name, freed);
+            Err(error)
+        }
+    }
+}
+
+/// Pushes `until` forward on this worker's slots of `name`, as its leases.
+pub(crate) fn extend_slots(
+    queue: &Queue,
+    name: &str,
+    worker: &str,
+    lease: Duration,
+) -> Result<(), Error> {
+    let key = holder_key(worker);
+    queue
+        .controls_collection()
+        .update_one(
+            doc! {"_id": name, format!("holders.{key}"): {"$exists": true}},
+            doc! {"$set": {format!("holders.{key}.until"): queue.clock().after(lease)}},
+        )
+        .run()
+        .map(|_| ())
+        .map_err(|e| queue.db_error("update (extend concurrency slots)", &e))
+}
+
+/// Takes back the slots of holders whose `until` has passed (dead
+/// workers), each only if its entry is as read. Returns how many slots.
+pub(crate) fn reclaim_dead(queue: &Queue, control: &QueueControl, me: &str) -> Result<u64, Error> {
+    let passed = queue.clock().passed().timestamp_millis();
+    let mut reclaimed = 0;
+    for (holder, n, until) in &control.holders {
+        if holder == me || *until >= passed {
+            continue;
+        }
+        let key = holder_key(holder);
+        let result = queue
+            .controls_collection()
+            .update_one(
+                doc! {
+                    "_id": &control.queue,
+                    format!("holders.{key}.n"): i64::from(*n),
+                    format!("holders.{key}.until"): DateTime::from_millis(*until),
+                },
+                doc! {"$inc": {"in_use": -i64::from(*n)}, "$unset": {format!("holders.{key}"): ""}},
+            )
+            .run()
+            .map_err(|e| queue.db_error("update (reclaim concurrency slots)", &e))?;
+        if result.modified_count == 1 {
+            log::warn!(
+                "took back {n} concurrency slots of queue {} from worker {holder}, not seen since its lease ran out",
+                control.queue
+            );
+            reclaimed += u64::from(*n);
+        }
+    }
+    Ok(reclaimed)
+}
+
+/// Reserves up to `want` starts of `name` under `rate`.
+pub(crate) fn take_starts(
+    queue: &Queue,
+    name: &str,
+    rate: Rate,
+    want: u32,
+    clock: &Clock,
+) -> Result<Grant, Error> {
+    let collection = queue.controls_collection();
+    let uncertainty = clock.uncertainty();
+    // The latest the true time may be now, and the oldest a counted start
+    // may be (see the module docs for the margin).
+    let at = shift_by(clock.now(), uncertainty);
+    let margin = START_WITHIN + uncertainty * 2 + Duration::from_millis(100);
+    let cutoff =
+        DateTime::from_millis(at.timestamp_millis() - (rate.per + margin).as_millis() as i64);
+    let mut grant = Grant::default();
+    let mut k = want.min(rate.count);
+    for _ in 0..2 {
+        if k == 0 {
+            break;
+        }
+        let filter = doc! {
+            "_id": name,
+            "rate.n": i64::from(rate.count),
+            "rate.per_ms": rate.per.as_millis() as i64,
+            format!("starts.{}", k - 1): {"$lt": cutoff},
+        };
+        let times = vec![Bson::DateTime(at); k as usize];
+        let update = doc! {"$push": {"starts": {"$each": times, "$sort": 1, "$slice": -i64::from(rate.count)}}};
+        let result = collection
+            .update_one(filter, update)
+            .run()
+            .map_err(|e| queue.db_error("update (take rate starts)", &e))?;
+        grant.round_trips += 1;
+        if result.modified_count == 1 {
+            grant.jobs = k;
+            return Ok(grant);
+        }
+        let current = collection
+            .find_one(doc! {"_id": name})
+            .projection(doc! {"starts": 1})
+            .run()
+            .map_err(|e| queue.db_error("find (rate starts)", &e))?;
+        grant.round_trips += 1;
+        let old = current
+            .and_then(|c| c.get_array("starts").ok().cloned())
+            .map_or(0, |starts| {
+                starts
+                    .iter()
+                    .filter(|s| matches!(s, Bson::DateTime(t) if *t < cutoff))
+                    .count()
+            });
+        k = k.min(u32::try_from(old).unwrap_or(0));
+    }
+    Ok(grant)
+}
