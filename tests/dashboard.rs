@@ -541,3 +541,73 @@ fn a_real_browser_renders_the_overview_and_a_job_page() {
         png.len()
     );
 }
+
+#[test]
+fn a_real_browser_shows_the_fleet_registry_and_paused_queues() {
+    let Some(chromium) = chromium() else { return };
+    let db = TestDb::new("dash_fleet");
+    assert!(db
+        .run(&["pause", "emails", "--reason", "provider down"])
+        .status
+        .success());
+    assert!(db
+        .run(&["limit", "reports", "--concurrency", "5", "--rate", "100/1m"])
+        .status
+        .success());
+    let mut worker = db.spawn_worker(&[
+        "--worker-id",
+        "dash-worker-1",
+        "--threads",
+        "3",
+        "--simulate",
+        "0ms..0ms",
+    ]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !stdout(&db.run(&["workers"])).contains("dash-worker-1") {
+        assert!(Instant::now() < deadline, "the worker did not register");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let dash = dashboard(&db, &[]);
+    let dom = browse(
+        &chromium,
+        &["--dump-dom"],
+        &format!("{}/workers", dash.base),
+    );
+    assert!(
+        dom.contains("<td>dash-worker-1</td>"),
+        "the registry lists an idle worker: {dom}"
+    );
+    assert!(dom.contains(">live<"), "{dom}");
+
+    let dom = browse(&chromium, &["--dump-dom"], &format!("{}/queues", dash.base));
+    assert!(dom.contains("paused</b> (provider down)"), "{dom}");
+    assert!(
+        dom.contains("0 / 5"),
+        "the concurrency limit and its use: {dom}"
+    );
+    assert!(dom.contains("100/1.0m"), "the rate: {dom}");
+    assert!(dom.contains("<button>Resume</button>"), "{dom}");
+    assert!(dom.contains("<button>Pause</button>"), "{dom}");
+
+    // The buttons work (POST + CSRF), and read-only hides and refuses them.
+    let (status, location, _) = post(
+        &format!("{}/queue-action", dash.base),
+        &[
+            ("csrf", &csrf(&get(&format!("{}/queues", dash.base)).1)),
+            ("queue", "emails"),
+            ("action", "resume"),
+        ],
+    );
+    assert_eq!(status, 303, "{location}");
+    assert!(!stdout(&db.run(&["limit"])).contains("PAUSED"));
+    let (status, _, _) = post(
+        &format!("{}/queue-action", dash.base),
+        &[("csrf", "wrong"), ("queue", "emails"), ("action", "pause")],
+    );
+    assert_eq!(status, 403);
+    let read_only = dashboard(&db, &["--read-only"]);
+    let (_, page) = get(&format!("{}/queues", read_only.base));
+    assert!(!page.contains("<button>"), "{page}");
+    worker.signal("TERM");
+    assert!(worker.wait(Duration::from_secs(30)).success());
+}

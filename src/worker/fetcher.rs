@@ -33,6 +33,17 @@ use crate::queue::{Queue, QueueControl};
 use crate::schema::{fields, integer, Status};
 use crate::shutdown::Shutdown;
 
+/// How long a fetcher held back by a limit waits before looking again.
+const AT_LIMIT_PAUSE: Duration = Duration::from_millis(20);
+
+/// What a claim of a limited queue came to.
+enum Limited {
+    /// This many jobs were claimed (0: none eligible).
+    Claimed(usize),
+    /// The limit allowed none now.
+    AtLimit,
+}
+
 /// The fetcher thread and what it owns.
 pub(crate) struct Fetcher {
     pub(crate) queue: Queue,
@@ -72,8 +83,10 @@ impl Fetcher {
                 Decision::Claim(want) => want,
             };
             let plan = self.controls.plan(&config.queues);
+            let generation = self.leases.generation();
             let mut won = 0;
             let mut stopped = false;
+            let mut blocked = false;
             if !plan.open.is_empty() {
                 match self.claim(&mut claimers, &plan.open, want, None, None, shutdown) {
                     Some(n) => won += n,
@@ -85,7 +98,8 @@ impl Fetcher {
                     break;
                 }
                 match self.claim_limited(&mut claimers, control, want - won, shutdown) {
-                    Some(n) => won += n,
+                    Some(Limited::Claimed(n)) => won += n,
+                    Some(Limited::AtLimit) => blocked = true,
                     None => stopped = true,
                 }
             }
@@ -94,6 +108,14 @@ impl Fetcher {
             }
             if won > 0 {
                 idle.reset();
+                continue;
+            }
+            if blocked {
+                // A limit, not a lack of jobs: slots free up as jobs finish
+                // (here or elsewhere) and starts as the window moves, so
+                // look again soon rather than backing off as when idle.
+                self.leases
+                    .wait_for_release_since(generation, AT_LIMIT_PAUSE);
                 continue;
             }
             if config.drain && self.drained(shutdown) {
@@ -163,17 +185,22 @@ impl Fetcher {
         control: &QueueControl,
         want: usize,
         shutdown: &Shutdown,
-    ) -> Option<usize> {
+    ) -> Option<Limited> {
         let config = &self.config;
         let mut grant = u32::try_from(want).unwrap_or(u32::MAX);
         let mut start_by = None;
         if let Some(rate) = control.rate {
-            // Reserved starts must happen soon: only as many as there are
-            // idle threads to start them.
-            let idle_threads = config.threads.saturating_sub(self.leases.held());
-            grant = grant.min(u32::try_from(idle_threads).unwrap_or(u32::MAX));
+            // Reserved starts must happen within START_WITHIN: only as many
+            // as the threads can start by then at the measured pace.
+            let startable = Pacing {
+                threads: config.threads,
+                batch_size: config.batch_size,
+            }
+            .startable_within(START_WITHIN, self.pace.average())
+            .saturating_sub(self.leases.held());
+            grant = grant.min(u32::try_from(startable).unwrap_or(u32::MAX));
             if grant == 0 {
-                return Some(0);
+                return Some(Limited::AtLimit);
             }
             let taken = retry_until_stopped(shutdown, "taking rate-limited starts", || {
                 self.health.track(take_starts(
@@ -187,9 +214,16 @@ impl Fetcher {
             Counters::add(&self.counters.limit_round_trips, taken.round_trips);
             grant = taken.jobs;
             start_by = Some(Instant::now() + START_WITHIN);
+            if grant == 0 {
+                return Some(Limited::AtLimit);
+            }
         }
         let mut slots = 0;
         if let Some(limit) = control.concurrency {
+            // This worker alone fills the limit: no need to ask the server.
+            if self.slots.unreturned(&control.queue) >= limit {
+                return Some(Limited::AtLimit);
+            }
             if grant > 0 {
                 let taken = retry_until_stopped(shutdown, "taking concurrency slots", || {
                     self.health.track(take_slots(
@@ -208,7 +242,7 @@ impl Fetcher {
             }
         }
         if grant == 0 {
-            return Some(0);
+            return Some(Limited::AtLimit);
         }
         let queues = vec![control.queue.clone()];
         let slot = control.concurrency.map(|_| control.queue.as_str());
@@ -218,7 +252,7 @@ impl Fetcher {
         if unfilled > 0 {
             self.slots.free(&control.queue, unfilled);
         }
-        won
+        won.map(Limited::Claimed)
     }
 
     /// True when this worker holds nothing and no job anywhere is running.

@@ -29,6 +29,8 @@ use crate::sync::lock;
 pub(crate) struct Leases {
     held: Mutex<HashMap<ObjectId, usize>>,
     released: Condvar,
+    /// Releases so far, so a waiter can tell one happened since it looked.
+    generation: std::sync::atomic::AtomicU64,
 }
 
 impl Leases {
@@ -48,7 +50,23 @@ impl Leases {
                 held.remove(&token);
             }
         }
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         self.released.notify_all();
+    }
+
+    /// The count of releases so far (see [`Leases::wait_for_release_since`]).
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Waits until a job was released after `generation` was read, or
+    /// `timeout` passes; returns at once if one already was.
+    pub(crate) fn wait_for_release_since(&self, generation: u64, timeout: Duration) {
+        let guard = lock(&self.held);
+        let _ = self
+            .released
+            .wait_timeout_while(guard, timeout, |_| self.generation() == generation);
     }
 
     /// How many jobs this worker holds.

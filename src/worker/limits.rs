@@ -73,6 +73,13 @@ impl Slots {
         *entry = u32::try_from((i64::from(*entry) + delta).max(0)).unwrap_or(0);
     }
 
+    /// Slots of `queue` this worker holds for jobs not yet finished.
+    pub(crate) fn unreturned(&self, queue: &str) -> u32 {
+        let held = lock(&self.held).get(queue).copied().unwrap_or(0);
+        let freed = lock(&self.freed).get(queue).copied().unwrap_or(0);
+        held.saturating_sub(freed)
+    }
+
     /// Queues in which this worker holds slots.
     pub(crate) fn holding(&self) -> Vec<String> {
         lock(&self.held)
@@ -115,7 +122,10 @@ pub(crate) fn take_slots(
     let freed = slots.take_freed(name);
     let collection = queue.controls_collection();
     let mut grant = Grant::default();
-    let mut k = want;
+    // Ask for what the last reading of the controls says is free (at least
+    // one), so a claim seldom needs a second try.
+    let hinted = i64::from(limit) - i64::from(control.in_use) + i64::from(freed);
+    let mut k = want.min(u32::try_from(hinted.max(1)).unwrap_or(u32::MAX));
     for _ in 0..2 {
         if k == 0 {
             break;

@@ -48,6 +48,19 @@ impl Pacing {
         startable.div_ceil(micros).clamp(1, self.batch_size as u64) as usize
     }
 
+    /// How many jobs the threads can start within `within` at an average
+    /// handler time of `average` (one per thread before any measure).
+    pub(crate) fn startable_within(&self, within: Duration, average: Option<Duration>) -> usize {
+        let Some(average) = average else {
+            return self.threads;
+        };
+        let micros = (average.as_micros() as u64).max(1);
+        let per_thread = (within.as_micros() as u64 / micros).max(1);
+        (self.threads as u64)
+            .saturating_mul(per_thread)
+            .min(u64::from(u32::MAX)) as usize
+    }
+
     /// Whether to claim, and how many, with `held` jobs held now.
     pub(crate) fn decide(&self, held: usize, average: Option<Duration>) -> Decision {
         let prefetch = self.prefetch(average);
@@ -137,6 +150,20 @@ mod tests {
             batch_size: 2,
         };
         assert_eq!(small.decide(0, average), Decision::Claim(2));
+    }
+
+    #[test]
+    fn startable_jobs_follow_the_pace() {
+        let within = Duration::from_millis(500);
+        assert_eq!(PACING.startable_within(within, None), 4);
+        assert_eq!(
+            PACING.startable_within(within, Some(Duration::from_millis(100))),
+            20
+        );
+        assert_eq!(
+            PACING.startable_within(within, Some(Duration::from_secs(3))),
+            4
+        );
     }
 
     #[test]

@@ -242,6 +242,9 @@ pub struct BenchArgs {
     /// How long the idle-CPU scenario watches
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub idle: Duration,
+    /// Run only these sections: limits, drain (drain runs every section after it too)
+    #[arg(long, value_delimiter = ',', value_name = "SECTION,...")]
+    pub only: Vec<String>,
     /// Print JSON instead of a table
     #[arg(long)]
     pub json: bool,

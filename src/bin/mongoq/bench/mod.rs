@@ -62,6 +62,9 @@ pub struct BenchConfig {
     pub memory_jobs: usize,
     /// How long the idle-CPU scenario watches.
     pub idle_time: Duration,
+    /// Sections to run (`limits`, `drain`: drain and everything after it);
+    /// empty runs all.
+    pub only: Vec<String>,
     /// The `mongoq` binary, for the scenarios that run it as a process.
     pub exe: PathBuf,
 }
@@ -132,6 +135,23 @@ pub struct BenchResults {
     pub enqueue: Vec<EnqueueRow>,
     pub latency: Vec<LatencyRow>,
     pub cost: Option<CostRow>,
+    pub limits: Vec<LimitRow>,
+}
+
+/// What a fleet-wide limit costs: one drain per mode.
+#[derive(Debug, Clone, Serialize)]
+pub struct LimitRow {
+    pub mode: String,
+    pub jobs: usize,
+    pub seconds: f64,
+    pub jobs_per_second: f64,
+    pub claim_batches: u64,
+    pub claim_round_trips: u64,
+    /// Round trips taking slots or starts (0 for an unlimited queue).
+    pub limit_round_trips: u64,
+    pub limit_round_trips_per_batch: f64,
+    /// The control thread's round trips (controls, heartbeat, slots), per job.
+    pub control_round_trips_per_job: f64,
 }
 
 /// Runs every scenario; `progress` gets a short line as each starts.
@@ -150,7 +170,33 @@ pub fn run(config: &BenchConfig, progress: &mut dyn FnMut(&str)) -> Result<Bench
         enqueue: Vec::new(),
         latency: Vec::new(),
         cost: None,
+        limits: Vec::new(),
     };
+    let wanted = |section: &str| config.only.is_empty() || config.only.iter().any(|s| s == section);
+    if wanted("limits") {
+        for (mode, concurrency, rate) in [
+            ("unlimited, unpaused", None, None),
+            ("concurrency limit 8", Some(8), None),
+            // High enough not to bind: what is measured is the limit's
+            // overhead, not the limit.
+            (
+                "rate limit 100000/1s",
+                None,
+                Some(mongoq::queue::Rate {
+                    count: 100_000,
+                    per: Duration::from_secs(1),
+                }),
+            ),
+        ] {
+            progress(&format!("limits: {mode}"));
+            results
+                .limits
+                .push(bench.limited(mode, config.small_backlog, concurrency, rate)?);
+        }
+    }
+    if !wanted("drain") {
+        return Ok(results);
+    }
     for &threads in &config.threads {
         for &batch in &config.batch_sizes {
             progress(&format!(
@@ -318,6 +364,53 @@ impl Bench<'_> {
             jobs_per_second: n as f64 / seconds,
             round_trips_per_job: sent as f64 / n as f64,
             reply_wait_ms: monitor.millis(),
+        })
+    }
+
+    /// Drains `n` jobs of a queue under a limit (or none) with the default
+    /// settings, counting what the limit cost.
+    fn limited(
+        &self,
+        mode: &str,
+        n: usize,
+        concurrency: Option<u32>,
+        rate: Option<mongoq::queue::Rate>,
+    ) -> Result<LimitRow, Error> {
+        let queue = self.queue("bench_limits", None)?;
+        Bench::fill(&queue, n)?;
+        queue.set_concurrency("default", concurrency)?;
+        queue.set_rate("default", rate)?;
+        let config = WorkerConfig {
+            threads: self.config.default_threads,
+            batch_size: self.config.default_batch,
+            drain: true,
+            change_streams: false,
+            ..WorkerConfig::default()
+        };
+        let worker = Worker::new(queue.clone(), config, |_: &mongoq::Job| Ok(None))?;
+        let started = Instant::now();
+        let report = worker.run(&Shutdown::new());
+        let seconds = started.elapsed().as_secs_f64();
+        let _ = queue.collection().drop().run();
+        let _ = queue.controls_collection().drop().run();
+        let _ = queue.workers_collection().drop().run();
+        if report.completed != n as u64 {
+            return Err(Error::Invalid(format!(
+                "bench limits ({mode}) completed {} of {n} jobs: the run is not valid",
+                report.completed
+            )));
+        }
+        Ok(LimitRow {
+            mode: mode.to_string(),
+            jobs: n,
+            seconds,
+            jobs_per_second: n as f64 / seconds,
+            claim_batches: report.claim_batches,
+            claim_round_trips: report.claim_round_trips,
+            limit_round_trips: report.limit_round_trips,
+            limit_round_trips_per_batch: report.limit_round_trips as f64
+                / report.claim_batches.max(1) as f64,
+            control_round_trips_per_job: report.control_round_trips as f64 / n as f64,
         })
     }
 

@@ -110,6 +110,35 @@ pub fn render_table(results: &BenchResults) -> String {
             c.idle_seconds, c.idle_cpu_percent
         );
     }
+    if !results.limits.is_empty() {
+        let _ = writeln!(
+            out,
+            "\n7. what fleet-wide limits cost (one worker, default settings)"
+        );
+        let _ = writeln!(
+            out,
+            "   {:<22} {:>6} {:>8} {:>8} {:>12} {:>12} {:>14}",
+            "mode", "jobs", "jobs/s", "batches", "claim trips", "limit trips", "limit/batch"
+        );
+        for r in &results.limits {
+            let _ = writeln!(
+                out,
+                "   {:<22} {:>6} {:>8.0} {:>8} {:>12} {:>12} {:>14.2}",
+                r.mode,
+                r.jobs,
+                r.jobs_per_second,
+                r.claim_batches,
+                r.claim_round_trips,
+                r.limit_round_trips,
+                r.limit_round_trips_per_batch
+            );
+        }
+        let _ = writeln!(
+            out,
+            "   control thread (controls, heartbeat, slot upkeep): {:.4} round trips per job in the unlimited run (per second, not per job)",
+            results.limits.first().map_or(0.0, |r| r.control_round_trips_per_job)
+        );
+    }
     out
 }
 

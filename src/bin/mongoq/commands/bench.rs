@@ -34,6 +34,7 @@ pub fn bench(uri: &str, args: &BenchArgs) -> Result<ExitCode, CommandError> {
         latency_rate: args.latency_rate,
         memory_jobs: args.memory_jobs,
         idle_time: args.idle,
+        only: args.only.clone(),
         exe,
     };
     let started = std::time::Instant::now();

@@ -43,6 +43,26 @@ impl Dashboard {
             );
             return Ok(Response::html(200, page("Retried", "/jobs", &format!("<p class=notice>{}</p><p><a href=\"/jobs?status=pending\">Pending jobs</a></p>", esc(&message)), false)));
         }
+        if path == "/queue-action" {
+            let queue = field("queue").trim();
+            let queue = if queue.is_empty() { "default" } else { queue };
+            let done = match field("action") {
+                "pause" => {
+                    let reason = Some(field("reason").trim()).filter(|r| !r.is_empty());
+                    self.queue.pause(queue, reason)?;
+                    format!("queue {queue} paused")
+                }
+                "resume" => {
+                    self.queue.resume(queue)?;
+                    format!("queue {queue} resumed")
+                }
+                _ => return Ok(Response::text(400, "unknown action\n")),
+            };
+            return Ok(Response::redirect(&format!(
+                "/queues?done={}",
+                percent_encode(&done)
+            )));
+        }
         if path != "/action" {
             return Ok(Response::text(404, "no such action\n"));
         }

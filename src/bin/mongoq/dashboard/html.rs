@@ -92,6 +92,7 @@ pub(super) fn page(title: &str, active: &str, body: &str, live: bool) -> String 
     let nav: String = [
         ("/", "Overview"),
         ("/workers", "Workers"),
+        ("/queues", "Queues"),
         ("/jobs?status=pending", "Pending"),
         ("/jobs?status=running", "Running"),
         ("/jobs?status=failed", "Failed"),

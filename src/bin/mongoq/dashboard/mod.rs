@@ -127,6 +127,7 @@ impl Dashboard {
         let result = match (request.method.as_str(), request.path.as_str()) {
             ("GET" | "HEAD", "/") => self.overview(),
             ("GET" | "HEAD", "/workers") => self.workers(),
+            ("GET" | "HEAD", "/queues") => self.queues(request),
             ("GET" | "HEAD", "/jobs") => self.jobs(request),
             ("GET" | "HEAD", "/job") => self.job(request),
             ("GET" | "HEAD", "/retry-failed") => self.confirm_retry_all(),

@@ -115,7 +115,33 @@ impl Dashboard {
             .run()
             .and_then(Iterator::collect)
             .map_err(|e| self.queue.db_error("aggregate (workers)", &e))?;
-        let mut body = String::from("<div id=live>");
+        let mut body = String::from("<div id=live><h2>Registered workers</h2>");
+        let registered = self.queue.workers()?;
+        if registered.is_empty() {
+            body.push_str("<p>No worker is registered.</p>");
+        } else {
+            let now = self.queue.now().timestamp_millis();
+            body.push_str("<table><tr><th>worker</th><th>host</th><th>pid</th><th>threads</th><th>queues</th><th>running</th><th>held</th><th>completed</th><th>failed</th><th>last seen</th><th>state</th></tr>");
+            for w in &registered {
+                let _ = write!(
+                    body,
+                    "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.0}s ago</td><td>{}</td></tr>",
+                    esc(&w.id),
+                    esc(&w.host),
+                    w.pid,
+                    w.threads,
+                    esc(&w.queues.join(", ")),
+                    w.running,
+                    w.held,
+                    w.completed,
+                    w.failed,
+                    (now - w.last_seen).max(0) as f64 / 1000.0,
+                    if w.late { "<b class=err>late</b>" } else { "live" }
+                );
+            }
+            body.push_str("</table>");
+        }
+        body.push_str("<h2>Lease holders</h2>");
         if groups.is_empty() {
             body.push_str("<p>No worker holds a lease now.</p>");
         } else {
@@ -142,6 +168,75 @@ impl Dashboard {
             200,
             page("Workers", "/workers", &body, true),
         ))
+    }
+
+    pub(super) fn queues(&self, request: &Request) -> Result<Response, Error> {
+        let controls = self.queue.controls()?;
+        let mut body = String::new();
+        if let Some(done) = request.param("done") {
+            let _ = write!(body, "<p class=notice>{}</p>", esc(done));
+        }
+        body.push_str("<div id=live>");
+        if controls.is_empty() {
+            body.push_str("<p>No queue is paused or limited.</p>");
+        } else {
+            body.push_str("<table><tr><th>queue</th><th>state</th><th>concurrency (in use / limit)</th><th>rate</th><th></th></tr>");
+            for control in &controls {
+                let state = if control.paused {
+                    format!(
+                        "<b class=err>paused</b>{}",
+                        control
+                            .reason
+                            .as_ref()
+                            .map(|r| format!(" ({})", esc(r)))
+                            .unwrap_or_default()
+                    )
+                } else {
+                    "running".to_string()
+                };
+                let concurrency = control.concurrency.map_or_else(
+                    || "–".to_string(),
+                    |limit| format!("{} / {limit}", control.in_use),
+                );
+                let rate = control
+                    .rate
+                    .map_or_else(|| "–".to_string(), |r| esc(&r.to_string()));
+                let action = if self.config.read_only {
+                    String::new()
+                } else {
+                    self.queue_button(
+                        &control.queue,
+                        if control.paused { "resume" } else { "pause" },
+                    )
+                };
+                let _ = write!(
+                    body,
+                    "<tr><td><a href=\"/jobs?status=pending&amp;queue={}\">{}</a></td><td>{state}</td><td>{concurrency}</td><td>{rate}</td><td>{action}</td></tr>",
+                    percent_encode(&control.queue),
+                    esc(&control.queue)
+                );
+            }
+            body.push_str("</table>");
+        }
+        body.push_str("</div>");
+        if !self.config.read_only {
+            let _ = write!(
+                body,
+                "<h2>Pause a queue</h2><form method=post action=/queue-action class=filters><input type=hidden name=csrf value=\"{}\"><input type=hidden name=action value=pause><input name=queue placeholder=\"queue (default)\" required><input name=reason placeholder=reason><button>Pause</button></form>",
+                esc(&self.csrf)
+            );
+        }
+        body.push_str("<p>Limits are set with <code>mongoq limit QUEUE --concurrency N --rate N/DURATION</code>.</p>");
+        Ok(Response::html(200, page("Queues", "/queues", &body, true)))
+    }
+
+    fn queue_button(&self, queue: &str, action: &str) -> String {
+        format!(
+            "<form method=post action=/queue-action class=inline><input type=hidden name=csrf value=\"{}\"><input type=hidden name=queue value=\"{}\"><input type=hidden name=action value={action}><button>{}</button></form>",
+            esc(&self.csrf),
+            esc(queue),
+            if action == "pause" { "Pause" } else { "Resume" }
+        )
     }
 
     pub(super) fn jobs(&self, request: &Request) -> Result<Response, Error> {
