@@ -174,25 +174,7 @@ pub fn run(config: &BenchConfig, progress: &mut dyn FnMut(&str)) -> Result<Bench
     };
     let wanted = |section: &str| config.only.is_empty() || config.only.iter().any(|s| s == section);
     if wanted("limits") {
-        for (mode, concurrency, rate) in [
-            ("unlimited, unpaused", None, None),
-            ("concurrency limit 8", Some(8), None),
-            // High enough not to bind: what is measured is the limit's
-            // overhead, not the limit.
-            (
-                "rate limit 100000/1s",
-                None,
-                Some(mongoq::queue::Rate {
-                    count: 100_000,
-                    per: Duration::from_secs(1),
-                }),
-            ),
-        ] {
-            progress(&format!("limits: {mode}"));
-            results
-                .limits
-                .push(bench.limited(mode, config.small_backlog, concurrency, rate)?);
-        }
+        results.limits = bench.limits(progress)?;
     }
     if !wanted("drain") {
         return Ok(results);
@@ -365,6 +347,30 @@ impl Bench<'_> {
             round_trips_per_job: sent as f64 / n as f64,
             reply_wait_ms: monitor.millis(),
         })
+    }
+
+    /// Section 7: the same drain unlimited, under a concurrency limit and
+    /// under a rate limit that does not bind.
+    fn limits(&self, progress: &mut dyn FnMut(&str)) -> Result<Vec<LimitRow>, Error> {
+        let mut rows = Vec::new();
+        for (mode, concurrency, rate) in [
+            ("unlimited, unpaused", None, None),
+            ("concurrency limit 8", Some(8), None),
+            // High enough not to bind: what is measured is the limit's
+            // overhead, not the limit.
+            (
+                "rate limit 100000/1s",
+                None,
+                Some(mongoq::queue::Rate {
+                    count: 100_000,
+                    per: Duration::from_secs(1),
+                }),
+            ),
+        ] {
+            progress(&format!("limits: {mode}"));
+            rows.push(self.limited(mode, self.config.small_backlog, concurrency, rate)?);
+        }
+        Ok(rows)
     }
 
     /// Drains `n` jobs of a queue under a limit (or none) with the default
