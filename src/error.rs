@@ -49,6 +49,13 @@ pub enum Error {
     /// A queue name that cannot name a queue.
     #[error("`{0}` is not a valid queue name: use 1 to 200 printable characters, e.g. `emails`")]
     QueueName(String),
+    /// The job's lease was lost (its lease expired and another worker took
+    /// it, or an operator cancelled it): nothing of this attempt may land.
+    #[error("job {0} is no longer held by this worker (its lease was lost or it was cancelled); abort the transaction: nothing of this attempt may land")]
+    LeaseLost(String),
+    /// Transactions need a replica set or a sharded cluster.
+    #[error("MongoDB transactions need a replica set or a sharded cluster, and {0} is a standalone server; run it as a (one-node) replica set to enqueue or complete jobs in a transaction")]
+    NeedsReplicaSet(String),
     /// A value handed to the library is not usable.
     #[error("{0}")]
     Invalid(String),

@@ -36,6 +36,8 @@ pub struct Job {
     pub cancelled: Arc<AtomicBool>,
     /// The limited queue whose concurrency slot this job holds.
     pub(crate) slot: Option<Arc<str>>,
+    /// Set by [`Job::complete_in`]: the handler wrote the completion itself.
+    pub(crate) settled: Arc<AtomicBool>,
     /// Under a rate limit: the job must start by then, or go back unstarted.
     pub(crate) start_by: Option<std::time::Instant>,
 }
@@ -128,8 +130,14 @@ impl Job {
             queue,
             cancelled: Arc::new(AtomicBool::new(false)),
             slot: None,
+            settled: Arc::new(AtomicBool::new(false)),
             start_by: None,
         })
+    }
+
+    /// Whether [`Job::complete_in`] wrote this job's completion.
+    pub fn is_settled(&self) -> bool {
+        self.settled.load(Ordering::SeqCst)
     }
 
     /// Whether an operator cancelled this job while it ran.

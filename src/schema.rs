@@ -150,6 +150,39 @@ pub(crate) fn push_error(entry: Document) -> Document {
     doc! {fields::ERRORS: {"$each": [entry], "$slice": -ERROR_HISTORY}}
 }
 
+/// Largest `result` stored; larger ones are replaced by a note.
+pub const MAX_RESULT_BYTES: usize = 256 * 1024;
+
+/// The update that ends a job as `completed` at `at` with `result`: the
+/// worker's outcome writes it, and so does [`crate::Job::complete_in`]
+/// inside a caller's transaction.
+pub(crate) fn completed_update(at: DateTime, result: Option<Bson>) -> Document {
+    doc! {
+        "$set": {fields::STATUS: Status::Completed, fields::COMPLETED_AT: at, fields::RESULT: bounded_result(result)},
+        "$unset": unset_lease(),
+    }
+}
+
+/// A result as stored: as it is, or a note when it is over the bound.
+fn bounded_result(result: Option<Bson>) -> Bson {
+    let Some(result) = result else {
+        return Bson::Null;
+    };
+    let size = mongodb::bson::to_vec(&doc! {"r": &result}).map_or(usize::MAX, |bytes| bytes.len());
+    if size > MAX_RESULT_BYTES {
+        Bson::String(format!(
+            "[result not stored: {size} bytes is over the {MAX_RESULT_BYTES}-byte limit]"
+        ))
+    } else {
+        result
+    }
+}
+
+/// The fence of every outcome: this job, under this claim, still running.
+pub(crate) fn fenced(id: &Bson, token: mongodb::bson::oid::ObjectId) -> Document {
+    doc! {"_id": id.clone(), fields::LEASE_TOKEN: token, fields::STATUS: Status::Running}
+}
+
 /// The update that ends a job as `cancelled` at `at`.
 pub(crate) fn cancelled_update(reason: &str, at: DateTime) -> Document {
     let mut unset = unset_lease();

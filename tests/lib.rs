@@ -19,6 +19,7 @@ mod lifecycle;
 mod malformed;
 mod mongosh;
 mod operations;
+mod package;
 mod security;
 mod siege;
 mod structure;

@@ -72,6 +72,17 @@ impl Queue {
         data: impl IntoIterator<Item = Bson>,
         options: &EnqueueOptions,
     ) -> Result<Vec<ObjectId>, Error> {
+        self.in_batches(data, options, |documents| self.insert_batch(documents))
+    }
+
+    /// Makes the job documents for `data` and hands them to `insert` in
+    /// batches of 1,000; returns their ids in order.
+    pub(crate) fn in_batches(
+        &self,
+        data: impl IntoIterator<Item = Bson>,
+        options: &EnqueueOptions,
+        mut insert: impl FnMut(Vec<Document>) -> Result<(), Error>,
+    ) -> Result<Vec<ObjectId>, Error> {
         let now = self.now();
         let mut ids = Vec::new();
         let mut batch = Vec::with_capacity(1_000);
@@ -80,11 +91,11 @@ impl Queue {
             ids.push(id);
             batch.push(new_job_document(id, item, options, now));
             if batch.len() == 1_000 {
-                self.insert_batch(std::mem::take(&mut batch))?;
+                insert(std::mem::take(&mut batch))?;
             }
         }
         if !batch.is_empty() {
-            self.insert_batch(batch)?;
+            insert(batch)?;
         }
         Ok(ids)
     }

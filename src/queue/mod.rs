@@ -14,6 +14,7 @@ pub mod filters;
 pub mod indexes;
 pub mod registry;
 pub mod stats;
+pub mod transaction;
 pub mod wait;
 
 pub use admin::{Cancel, Retried, RetrySelection};
@@ -63,6 +64,7 @@ impl QueueConfig {
 /// A handle on the queue collection. Cheap to clone; share it freely.
 #[derive(Clone)]
 pub struct Queue {
+    client: Client,
     database: Database,
     collection: Collection<Document>,
     uri: String,
@@ -129,6 +131,7 @@ impl Queue {
         let database = client.database(&config.database);
         let collection = database.collection::<Document>(&config.collection);
         Ok(Queue {
+            client,
             database,
             collection,
             uri: config.uri.clone(),
@@ -139,6 +142,12 @@ impl Queue {
     /// The collection holding the jobs.
     pub fn collection(&self) -> &Collection<Document> {
         &self.collection
+    }
+
+    /// The driver's client (share it: one pool for the queue and your own
+    /// collections, needed for transactions across both).
+    pub fn client(&self) -> &Client {
+        &self.client
     }
 
     /// The database holding the collection.

@@ -137,6 +137,13 @@ impl Completer {
                         id_text(&key.id)
                     );
                 }
+                Outcome::Settled { key } => {
+                    Counters::add(&counters.completed, 1);
+                    log::debug!(
+                        "job {} completed in its handler's transaction",
+                        id_text(&key.id)
+                    );
+                }
                 Outcome::Released { .. } => {
                     Counters::add(&counters.released, 1);
                 }

@@ -19,15 +19,15 @@ use mongodb::bson::{doc, oid::ObjectId, Bson, DateTime, Document};
 use super::oversized::{fail_oversized, is_too_large_code, too_large};
 use crate::error::Error;
 use crate::queue::Queue;
-use crate::schema::{count, fields, id_text, push_error, unset_lease, Status};
+use crate::schema::{
+    completed_update, count, fenced, fields, id_text, push_error, unset_lease, Status,
+};
 
 /// The shared kind of hand-backs (see [`Outcome::shared_kind`]).
 const RELEASED: u8 = 1;
 
 /// Longest error text stored.
 pub(crate) const MAX_ERROR_BYTES: usize = 4 * 1024;
-/// Largest `result` stored; larger ones are replaced by a note.
-pub(crate) const MAX_RESULT_BYTES: usize = 256 * 1024;
 /// Most statements in one `update` command (the server allows 100,000).
 pub(crate) const MAX_STATEMENTS: usize = 1_000;
 
@@ -63,6 +63,9 @@ pub(crate) enum Outcome {
     Released { key: JobKey },
     /// Started but cut off by shutdown: back to pending now, attempt counted.
     Interrupted { key: JobKey, error: String },
+    /// The handler completed the job in its own transaction
+    /// ([`crate::Job::complete_in`]): nothing more to write.
+    Settled { key: JobKey },
 }
 
 impl Outcome {
@@ -72,6 +75,7 @@ impl Outcome {
             | Outcome::Retry { key, .. }
             | Outcome::Failed { key, .. }
             | Outcome::Released { key }
+            | Outcome::Settled { key }
             | Outcome::Interrupted { key, .. } => key,
         }
     }
@@ -79,7 +83,7 @@ impl Outcome {
     /// The fenced update statement for this outcome.
     fn statement(&self, worker: &str, at: DateTime) -> Document {
         let key = self.key();
-        let mut filter = doc! {"_id": key.id.clone(), fields::LEASE_TOKEN: key.token, fields::STATUS: Status::Running};
+        let mut filter = fenced(&key.id, key.token);
         if self.returns_to_pending() {
             filter.insert(fields::CANCEL_REQUESTED, doc! {"$ne": true});
         }
@@ -118,10 +122,7 @@ impl Outcome {
             )
         };
         match self {
-            Outcome::Completed { result, .. } => doc! {
-                "$set": {fields::STATUS: Status::Completed, fields::COMPLETED_AT: at, fields::RESULT: bounded_result(result.clone())},
-                "$unset": unset_lease,
-            },
+            Outcome::Completed { result, .. } => completed_update(at, result.clone()),
             Outcome::Retry {
                 attempt,
                 error,
@@ -146,6 +147,7 @@ impl Outcome {
                     "$unset": unset,
                 }
             }
+            Outcome::Settled { .. } => doc! {},
             Outcome::Interrupted { error, .. } => doc! {
                 "$set": {fields::STATUS: Status::Pending, fields::RUN_AT: at, fields::LAST_ERROR: error},
                 "$unset": unset_lease,
@@ -158,20 +160,6 @@ impl Outcome {
 /// Cuts an error text to [`MAX_ERROR_BYTES`] on a character boundary.
 pub(crate) fn bounded_error(text: String) -> String {
     crate::text::truncate(text, MAX_ERROR_BYTES, "…[truncated]")
-}
-
-fn bounded_result(result: Option<Bson>) -> Bson {
-    let Some(result) = result else {
-        return Bson::Null;
-    };
-    let size = mongodb::bson::to_vec(&doc! {"r": &result}).map_or(usize::MAX, |bytes| bytes.len());
-    if size > MAX_RESULT_BYTES {
-        Bson::String(format!(
-            "[result not stored: {size} bytes is over the {MAX_RESULT_BYTES}-byte limit]"
-        ))
-    } else {
-        result
-    }
 }
 
 /// Writes outcomes in one `update` command per [`MAX_STATEMENTS`]; returns
@@ -187,6 +175,11 @@ pub(crate) fn write(queue: &Queue, worker: &str, outcomes: &[Outcome]) -> Result
     let mut groups: Vec<(u8, ObjectId, Document, Vec<Bson>)> = Vec::new();
     let mut singles: Vec<&Outcome> = Vec::new();
     for outcome in outcomes {
+        if matches!(outcome, Outcome::Settled { .. }) {
+            // Written by the handler's transaction already.
+            matched += 1;
+            continue;
+        }
         let Some(kind) = outcome.shared_kind() else {
             singles.push(outcome);
             continue;

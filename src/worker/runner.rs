@@ -65,6 +65,7 @@ impl Runner {
             self.handler_seconds.observe(took);
             self.running.finish(self.index);
             let outcome = match result {
+                Ok(Ok(_)) if job.is_settled() => Outcome::Settled { key },
                 Ok(Ok(result)) => Outcome::Completed { key, result },
                 Ok(Err(error)) => self.failure(&job, key, error),
                 Err(panic) => {

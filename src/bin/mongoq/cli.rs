@@ -6,9 +6,17 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use mongoq::duration::{parse_duration, parse_duration_range};
 
+/// `mongoq --version`: the version and the commit it was built from.
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("MONGOQ_COMMIT"),
+    ")"
+);
+
 /// A distributed job queue in one MongoDB collection.
 #[derive(Debug, Parser)]
-#[command(name = "mongoq", version, about, long_about = None)]
+#[command(name = "mongoq", version = VERSION, about, long_about = None)]
 pub struct Cli {
     #[command(flatten)]
     pub global: GlobalArgs,
