@@ -49,6 +49,15 @@ pub enum Error {
     /// A queue name that cannot name a queue.
     #[error("`{0}` is not a valid queue name: use 1 to 200 printable characters, e.g. `emails`")]
     QueueName(String),
+    /// A transaction ran into another write (MongoDB labels the error
+    /// `TransientTransactionError`): abort it and run it again.
+    #[error("MongoDB {operation} failed: {reason} (a transient transaction error: abort the transaction and run it again)")]
+    Transient {
+        /// What mongoq was doing.
+        operation: &'static str,
+        /// The driver's message.
+        reason: String,
+    },
     /// The job's lease was lost (its lease expired and another worker took
     /// it, or an operator cancelled it): nothing of this attempt may land.
     #[error("job {0} is no longer held by this worker (its lease was lost or it was cancelled); abort the transaction: nothing of this attempt may land")]
@@ -62,6 +71,12 @@ pub enum Error {
 }
 
 impl Error {
+    /// Whether the whole transaction should be run again (the server said
+    /// so with `TransientTransactionError`).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Error::Transient { .. })
+    }
+
     /// A [`Error::Config`] for `setting`.
     pub fn config(setting: &'static str, reason: impl Into<String>) -> Error {
         Error::Config {

@@ -23,3 +23,4 @@ mod package;
 mod security;
 mod siege;
 mod structure;
+mod transactions;

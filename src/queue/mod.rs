@@ -206,6 +206,12 @@ impl Queue {
     /// Wraps a driver error for the user: operation, redacted URI, hint.
     pub fn db_error(&self, operation: &'static str, error: &mongodb::error::Error) -> Error {
         let message = redact_text(&describe_driver_error(error), &self.uri);
+        if error.contains_label(mongodb::error::TRANSIENT_TRANSACTION_ERROR) {
+            return Error::Transient {
+                operation,
+                reason: message,
+            };
+        }
         let hint = hint_for(&message);
         Error::Database {
             operation,

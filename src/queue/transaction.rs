@@ -91,6 +91,11 @@ impl Job {
     /// error is [`Error::LeaseLost`]; abort the transaction then, so none of
     /// the attempt's writes land and the other worker's outcome stands.
     ///
+    /// A job changed since the transaction began (the keeper extended its
+    /// lease, or another worker took it) makes this [`Error::Transient`]:
+    /// abort and run the transaction again; the next run sees the change
+    /// (and then [`Error::LeaseLost`] if the job was taken).
+    ///
     /// After committing, return `Ok` from the handler: the worker sees the
     /// job settled and writes nothing more. (If the transaction aborts,
     /// return `Err`: the attempt is retried as any failed one.)

@@ -92,7 +92,13 @@ impl Completer {
         }) else {
             return;
         };
-        Counters::add(&counters.outcome_writes, 1);
+        // Outcomes a handler's transaction already wrote need no round trip.
+        if pending
+            .iter()
+            .any(|o| !matches!(o, Outcome::Settled { .. }))
+        {
+            Counters::add(&counters.outcome_writes, 1);
+        }
         let lost = (pending.len() as u64).saturating_sub(matched);
         if lost > 0 {
             Counters::add(&counters.lost, lost);
