@@ -1,18 +1,21 @@
 #!/usr/bin/env bash
 # The first thing to run: a whole round trip of the queue.
 #
-# Uses MONGODB_URI when set; otherwise starts a local test server (installing
-# it once if needed) and stops it at the end. Enqueues jobs with the shell
+# Uses MONGODB_URI when set; otherwise starts a local test server and stops
+# it at the end: one already installed, else secantusd-py from its wheel
+# (seconds; MONGOQ_TEST_SERVER=rs|py chooses). Enqueues jobs with the shell
 # client (mongosh, installed if missing) and with `mongoq enqueue`, shows the
 # stats, drains them with `mongoq work --drain`, and shows the stats again.
 # Jobs go to the database `mongoq_demo` (MONGOQ_DB to change it), so a demo
 # against a real deployment does not touch the real queue.
 set -euo pipefail
+MONGOQ_TEST_SERVER_SET="${MONGOQ_TEST_SERVER:-}"
 source "$(dirname "$0")/lib.sh"
 cd "$MONGOQ_ROOT"
 
 ensure_mongosh
 if [ -z "${MONGODB_URI:-}" ]; then
+  pick_installed_server
   ensure_server
   trap stop_server EXIT INT TERM
   start_server

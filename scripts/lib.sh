@@ -7,11 +7,50 @@
 MONGOQ_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 MONGOQ_TOOLS="${MONGOQ_TOOLS:-$MONGOQ_ROOT/.tools}"
 SECANTUS_VERSION="0.5.3-beta.196"
+SECANTUS_PY_VERSION="0.7.0b3"
+# Which test server: rs (secantusd-rs, built from crates.io) or py
+# (secantusd-py, a binary wheel from PyPI). Both speak MongoDB's wire
+# protocol on WiredTiger storage; they are independent implementations.
+MONGOQ_TEST_SERVER="${MONGOQ_TEST_SERVER:-rs}"
 
 log() { printf '[%s] %s\n' "$(basename "$0")" "$*" >&2; }
 
-# Puts secantusd-rs on PATH, building it once (about 5 minutes) if missing.
+# Puts the chosen test server on PATH (installing it if missing) and sets
+# SERVER_BIN; tests that start servers of their own use MONGOQ_SERVER_BIN.
 ensure_server() {
+  case "$MONGOQ_TEST_SERVER" in
+    rs) ensure_server_rs; SERVER_BIN=secantusd-rs ;;
+    py) ensure_server_py; SERVER_BIN=secantusd-py ;;
+    *) log "MONGOQ_TEST_SERVER must be rs or py, not '$MONGOQ_TEST_SERVER'"; return 1 ;;
+  esac
+  export MONGOQ_SERVER_BIN="$SERVER_BIN" MONGOQ_TEST_SERVER
+}
+
+# secantusd-py from its wheel, in a virtual environment of its own under
+# $MONGOQ_TOOLS (never the system Python). Seconds.
+ensure_server_py() {
+  local venv="$MONGOQ_TOOLS/secantus-py"
+  export PATH="$venv/bin:$PATH"
+  if command -v secantusd-py >/dev/null 2>&1; then return 0; fi
+  log "installing the test server (secantusd-py $SECANTUS_PY_VERSION, a wheel, into $venv; seconds)"
+  mkdir -p "$MONGOQ_TOOLS"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet "SecantusDB==$SECANTUS_PY_VERSION"
+}
+
+# Which server a newcomer's demo should use: one already installed, else
+# the wheel (seconds, where building the Rust server takes minutes).
+pick_installed_server() {
+  if [ -n "${MONGOQ_TEST_SERVER_SET:-}" ]; then return 0; fi
+  if command -v secantusd-rs >/dev/null 2>&1 || [ -x "$HOME/.cargo/bin/secantusd-rs" ]; then
+    MONGOQ_TEST_SERVER=rs
+  else
+    MONGOQ_TEST_SERVER=py
+  fi
+}
+
+# secantusd-rs on PATH, building it once (about 5 minutes) if missing.
+ensure_server_rs() {
   export PATH="$HOME/.cargo/bin:$PATH"
   if command -v secantusd-rs >/dev/null 2>&1; then return 0; fi
   log "installing the test server (secantusd-rs $SECANTUS_VERSION; about 5 minutes, once)"
@@ -75,12 +114,12 @@ free_port() {
 start_server() {
   SERVER_PORT="${1:-$(free_port)}"
   SERVER_DIR="$(mktemp -d "${TMPDIR:-/tmp}/mongoq-server.XXXXXX")"
-  secantusd-rs --port "$SERVER_PORT" --storage-path "$SERVER_DIR/data" >"$SERVER_DIR/server.log" 2>&1 &
+  "${SERVER_BIN:-secantusd-rs}" --port "$SERVER_PORT" --storage-path "$SERVER_DIR/data" >"$SERVER_DIR/server.log" 2>&1 &
   SERVER_PID=$!
   SERVER_URI="mongodb://127.0.0.1:$SERVER_PORT"
-  for _ in $(seq 1 100); do
+  for _ in $(seq 1 300); do
     if (exec 3<>"/dev/tcp/127.0.0.1/$SERVER_PORT") 2>/dev/null; then
-      log "test server up at $SERVER_URI (pid $SERVER_PID, data $SERVER_DIR)"
+      log "test server ${SERVER_BIN:-secantusd-rs} up at $SERVER_URI (pid $SERVER_PID, data $SERVER_DIR)"
       return 0
     fi
     if ! kill -0 "$SERVER_PID" 2>/dev/null; then break; fi

@@ -254,6 +254,31 @@ pub fn mongosh() -> String {
     )
 }
 
+/// The test server's program (`MONGOQ_SERVER_BIN` from scripts/test.sh:
+/// secantusd-rs or secantusd-py).
+pub fn server_bin() -> String {
+    std::env::var("MONGOQ_SERVER_BIN").unwrap_or_else(|_| "secantusd-rs".into())
+}
+
+/// Which test server the suite runs on (`rs` or `py`).
+pub fn server_kind() -> String {
+    std::env::var("MONGOQ_TEST_SERVER").unwrap_or_else(|_| "rs".into())
+}
+
+/// Records that `what` was not checked on this server and why: printed
+/// now and, through `MONGOQ_SKIP_LOG`, listed by scripts/test.sh at the
+/// end of the run, so no skip is silent.
+pub fn not_checked(what: &str, reason: &str) {
+    let line = format!("NOT CHECKED on {}: {what}: {reason}", server_kind());
+    eprintln!("{line}");
+    if let Ok(path) = std::env::var("MONGOQ_SKIP_LOG") {
+        use std::io::Write;
+        if let Ok(mut file) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
+            let _ = writeln!(file, "{line}");
+        }
+    }
+}
+
 /// A test server of the test's own.
 pub struct OwnServer {
     pub port: u16,
@@ -282,14 +307,14 @@ impl OwnServer {
     }
 
     pub fn restart(&mut self) {
-        let child = Command::new("secantusd-rs")
+        let child = Command::new(server_bin())
             .args(["--port", &self.port.to_string(), "--storage-path"])
             .arg(&self.dir)
             .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("secantusd-rs must be on PATH: run the suite with scripts/test.sh");
+            .unwrap_or_else(|e| panic!("{} must be on PATH ({e}): run the suite with scripts/test.sh", server_bin()));
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(30);
         while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
