@@ -273,7 +273,11 @@ pub fn not_checked(what: &str, reason: &str) {
     eprintln!("{line}");
     if let Ok(path) = std::env::var("MONGOQ_SKIP_LOG") {
         use std::io::Write;
-        if let Ok(mut file) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
+        if let Ok(mut file) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+        {
             let _ = writeln!(file, "{line}");
         }
     }
@@ -314,7 +318,12 @@ impl OwnServer {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .unwrap_or_else(|e| panic!("{} must be on PATH ({e}): run the suite with scripts/test.sh", server_bin()));
+            .unwrap_or_else(|e| {
+                panic!(
+                    "{} must be on PATH ({e}): run the suite with scripts/test.sh",
+                    server_bin()
+                )
+            });
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(30);
         while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
@@ -325,6 +334,12 @@ impl OwnServer {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Starts again on the same data with these arguments from now on.
+    pub fn restart_with(&mut self, extra: &[&str]) {
+        self.extra = extra.iter().map(ToString::to_string).collect();
+        self.restart();
     }
 
     pub fn stop(&mut self) {

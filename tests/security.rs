@@ -9,15 +9,18 @@ use crate::helpers::{stderr, stdout, tempfile, OwnServer, TestDb};
 
 #[test]
 fn a_least_privilege_user_on_an_auth_server_runs_the_queue_and_bad_credentials_are_clear() {
-    let server = OwnServer::start("auth", &["--auth"]);
-    // The localhost exception lets the first user be created without auth.
-    let admin = mongodb::sync::Client::with_uri_str(server.uri())
+    // The first user is created before auth is switched on (some servers
+    // have MongoDB's localhost exception, some do not), then the server is
+    // restarted with --auth on the same data.
+    let mut server = OwnServer::start("auth", &[]);
+    mongodb::sync::Client::with_uri_str(server.uri())
         .unwrap()
-        .database("admin");
-    admin
+        .database("admin")
         .run_command(doc! {"createUser": "root", "pwd": "r00tpw", "roles": ["root"]})
         .run()
         .unwrap();
+    server.stop();
+    server.restart_with(&["--auth"]);
     let root = mongodb::sync::Client::with_uri_str(format!(
         "mongodb://root:r00tpw@127.0.0.1:{}/?authSource=admin",
         server.port

@@ -22,6 +22,21 @@ impl Drop for Running {
     }
 }
 
+/// `mongoq ARGS` in the background on `db`, killed on drop, once `port`
+/// listens.
+fn serve(db: &TestDb, args: &[&str], port: u16) -> Running {
+    let running = Running(
+        db.mongoq()
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for_port(port);
+    running
+}
+
 fn wait_for_port(port: u16) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
@@ -134,22 +149,16 @@ fn answers_under_siege(port: u16, paths: &[&str]) {
 fn a_worker_metrics_and_pages_answer_under_siege() {
     let db = TestDb::new("siege_worker");
     let port = free_port();
-    let _worker = Running(
-        db.mongoq()
-            .args([
-                "work",
-                "--simulate",
-                "0ms..0ms",
-                "--metrics-dashboard",
-                "--metrics-addr",
-            ])
-            .arg(format!("127.0.0.1:{port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    wait_for_port(port);
+    let listen = format!("127.0.0.1:{port}");
+    let args = [
+        "work",
+        "--simulate",
+        "0ms..0ms",
+        "--metrics-dashboard",
+        "--metrics-addr",
+        &listen,
+    ];
+    let _worker = serve(&db, &args, port);
     let deadline = Instant::now() + Duration::from_secs(30);
     while request(port, "/healthz", "localhost").0 != 200 {
         assert!(Instant::now() < deadline, "the worker never became healthy");
@@ -162,16 +171,8 @@ fn a_worker_metrics_and_pages_answer_under_siege() {
 fn the_dashboard_answers_under_siege() {
     let db = TestDb::new("siege_dashboard");
     let port = free_port();
-    let _dashboard = Running(
-        db.mongoq()
-            .args(["dashboard", "--listen"])
-            .arg(format!("127.0.0.1:{port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    wait_for_port(port);
+    let listen = format!("127.0.0.1:{port}");
+    let _dashboard = serve(&db, &["dashboard", "--listen", &listen], port);
     answers_under_siege(port, &["/", "/jobs?status=pending"]);
 }
 
@@ -179,16 +180,18 @@ fn the_dashboard_answers_under_siege() {
 fn without_a_token_the_dashboard_answers_only_its_own_host_names() {
     let db = TestDb::new("host_check");
     let port = free_port();
-    let _dashboard = Running(
-        db.mongoq()
-            .args(["dashboard", "--allow-host", "queue.example", "--listen"])
-            .arg(format!("127.0.0.1:{port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
+    let listen = format!("127.0.0.1:{port}");
+    let _dashboard = serve(
+        &db,
+        &[
+            "dashboard",
+            "--allow-host",
+            "queue.example",
+            "--listen",
+            &listen,
+        ],
+        port,
     );
-    wait_for_port(port);
     for host in [
         "evil.example",
         &format!("evil.example:{port}"),
@@ -220,16 +223,12 @@ fn with_a_token_the_dashboard_checks_the_token_not_the_host() {
     let db = TestDb::new("host_token");
     let port = free_port();
     let token = "0123456789abcdef0123";
-    let _dashboard = Running(
-        db.mongoq()
-            .args(["dashboard", "--auth-token", token, "--listen"])
-            .arg(format!("127.0.0.1:{port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
+    let listen = format!("127.0.0.1:{port}");
+    let _dashboard = serve(
+        &db,
+        &["dashboard", "--auth-token", token, "--listen", &listen],
+        port,
     );
-    wait_for_port(port);
     let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
     write!(
         stream,
