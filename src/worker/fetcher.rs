@@ -168,6 +168,7 @@ impl Fetcher {
             claimer.round_trips - before,
         );
         let claimed = claimed?;
+        Counters::add(&self.counters.claim_attempts, 1);
         let won = claimed.as_ref().map_or(0, |c| c.documents.len());
         if let Some(claimed) = claimed {
             Counters::add(&self.counters.claim_batches, 1);

@@ -2,12 +2,13 @@
 //!
 //! **Concurrency.** A limited queue's control document counts the slots in
 //! use (`in_use`) and who holds them (`holders.<worker>.n`). Before
-//! claiming `k` jobs of it, a worker takes `k` slots with one conditional
-//! update, `in_use ≤ limit − k` (netting in the `f` slots its finished jobs
-//! freed since: `in_use ≤ limit − k + f`, `$inc: k − f`). The update is
-//! atomic on one document, so across the fleet the slots taken never
+//! claiming `k` jobs of it, a worker takes up to `k` slots, netting in the
+//! `f` slots its finished jobs freed since: one `findOneAndUpdate` whose
+//! pipeline grants `min(k, limit − (in_use − f))` and adds it to `in_use`,
+//! computed from `in_use` itself. The update is atomic on one document, so across the fleet the slots taken never
 //! exceed the limit, and a job holds its slot from claim to outcome: at no
-//! instant do more than `limit` jobs of the queue run. Slots the claim did
+//! instant do more than `limit` jobs of the queue run; and each take is one
+//! round trip however many slots are free. Slots the claim did
 //! not fill, and slots of finished jobs, are given back (netted into the
 //! next take, or returned by the control thread within half a second).
 //! A holder's entry carries `until`, extended with its leases; once it is
@@ -30,6 +31,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use mongodb::bson::{doc, Bson, DateTime};
+use mongodb::options::ReturnDocument;
 
 use crate::clock::{shift_by, Clock};
 use crate::error::Error;
@@ -65,6 +67,10 @@ impl Slots {
         if n > 0 {
             self.free(queue, n);
         }
+    }
+
+    fn set_held(&self, queue: &str, n: u32) {
+        lock(&self.held).insert(queue.to_string(), n);
     }
 
     fn adjust_held(&self, queue: &str, delta: i64) {
@@ -107,7 +113,11 @@ pub(crate) struct Grant {
 }
 
 /// Takes up to `want` slots of `control.queue` for `worker`, netting in
-/// what its finished jobs freed.
+/// what its finished jobs freed, in one round trip: a `findOneAndUpdate`
+/// whose pipeline grants `g = max(0, min(want, limit − (in_use − freed)))`
+/// and adds `g − freed` to `in_use` and to this worker's holding, atomically
+/// on the one document (pipeline updates: MongoDB 4.2+). The grant is read
+/// back from `grants.<worker>` in the updated document.
 pub(crate) fn take_slots(
     queue: &Queue,
     control: &QueueControl,
@@ -120,61 +130,70 @@ pub(crate) fn take_slots(
     let name = &control.queue;
     let key = holder_key(worker);
     let freed = slots.take_freed(name);
-    let collection = queue.controls_collection();
-    let mut grant = Grant::default();
-    // Ask for what the last reading of the controls says is free (at least
-    // one), so a claim seldom needs a second try.
-    let hinted = i64::from(limit) - i64::from(control.in_use) + i64::from(freed);
-    let mut k = want.min(u32::try_from(hinted.max(1)).unwrap_or(u32::MAX));
-    for _ in 0..2 {
-        if k == 0 {
-            break;
+    let held_path = format!("holders.{key}.n");
+    let grant_path = format!("grants.{key}");
+    let held = doc! {"$ifNull": [format!("${held_path}"), 0]};
+    // Freed slots count only while this worker still holds them (another
+    // worker may have taken them back, thinking it dead).
+    let returned =
+        doc! {"$cond": [{"$gte": [held.clone(), i64::from(freed)]}, i64::from(freed), 0]};
+    let after_return = doc! {"$subtract": [{"$ifNull": ["$in_use", 0]}, returned.clone()]};
+    let pipeline = vec![
+        doc! {"$set": {&grant_path: {"$max": [0, {"$min": [
+            i64::from(want),
+            {"$subtract": [i64::from(limit), after_return.clone()]},
+        ]}]}}},
+        doc! {"$set": {
+            "in_use": {"$add": [after_return, format!("${grant_path}")]},
+            &held_path: {"$add": [{"$subtract": [held, returned]}, format!("${grant_path}")]},
+            format!("holders.{key}.until"): queue.clock().after(lease),
+        }},
+    ];
+    let updated = queue
+        .controls_collection()
+        .find_one_and_update(
+            doc! {"_id": name, "concurrency": i64::from(limit)},
+            pipeline,
+        )
+        .return_document(ReturnDocument::After)
+        .run()
+        .map_err(|e| queue.db_error("update (take concurrency slots)", &e));
+    let updated = match updated {
+        Ok(updated) => updated,
+        Err(error) => {
+            slots.unfree(name, freed);
+            return Err(error);
         }
-        let net = i64::from(k) - i64::from(freed);
-        let filter = doc! {
-            "_id": name,
-            "concurrency": i64::from(limit),
-            "in_use": {"$lte": i64::from(limit) - net},
-        };
-        let update = doc! {
-            "$inc": {"in_use": net, format!("holders.{key}.n"): net},
-            "$set": {format!("holders.{key}.until"): queue.clock().after(lease)},
-        };
-        let result = collection
-            .update_one(filter, update)
-            .run()
-            .map_err(|e| queue.db_error("update (take concurrency slots)", &e));
-        grant.round_trips += 1;
-        if result
-            .inspect_err(|_| slots.unfree(name, freed))?
-            .modified_count
-            == 1
-        {
-            slots.adjust_held(name, net);
-            grant.jobs = k;
-            return Ok(grant);
-        }
-        // Too few free: see how many are.
-        let current = collection
-            .find_one(doc! {"_id": name})
-            .projection(doc! {"in_use": 1, "concurrency": 1})
-            .run()
-            .map_err(|e| queue.db_error("find (concurrency slots)", &e))
-            .inspect_err(|_| slots.unfree(name, freed))?;
-        grant.round_trips += 1;
-        let Some(current) = current else { break };
-        let in_use = current.get("in_use").and_then(integer).unwrap_or(0);
-        let now_limit = current.get("concurrency").and_then(integer);
-        if now_limit != Some(i64::from(limit)) {
-            // The limit changed; the next refresh of the controls brings it.
-            break;
-        }
-        let free = i64::from(limit) + i64::from(freed) - in_use;
-        k = k.min(u32::try_from(free.max(0)).unwrap_or(0));
-    }
-    // Nothing taken: what was freed still goes back (now or at the next take).
-    slots.unfree(name, freed);
-    Ok(grant)
+    };
+    let grant = Grant {
+        jobs: 0,
+        round_trips: 1,
+    };
+    let Some(updated) = updated else {
+        // The limit changed (or was removed); the next refresh of the
+        // controls brings it. What was freed goes back then.
+        slots.unfree(name, freed);
+        return Ok(grant);
+    };
+    let granted = updated
+        .get_document("grants")
+        .ok()
+        .and_then(|grants| grants.get(&key))
+        .and_then(integer)
+        .and_then(|g| u32::try_from(g).ok())
+        .unwrap_or(0);
+    let now_held = updated
+        .get_document("holders")
+        .ok()
+        .and_then(|holders| holders.get_document(&key).ok())
+        .and_then(|holder| holder.get("n"))
+        .and_then(integer)
+        .unwrap_or(0);
+    slots.set_held(name, u32::try_from(now_held.max(0)).unwrap_or(0));
+    Ok(Grant {
+        jobs: granted,
+        ..grant
+    })
 }
 
 /// Gives `queue`'s freed slots back to the control document.

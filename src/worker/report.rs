@@ -30,6 +30,8 @@ pub struct Report {
     pub outcome_writes: u64,
     /// Claim batches that won jobs.
     pub claim_batches: u64,
+    /// Claims made (batches, and claims that found nothing).
+    pub claim_attempts: u64,
     /// Round trips taking concurrency slots and rate starts for claims.
     pub limit_round_trips: u64,
     /// Round trips of the control thread (controls, heartbeat, slots).
@@ -56,6 +58,7 @@ pub(crate) struct Counters {
     pub(crate) claim_round_trips: AtomicU64,
     pub(crate) outcome_writes: AtomicU64,
     pub(crate) claim_batches: AtomicU64,
+    pub(crate) claim_attempts: AtomicU64,
     pub(crate) limit_round_trips: AtomicU64,
     pub(crate) control_round_trips: AtomicU64,
     pub(crate) rescued_slots: AtomicU64,
@@ -83,6 +86,7 @@ impl Counters {
             claim_round_trips: read(&self.claim_round_trips),
             outcome_writes: read(&self.outcome_writes),
             claim_batches: read(&self.claim_batches),
+            claim_attempts: read(&self.claim_attempts),
             limit_round_trips: read(&self.limit_round_trips),
             control_round_trips: read(&self.control_round_trips),
             rescued_slots: read(&self.rescued_slots),

@@ -146,10 +146,12 @@ pub struct LimitRow {
     pub seconds: f64,
     pub jobs_per_second: f64,
     pub claim_batches: u64,
+    pub claim_attempts: u64,
     pub claim_round_trips: u64,
     /// Round trips taking slots or starts (0 for an unlimited queue).
     pub limit_round_trips: u64,
-    pub limit_round_trips_per_batch: f64,
+    /// Per claim made (a batch, or a claim that found nothing).
+    pub limit_round_trips_per_claim: f64,
     /// The control thread's round trips (controls, heartbeat, slots), per job.
     pub control_round_trips_per_job: f64,
 }
@@ -412,10 +414,11 @@ impl Bench<'_> {
             seconds,
             jobs_per_second: n as f64 / seconds,
             claim_batches: report.claim_batches,
+            claim_attempts: report.claim_attempts,
             claim_round_trips: report.claim_round_trips,
             limit_round_trips: report.limit_round_trips,
-            limit_round_trips_per_batch: report.limit_round_trips as f64
-                / report.claim_batches.max(1) as f64,
+            limit_round_trips_per_claim: report.limit_round_trips as f64
+                / report.claim_attempts.max(1) as f64,
             control_round_trips_per_job: report.control_round_trips as f64 / n as f64,
         })
     }

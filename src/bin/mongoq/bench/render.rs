@@ -118,7 +118,7 @@ pub fn render_table(results: &BenchResults) -> String {
         let _ = writeln!(
             out,
             "   {:<22} {:>6} {:>8} {:>8} {:>12} {:>12} {:>14}",
-            "mode", "jobs", "jobs/s", "batches", "claim trips", "limit trips", "limit/batch"
+            "mode", "jobs", "jobs/s", "claims", "claim trips", "limit trips", "limit/claim"
         );
         for r in &results.limits {
             let _ = writeln!(
@@ -127,10 +127,10 @@ pub fn render_table(results: &BenchResults) -> String {
                 r.mode,
                 r.jobs,
                 r.jobs_per_second,
-                r.claim_batches,
+                r.claim_attempts,
                 r.claim_round_trips,
                 r.limit_round_trips,
-                r.limit_round_trips_per_batch
+                r.limit_round_trips_per_claim
             );
         }
         let _ = writeln!(
