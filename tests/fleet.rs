@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use mongodb::bson::{doc, Bson};
+use mongodb::bson::{doc, Bson, Document};
 
 use crate::helpers::{stderr, stdout, tempfile, TestDb, Worker};
 

@@ -20,7 +20,7 @@ use super::cancel::Running;
 use super::config::WorkerConfig;
 use super::health::{Beat, Health};
 use super::lease::Leases;
-use super::limits::{extend_slots, give_back, reclaim_dead, Slots};
+use super::limits::{extend_slots, forget, give_back, reclaim_dead, Slots};
 use super::report::Counters;
 use crate::error::Error;
 use crate::queue::registry::HEARTBEAT;
@@ -171,6 +171,13 @@ impl Control {
             }
         }
         self.settle();
+        for control in self.controls.all() {
+            if control.concurrency.is_some() {
+                if let Err(error) = forget(&self.queue, &control.queue, &self.config.worker_id) {
+                    log::warn!("could not remove this worker's slot entry (it is taken back when it expires): {error}");
+                }
+            }
+        }
         if let Err(error) = self.queue.deregister(&self.config.worker_id) {
             log::warn!(
                 "could not remove this worker from the registry (its entry expires): {error}"

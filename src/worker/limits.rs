@@ -231,6 +231,22 @@ pub(crate) fn give_back(
     }
 }
 
+/// On a clean stop: removes this worker's entries from `name`'s control
+/// document once it holds no slot there, so the document does not grow
+/// with every worker that ever ran.
+pub(crate) fn forget(queue: &Queue, name: &str, worker: &str) -> Result<(), Error> {
+    let key = holder_key(worker);
+    queue
+        .controls_collection()
+        .update_one(
+            doc! {"_id": name, format!("holders.{key}.n"): {"$lte": 0}},
+            doc! {"$unset": {format!("holders.{key}"): "", format!("grants.{key}"): ""}},
+        )
+        .run()
+        .map(|_| ())
+        .map_err(|e| queue.db_error("update (forget worker slots)", &e))
+}
+
 /// Pushes `until` forward on this worker's slots of `name`, as its leases.
 pub(crate) fn extend_slots(
     queue: &Queue,
@@ -268,7 +284,10 @@ pub(crate) fn reclaim_dead(queue: &Queue, control: &QueueControl, me: &str) -> R
                     format!("holders.{key}.n"): i64::from(*n),
                     format!("holders.{key}.until"): DateTime::from_millis(*until),
                 },
-                doc! {"$inc": {"in_use": -i64::from(*n)}, "$unset": {format!("holders.{key}"): ""}},
+                doc! {
+                    "$inc": {"in_use": -i64::from(*n)},
+                    "$unset": {format!("holders.{key}"): "", format!("grants.{key}"): ""},
+                },
             )
             .run()
             .map_err(|e| queue.db_error("update (reclaim concurrency slots)", &e))?;
