@@ -87,6 +87,8 @@ pub(crate) struct Claimer {
     read_back: bool,
     /// Round trips made, for `bench` and stats.
     pub(crate) round_trips: u64,
+    /// Jobs the claims asked for (won or taken by others first).
+    pub(crate) candidates: u64,
 }
 
 impl Claimer {
@@ -110,6 +112,7 @@ impl Claimer {
             unfinished: None,
             read_back: false,
             round_trips: 0,
+            candidates: 0,
         }
     }
 
@@ -152,6 +155,7 @@ impl Claimer {
                 return Ok(None);
             }
             let candidates = self.take(count);
+            self.candidates += candidates.len() as u64;
             let won = self.claim_documents(&candidates, token)?;
             if won * 2 < candidates.len() {
                 self.contended += 1;

@@ -155,7 +155,7 @@ impl Fetcher {
                 window_age,
             )
         });
-        let before = claimer.round_trips;
+        let before = (claimer.round_trips, claimer.candidates);
         let claimed = retry_until_stopped(shutdown, "claiming jobs", || {
             self.health.beat(Beat::Fetcher);
             let started = Instant::now();
@@ -165,7 +165,11 @@ impl Fetcher {
         });
         Counters::add(
             &self.counters.claim_round_trips,
-            claimer.round_trips - before,
+            claimer.round_trips - before.0,
+        );
+        Counters::add(
+            &self.counters.claim_candidates,
+            claimer.candidates - before.1,
         );
         let claimed = claimed?;
         Counters::add(&self.counters.claim_attempts, 1);

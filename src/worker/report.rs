@@ -32,6 +32,9 @@ pub struct Report {
     pub claim_batches: u64,
     /// Claims made (batches, and claims that found nothing).
     pub claim_attempts: u64,
+    /// Jobs the claims asked for; those not won (`claim_candidates -
+    /// claimed`) had been taken by another worker since the read-ahead.
+    pub claim_candidates: u64,
     /// Round trips taking concurrency slots and rate starts for claims.
     pub limit_round_trips: u64,
     /// Round trips of the control thread (controls, heartbeat, slots).
@@ -59,6 +62,7 @@ pub(crate) struct Counters {
     pub(crate) outcome_writes: AtomicU64,
     pub(crate) claim_batches: AtomicU64,
     pub(crate) claim_attempts: AtomicU64,
+    pub(crate) claim_candidates: AtomicU64,
     pub(crate) limit_round_trips: AtomicU64,
     pub(crate) control_round_trips: AtomicU64,
     pub(crate) rescued_slots: AtomicU64,
@@ -87,6 +91,7 @@ impl Counters {
             outcome_writes: read(&self.outcome_writes),
             claim_batches: read(&self.claim_batches),
             claim_attempts: read(&self.claim_attempts),
+            claim_candidates: read(&self.claim_candidates),
             limit_round_trips: read(&self.limit_round_trips),
             control_round_trips: read(&self.control_round_trips),
             rescued_slots: read(&self.rescued_slots),

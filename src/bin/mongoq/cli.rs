@@ -250,9 +250,12 @@ pub struct BenchArgs {
     /// How long the idle-CPU scenario watches
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub idle: Duration,
-    /// Run only these sections: limits, drain (drain runs every section after it too)
+    /// Run only these sections: limits, server, scale, drain (drain runs every section after it too)
     #[arg(long, value_delimiter = ',', value_name = "SECTION,...")]
     pub only: Vec<String>,
+    /// The server's process id, to measure its CPU per job (a server on this machine)
+    #[arg(long, value_name = "PID")]
+    pub server_pid: Option<u32>,
     /// Print JSON instead of a table
     #[arg(long)]
     pub json: bool,
@@ -354,6 +357,9 @@ pub struct WorkArgs {
     /// Kill an --exec program that runs longer than this
     #[arg(long, value_parser = parse_duration, requires = "exec")]
     pub timeout: Option<Duration>,
+    /// When the worker stops, write what it did (counts and round trips) to PATH as JSON
+    #[arg(long, value_name = "PATH")]
+    pub report: Option<std::path::PathBuf>,
     /// Handler: run PROGRAM [ARGS...] per job, job JSON on stdin (must be the last option)
     #[arg(long, num_args = 1.., allow_hyphen_values = true, value_name = "PROGRAM [ARGS]...")]
     pub exec: Option<Vec<String>>,

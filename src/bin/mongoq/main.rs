@@ -11,6 +11,16 @@ mod http;
 mod metrics;
 mod systemd;
 
+/// Cases per property test: 100,000 unless `PROPTEST_CASES` says otherwise
+/// (a longer round: `PROPTEST_CASES=1000000 cargo test --release --lib --bins properties`).
+#[cfg(test)]
+pub(crate) fn fuzz_cases() -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(100_000)
+}
+
 use std::process::ExitCode;
 
 use clap::Parser;

@@ -13,6 +13,7 @@ mod peers;
 mod probe;
 mod render;
 mod scenarios;
+mod server;
 
 use mongodb::bson::{doc, oid::ObjectId, Bson, DateTime};
 use mongodb::event::EventHandler;
@@ -29,6 +30,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub use render::{render_svg, render_table};
+pub use server::{ScaleRow, ServerWorkRow};
 
 use peers::{ceiling_loop, completed, find_one_and_update_loop, original_loop};
 use probe::{machine_description, server_description, Monitor};
@@ -67,6 +69,8 @@ pub struct BenchConfig {
     pub only: Vec<String>,
     /// The `mongoq` binary, for the scenarios that run it as a process.
     pub exe: PathBuf,
+    /// The server's process id, to read its CPU time (local servers only).
+    pub server_pid: Option<u32>,
 }
 
 /// One cell of the drain matrix.
@@ -136,6 +140,8 @@ pub struct BenchResults {
     pub latency: Vec<LatencyRow>,
     pub cost: Option<CostRow>,
     pub limits: Vec<LimitRow>,
+    pub server_work: Vec<ServerWorkRow>,
+    pub scale: Vec<ScaleRow>,
 }
 
 /// What a fleet-wide limit costs: one drain per mode.
@@ -173,10 +179,18 @@ pub fn run(config: &BenchConfig, progress: &mut dyn FnMut(&str)) -> Result<Bench
         latency: Vec::new(),
         cost: None,
         limits: Vec::new(),
+        server_work: Vec::new(),
+        scale: Vec::new(),
     };
     let wanted = |section: &str| config.only.is_empty() || config.only.iter().any(|s| s == section);
     if wanted("limits") {
         results.limits = bench.limits(progress)?;
+    }
+    if wanted("server") {
+        results.server_work = bench.server_work(progress)?;
+    }
+    if wanted("scale") {
+        results.scale = bench.scale_out(progress)?;
     }
     if !wanted("drain") {
         return Ok(results);

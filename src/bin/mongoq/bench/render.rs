@@ -139,7 +139,93 @@ pub fn render_table(results: &BenchResults) -> String {
             results.limits.first().map_or(0.0, |r| r.control_round_trips_per_job)
         );
     }
+    server_sections(results, &mut out);
     out
+}
+
+/// Sections 8 and 9: server work per job, and workers sharing a backlog.
+fn server_sections(results: &BenchResults, out: &mut String) {
+    use std::fmt::Write;
+    let shown = |v: Option<f64>, width: usize| {
+        v.map_or_else(
+            || format!("{:>width$}", "n/a"),
+            |v| format!("{v:>width$.1}"),
+        )
+    };
+    if !results.server_work.is_empty() {
+        let _ = writeln!(
+            out,
+            "\n8. server work per job (shell-inserted {{data, status}} jobs, mongoq's indexes, no-op jobs)"
+        );
+        let _ = writeln!(
+            out,
+            "   {:<40} {:>7} {:>7} {:>8} {:>10} {:>9} {:>9} {:>9} {:>8} {:>6}",
+            "pattern",
+            "backlog",
+            "threads",
+            "jobs/s",
+            "srv µs/job",
+            "keys/job",
+            "docs/job",
+            "trips/job",
+            "vs bare",
+            "twice"
+        );
+        for r in &results.server_work {
+            let bare = results
+                .server_work
+                .iter()
+                .find(|b| b.threads == 1 && b.backlog == r.backlog)
+                .map_or(r.jobs_per_second, |b| b.jobs_per_second);
+            let _ = writeln!(
+                out,
+                "   {:<40} {:>7} {:>7} {:>8.0} {} {} {} {:>9.4} {:>8.2} {:>6}",
+                r.pattern,
+                r.backlog,
+                r.threads,
+                r.jobs_per_second,
+                shown(r.server_cpu_us_per_job, 10),
+                shown(r.keys_examined_per_job, 9),
+                shown(r.docs_examined_per_job, 9),
+                r.round_trips_per_job,
+                r.jobs_per_second / bare,
+                r.run_twice
+            );
+        }
+    }
+    if !results.scale.is_empty() {
+        let _ = writeln!(out, "\n9. scale-out: worker processes sharing one backlog");
+        let _ = writeln!(
+            out,
+            "   {:>9} {:>7} {:>7} {:>8} {:>8} {:>10} {:>10} {:>8} {:>9} {:>6}",
+            "processes",
+            "threads",
+            "jobs",
+            "jobs/s",
+            "vs one",
+            "srv µs/job",
+            "candidates",
+            "lost %",
+            "trips/job",
+            "twice"
+        );
+        for r in &results.scale {
+            let _ = writeln!(
+                out,
+                "   {:>9} {:>7} {:>7} {:>8.0} {:>8.2} {} {:>10} {:>8.2} {:>9.4} {:>6}",
+                r.processes,
+                r.threads_each,
+                r.jobs,
+                r.jobs_per_second,
+                r.vs_one_process,
+                shown(r.server_cpu_us_per_job, 10),
+                r.candidates,
+                r.lost_percent,
+                r.round_trips_per_job,
+                r.run_twice
+            );
+        }
+    }
 }
 
 /// A line chart of drain jobs/s against batch size, one line per thread count.

@@ -36,6 +36,7 @@ pub fn bench(uri: &str, args: &BenchArgs) -> Result<ExitCode, CommandError> {
         idle_time: args.idle,
         only: args.only.clone(),
         exe,
+        server_pid: args.server_pid,
     };
     let started = std::time::Instant::now();
     let mut progress = |step: &str| {

@@ -163,33 +163,31 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn cases() -> u32 {
-        std::env::var("PROPTEST_CASES")
-            .ok()
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(100_000)
-    }
+    mod properties {
+        use super::*;
+        use crate::fuzz_cases;
 
-    proptest! {
-        #![proptest_config(ProptestConfig::with_cases(cases()))]
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(fuzz_cases()))]
 
-        /// Any line of a producer's input is a job or a clear refusal.
-        #[test]
-        fn any_line_is_a_job_or_a_reason(line in "\\PC{0,60}|\\{\"[$a-z]{1,8}\": ?[-0-9a-z\"{}\\[\\].,:]{0,30}\\}") {
-            if let Err(reason) = parse_data(&line) {
-                prop_assert!(reason.starts_with("not valid"), "{reason}");
+            /// Any line of a producer's input is a job or a clear refusal.
+            #[test]
+            fn any_line_is_a_job_or_a_reason(line in "\\PC{0,60}|\\{\"[$a-z]{1,8}\": ?[-0-9a-z\"{}\\[\\].,:]{0,30}\\}") {
+                if let Err(reason) = parse_data(&line) {
+                    prop_assert!(reason.starts_with("not valid"), "{reason}");
+                }
             }
-        }
 
-        /// Extended JSON that mongoq (or mongosh) writes reads back.
-        #[test]
-        fn written_extended_json_reads_back(n in any::<i64>(), text in "\\PC{0,20}", millis in -1_000_000_000_000i64..4_000_000_000_000) {
-            let value = Bson::Document(mongodb::bson::doc! {
-                "n": n, "text": text, "at": DateTime::from_millis(millis),
-                "id": mongodb::bson::oid::ObjectId::new(),
-            });
-            let json = value.clone().into_relaxed_extjson().to_string();
-            prop_assert_eq!(parse_data(&json).unwrap(), value);
+            /// Extended JSON that mongoq (or mongosh) writes reads back.
+            #[test]
+            fn written_extended_json_reads_back(n in any::<i64>(), text in "\\PC{0,20}", millis in -1_000_000_000_000i64..4_000_000_000_000) {
+                let value = Bson::Document(mongodb::bson::doc! {
+                    "n": n, "text": text, "at": DateTime::from_millis(millis),
+                    "id": mongodb::bson::oid::ObjectId::new(),
+                });
+                let json = value.clone().into_relaxed_extjson().to_string();
+                prop_assert_eq!(parse_data(&json).unwrap(), value);
+            }
         }
     }
 }

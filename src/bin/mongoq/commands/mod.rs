@@ -13,7 +13,10 @@ mod stats;
 mod work;
 
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
+use mongodb::event::{command::CommandEvent, EventHandler};
 use mongoq::{Queue, QueueConfig};
 
 use crate::cli::{Cli, Command};
@@ -26,15 +29,31 @@ pub fn run(cli: Cli) -> Result<ExitCode, CommandError> {
         Command::Man => return docs::man(),
         _ => {}
     }
-    let queue = Queue::connect(&QueueConfig {
-        uri: cli.global.uri,
-        database: cli.global.db,
-        collection: cli.global.collection,
-    })?;
+    // `work --report` counts the commands it sends; nothing else pays for
+    // command monitoring.
+    let commands = Arc::new(AtomicU64::new(0));
+    let counting = matches!(&cli.command, Command::Work(args) if args.report.is_some());
+    let counter = Arc::clone(&commands);
+    let queue = Queue::connect_with(
+        &QueueConfig {
+            uri: cli.global.uri,
+            database: cli.global.db,
+            collection: cli.global.collection,
+        },
+        |options| {
+            if counting {
+                options.command_event_handler = Some(EventHandler::callback(move |event| {
+                    if matches!(event, CommandEvent::Started(_)) {
+                        counter.fetch_add(1, Ordering::Relaxed);
+                    }
+                }));
+            }
+        },
+    )?;
     match cli.command {
         Command::Init(args) => init::init(&queue, &args),
         Command::Enqueue(args) => enqueue::enqueue(&queue, &args),
-        Command::Work(args) => work::work(queue, args),
+        Command::Work(args) => work::work(queue, args, &commands),
         Command::Stats(args) if args.watch => stats::watch_stats(&queue, args.interval),
         Command::Stats(args) => stats::stats(&queue, &args),
         Command::Show(args) => admin::show(&queue, &args.id),

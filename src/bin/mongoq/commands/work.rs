@@ -3,6 +3,7 @@
 //! worker, and stop signals become the worker's shutdown.
 
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -52,8 +53,9 @@ fn handler(args: WorkArgs) -> Result<Arc<dyn Handler>, CommandError> {
     Ok(Arc::new(SimulateHandler { min, max }))
 }
 
-pub fn work(queue: Queue, args: WorkArgs) -> Result<ExitCode, CommandError> {
+pub fn work(queue: Queue, args: WorkArgs, commands: &AtomicU64) -> Result<ExitCode, CommandError> {
     let config = worker_config(&args);
+    let report_path = args.report.clone();
     config.validate()?;
     let metrics_addr = args.metrics_addr.clone();
     let pages = args.metrics_dashboard.then(|| {
@@ -103,5 +105,20 @@ pub fn work(queue: Queue, args: WorkArgs) -> Result<ExitCode, CommandError> {
         metrics.stop();
     }
     log::debug!("report: {report:?}");
+    if let Some(path) = report_path {
+        let mut json = serde_json::to_value(&report).unwrap_or_default();
+        if let Some(fields) = json.as_object_mut() {
+            fields.insert(
+                "round_trips".into(),
+                commands.load(Ordering::Relaxed).into(),
+            );
+        }
+        std::fs::write(&path, format!("{json}\n")).map_err(|e| {
+            failure(format!(
+                "cannot write the report to {}: {e} (choose another path with --report)",
+                path.display()
+            ))
+        })?;
+    }
     Ok(ExitCode::SUCCESS)
 }

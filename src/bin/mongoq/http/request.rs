@@ -211,38 +211,35 @@ mod tests {
             })
     }
 
-    proptest! {
-        #![proptest_config(ProptestConfig::with_cases(fuzz_cases()))]
+    mod properties {
+        use super::*;
+        use crate::fuzz_cases;
 
-        /// Arbitrary bytes never panic the parser.
-        #[test]
-        fn any_bytes_parse_or_are_refused(bytes in prop::collection::vec(any::<u8>(), 0..300)) {
-            match parse(&bytes) {
-                Ok(Some(request)) => prop_assert!(!request.method.is_empty()),
-                Ok(None) => prop_assert!(bytes.len() <= MAX_HEAD),
-                Err(status) => prop_assert!([400, 413, 431].contains(&status)),
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(fuzz_cases()))]
+
+            /// Arbitrary bytes never panic the parser.
+            #[test]
+            fn any_bytes_parse_or_are_refused(bytes in prop::collection::vec(any::<u8>(), 0..300)) {
+                match parse(&bytes) {
+                    Ok(Some(request)) => prop_assert!(!request.method.is_empty()),
+                    Ok(None) => prop_assert!(bytes.len() <= MAX_HEAD),
+                    Err(status) => prop_assert!([400, 413, 431].contains(&status)),
+                }
+            }
+
+            /// Plausible heads cut anywhere: incomplete, refused, or whole.
+            #[test]
+            fn plausible_heads_cut_anywhere_never_panic(bytes in plausible_head()) {
+                let _ = parse(&bytes);
+            }
+
+            /// Forms and queries of any text decode without panicking.
+            #[test]
+            fn any_form_decodes(text in "\\PC{0,80}|[%&=+a-f0-9é]{0,40}") {
+                let _ = parse_pairs(&text);
             }
         }
-
-        /// Plausible heads cut anywhere: incomplete, refused, or whole.
-        #[test]
-        fn plausible_heads_cut_anywhere_never_panic(bytes in plausible_head()) {
-            let _ = parse(&bytes);
-        }
-
-        /// Forms and queries of any text decode without panicking.
-        #[test]
-        fn any_form_decodes(text in "\\PC{0,80}|[%&=+a-f0-9é]{0,40}") {
-            let _ = parse_pairs(&text);
-        }
-    }
-
-    /// Cases per property: 100,000 unless `PROPTEST_CASES` says otherwise.
-    fn fuzz_cases() -> u32 {
-        std::env::var("PROPTEST_CASES")
-            .ok()
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(100_000)
     }
 
     #[test]
