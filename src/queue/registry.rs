@@ -124,6 +124,25 @@ impl Queue {
         Ok(workers)
     }
 
+    /// The ids of the workers that serve exactly `queues` and were seen
+    /// within `within` (the peers a worker divides its queues with).
+    pub(crate) fn peers(&self, queues: &[String], within: Duration) -> Result<Vec<String>, Error> {
+        let cursor = self
+            .workers_collection()
+            .find(doc! {"queues": queues, "last_seen": {"$gte": self.clock().ago(within)}})
+            .projection(doc! {"_id": 1})
+            .run()
+            .map_err(|e| self.db_error("find (peers)", &e))?;
+        let mut peers = Vec::new();
+        for document in cursor {
+            let document = document.map_err(|e| self.db_error("find (peers)", &e))?;
+            if let Ok(id) = document.get_str("_id") {
+                peers.push(id.to_string());
+            }
+        }
+        Ok(peers)
+    }
+
     /// The TTL index that removes dead workers' documents.
     pub(crate) fn ensure_registry_index(&self) -> Result<(), Error> {
         let model = IndexModel::builder()

@@ -32,12 +32,15 @@
 //! retry reads everything held under the token back from the server.
 
 use std::collections::{HashSet, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mongodb::bson::{doc, oid::ObjectId, Bson, Document};
+use mongodb::options::Hint;
 use rand::Rng;
 
 use super::oversized::{fail_oversized, too_large};
+use super::share::{owns, Share};
 use super::upkeep::Upkeep;
 use crate::clock::Clock;
 use crate::error::Error;
@@ -55,6 +58,14 @@ use crate::schema::{fields, id_text, integer, Status};
 fn read_ahead_size(batch_size: usize) -> usize {
     (batch_size * 20).clamp(2_000, 5_000).max(batch_size)
 }
+
+/// A window is read again at least this often, even when no higher
+/// priority has arrived, so its copies of the jobs are never older.
+const WINDOW_LIFETIME: Duration = Duration::from_secs(5);
+
+/// The most jobs a window holds: workers that divide a queue each read
+/// their part's read-ahead times their number, up to this.
+const MAX_WINDOW: usize = 20_000;
 
 /// The window stops filling at this many bytes of documents, so large jobs
 /// cannot make a worker's memory grow with the backlog.
@@ -89,6 +100,14 @@ pub(crate) struct Claimer {
     pub(crate) round_trips: u64,
     /// Jobs the claims asked for (won or taken by others first).
     pub(crate) candidates: u64,
+    /// This worker's part of the queue, claimed first.
+    share: Arc<Share>,
+    /// Jobs of this worker's part left in the window.
+    own_left: usize,
+    /// The part `own_left` was counted for.
+    part_read: (usize, usize),
+    /// When the window was last checked for higher priorities.
+    window_checked_at: Instant,
 }
 
 impl Claimer {
@@ -98,6 +117,7 @@ impl Claimer {
         lease: Duration,
         queues: Vec<String>,
         max_window_age: Duration,
+        share: Arc<Share>,
     ) -> Claimer {
         Claimer {
             queue,
@@ -113,6 +133,10 @@ impl Claimer {
             read_back: false,
             round_trips: 0,
             candidates: 0,
+            share,
+            own_left: 0,
+            part_read: (0, 1),
+            window_checked_at: Instant::now(),
         }
     }
 
@@ -144,19 +168,35 @@ impl Claimer {
         // Two passes at most: the second only after a stale or contended
         // window was dropped.
         for _ in 0..2 {
-            let fresh =
-                if self.window.is_empty() || self.window_read_at.elapsed() > self.max_window_age {
-                    self.read_window(read_ahead_size(batch_size))?;
-                    true
-                } else {
-                    false
-                };
+            let part = self.share.part();
+            if part != self.part_read {
+                self.count_own();
+            }
+            // A window with nothing left of this worker's part is read again
+            // before others' jobs are taken from it.
+            let spent = part.1 > 1 && self.own_left == 0;
+            if !self.window.is_empty() && !spent && self.aged()? {
+                self.window.clear();
+            }
+            let fresh = if self.window.is_empty() || spent {
+                // Who shares the queue now decides what is ours in it.
+                self.round_trips += self.share.recheck(&self.queue)?;
+                let of = self.share.part().1;
+                let size = (read_ahead_size(batch_size) * of).min(MAX_WINDOW.max(batch_size));
+                self.read_window(size)?;
+                true
+            } else {
+                false
+            };
             if self.window.is_empty() && !retrying {
                 return Ok(None);
             }
             let candidates = self.take(count);
             self.candidates += candidates.len() as u64;
             let won = self.claim_documents(&candidates, token)?;
+            if won < candidates.len() {
+                self.round_trips += self.share.recheck(&self.queue)?;
+            }
             if won * 2 < candidates.len() {
                 self.contended += 1;
                 if self.contended >= 2 {
@@ -203,22 +243,42 @@ impl Claimer {
         Ok(None)
     }
 
-    /// Takes `count` documents from the window: a run starting at a random
+    /// Takes `count` documents from the window: this worker's part first,
+    /// in queue order; when none of it is left, a run starting at a random
     /// place among those that share the head's priority, so workers reading
     /// the same window mostly claim different jobs, and lower priorities
     /// still wait for higher ones.
     fn take(&mut self, count: usize) -> Vec<Document> {
+        let part = self.share.part();
+        if part.1 > 1 && self.own_left > 0 {
+            let mut taken = Vec::with_capacity(count.min(self.own_left));
+            let mut rest = VecDeque::with_capacity(self.window.len());
+            for document in self.window.drain(..) {
+                if taken.len() < count && owns(part, document.get("_id")) {
+                    taken.push(document);
+                } else {
+                    rest.push_back(document);
+                }
+            }
+            self.window = rest;
+            self.own_left -= taken.len().min(self.own_left);
+            if !taken.is_empty() {
+                return taken;
+            }
+        }
         let Some(first) = self.window.front() else {
             return Vec::new();
         };
-        let head = first.get(fields::PRIORITY).cloned();
-        let same = self
-            .window
-            .iter()
-            .take_while(|d| d.get(fields::PRIORITY).cloned() == head)
-            .count();
-        let take = count.min(self.window.len());
-        let start = if same > take {
+        let head = rank(first);
+        let same = self.window.iter().take_while(|d| rank(d) == head).count();
+        let mut take = count.min(self.window.len());
+        let start = if part.1 > 1 {
+            // Others' jobs (a dead peer's, or the last of a drain): a share
+            // of them, from the end of the head's priority, which their
+            // owners reach last.
+            take = take.div_ceil(part.1).min(same.max(1));
+            same.saturating_sub(take)
+        } else if same > take {
             rand::rng().random_range(0..=same - take)
         } else {
             0
@@ -226,31 +286,91 @@ impl Claimer {
         self.window.drain(start..start + take).collect()
     }
 
+    /// Reads the window: up to `limit` eligible jobs in queue order, in
+    /// four ranges of the claim index (see [`priority_ranges`]), so a job
+    /// without a `priority` sorts as 0 without a write to give it one.
     fn read_window(&mut self, limit: usize) -> Result<(), Error> {
-        self.round_trips += self.upkeep.run(&self.queue, &self.queues)?;
-        let cursor = self
-            .queue
-            .collection()
-            .find(eligible_in(&self.queues, self.queue.clock().passed()))
-            .sort(queue_order())
-            .limit(limit as i64)
-            .run()
-            .map_err(|e| self.queue.db_error("find (claim read-ahead)", &e))?;
-        self.round_trips += 1;
+        self.round_trips += self.upkeep.run(&self.queue)?;
         self.window.clear();
         let mut bytes = 0;
-        for document in cursor {
-            let document =
-                document.map_err(|e| self.queue.db_error("find (claim read-ahead)", &e))?;
-            bytes += mongodb::bson::to_vec(&document).map_or(0, |b| b.len());
-            self.window.push_back(document);
-            if bytes > WINDOW_BYTES {
-                // Dropping the cursor ends the query on the server.
+        for (priority, order) in priority_ranges() {
+            let wanted = limit - self.window.len();
+            if wanted == 0 || bytes > WINDOW_BYTES {
                 break;
             }
+            let mut filter = eligible_in(&self.queues, self.queue.clock().passed());
+            filter.insert(fields::PRIORITY, priority);
+            let cursor = self
+                .queue
+                .collection()
+                .find(filter)
+                .sort(order)
+                .limit(wanted as i64)
+                .run()
+                .map_err(|e| self.queue.db_error("find (claim read-ahead)", &e))?;
+            self.round_trips += 1;
+            for document in cursor {
+                let document =
+                    document.map_err(|e| self.queue.db_error("find (claim read-ahead)", &e))?;
+                bytes += mongodb::bson::to_vec(&document).map_or(0, |b| b.len());
+                self.window.push_back(document);
+                if bytes > WINDOW_BYTES {
+                    // Dropping the cursor ends the query on the server.
+                    break;
+                }
+            }
         }
+        self.count_own();
         self.window_read_at = Instant::now();
+        self.window_checked_at = self.window_read_at;
         Ok(())
+    }
+
+    /// Counts the jobs of this worker's part in the window.
+    fn count_own(&mut self) {
+        let part = self.share.part();
+        self.own_left = self
+            .window
+            .iter()
+            .filter(|d| owns(part, d.get("_id")))
+            .count();
+        self.part_read = part;
+    }
+
+    /// Whether the window must be read again: every `max_window_age` it is
+    /// checked for an eligible job of a higher priority than its head (one
+    /// index seek, nothing returned when there is none), which would have
+    /// to run first; and it is read again anyway once it is
+    /// [`WINDOW_LIFETIME`] old. Checking instead of re-reading keeps a large
+    /// window cheap for a worker that claims slowly.
+    fn aged(&mut self) -> Result<bool, Error> {
+        if self.window_checked_at.elapsed() <= self.max_window_age {
+            return Ok(false);
+        }
+        if self.window_read_at.elapsed() > WINDOW_LIFETIME {
+            return Ok(true);
+        }
+        let Some(head) = self.window.front().map(rank) else {
+            return Ok(true);
+        };
+        let mut filter = eligible_in(&self.queues, self.queue.clock().passed());
+        let above = doc! {fields::PRIORITY: {"$gt": head.clone()}};
+        if integer(&head).is_some_and(|n| n < 0) {
+            // Below 0, a job without a priority (ranked 0) is above too.
+            filter.insert("$or", vec![above, doc! {fields::PRIORITY: Bson::Null}]);
+        } else {
+            filter.extend(above);
+        }
+        let above = self
+            .queue
+            .collection()
+            .find_one(filter)
+            .projection(doc! {"_id": 1})
+            .run()
+            .map_err(|e| self.queue.db_error("find (higher priority)", &e))?;
+        self.round_trips += 1;
+        self.window_checked_at = Instant::now();
+        Ok(above.is_some())
     }
 
     /// Claims the candidates that are still as the read-ahead saw them; one
@@ -290,6 +410,7 @@ impl Claimer {
                     filter,
                     claim_update(token, &self.owner, self.lease, self.queue.clock()),
                 )
+                .hint(by_id())
                 .run();
             self.round_trips += 1;
             match result {
@@ -376,11 +497,46 @@ impl Claimer {
 
 /// Which documents a claim may take: eligible, with `_id` matching `id`
 /// (one id or an `$in`), and still at the `attempts` the read-ahead saw.
+/// `_id` comes first and the claim hints the `_id` index: the ids bound
+/// the claim to a batch, where a plan on the claim index would examine
+/// every pending job.
 fn claim_filter(id: impl Into<Bson>, attempts: &Bson, clock: &Clock) -> Document {
-    let mut filter = eligible_filter(clock.passed());
-    filter.insert("_id", id.into());
+    let mut filter = doc! {"_id": id.into()};
+    filter.extend(eligible_filter(clock.passed()));
     filter.insert(fields::ATTEMPTS, attempts.clone());
     filter
+}
+
+/// The `_id` index, which every collection has.
+fn by_id() -> Hint {
+    Hint::Keys(doc! {"_id": 1})
+}
+
+/// The read-ahead's ranges of `priority`, each with its sort, in queue
+/// order: first a `priority` that is not a number (claimed only to be
+/// failed with the reason); then above 0; then 0 and none merged by age (a
+/// shell producer's job has no `priority` and ranks as 0; the two are
+/// exact ranges of the claim index, which the server merges in `run_at`,
+/// `_id` order); then below 0.
+fn priority_ranges() -> [(Document, Document); 4] {
+    let by_age = doc! {fields::RUN_AT: 1, "_id": 1};
+    [
+        (
+            doc! {"$exists": true, "$not": {"$type": ["number", "null"]}},
+            queue_order(),
+        ),
+        (doc! {"$gt": 0}, queue_order()),
+        (doc! {"$in": [0, Bson::Null]}, by_age),
+        (doc! {"$lt": 0}, queue_order()),
+    ]
+}
+
+/// A job's rank in queue order: its `priority`, where none counts as 0.
+fn rank(document: &Document) -> Bson {
+    match document.get(fields::PRIORITY) {
+        None | Some(Bson::Null) => Bson::Int64(0),
+        Some(priority) => integer(priority).map_or_else(|| priority.clone(), Bson::Int64),
+    }
 }
 
 /// What a claim writes.

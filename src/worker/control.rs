@@ -22,12 +22,13 @@ use super::health::{Beat, Health};
 use super::lease::Leases;
 use super::limits::{extend_slots, forget, give_back, reclaim_dead, Slots};
 use super::report::Counters;
+use super::share::Share;
 use crate::error::Error;
 use crate::queue::registry::HEARTBEAT;
 use crate::queue::{Queue, QueueControl};
 use crate::shutdown::Shutdown;
 
-/// How often the controls are read.
+/// How often the controls (and the peers) are read.
 pub const REFRESH: Duration = Duration::from_millis(500);
 
 /// The controls of this worker's queues, as last read.
@@ -92,6 +93,8 @@ pub(crate) struct Control {
     pub(crate) queue: Queue,
     pub(crate) config: WorkerConfig,
     pub(crate) controls: Arc<Controls>,
+    /// This worker's part of its queues, from the registry.
+    pub(crate) share: Arc<Share>,
     pub(crate) slots: Arc<Slots>,
     pub(crate) counters: Arc<Counters>,
     pub(crate) health: Arc<Health>,
@@ -100,11 +103,14 @@ pub(crate) struct Control {
 }
 
 impl Control {
-    /// Reads the controls once (before the first claim).
+    /// Reads the controls, and the live peers that divide the queues with
+    /// this worker (see [`super::share`]).
     pub(crate) fn refresh(&self) -> Result<(), Error> {
         let controls = self.queue.controls_of(&self.config.queues)?;
         self.controls.set(controls);
         Counters::add(&self.counters.control_round_trips, 1);
+        let trips = self.share.refresh(&self.queue)?;
+        Counters::add(&self.counters.control_round_trips, trips);
         Ok(())
     }
 

@@ -25,6 +25,7 @@ use super::outage::retry_until_stopped;
 use super::outcome::{JobKey, Outcome};
 use super::pacing::{Decision, PaceMeter, Pacing};
 use super::report::Counters;
+use super::share::Share;
 use super::wake::Doorbell;
 use crate::backoff::Backoff;
 use crate::job::Job;
@@ -55,6 +56,7 @@ pub(crate) struct Fetcher {
     pub(crate) pace: Arc<PaceMeter>,
     pub(crate) doorbell: Arc<Doorbell>,
     pub(crate) controls: Arc<Controls>,
+    pub(crate) share: Arc<Share>,
     pub(crate) slots: Arc<Slots>,
     pub(crate) jobs: Sender<Job>,
     pub(crate) outcomes: Sender<Outcome>,
@@ -153,6 +155,7 @@ impl Fetcher {
                 config.lease,
                 queues.to_vec(),
                 window_age,
+                Arc::clone(&self.share),
             )
         });
         let before = (claimer.round_trips, claimer.candidates);

@@ -54,6 +54,7 @@ mod pacing;
 mod report;
 pub mod retry;
 mod runner;
+mod share;
 mod upkeep;
 mod wake;
 
@@ -85,6 +86,7 @@ use outcome::Outcome;
 use pacing::PaceMeter;
 use report::Counters;
 use runner::Runner;
+use share::Share;
 use wake::{watch, Doorbell};
 
 use crate::duration::format_duration;
@@ -113,6 +115,7 @@ struct Parts {
     pace: Arc<PaceMeter>,
     doorbell: Arc<Doorbell>,
     controls: Arc<Controls>,
+    share: Arc<Share>,
     slots: Arc<Slots>,
     handler_seconds: Arc<Histogram>,
     claim_seconds: Arc<Histogram>,
@@ -121,7 +124,7 @@ struct Parts {
 }
 
 impl Parts {
-    fn new() -> Parts {
+    fn new(config: &WorkerConfig) -> Parts {
         Parts {
             leases: Arc::default(),
             counters: Arc::default(),
@@ -130,6 +133,7 @@ impl Parts {
             pace: Arc::default(),
             doorbell: Arc::default(),
             controls: Arc::default(),
+            share: Arc::new(Share::new(&config.worker_id, &config.queues)),
             slots: Arc::default(),
             handler_seconds: Arc::new(Histogram::new(&HANDLER_BUCKETS)),
             claim_seconds: Arc::new(Histogram::new(&ROUND_TRIP_BUCKETS)),
@@ -196,9 +200,9 @@ impl Worker {
         config.validate()?;
         Ok(Worker {
             queue,
+            parts: Parts::new(&config),
             config,
             handler,
-            parts: Parts::new(),
         })
     }
 
@@ -292,6 +296,7 @@ impl Worker {
             queue: self.queue.clone(),
             config: self.config.clone(),
             controls: Arc::clone(&parts.controls),
+            share: Arc::clone(&parts.share),
             slots: Arc::clone(&parts.slots),
             counters: Arc::clone(&parts.counters),
             health: Arc::clone(&parts.health),
@@ -370,6 +375,7 @@ impl Worker {
             pace: Arc::clone(&parts.pace),
             doorbell: Arc::clone(&parts.doorbell),
             controls: Arc::clone(&parts.controls),
+            share: Arc::clone(&parts.share),
             slots: Arc::clone(&parts.slots),
             jobs: job_tx,
             outcomes: outcome_tx.clone(),
@@ -377,7 +383,9 @@ impl Worker {
         let fetch_stop = shutdown.clone();
         handlers.push(spawn("mongoq-fetcher", move || fetcher.run(&fetch_stop)));
 
-        let watcher = config.change_streams.then(|| {
+        // A draining worker stops at its first empty look once its own jobs
+        // are done, so it has no use for a stream.
+        let watcher = (config.change_streams && !config.drain).then(|| {
             let queue = self.queue.clone();
             let doorbell = Arc::clone(&parts.doorbell);
             let shutdown = shutdown.clone();

@@ -8,9 +8,16 @@
 //! next poll. Polling stays on regardless: a job whose `run_at` arrives
 //! produces no event, and a change stream can break. Where change streams
 //! are not available the watcher logs that once and the worker polls.
+//!
+//! The stream is open only while the worker is idle, or was within the
+//! last [`KEEP_OPEN`]: a busy worker claims again as soon as it has room,
+//! so events would wake nobody, and the server would filter every write of
+//! the queue (two or more per job) for a stream no one needs. When the
+//! fetcher next finds nothing, the watcher opens the stream and rings once,
+//! so a job inserted before the stream opened is claimed by that look.
 
 use std::sync::{Condvar, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use mongodb::bson::{doc, Document};
 
@@ -20,28 +27,63 @@ use crate::schema::{fields, Status};
 use crate::shutdown::Shutdown;
 use crate::sync::lock;
 
-/// A latch the watcher rings and the fetcher waits on.
+/// How long after the fetcher last found nothing the stream stays open.
+pub(crate) const KEEP_OPEN: Duration = Duration::from_secs(5);
+
+/// A latch the watcher rings and the fetcher waits on; the fetcher also
+/// tells it when it found nothing, which is when a stream is wanted.
 #[derive(Default)]
 pub(crate) struct Doorbell {
-    rung: Mutex<bool>,
+    state: Mutex<Bell>,
     bell: Condvar,
+    wanted: Condvar,
+}
+
+#[derive(Default)]
+struct Bell {
+    rung: bool,
+    /// When the fetcher last found nothing to claim.
+    idle_at: Option<Instant>,
 }
 
 impl Doorbell {
     /// Wakes a waiting fetcher (or makes its next wait return at once).
     pub(crate) fn ring(&self) {
-        *lock(&self.rung) = true;
+        lock(&self.state).rung = true;
         self.bell.notify_all();
     }
 
     /// Waits up to `timeout` for a ring; returns whether one came. Clears it.
+    /// Waiting means the fetcher found nothing: a stream is wanted.
     pub(crate) fn wait(&self, timeout: Duration) -> bool {
-        let rung = lock(&self.rung);
-        let (mut rung, _) = self
+        let mut state = lock(&self.state);
+        state.idle_at = Some(Instant::now());
+        self.wanted.notify_all();
+        let (mut state, _) = self
             .bell
-            .wait_timeout_while(rung, timeout, |rung| !*rung)
+            .wait_timeout_while(state, timeout, |state| !state.rung)
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        std::mem::replace(&mut *rung, false)
+        state.idle_at = Some(Instant::now());
+        std::mem::replace(&mut state.rung, false)
+    }
+
+    /// Whether the fetcher found nothing within the last [`KEEP_OPEN`].
+    fn wanted(&self) -> bool {
+        lock(&self.state)
+            .idle_at
+            .is_some_and(|at| at.elapsed() < KEEP_OPEN)
+    }
+
+    /// Waits up to `timeout` for the fetcher to find nothing; returns
+    /// whether a stream is wanted now.
+    fn wait_until_wanted(&self, timeout: Duration) -> bool {
+        let state = lock(&self.state);
+        let wanted = |state: &mut Bell| state.idle_at.is_some_and(|at| at.elapsed() < KEEP_OPEN);
+        let (mut state, _) = self
+            .wanted
+            .wait_timeout_while(state, timeout, |state| !wanted(state))
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        wanted(&mut state)
     }
 }
 
@@ -61,12 +103,16 @@ fn pipeline() -> Vec<Document> {
     ]
 }
 
-/// The watcher thread: rings `doorbell` on every event until `stop` fires.
-/// Returns early (the worker then just polls) if change streams are not
-/// supported; reopens the stream after other errors.
+/// The watcher thread: while the fetcher is idle, rings `doorbell` on
+/// every event, until `stop` fires. Returns early (the worker then just
+/// polls) if change streams are not supported; reopens the stream after
+/// other errors.
 pub(crate) fn watch(queue: &Queue, doorbell: &Doorbell, stop: &Shutdown) {
     let mut reopen = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
     while !stop.is_requested() {
+        if !doorbell.wait_until_wanted(Duration::from_millis(200)) {
+            continue;
+        }
         let stream = queue
             .collection()
             .watch()
@@ -95,7 +141,9 @@ pub(crate) fn watch(queue: &Queue, doorbell: &Doorbell, stop: &Shutdown) {
         };
         log::debug!("watching for new jobs with a change stream");
         reopen.reset();
-        while !stop.is_requested() {
+        // A job inserted before the stream opened made no event: look once.
+        doorbell.ring();
+        while !stop.is_requested() && doorbell.wanted() {
             match stream.next_if_any() {
                 Ok(Some(_)) => doorbell.ring(),
                 Ok(None) => {}
@@ -108,6 +156,7 @@ pub(crate) fn watch(queue: &Queue, doorbell: &Doorbell, stop: &Shutdown) {
                 }
             }
         }
+        // Dropping the stream closes its cursor on the server.
     }
 }
 
@@ -128,6 +177,17 @@ fn first_line(text: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stream_is_wanted_only_after_the_fetcher_found_nothing() {
+        let bell = Doorbell::default();
+        assert!(!bell.wanted());
+        assert!(!bell.wait_until_wanted(Duration::from_millis(10)));
+        bell.ring();
+        assert!(bell.wait(Duration::from_secs(5)));
+        assert!(bell.wanted());
+        assert!(bell.wait_until_wanted(Duration::from_millis(10)));
+    }
 
     #[test]
     fn a_ring_before_the_wait_is_not_lost() {
