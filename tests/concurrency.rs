@@ -8,6 +8,71 @@ use mongodb::bson::doc;
 
 use crate::helpers::{tempfile, TestDb};
 
+/// Workers that share a queue divide it (by `_id`, among the peers in the
+/// registry) rather than race for its head: few claimed candidates are
+/// lost to another worker, and each worker's `--report` says so.
+#[test]
+fn workers_sharing_a_queue_divide_it_and_lose_few_claims() {
+    let db = TestDb::new("divide");
+    db.enqueue_many(3_000, &[]);
+    let reports: Vec<_> = (0..3)
+        .map(|i| tempfile(&format!("{}-report-{i}.json", db.db)))
+        .collect();
+    let mut workers: Vec<_> = reports
+        .iter()
+        .map(|report| {
+            db.spawn_worker(&[
+                "--drain",
+                "--threads",
+                "4",
+                "--batch-size",
+                "100",
+                "--simulate",
+                "2ms..2ms",
+                "--report",
+                report.to_str().unwrap(),
+            ])
+        })
+        .collect();
+    for worker in &mut workers {
+        assert!(
+            worker.wait(Duration::from_secs(120)).success(),
+            "{}",
+            worker.log_text()
+        );
+    }
+    assert_eq!(db.count(doc! {"status": "completed"}), 3_000);
+    assert_eq!(
+        db.count(doc! {"attempts": {"$ne": 1}}),
+        0,
+        "a job ran twice"
+    );
+    let (mut candidates, mut claimed, mut completed) = (0, 0, 0);
+    for report in &reports {
+        let text = std::fs::read_to_string(report).unwrap();
+        let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let read = |key: &str| {
+            json[key]
+                .as_u64()
+                .unwrap_or_else(|| panic!("no {key} in {text}"))
+        };
+        assert!(read("round_trips") > 0, "{text}");
+        candidates += read("claim_candidates");
+        claimed += read("claimed");
+        completed += read("completed");
+    }
+    assert_eq!(completed, 3_000);
+    assert_eq!(claimed, 3_000);
+    let lost = candidates - claimed;
+    // Racing for the head of the queue loses about half; dividing it
+    // loses what the peers claim before they know of each other, and at
+    // the end of the drain.
+    assert!(
+        lost * 4 <= candidates,
+        "{lost} of {candidates} claimed candidates were lost to other workers"
+    );
+}
+
 #[test]
 fn three_workers_of_four_threads_drain_5000_jobs_exactly_once() {
     let db = TestDb::new("three_workers");

@@ -341,13 +341,18 @@ fn a_standalone_server_without_change_streams_is_polled() {
     let server = OwnServer::start("standalone", &["--standalone"]);
     let db = TestDb::on(&server.uri(), "standalone");
     db.enqueue_many(20, &[]);
-    let mut worker = db.spawn_worker(&["--drain", "--threads", "2", "--simulate", "0ms..0ms"]);
+    // Not --drain: a draining worker never opens a stream. An idle one
+    // tries, learns the server has none, and polls.
+    let mut worker = db.spawn_worker(&["--threads", "2", "--simulate", "0ms..0ms"]);
+    db.wait_for_count(doc! {"status": "completed"}, 20, Duration::from_secs(60));
+    db.enqueue_many(5, &[]);
+    db.wait_for_count(doc! {"status": "completed"}, 25, Duration::from_secs(60));
+    worker.signal("TERM");
     assert!(
         worker.wait(Duration::from_secs(60)).success(),
         "{}",
         worker.log_text()
     );
-    assert_eq!(db.count(doc! {"status": "completed"}), 20);
     assert!(
         worker
             .log_text()

@@ -117,6 +117,43 @@ fn higher_priority_runs_first() {
 }
 
 #[test]
+fn a_job_without_priority_runs_as_priority_0_and_is_not_rewritten() {
+    let db = TestDb::new("no_priority");
+    db.queue().ensure_indexes().unwrap();
+    // As a shell script inserts them: `none` has no `priority` at all.
+    for document in [
+        doc! {"data": "below", "status": "pending", "priority": -1},
+        doc! {"data": "none", "status": "pending"},
+        doc! {"data": "above", "status": "pending", "priority": 1},
+        doc! {"data": "zero", "status": "pending", "priority": 0},
+    ] {
+        db.coll().insert_one(document).run().unwrap();
+    }
+    let mut worker = db.spawn_worker(&[
+        "--drain",
+        "--threads",
+        "1",
+        "--batch-size",
+        "1",
+        "--simulate",
+        "20ms..20ms",
+    ]);
+    assert!(worker.wait(Duration::from_secs(30)).success());
+    let mut jobs = db.all(doc! {"status": "completed"});
+    jobs.sort_by_key(|j| j.get_datetime("completed_at").unwrap().timestamp_millis());
+    let order: Vec<&str> = jobs.iter().map(|j| j.get_str("data").unwrap()).collect();
+    // `none` and `zero` rank alike (in either order: workers start a claim
+    // at a random place among jobs of one priority).
+    assert_eq!(order.len(), 4);
+    assert_eq!((order[0], order[3]), ("above", "below"), "{order:?}");
+    assert_eq!(
+        db.count(doc! {"data": "none", "priority": {"$exists": true}}),
+        0,
+        "the worker wrote a priority into a producer's document"
+    );
+}
+
+#[test]
 fn sigterm_mid_run_exits_zero_within_grace_and_leaves_nothing_running() {
     let db = TestDb::new("sigterm");
     db.enqueue_many(40, &[]);
