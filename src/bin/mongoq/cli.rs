@@ -259,7 +259,7 @@ pub struct BenchArgs {
     /// Print JSON instead of a table
     #[arg(long)]
     pub json: bool,
-    /// Write the throughput chart (SVG) here
+    /// Write the throughput chart (SVG) here; sections 8 and 9 go beside it as NAME.fleet.svg
     #[arg(long, default_value = "bench-chart.svg")]
     pub chart: std::path::PathBuf,
 }

@@ -9,6 +9,7 @@
 //! that time; mongoq and the ceiling drain the whole backlog. See
 //! BENCHMARKS.md for the results and how to read them.
 
+mod bars;
 mod peers;
 mod probe;
 mod render;
@@ -29,6 +30,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+pub use bars::render_fleet_svg;
 pub use render::{render_svg, render_table};
 pub use server::{ScaleRow, ServerWorkRow};
 

@@ -54,6 +54,17 @@ pub fn bench(uri: &str, args: &BenchArgs) -> Result<ExitCode, CommandError> {
             args.chart.display()
         ))
     })?;
+    let mut charts = args.chart.display().to_string();
+    if let Some(svg) = crate::bench::render_fleet_svg(&results) {
+        let path = args.chart.with_extension("fleet.svg");
+        std::fs::write(&path, svg).map_err(|e| {
+            failure(format!(
+                "cannot write the chart to {}: {e} (choose another path with --chart)",
+                path.display()
+            ))
+        })?;
+        charts = format!("{charts}, {}", path.display());
+    }
     if args.json {
         println!(
             "{}",
@@ -61,7 +72,7 @@ pub fn bench(uri: &str, args: &BenchArgs) -> Result<ExitCode, CommandError> {
         );
     } else {
         print!("{}", crate::bench::render_table(&results));
-        println!("\nchart: {}", args.chart.display());
+        println!("\ncharts: {charts}");
     }
     Ok(ExitCode::SUCCESS)
 }
