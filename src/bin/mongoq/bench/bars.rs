@@ -1,6 +1,8 @@
 //! The chart of sections 8 and 9: the server's CPU per job by pattern, and
 //! throughput by the number of worker processes, as horizontal bars.
 
+use std::fmt::Write as _;
+
 use super::BenchResults;
 
 /// One bar: its label, its value, and the value's text.
@@ -45,9 +47,10 @@ pub fn render_fleet_svg(results: &BenchResults) -> Option<String> {
     let mut y = 30.0;
     let rows = work.len() + scale.len();
     let height = 90.0 + 26.0 * rows as f64 + 60.0;
-    svg.push_str(&format!(
+    let _ = write!(
+        svg,
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"820\" height=\"{height:.0}\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
-    ));
+    );
     for (title, bars, color) in [
         (
             "8. server CPU per job (µs, lower is better)",
@@ -63,14 +66,16 @@ pub fn render_fleet_svg(results: &BenchResults) -> Option<String> {
         if bars.is_empty() {
             continue;
         }
-        svg.push_str(&format!(
-            "<text x=\"10\" y=\"{y:.0}\" font-size=\"14\" font-weight=\"bold\">{title}</text>\n"
-        ));
+        let _ = writeln!(
+            svg,
+            "<text x=\"10\" y=\"{y:.0}\" font-size=\"14\" font-weight=\"bold\">{title}</text>"
+        );
         y += 14.0;
         let max = bars.iter().map(|b| b.value).fold(1.0, f64::max);
         for bar in bars {
             let width = 330.0 * bar.value / max;
-            svg.push_str(&format!(
+            let _ = write!(
+                svg,
                 "<text x=\"10\" y=\"{:.0}\">{}</text>\n<rect x=\"330\" y=\"{:.0}\" width=\"{width:.1}\" height=\"18\" fill=\"{color}\"/>\n<text x=\"{:.1}\" y=\"{:.0}\">{}</text>\n",
                 y + 13.0,
                 escape(&bar.label),
@@ -78,7 +83,7 @@ pub fn render_fleet_svg(results: &BenchResults) -> Option<String> {
                 335.0 + width,
                 y + 13.0,
                 escape(&bar.text)
-            ));
+            );
             y += 26.0;
         }
         y += 30.0;
