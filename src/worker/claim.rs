@@ -6,9 +6,13 @@
 //!
 //! 1. **Read ahead** the next eligible jobs, in queue order (`priority`
 //!    desc, `run_at`, `_id`), several batches at once, through the
-//!    `mongoq_claim_by_queue` index, into a window bounded by count and bytes.
+//!    `mongoq_claim_by_queue` index, into a window bounded by count and
+//!    bytes. The read is four exact `priority` ranges of the index (see
+//!    [`priority_ranges`]), so a job without a `priority` ranks as 0 with
+//!    no write to give it one.
 //! 2. **Claim** a batch from the window with one `updateMany` whose filter
-//!    repeats `status: "pending"`, the `run_at` bound and the `attempts` the
+//!    leads with the batch's `_id`s (hinted to the `_id` index) and repeats
+//!    `status: "pending"`, the `run_at` bound and the `attempts` the
 //!    read-ahead saw. Each document's update is atomic, so a job another
 //!    worker took in between simply does not match: two workers never hold
 //!    the same job. All jobs claimed get this claim's fresh `lease_token`
@@ -19,13 +23,15 @@
 //!    claimed `_id`s are read back by `lease_token`.
 //!
 //! That is one round trip per batch plus one read-ahead per several
-//! batches. Workers that read the same window claim runs starting at random
-//! places within the head's priority, so they seldom collide; when claims
-//! keep winning less than half of what they ask for, the window is stale and
-//! is read again rather than fought over. The window is also re-read after
-//! `max_window_age` (at most a second), so a new high-priority job waits at
-//! most that long, and a producer's edit of a pending job's `data` can race
-//! a claim only within that second (as it could race any claim).
+//! batches. Workers that share the queue divide it ([`super::share`]): each
+//! claims its own part of the window first, so they seldom collide; when
+//! claims keep winning less than half of what they ask for, the window is
+//! stale and is read again rather than fought over. Every `max_window_age`
+//! (at most a second) one index seek checks for an eligible job of a higher
+//! priority than the window's head, which re-reads the window, so a new
+//! urgent job waits at most about that long; a window is read again after
+//! [`WINDOW_LIFETIME`] anyway, so a producer's edit of a pending job's
+//! `data` can race a claim only within that time.
 //!
 //! Retrying a claim after a lost reply is safe: the retry reuses the token,
 //! the documents the lost attempt took no longer match `pending`, and the

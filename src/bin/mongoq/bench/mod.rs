@@ -73,6 +73,8 @@ pub struct BenchConfig {
     pub exe: PathBuf,
     /// The server's process id, to read its CPU time (local servers only).
     pub server_pid: Option<u32>,
+    /// Rounds of sections 8 and 9; each figure is the median of the rounds.
+    pub rounds: usize,
 }
 
 /// One cell of the drain matrix.

@@ -148,20 +148,35 @@ impl Bench<'_> {
         &self,
         progress: &mut dyn FnMut(&str),
     ) -> Result<Vec<ServerWorkRow>, Error> {
-        let mut rows = Vec::new();
-        for backlog in [self.config.small_backlog, self.config.jobs] {
-            progress(&format!(
-                "server work: bare batched loop, {backlog} backlog"
-            ));
-            rows.push(self.bare(backlog)?);
-            for threads in THREADS {
+        let rounds = self.config.rounds.max(1);
+        let mut runs: Vec<Vec<ServerWorkRow>> = Vec::new();
+        for round in 1..=rounds {
+            let mut rows = Vec::new();
+            for backlog in [self.config.small_backlog, self.config.jobs] {
                 progress(&format!(
-                    "server work: mongoq --threads {threads}, {backlog} backlog"
+                    "server work (round {round}/{rounds}): bare batched loop, {backlog} backlog"
                 ));
-                rows.push(self.in_process(backlog, threads)?);
+                rows.push(self.bare(backlog)?);
+                for threads in THREADS {
+                    progress(&format!(
+                        "server work (round {round}/{rounds}): mongoq --threads {threads}, {backlog} backlog"
+                    ));
+                    rows.push(self.in_process(backlog, threads)?);
+                }
             }
+            runs.push(rows);
         }
-        Ok(rows)
+        Ok(median_rows(&runs, |rows| {
+            let mut row = rows[0].clone();
+            row.seconds = median(rows.iter().map(|r| r.seconds));
+            row.jobs_per_second = median(rows.iter().map(|r| r.jobs_per_second));
+            row.server_cpu_us_per_job = median_of(rows.iter().map(|r| r.server_cpu_us_per_job));
+            row.keys_examined_per_job = median_of(rows.iter().map(|r| r.keys_examined_per_job));
+            row.docs_examined_per_job = median_of(rows.iter().map(|r| r.docs_examined_per_job));
+            row.round_trips_per_job = median(rows.iter().map(|r| r.round_trips_per_job));
+            row.run_twice = rows.iter().map(|r| r.run_twice).sum();
+            row
+        }))
     }
 
     /// mongoq at default flags in this process, timed from `run` to its
@@ -206,39 +221,63 @@ impl Bench<'_> {
 
     /// Section 9: 1, 2, 4 and 8 worker processes on one large backlog.
     pub(super) fn scale_out(&self, progress: &mut dyn FnMut(&str)) -> Result<Vec<ScaleRow>, Error> {
-        let mut rows: Vec<ScaleRow> = Vec::new();
-        for processes in PROCESSES {
-            progress(&format!(
-                "scale-out: {processes} processes × {THREADS_EACH} threads, {} backlog",
-                self.config.jobs
-            ));
-            let queue = self.shell_backlog("bench_scale", self.config.jobs)?;
-            let (row, reports) =
-                self.processes(&queue, self.config.jobs, processes, THREADS_EACH)?;
-            let candidates: u64 = reports.iter().map(|r| r.candidates).sum();
-            let claimed: u64 = reports.iter().map(|r| r.claimed).sum();
-            let lost = candidates.saturating_sub(claimed);
-            let one = rows
-                .first()
-                .map_or(row.jobs_per_second, |r| r.jobs_per_second);
-            rows.push(ScaleRow {
-                processes,
-                threads_each: THREADS_EACH,
-                jobs: self.config.jobs,
-                seconds: row.seconds,
-                jobs_per_second: row.jobs_per_second,
-                vs_one_process: row.jobs_per_second / one,
-                server_cpu_us_per_job: row.server_cpu_us_per_job,
-                keys_examined_per_job: row.keys,
-                docs_examined_per_job: row.docs,
-                candidates,
-                lost_to_others: lost,
-                lost_percent: 100.0 * lost as f64 / candidates.max(1) as f64,
-                round_trips_per_job: row.round_trips_per_job,
-                run_twice: row.run_twice,
-            });
+        let rounds = self.config.rounds.max(1);
+        let mut runs: Vec<Vec<ScaleRow>> = Vec::new();
+        for round in 1..=rounds {
+            let mut rows = Vec::new();
+            for processes in PROCESSES {
+                progress(&format!(
+                    "scale-out (round {round}/{rounds}): {processes} processes × {THREADS_EACH} threads, {} backlog",
+                    self.config.jobs
+                ));
+                rows.push(self.fleet(processes)?);
+            }
+            runs.push(rows);
+        }
+        let mut rows = median_rows(&runs, |rows| {
+            let mut row = rows[0].clone();
+            row.seconds = median(rows.iter().map(|r| r.seconds));
+            row.jobs_per_second = median(rows.iter().map(|r| r.jobs_per_second));
+            row.server_cpu_us_per_job = median_of(rows.iter().map(|r| r.server_cpu_us_per_job));
+            row.keys_examined_per_job = median_of(rows.iter().map(|r| r.keys_examined_per_job));
+            row.docs_examined_per_job = median_of(rows.iter().map(|r| r.docs_examined_per_job));
+            row.candidates = median(rows.iter().map(|r| r.candidates as f64)) as u64;
+            row.lost_to_others = median(rows.iter().map(|r| r.lost_to_others as f64)) as u64;
+            row.lost_percent = median(rows.iter().map(|r| r.lost_percent));
+            row.round_trips_per_job = median(rows.iter().map(|r| r.round_trips_per_job));
+            row.run_twice = rows.iter().map(|r| r.run_twice).sum();
+            row
+        });
+        let one = rows.first().map_or(1.0, |r| r.jobs_per_second);
+        for row in &mut rows {
+            row.vs_one_process = row.jobs_per_second / one;
         }
         Ok(rows)
+    }
+
+    /// One drain of the large backlog by `processes` worker processes.
+    fn fleet(&self, processes: usize) -> Result<ScaleRow, Error> {
+        let queue = self.shell_backlog("bench_scale", self.config.jobs)?;
+        let (row, reports) = self.processes(&queue, self.config.jobs, processes, THREADS_EACH)?;
+        let candidates: u64 = reports.iter().map(|r| r.candidates).sum();
+        let claimed: u64 = reports.iter().map(|r| r.claimed).sum();
+        let lost = candidates.saturating_sub(claimed);
+        Ok(ScaleRow {
+            processes,
+            threads_each: THREADS_EACH,
+            jobs: self.config.jobs,
+            seconds: row.seconds,
+            jobs_per_second: row.jobs_per_second,
+            vs_one_process: 1.0,
+            server_cpu_us_per_job: row.server_cpu_us_per_job,
+            keys_examined_per_job: row.keys,
+            docs_examined_per_job: row.docs,
+            candidates,
+            lost_to_others: lost,
+            lost_percent: 100.0 * lost as f64 / candidates.max(1) as f64,
+            round_trips_per_job: row.round_trips_per_job,
+            run_twice: row.run_twice,
+        })
     }
 
     /// A fresh collection holding `n` jobs as a shell script inserts them:
@@ -390,6 +429,31 @@ struct Drained {
     docs: Option<f64>,
     round_trips_per_job: f64,
     run_twice: u64,
+}
+
+/// Row `i` of every round, combined by `combine` (medians, in practice).
+fn median_rows<T>(runs: &[Vec<T>], combine: impl Fn(&[&T]) -> T) -> Vec<T> {
+    let count = runs.first().map_or(0, Vec::len);
+    (0..count)
+        .map(|i| combine(&runs.iter().filter_map(|run| run.get(i)).collect::<Vec<_>>()))
+        .collect()
+}
+
+/// The median (of an even count, the mean of the middle two).
+fn median(values: impl Iterator<Item = f64>) -> f64 {
+    let mut values: Vec<f64> = values.collect();
+    values.sort_by(f64::total_cmp);
+    match values.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => values[n / 2],
+        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
+}
+
+/// The median of the values present; `None` when none is.
+fn median_of(values: impl Iterator<Item = Option<f64>>) -> Option<f64> {
+    let present: Vec<f64> = values.flatten().collect();
+    (!present.is_empty()).then(|| median(present.into_iter()))
 }
 
 /// Jobs completed, and jobs that ran more than once; then drops the

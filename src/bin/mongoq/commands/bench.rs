@@ -37,6 +37,7 @@ pub fn bench(uri: &str, args: &BenchArgs) -> Result<ExitCode, CommandError> {
         only: args.only.clone(),
         exe,
         server_pid: args.server_pid,
+        rounds: args.rounds as usize,
     };
     let started = std::time::Instant::now();
     let mut progress = |step: &str| {
