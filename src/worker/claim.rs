@@ -43,7 +43,6 @@ use std::time::{Duration, Instant};
 
 use mongodb::bson::{doc, oid::ObjectId, Bson, Document};
 use mongodb::options::Hint;
-use rand::Rng;
 
 use super::oversized::{fail_oversized, too_large};
 use super::share::{owns, Share};
@@ -54,24 +53,19 @@ use crate::queue::filters::{eligible_filter, eligible_in, queue_order};
 use crate::queue::Queue;
 use crate::schema::{fields, id_text, integer, Status};
 
-/// How many jobs one read-ahead fetches: twenty batches, at least 2,000 and
-/// at most 5,000 (or one batch, if that is larger).
-///
-/// A read-ahead costs one query whose price grows with the backlog on some
-/// servers (everything the filter matches is examined) and is cheap on
-/// others (the index scan stops at the limit); reading many batches at once
-/// makes either cheap per job, even with small batches.
-fn read_ahead_size(batch_size: usize) -> usize {
-    (batch_size * 20).clamp(2_000, 5_000).max(batch_size)
-}
-
 /// A window is read again at least this often, even when no higher
 /// priority has arrived, so its copies of the jobs are never older.
-const WINDOW_LIFETIME: Duration = Duration::from_secs(5);
+pub(crate) const WINDOW_LIFETIME: Duration = Duration::from_secs(5);
 
-/// The most jobs a window holds: workers that divide a queue each read
-/// their part's read-ahead times their number, up to this.
-const MAX_WINDOW: usize = 20_000;
+/// The most jobs a window holds. A read-ahead fetches what the worker can
+/// start within the window's lifetime (at its measured pace; at least one
+/// batch), times the number of workers dividing the queue (only its part
+/// is its own), up to this many and [`WINDOW_BYTES`]. One query then
+/// serves many batches; on servers where a query's price grows with the
+/// backlog (everything the filter matches is examined) that makes it cheap
+/// per job, and on those where the index scan stops at the limit it costs
+/// the same per job at any size.
+const MAX_WINDOW: usize = 40_000;
 
 /// The window stops filling at this many bytes of documents, so large jobs
 /// cannot make a worker's memory grow with the backlog.
@@ -146,12 +140,10 @@ impl Claimer {
         }
     }
 
-    /// Claims up to `count` jobs. `None` means nothing is eligible right now.
-    pub(crate) fn claim(
-        &mut self,
-        count: usize,
-        batch_size: usize,
-    ) -> Result<Option<Claimed>, Error> {
+    /// Claims up to `count` jobs, reading ahead `window` of this worker's
+    /// own jobs when the window must be read. `None` means nothing is
+    /// eligible right now.
+    pub(crate) fn claim(&mut self, count: usize, window: usize) -> Result<Option<Claimed>, Error> {
         if count == 0 {
             return Ok(None);
         }
@@ -159,7 +151,7 @@ impl Claimer {
         // comes back with the same token.
         let retrying = self.unfinished.is_some();
         let token = *self.unfinished.get_or_insert_with(ObjectId::new);
-        let claimed = self.claim_with(token, count, batch_size, retrying)?;
+        let claimed = self.claim_with(token, count, window, retrying)?;
         self.unfinished = None;
         Ok(claimed)
     }
@@ -168,7 +160,7 @@ impl Claimer {
         &mut self,
         token: ObjectId,
         count: usize,
-        batch_size: usize,
+        window: usize,
         retrying: bool,
     ) -> Result<Option<Claimed>, Error> {
         // Two passes at most: the second only after a stale or contended
@@ -188,7 +180,7 @@ impl Claimer {
                 // Who shares the queue now decides what is ours in it.
                 self.round_trips += self.share.recheck(&self.queue)?;
                 let of = self.share.part().1;
-                let size = (read_ahead_size(batch_size) * of).min(MAX_WINDOW.max(batch_size));
+                let size = window.saturating_mul(of).min(MAX_WINDOW).max(count);
                 self.read_window(size)?;
                 true
             } else {
@@ -250,10 +242,10 @@ impl Claimer {
     }
 
     /// Takes `count` documents from the window: this worker's part first,
-    /// in queue order; when none of it is left, a run starting at a random
-    /// place among those that share the head's priority, so workers reading
-    /// the same window mostly claim different jobs, and lower priorities
-    /// still wait for higher ones.
+    /// in queue order. A worker alone takes the head. One whose part is used
+    /// up takes a `1/n` share of the others' jobs from the end of the head's
+    /// priority (their owners reach it last); lower priorities still wait
+    /// for higher ones.
     fn take(&mut self, count: usize) -> Vec<Document> {
         let part = self.share.part();
         if part.1 > 1 && self.own_left > 0 {
@@ -284,9 +276,8 @@ impl Claimer {
             // owners reach last.
             take = take.div_ceil(part.1).min(same.max(1));
             same.saturating_sub(take)
-        } else if same > take {
-            rand::rng().random_range(0..=same - take)
         } else {
+            // Alone, as far as the registry says: from the head.
             0
         };
         self.window.drain(start..start + take).collect()

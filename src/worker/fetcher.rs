@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Sender;
 use mongodb::bson::{doc, Bson};
 
-use super::claim::{Claimed, Claimer};
+use super::claim::{Claimed, Claimer, WINDOW_LIFETIME};
 use super::config::WorkerConfig;
 use super::control::Controls;
 use super::health::{Beat, Health};
@@ -158,11 +158,22 @@ impl Fetcher {
                 Arc::clone(&self.share),
             )
         });
+        // What the threads can start while a window stays fresh (before
+        // any job was timed: ten batches); at least a batch.
+        let pacing = Pacing {
+            threads: config.threads,
+            batch_size: config.batch_size,
+        };
+        let window = match self.pace.average() {
+            Some(average) => pacing.startable_within(WINDOW_LIFETIME, Some(average)),
+            None => config.batch_size.saturating_mul(10),
+        }
+        .max(config.batch_size);
         let before = (claimer.round_trips, claimer.candidates);
         let claimed = retry_until_stopped(shutdown, "claiming jobs", || {
             self.health.beat(Beat::Fetcher);
             let started = Instant::now();
-            let claimed = self.health.track(claimer.claim(want, config.batch_size));
+            let claimed = self.health.track(claimer.claim(want, window));
             self.claim_seconds.observe(started.elapsed());
             claimed
         });
