@@ -41,7 +41,7 @@ use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mongodb::bson::{doc, oid::ObjectId, Bson, Document};
+use mongodb::bson::{doc, oid::ObjectId, Bson, Document, RawDocumentBuf};
 use mongodb::options::Hint;
 
 use super::oversized::{fail_oversized, too_large};
@@ -85,7 +85,7 @@ pub(crate) struct Claimer {
     /// The named queues this worker takes jobs from.
     queues: Vec<String>,
     /// Eligible jobs as the read-ahead saw them, in queue order.
-    window: VecDeque<Document>,
+    window: VecDeque<Slot>,
     /// Claims in a row that won less than half of what they asked for.
     contended: u32,
     window_read_at: Instant,
@@ -213,7 +213,7 @@ impl Claimer {
             } else if won == candidates.len() {
                 candidates
                     .into_iter()
-                    .map(|d| as_claimed(d, token, &self.owner))
+                    .map(|s| as_claimed(s, token, &self.owner))
                     .collect()
             } else if won > 0 {
                 let ids: HashSet<String> = self
@@ -223,8 +223,8 @@ impl Claimer {
                     .collect();
                 candidates
                     .into_iter()
-                    .filter(|d| d.get("_id").is_some_and(|id| ids.contains(&id.to_string())))
-                    .map(|d| as_claimed(d, token, &self.owner))
+                    .filter(|s| ids.contains(&s.id.to_string()))
+                    .map(|s| as_claimed(s, token, &self.owner))
                     .collect()
             } else {
                 Vec::new()
@@ -246,16 +246,16 @@ impl Claimer {
     /// up takes a `1/n` share of the others' jobs from the end of the head's
     /// priority (their owners reach it last); lower priorities still wait
     /// for higher ones.
-    fn take(&mut self, count: usize) -> Vec<Document> {
+    fn take(&mut self, count: usize) -> Vec<Slot> {
         let part = self.share.part();
         if part.1 > 1 && self.own_left > 0 {
             let mut taken = Vec::with_capacity(count.min(self.own_left));
             let mut rest = VecDeque::with_capacity(self.window.len());
-            for document in self.window.drain(..) {
-                if taken.len() < count && owns(part, document.get("_id")) {
-                    taken.push(document);
+            for slot in self.window.drain(..) {
+                if taken.len() < count && owns(part, Some(&slot.id)) {
+                    taken.push(slot);
                 } else {
-                    rest.push_back(document);
+                    rest.push_back(slot);
                 }
             }
             self.window = rest;
@@ -267,8 +267,8 @@ impl Claimer {
         let Some(first) = self.window.front() else {
             return Vec::new();
         };
-        let head = rank(first);
-        let same = self.window.iter().take_while(|d| rank(d) == head).count();
+        let head = &first.rank;
+        let same = self.window.iter().take_while(|s| s.rank == *head).count();
         let mut take = count.min(self.window.len());
         let start = if part.1 > 1 {
             // Others' jobs (a dead peer's, or the last of a drain): a share
@@ -300,17 +300,20 @@ impl Claimer {
             let cursor = self
                 .queue
                 .collection()
+                .clone_with_type::<RawDocumentBuf>()
                 .find(filter)
                 .sort(order)
                 .limit(wanted as i64)
+                // The driver buffers a whole reply batch (up to 16 MB by
+                // default); small batches keep the window's bound real.
+                .batch_size(1_000)
                 .run()
                 .map_err(|e| self.queue.db_error("find (claim read-ahead)", &e))?;
             self.round_trips += 1;
-            for document in cursor {
-                let document =
-                    document.map_err(|e| self.queue.db_error("find (claim read-ahead)", &e))?;
-                bytes += mongodb::bson::to_vec(&document).map_or(0, |b| b.len());
-                self.window.push_back(document);
+            for raw in cursor {
+                let raw = raw.map_err(|e| self.queue.db_error("find (claim read-ahead)", &e))?;
+                bytes += raw.as_bytes().len();
+                self.window.push_back(Slot::new(raw));
                 if bytes > WINDOW_BYTES {
                     // Dropping the cursor ends the query on the server.
                     break;
@@ -329,7 +332,7 @@ impl Claimer {
         self.own_left = self
             .window
             .iter()
-            .filter(|d| owns(part, d.get("_id")))
+            .filter(|s| owns(part, Some(&s.id)))
             .count();
         self.part_read = part;
     }
@@ -347,7 +350,7 @@ impl Claimer {
         if self.window_read_at.elapsed() > WINDOW_LIFETIME {
             return Ok(true);
         }
-        let Some(head) = self.window.front().map(rank) else {
+        let Some(head) = self.window.front().map(|s| s.rank.clone()) else {
             return Ok(true);
         };
         let mut filter = eligible_in(&self.queues, self.queue.clock().passed());
@@ -372,18 +375,11 @@ impl Claimer {
 
     /// Claims the candidates that are still as the read-ahead saw them; one
     /// `updateMany` per distinct `attempts` value (almost always one).
-    fn claim_documents(
-        &mut self,
-        candidates: &[Document],
-        token: ObjectId,
-    ) -> Result<usize, Error> {
+    fn claim_documents(&mut self, candidates: &[Slot], token: ObjectId) -> Result<usize, Error> {
         let mut groups: Vec<(Bson, Vec<Bson>)> = Vec::new();
-        for document in candidates {
-            let attempts = document
-                .get(fields::ATTEMPTS)
-                .cloned()
-                .unwrap_or(Bson::Null);
-            let id = document.get("_id").cloned().unwrap_or(Bson::Null);
+        for slot in candidates {
+            let attempts = slot.attempts.clone();
+            let id = slot.id.clone();
             if !matches!(
                 attempts,
                 Bson::Null | Bson::Int32(_) | Bson::Int64(_) | Bson::Double(_)
@@ -528,11 +524,35 @@ fn priority_ranges() -> [(Document, Document); 4] {
     ]
 }
 
-/// A job's rank in queue order: its `priority`, where none counts as 0.
-fn rank(document: &Document) -> Bson {
-    match document.get(fields::PRIORITY) {
-        None | Some(Bson::Null) => Bson::Int64(0),
-        Some(priority) => integer(priority).map_or_else(|| priority.clone(), Bson::Int64),
+/// A job in the window: its raw BSON (compact: a parsed document costs
+/// several times its size) and what the claim reads of it.
+struct Slot {
+    id: Bson,
+    attempts: Bson,
+    /// Its rank in queue order: its `priority`, where none counts as 0.
+    rank: Bson,
+    raw: RawDocumentBuf,
+}
+
+impl Slot {
+    fn new(raw: RawDocumentBuf) -> Slot {
+        let field = |name: &str| {
+            raw.get(name)
+                .ok()
+                .flatten()
+                .and_then(|value| Bson::try_from(value.to_raw_bson()).ok())
+                .unwrap_or(Bson::Null)
+        };
+        let priority = field(fields::PRIORITY);
+        Slot {
+            id: field("_id"),
+            attempts: field(fields::ATTEMPTS),
+            rank: match priority {
+                Bson::Null => Bson::Int64(0),
+                other => integer(&other).map_or(other, Bson::Int64),
+            },
+            raw,
+        }
     }
 }
 
@@ -553,7 +573,12 @@ fn claim_update(token: ObjectId, owner: &str, lease: Duration, clock: &Clock) ->
 
 /// The window's copy of a document, as the claim left it on the server
 /// (only the fields the worker reads need to be exact: `attempts`).
-fn as_claimed(mut document: Document, token: ObjectId, owner: &str) -> Document {
+fn as_claimed(slot: Slot, token: ObjectId, owner: &str) -> Document {
+    // The server sent it, so it parses; if not, the job fails as malformed.
+    let mut document = slot
+        .raw
+        .to_document()
+        .unwrap_or_else(|_| doc! {"_id": slot.id.clone()});
     let attempts = document
         .get(fields::ATTEMPTS)
         .and_then(integer)
