@@ -108,6 +108,8 @@ pub(crate) struct Claimer {
     part_read: (usize, usize),
     /// When the window was last checked for higher priorities.
     window_checked_at: Instant,
+    /// The last window read found nothing eligible.
+    found_nothing: bool,
 }
 
 impl Claimer {
@@ -137,6 +139,7 @@ impl Claimer {
             own_left: 0,
             part_read: (0, 1),
             window_checked_at: Instant::now(),
+            found_nothing: false,
         }
     }
 
@@ -175,6 +178,10 @@ impl Claimer {
             let spent = part.1 > 1 && self.own_left == 0;
             if !self.window.is_empty() && !spent && self.aged()? {
                 self.window.clear();
+            }
+            if self.window.is_empty() && self.found_nothing && !retrying && !self.anything()? {
+                // Idle: one index seek per poll, not a read of every range.
+                return Ok(None);
             }
             let fresh = if self.window.is_empty() || spent {
                 // Who shares the queue now decides what is ours in it.
@@ -321,9 +328,25 @@ impl Claimer {
             }
         }
         self.count_own();
+        self.found_nothing = self.window.is_empty();
         self.window_read_at = Instant::now();
         self.window_checked_at = self.window_read_at;
         Ok(())
+    }
+
+    /// Whether any job is eligible at all (one index seek, one `_id`
+    /// returned): what an idle worker asks before it reads a window again.
+    fn anything(&mut self) -> Result<bool, Error> {
+        self.round_trips += self.upkeep.run(&self.queue)?;
+        let found = self
+            .queue
+            .collection()
+            .find_one(eligible_in(&self.queues, self.queue.clock().passed()))
+            .projection(doc! {"_id": 1})
+            .run()
+            .map_err(|e| self.queue.db_error("find (any eligible job)", &e))?;
+        self.round_trips += 1;
+        Ok(found.is_some())
     }
 
     /// Counts the jobs of this worker's part in the window.
