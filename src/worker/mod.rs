@@ -57,6 +57,7 @@ mod runner;
 mod share;
 mod upkeep;
 mod wake;
+mod window;
 
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
