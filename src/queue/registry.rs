@@ -124,12 +124,14 @@ impl Queue {
         Ok(workers)
     }
 
-    /// The ids of the workers that serve exactly `queues` and were seen
-    /// within `within` (the peers a worker divides its queues with).
+    /// The ids of the workers that serve exactly `queues` (in any order)
+    /// and were seen within `within` (the peers a worker divides its queues
+    /// with).
     pub(crate) fn peers(&self, queues: &[String], within: Duration) -> Result<Vec<String>, Error> {
+        let same_queues = doc! {"$all": queues, "$size": queues.len() as i64};
         let cursor = self
             .workers_collection()
-            .find(doc! {"queues": queues, "last_seen": {"$gte": self.clock().ago(within)}})
+            .find(doc! {"queues": same_queues, "last_seen": {"$gte": self.clock().ago(within)}})
             .projection(doc! {"_id": 1})
             .run()
             .map_err(|e| self.db_error("find (peers)", &e))?;
