@@ -260,7 +260,7 @@ impl Claimer {
             let mut taken = Vec::with_capacity(count.min(self.own_left));
             let mut rest = VecDeque::with_capacity(self.window.len());
             for slot in self.window.drain(..) {
-                if taken.len() < count && owns(part, Some(&slot.id)) {
+                if taken.len() < count && owns(part, &slot.id) {
                     taken.push(slot);
                 } else {
                     rest.push_back(slot);
@@ -339,13 +339,21 @@ impl Claimer {
     /// returned): what an idle worker asks before it reads a window again.
     fn anything(&mut self) -> Result<bool, Error> {
         self.round_trips += self.upkeep.run(&self.queue)?;
+        self.any_eligible(Document::new(), "find (any eligible job)")
+    }
+
+    /// Whether an eligible job also matching `also` exists: one index seek,
+    /// one `_id` returned.
+    fn any_eligible(&mut self, also: Document, what: &'static str) -> Result<bool, Error> {
+        let mut filter = eligible_in(&self.queues, self.queue.clock().passed());
+        filter.extend(also);
         let found = self
             .queue
             .collection()
-            .find_one(eligible_in(&self.queues, self.queue.clock().passed()))
+            .find_one(filter)
             .projection(doc! {"_id": 1})
             .run()
-            .map_err(|e| self.queue.db_error("find (any eligible job)", &e))?;
+            .map_err(|e| self.queue.db_error(what, &e))?;
         self.round_trips += 1;
         Ok(found.is_some())
     }
@@ -353,11 +361,7 @@ impl Claimer {
     /// Counts the jobs of this worker's part in the window.
     fn count_own(&mut self) {
         let part = self.share.part();
-        self.own_left = self
-            .window
-            .iter()
-            .filter(|s| owns(part, Some(&s.id)))
-            .count();
+        self.own_left = self.window.iter().filter(|s| owns(part, &s.id)).count();
         self.part_read = part;
     }
 
@@ -377,24 +381,16 @@ impl Claimer {
         let Some(head) = self.window.front().map(|s| s.rank.clone()) else {
             return Ok(true);
         };
-        let mut filter = eligible_in(&self.queues, self.queue.clock().passed());
         let above = doc! {fields::PRIORITY: {"$gt": head.clone()}};
-        if integer(&head).is_some_and(|n| n < 0) {
+        let above = if integer(&head).is_some_and(|n| n < 0) {
             // Below 0, a job without a priority (ranked 0) is above too.
-            filter.insert("$or", vec![above, doc! {fields::PRIORITY: Bson::Null}]);
+            doc! {"$or": [above, {fields::PRIORITY: Bson::Null}]}
         } else {
-            filter.extend(above);
-        }
-        let above = self
-            .queue
-            .collection()
-            .find_one(filter)
-            .projection(doc! {"_id": 1})
-            .run()
-            .map_err(|e| self.queue.db_error("find (higher priority)", &e))?;
-        self.round_trips += 1;
+            above
+        };
+        let found = self.any_eligible(above, "find (higher priority)")?;
         self.window_checked_at = Instant::now();
-        Ok(above.is_some())
+        Ok(found)
     }
 
     /// Claims the candidates that are still as the read-ahead saw them; one

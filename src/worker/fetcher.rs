@@ -63,13 +63,18 @@ pub(crate) struct Fetcher {
 }
 
 impl Fetcher {
+    /// How much to claim, for this worker's threads and batch size.
+    fn pacing(&self) -> Pacing {
+        Pacing {
+            threads: self.config.threads,
+            batch_size: self.config.batch_size,
+        }
+    }
+
     /// Claims until `shutdown` (or, with `drain`, until nothing is left).
     pub(crate) fn run(self, shutdown: &Shutdown) {
         let config = &self.config;
-        let pacing = Pacing {
-            threads: config.threads,
-            batch_size: config.batch_size,
-        };
+        let pacing = self.pacing();
         let shortest_idle = (config.poll_interval / 16).max(Duration::from_millis(5));
         let mut idle = Backoff::new(shortest_idle, config.poll_interval);
         // One claimer (and read-ahead window) per set of queues claimed
@@ -160,12 +165,10 @@ impl Fetcher {
         });
         // What the threads can start while a window stays fresh (before
         // any job was timed: ten batches); at least a batch.
-        let pacing = Pacing {
-            threads: config.threads,
-            batch_size: config.batch_size,
-        };
         let window = match self.pace.average() {
-            Some(average) => pacing.startable_within(WINDOW_LIFETIME, Some(average)),
+            Some(average) => self
+                .pacing()
+                .startable_within(WINDOW_LIFETIME, Some(average)),
             None => config.batch_size.saturating_mul(10),
         }
         .max(config.batch_size);
@@ -211,12 +214,10 @@ impl Fetcher {
         if let Some(rate) = control.rate {
             // Reserved starts must happen within START_WITHIN: only as many
             // as the threads can start by then at the measured pace.
-            let startable = Pacing {
-                threads: config.threads,
-                batch_size: config.batch_size,
-            }
-            .startable_within(START_WITHIN, self.pace.average())
-            .saturating_sub(self.leases.held());
+            let startable = self
+                .pacing()
+                .startable_within(START_WITHIN, self.pace.average())
+                .saturating_sub(self.leases.held());
             grant = grant.min(u32::try_from(startable).unwrap_or(u32::MAX));
             if grant == 0 {
                 return Some(Limited::AtLimit);

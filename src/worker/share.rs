@@ -60,7 +60,7 @@ impl Share {
     pub(crate) fn refresh(&self, queue: &Queue) -> Result<u64, Error> {
         *lock(&self.read_at) = Some(Instant::now());
         let peers = queue.peers(&self.queues, SEEN_WITHIN)?;
-        self.update(&self.id, peers);
+        self.update(peers);
         Ok(1)
     }
 
@@ -75,14 +75,14 @@ impl Share {
     }
 
     /// Records this worker's place among `peers` (the live workers'
-    /// ids serving the same queues, this worker's `id` among them or not).
-    fn update(&self, id: &str, mut peers: Vec<String>) {
-        if !peers.iter().any(|peer| peer == id) {
-            peers.push(id.to_string());
+    /// ids serving the same queues, this worker among them or not).
+    fn update(&self, mut peers: Vec<String>) {
+        if !peers.contains(&self.id) {
+            peers.push(self.id.clone());
         }
         peers.sort();
         peers.dedup();
-        let rank = peers.iter().position(|peer| peer == id).unwrap_or(0);
+        let rank = peers.iter().position(|peer| *peer == self.id).unwrap_or(0);
         self.of.store(peers.len(), Relaxed);
         self.rank.store(rank, Relaxed);
     }
@@ -95,8 +95,8 @@ impl Share {
 }
 
 /// Whether the job with this `_id` is in part `rank` of `of`.
-pub(crate) fn owns((rank, of): (usize, usize), id: Option<&Bson>) -> bool {
-    of <= 1 || id.is_some_and(|id| slot(id) % of as u64 == rank as u64)
+pub(crate) fn owns((rank, of): (usize, usize), id: &Bson) -> bool {
+    of <= 1 || slot(id) % of as u64 == rank as u64
 }
 
 /// A hash of an `_id` that every worker computes alike (FNV-1a over the
@@ -130,7 +130,7 @@ mod tests {
             .iter()
             .map(|id| {
                 let share = Share::new(id, &[]);
-                share.update(id, peers.clone());
+                share.update(peers.clone());
                 share.part()
             })
             .collect();
@@ -141,7 +141,7 @@ mod tests {
             (0, 1),
             "alone until the registry says otherwise"
         );
-        share.update("z", vec!["a".into()]);
+        share.update(vec!["a".into()]);
         assert_eq!(
             share.part(),
             (1, 2),
@@ -156,7 +156,7 @@ mod tests {
             .collect();
         let mut counts = [0usize; 4];
         for id in &ids {
-            let owners: Vec<usize> = (0..4).filter(|&rank| owns((rank, 4), Some(id))).collect();
+            let owners: Vec<usize> = (0..4).filter(|&rank| owns((rank, 4), id)).collect();
             assert_eq!(owners.len(), 1);
             counts[owners[0]] += 1;
         }
@@ -164,7 +164,7 @@ mod tests {
             counts.iter().all(|&n| (800..1_200).contains(&n)),
             "{counts:?}"
         );
-        assert!(owns((0, 1), None), "a lone worker owns everything");
-        assert!(owns((0, 2), Some(&Bson::Int32(7))) != owns((1, 2), Some(&Bson::Int32(7))));
+        assert!(owns((0, 1), &Bson::Null), "a lone worker owns everything");
+        assert!(owns((0, 2), &Bson::Int32(7)) != owns((1, 2), &Bson::Int32(7)));
     }
 }

@@ -46,6 +46,13 @@ struct Bell {
     idle_at: Option<Instant>,
 }
 
+impl Bell {
+    /// The fetcher found nothing within the last [`KEEP_OPEN`].
+    fn wanted(&self) -> bool {
+        self.idle_at.is_some_and(|at| at.elapsed() < KEEP_OPEN)
+    }
+}
+
 impl Doorbell {
     /// Wakes a waiting fetcher (or makes its next wait return at once).
     pub(crate) fn ring(&self) {
@@ -69,21 +76,18 @@ impl Doorbell {
 
     /// Whether the fetcher found nothing within the last [`KEEP_OPEN`].
     fn wanted(&self) -> bool {
-        lock(&self.state)
-            .idle_at
-            .is_some_and(|at| at.elapsed() < KEEP_OPEN)
+        lock(&self.state).wanted()
     }
 
     /// Waits up to `timeout` for the fetcher to find nothing; returns
     /// whether a stream is wanted now.
     fn wait_until_wanted(&self, timeout: Duration) -> bool {
         let state = lock(&self.state);
-        let wanted = |state: &mut Bell| state.idle_at.is_some_and(|at| at.elapsed() < KEEP_OPEN);
-        let (mut state, _) = self
+        let (state, _) = self
             .wanted
-            .wait_timeout_while(state, timeout, |state| !wanted(state))
+            .wait_timeout_while(state, timeout, |state| !state.wanted())
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        wanted(&mut state)
+        state.wanted()
     }
 }
 
