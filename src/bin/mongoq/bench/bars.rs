@@ -18,7 +18,7 @@ pub fn render_fleet_svg(results: &BenchResults) -> Option<String> {
         .server_work
         .iter()
         .filter_map(|r| {
-            let cpu = r.server_cpu_us_per_job?;
+            let cpu = r.drain.server_cpu_us_per_job?;
             Some(Bar {
                 label: format!(
                     "{} · {} jobs · {} thr",
@@ -36,8 +36,11 @@ pub fn render_fleet_svg(results: &BenchResults) -> Option<String> {
         .iter()
         .map(|r| Bar {
             label: format!("{} × mongoq work (2 threads)", r.processes),
-            value: r.jobs_per_second,
-            text: format!("{:.0} jobs/s ({:.2}×)", r.jobs_per_second, r.vs_one_process),
+            value: r.drain.jobs_per_second,
+            text: format!(
+                "{:.0} jobs/s ({:.2}×)",
+                r.drain.jobs_per_second, r.vs_one_process
+            ),
         })
         .collect();
     if work.is_empty() && scale.is_empty() {

@@ -176,20 +176,20 @@ fn server_sections(results: &BenchResults, out: &mut String) {
                 .server_work
                 .iter()
                 .find(|b| b.threads == 1 && b.backlog == r.backlog)
-                .map_or(r.jobs_per_second, |b| b.jobs_per_second);
+                .map_or(r.drain.jobs_per_second, |b| b.drain.jobs_per_second);
             let _ = writeln!(
                 out,
                 "   {:<40} {:>7} {:>7} {:>8.0} {} {} {} {:>9.4} {:>8.2} {:>6}",
                 r.pattern,
                 r.backlog,
                 r.threads,
-                r.jobs_per_second,
-                shown(r.server_cpu_us_per_job, 10),
-                shown(r.keys_examined_per_job, 9),
-                shown(r.docs_examined_per_job, 9),
-                r.round_trips_per_job,
-                r.jobs_per_second / bare,
-                r.run_twice
+                r.drain.jobs_per_second,
+                shown(r.drain.server_cpu_us_per_job, 10),
+                shown(r.drain.keys_examined_per_job, 9),
+                shown(r.drain.docs_examined_per_job, 9),
+                r.drain.round_trips_per_job,
+                r.drain.jobs_per_second / bare,
+                r.drain.run_twice
             );
         }
     }
@@ -216,13 +216,13 @@ fn server_sections(results: &BenchResults, out: &mut String) {
                 r.processes,
                 r.threads_each,
                 r.jobs,
-                r.jobs_per_second,
+                r.drain.jobs_per_second,
                 r.vs_one_process,
-                shown(r.server_cpu_us_per_job, 10),
+                shown(r.drain.server_cpu_us_per_job, 10),
                 r.candidates,
                 r.lost_percent,
-                r.round_trips_per_job,
-                r.run_twice
+                r.drain.round_trips_per_job,
+                r.drain.run_twice
             );
         }
     }

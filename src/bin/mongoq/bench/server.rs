@@ -37,12 +37,9 @@ const THREADS: [usize; 2] = [2, 8];
 const PROCESSES: [usize; 4] = [1, 2, 4, 8];
 const THREADS_EACH: usize = 2;
 
-/// One drain of section 8.
+/// What one drain measured, in sections 8 and 9 alike.
 #[derive(Debug, Clone, Serialize)]
-pub struct ServerWorkRow {
-    pub pattern: String,
-    pub backlog: usize,
-    pub threads: usize,
+pub struct Drain {
     pub seconds: f64,
     pub jobs_per_second: f64,
     /// The server process's CPU (user + system) per job, in µs.
@@ -55,25 +52,66 @@ pub struct ServerWorkRow {
     pub run_twice: u64,
 }
 
+impl Drain {
+    /// `jobs` drained in `seconds` with `round_trips`, what the server did
+    /// meanwhile, and the jobs that ran twice.
+    fn new(
+        jobs: usize,
+        seconds: f64,
+        server: ServerWork,
+        round_trips: u64,
+        run_twice: u64,
+    ) -> Drain {
+        Drain {
+            seconds,
+            jobs_per_second: jobs as f64 / seconds,
+            server_cpu_us_per_job: server.cpu,
+            keys_examined_per_job: server.keys,
+            docs_examined_per_job: server.docs,
+            round_trips_per_job: round_trips as f64 / jobs as f64,
+            run_twice,
+        }
+    }
+
+    /// The medians of the same drain over several rounds (jobs run twice:
+    /// their sum).
+    fn median(drains: &[&Drain]) -> Drain {
+        Drain {
+            seconds: median(drains.iter().map(|d| d.seconds)),
+            jobs_per_second: median(drains.iter().map(|d| d.jobs_per_second)),
+            server_cpu_us_per_job: median_of(drains.iter().map(|d| d.server_cpu_us_per_job)),
+            keys_examined_per_job: median_of(drains.iter().map(|d| d.keys_examined_per_job)),
+            docs_examined_per_job: median_of(drains.iter().map(|d| d.docs_examined_per_job)),
+            round_trips_per_job: median(drains.iter().map(|d| d.round_trips_per_job)),
+            run_twice: drains.iter().map(|d| d.run_twice).sum(),
+        }
+    }
+}
+
+/// One drain of section 8.
+#[derive(Debug, Clone, Serialize)]
+pub struct ServerWorkRow {
+    pub pattern: String,
+    pub backlog: usize,
+    pub threads: usize,
+    #[serde(flatten)]
+    pub drain: Drain,
+}
+
 /// One fleet size of section 9.
 #[derive(Debug, Clone, Serialize)]
 pub struct ScaleRow {
     pub processes: usize,
     pub threads_each: usize,
     pub jobs: usize,
-    pub seconds: f64,
-    pub jobs_per_second: f64,
     /// Throughput over the one-process row's.
     pub vs_one_process: f64,
-    pub server_cpu_us_per_job: Option<f64>,
-    pub keys_examined_per_job: Option<f64>,
-    pub docs_examined_per_job: Option<f64>,
+    #[serde(flatten)]
+    pub drain: Drain,
     /// Jobs the claims asked for, and those another worker took first.
     pub candidates: u64,
     pub lost_to_others: u64,
     pub lost_percent: f64,
-    pub round_trips_per_job: f64,
-    pub run_twice: u64,
 }
 
 /// What the server did between [`ServerMeter::start`] and [`ServerMeter::per_job`].
@@ -93,7 +131,7 @@ impl ServerMeter {
     }
 
     /// Server CPU µs, keys examined and documents examined, each per job.
-    fn per_job(&self, queue: &Queue, jobs: usize) -> (Option<f64>, Option<f64>, Option<f64>) {
+    fn per_job(&self, queue: &Queue, jobs: usize) -> ServerWork {
         let jobs = jobs.max(1) as f64;
         let cpu = match (self.ticks, self.pid.and_then(proc_cpu_ticks)) {
             (Some(before), Some(after)) => {
@@ -108,8 +146,15 @@ impl ServerMeter {
             ),
             _ => (None, None),
         };
-        (cpu, keys, docs)
+        ServerWork { cpu, keys, docs }
     }
+}
+
+/// What the server did per job, where it could be read.
+struct ServerWork {
+    cpu: Option<f64>,
+    keys: Option<f64>,
+    docs: Option<f64>,
 }
 
 /// `serverStatus`'s `metrics.queryExecutor.{scanned, scannedObjects}`
@@ -166,16 +211,9 @@ impl Bench<'_> {
             }
             runs.push(rows);
         }
-        Ok(median_rows(&runs, |rows| {
-            let mut row = rows[0].clone();
-            row.seconds = median(rows.iter().map(|r| r.seconds));
-            row.jobs_per_second = median(rows.iter().map(|r| r.jobs_per_second));
-            row.server_cpu_us_per_job = median_of(rows.iter().map(|r| r.server_cpu_us_per_job));
-            row.keys_examined_per_job = median_of(rows.iter().map(|r| r.keys_examined_per_job));
-            row.docs_examined_per_job = median_of(rows.iter().map(|r| r.docs_examined_per_job));
-            row.round_trips_per_job = median(rows.iter().map(|r| r.round_trips_per_job));
-            row.run_twice = rows.iter().map(|r| r.run_twice).sum();
-            row
+        Ok(median_rows(&runs, |rows| ServerWorkRow {
+            drain: Drain::median(&rows.iter().map(|r| &r.drain).collect::<Vec<_>>()),
+            ..rows[0].clone()
         }))
     }
 
@@ -197,7 +235,7 @@ impl Bench<'_> {
         let seconds = started.elapsed().as_secs_f64();
         // The meter's own serverStatus is one command.
         let sent = monitor.sent().saturating_sub(1);
-        let (cpu, keys, docs) = meter.per_job(&queue, backlog);
+        let server = meter.per_job(&queue, backlog);
         let (done, run_twice) = settle(&queue)?;
         if done != backlog || report.completed != backlog as u64 {
             return Err(Error::Invalid(format!(
@@ -209,13 +247,7 @@ impl Bench<'_> {
             pattern: "mongoq (default flags)".into(),
             backlog,
             threads,
-            seconds,
-            jobs_per_second: backlog as f64 / seconds,
-            server_cpu_us_per_job: cpu,
-            keys_examined_per_job: keys,
-            docs_examined_per_job: docs,
-            round_trips_per_job: sent as f64 / backlog as f64,
-            run_twice,
+            drain: Drain::new(backlog, seconds, server, sent, run_twice),
         })
     }
 
@@ -234,23 +266,16 @@ impl Bench<'_> {
             }
             runs.push(rows);
         }
-        let mut rows = median_rows(&runs, |rows| {
-            let mut row = rows[0].clone();
-            row.seconds = median(rows.iter().map(|r| r.seconds));
-            row.jobs_per_second = median(rows.iter().map(|r| r.jobs_per_second));
-            row.server_cpu_us_per_job = median_of(rows.iter().map(|r| r.server_cpu_us_per_job));
-            row.keys_examined_per_job = median_of(rows.iter().map(|r| r.keys_examined_per_job));
-            row.docs_examined_per_job = median_of(rows.iter().map(|r| r.docs_examined_per_job));
-            row.candidates = median(rows.iter().map(|r| r.candidates as f64)) as u64;
-            row.lost_to_others = median(rows.iter().map(|r| r.lost_to_others as f64)) as u64;
-            row.lost_percent = median(rows.iter().map(|r| r.lost_percent));
-            row.round_trips_per_job = median(rows.iter().map(|r| r.round_trips_per_job));
-            row.run_twice = rows.iter().map(|r| r.run_twice).sum();
-            row
+        let mut rows = median_rows(&runs, |rows| ScaleRow {
+            drain: Drain::median(&rows.iter().map(|r| &r.drain).collect::<Vec<_>>()),
+            candidates: median(rows.iter().map(|r| r.candidates as f64)) as u64,
+            lost_to_others: median(rows.iter().map(|r| r.lost_to_others as f64)) as u64,
+            lost_percent: median(rows.iter().map(|r| r.lost_percent)),
+            ..rows[0].clone()
         });
-        let one = rows.first().map_or(1.0, |r| r.jobs_per_second);
+        let one = rows.first().map_or(1.0, |r| r.drain.jobs_per_second);
         for row in &mut rows {
-            row.vs_one_process = row.jobs_per_second / one;
+            row.vs_one_process = row.drain.jobs_per_second / one;
         }
         Ok(rows)
     }
@@ -258,7 +283,7 @@ impl Bench<'_> {
     /// One drain of the large backlog by `processes` worker processes.
     fn fleet(&self, processes: usize) -> Result<ScaleRow, Error> {
         let queue = self.shell_backlog("bench_scale", self.config.jobs)?;
-        let (row, reports) = self.processes(&queue, self.config.jobs, processes, THREADS_EACH)?;
+        let (drain, reports) = self.processes(&queue, self.config.jobs, processes, THREADS_EACH)?;
         let candidates: u64 = reports.iter().map(|r| r.candidates).sum();
         let claimed: u64 = reports.iter().map(|r| r.claimed).sum();
         let lost = candidates.saturating_sub(claimed);
@@ -266,17 +291,11 @@ impl Bench<'_> {
             processes,
             threads_each: THREADS_EACH,
             jobs: self.config.jobs,
-            seconds: row.seconds,
-            jobs_per_second: row.jobs_per_second,
             vs_one_process: 1.0,
-            server_cpu_us_per_job: row.server_cpu_us_per_job,
-            keys_examined_per_job: row.keys,
-            docs_examined_per_job: row.docs,
+            drain,
             candidates,
             lost_to_others: lost,
             lost_percent: 100.0 * lost as f64 / candidates.max(1) as f64,
-            round_trips_per_job: row.round_trips_per_job,
-            run_twice: row.run_twice,
         })
     }
 
@@ -320,7 +339,7 @@ impl Bench<'_> {
         let round_trips =
             bare_loop(collection, batch).map_err(|e| queue.db_error("bench bare loop", &e))?;
         let seconds = started.elapsed().as_secs_f64();
-        let (cpu, keys, docs) = meter.per_job(&queue, backlog);
+        let server = meter.per_job(&queue, backlog);
         let done = super::peers::completed(&queue)? as usize;
         let _ = collection.drop().run();
         if done != backlog {
@@ -332,13 +351,7 @@ impl Bench<'_> {
             pattern: format!("bare batched loop (batch {batch}, 1 thread)"),
             backlog,
             threads: 1,
-            seconds,
-            jobs_per_second: backlog as f64 / seconds,
-            server_cpu_us_per_job: cpu,
-            keys_examined_per_job: keys,
-            docs_examined_per_job: docs,
-            round_trips_per_job: round_trips as f64 / backlog as f64,
-            run_twice: 0,
+            drain: Drain::new(backlog, seconds, server, round_trips, 0),
         })
     }
 
@@ -351,7 +364,7 @@ impl Bench<'_> {
         n: usize,
         count: usize,
         threads: usize,
-    ) -> Result<(Drained, Vec<ProcessReport>), Error> {
+    ) -> Result<(Drain, Vec<ProcessReport>), Error> {
         let dir = std::env::temp_dir().join(format!(
             "mongoq-bench-{}-{}",
             std::process::id(),
@@ -373,7 +386,7 @@ impl Bench<'_> {
             }
         }
         let seconds = started.elapsed().as_secs_f64();
-        let (cpu, keys, docs) = meter.per_job(queue, n);
+        let server = meter.per_job(queue, n);
         let reports = (0..count)
             .map(|i| read_report(&dir.join(format!("{i}.json"))))
             .collect::<Result<Vec<_>, Error>>()?;
@@ -387,15 +400,7 @@ impl Bench<'_> {
         }
         let round_trips: u64 = reports.iter().map(|r| r.round_trips).sum();
         Ok((
-            Drained {
-                seconds,
-                jobs_per_second: n as f64 / seconds,
-                server_cpu_us_per_job: cpu,
-                keys,
-                docs,
-                round_trips_per_job: round_trips as f64 / n as f64,
-                run_twice,
-            },
+            Drain::new(n, seconds, server, round_trips, run_twice),
             reports,
         ))
     }
@@ -418,17 +423,6 @@ impl Bench<'_> {
             .spawn()
             .map_err(|e| Error::Invalid(format!("cannot run {}: {e}", self.config.exe.display())))
     }
-}
-
-/// One drain by worker processes.
-struct Drained {
-    seconds: f64,
-    jobs_per_second: f64,
-    server_cpu_us_per_job: Option<f64>,
-    keys: Option<f64>,
-    docs: Option<f64>,
-    round_trips_per_job: f64,
-    run_twice: u64,
 }
 
 /// Row `i` of every round, combined by `combine` (medians, in practice).
