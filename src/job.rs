@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use mongodb::bson::{oid::ObjectId, Bson, Document};
 
+use crate::progress::ProgressCell;
 use crate::schema::{fields, id_text, integer};
 
 /// A job a worker holds: it was claimed with `lease_token` and may be run.
@@ -40,6 +41,8 @@ pub struct Job {
     pub(crate) settled: Arc<AtomicBool>,
     /// Under a rate limit: the job must start by then, or go back unstarted.
     pub(crate) start_by: Option<std::time::Instant>,
+    /// The latest progress the handler reported ([`Job::set_progress`]).
+    pub(crate) progress: Arc<ProgressCell>,
 }
 
 /// Why a claimed document cannot run. The text becomes `last_error`.
@@ -132,12 +135,21 @@ impl Job {
             slot: None,
             settled: Arc::new(AtomicBool::new(false)),
             start_by: None,
+            progress: Arc::default(),
         })
     }
 
     /// Whether [`Job::complete_in`] wrote this job's completion.
     pub fn is_settled(&self) -> bool {
         self.settled.load(Ordering::SeqCst)
+    }
+
+    /// Reports how far the job got (`fraction` from 0.0 to 1.0, and what it
+    /// does now). Cheap enough to call in a tight loop: it only replaces the
+    /// latest value, and the worker writes the latest onto the job's
+    /// `progress` at most once a second (see [`crate::progress`]).
+    pub fn set_progress(&self, fraction: f64, note: Option<&str>) {
+        self.progress.set(fraction, note);
     }
 
     /// Whether an operator cancelled this job while it ran.

@@ -41,6 +41,7 @@ pub mod clock;
 pub mod duration;
 pub mod error;
 pub mod job;
+pub mod progress;
 pub mod redact;
 pub mod shutdown;
 pub mod sync;

@@ -48,6 +48,9 @@ pub mod fields {
     pub const CANCEL_REQUESTED: &str = "cancel_requested";
     /// When the job was cancelled.
     pub const CANCELLED_AT: &str = "cancelled_at";
+    /// How far the latest attempt got: `{fraction, note, attempt, at}`,
+    /// written by the worker at most once a second while a job runs.
+    pub const PROGRESS: &str = "progress";
 
     /// The queue of jobs that name none.
     pub const DEFAULT_QUEUE: &str = "default";

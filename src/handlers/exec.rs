@@ -8,11 +8,15 @@
 //! `last_error`. Output is read as it comes and kept only up to a bound, so a
 //! program that writes gigabytes neither blocks on a full pipe nor grows
 //! the worker's memory.
+//!
+//! The job is over when the program exits: its outcome is settled within a
+//! second even if something it started still holds its output open, and
+//! what is left of its process group gets TERM, then KILL.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -20,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use mongodb::bson::Bson;
 
+use super::child::{describe_exit, end_group, group_of, resolve, signal_group, TERM_GRACE};
 use crate::error::Error;
 use crate::handlers::{Handler, HandlerError, HandlerResult};
 use crate::job::Job;
@@ -68,7 +73,7 @@ impl ExecHandler {
     }
 
     fn run(&self, job: &Job) -> HandlerResult {
-        let input = serde_json::to_vec(&job.to_json())
+        let input = serde_json::to_vec(&job_json(job, self.timeout))
             .map_err(|e| HandlerError::permanent(format!("cannot encode the job as JSON: {e}")))?;
         let mut child = Command::new(&self.program)
             .args(&self.args)
@@ -84,33 +89,46 @@ impl ExecHandler {
             .map_err(|e| {
                 HandlerError::retry(format!("cannot start `{}`: {e}", self.program.display()))
             })?;
+        let pgid = group_of(&child);
         let stdin = child.stdin.take();
-        let stdout = child.stdout.take();
-        let stderr = child.stderr.take();
+        let stdout = Reader::start(child.stdout.take(), MAX_STDOUT, false);
+        let stderr = Reader::start(child.stderr.take(), MAX_STDERR_TAIL, true);
+        // Feeding stdin gets a thread of its own: a program may read its
+        // input only after writing a lot of output. None of these threads is
+        // joined: a background process the program started may hold a pipe
+        // open long after the program exited, and the job must not wait
+        // for it (the pipe's reader ends when that process does).
+        if let Some(mut stdin) = stdin {
+            std::thread::spawn(move || {
+                // A program that exits without reading its input is fine.
+                let _ = stdin.write_all(&input);
+            });
+        }
         let child = Arc::new(Mutex::new(child));
         let key = self.next_key.fetch_add(1, Ordering::Relaxed);
         lock(&self.running).insert(key, (job.id.clone(), Arc::clone(&child)));
-
-        // Feeding stdin and draining both outputs each get a thread: a
-        // program may read its input only after writing a lot of output, and
-        // a single thread doing these in turn would deadlock on a full pipe.
-        let (status, out, err) = std::thread::scope(|scope| {
-            scope.spawn(move || {
-                if let Some(mut stdin) = stdin {
-                    // A program that exits without reading its input is fine.
-                    let _ = stdin.write_all(&input);
-                }
-            });
-            let out = scope.spawn(move || read_bounded(stdout, MAX_STDOUT, false));
-            let err = scope.spawn(move || read_bounded(stderr, MAX_STDERR_TAIL, true));
-            let status = self.wait(&child);
-            (
-                status,
-                out.join().unwrap_or_default(),
-                err.join().unwrap_or_default(),
-            )
-        });
+        let status = self.wait(&child, pgid);
         lock(&self.running).remove(&key);
+        // The program is gone; its outputs usually close with it. What is
+        // left of its process group (a background child still holding them)
+        // gets TERM, then KILL, and the outcome is settled within a second
+        // of the exit either way.
+        if !(stdout.finished_within(OUTPUT_GRACE) && stderr.finished_within(OUTPUT_GRACE)) {
+            if let Some(pgid) = pgid {
+                if end_group(pgid, None, TERM_GRACE) {
+                    log::warn!(
+                        "job {}: `{}` exited, but processes it started still held its output; they were stopped",
+                        job.id_text(),
+                        self.program.display()
+                    );
+                }
+            }
+            stdout.finished_within(OUTPUT_GRACE);
+            stderr.finished_within(OUTPUT_GRACE);
+        } else if let Some(pgid) = pgid {
+            end_group(pgid, None, TERM_GRACE);
+        }
+        let (out, err) = (stdout.captured(), stderr.captured());
 
         let status = status?;
         if status.success() {
@@ -126,10 +144,11 @@ impl ExecHandler {
         }
     }
 
-    /// Waits for the child, killing it at the timeout. Polls with a short,
-    /// growing sleep: std has no wait-with-timeout, and a millisecond of
-    /// latency is nothing next to a process start.
-    fn wait(&self, child: &Mutex<Child>) -> Result<ExitStatus, HandlerError> {
+    /// Waits for the child, ending its group at the timeout (TERM, then
+    /// KILL after [`TERM_GRACE`]). Polls with a short, growing sleep: std
+    /// has no wait-with-timeout, and a millisecond of latency is nothing
+    /// next to a process start.
+    fn wait(&self, child: &Mutex<Child>, pgid: Option<i32>) -> Result<ExitStatus, HandlerError> {
         let started = Instant::now();
         let mut pause = Duration::from_micros(200);
         loop {
@@ -142,17 +161,78 @@ impl ExecHandler {
             if let Some(timeout) = self.timeout {
                 if started.elapsed() >= timeout {
                     let mut child = lock(child);
-                    kill_group(&mut child);
+                    match pgid {
+                        Some(pgid) => {
+                            end_group(pgid, Some(&mut child), TERM_GRACE);
+                        }
+                        None => {
+                            let _ = child.kill();
+                        }
+                    }
                     let _ = child.wait();
                     return Err(HandlerError::retry(format!(
-                        "`{}` timed out after {} and was killed (--timeout)",
+                        "`{}` timed out after {} and was stopped (--timeout: TERM to its process group, KILL {} later)",
                         self.program.display(),
-                        crate::duration::format_duration(timeout)
+                        crate::duration::format_duration(timeout),
+                        crate::duration::format_duration(TERM_GRACE)
                     )));
                 }
             }
             std::thread::sleep(pause);
             pause = (pause * 2).min(Duration::from_millis(20));
+        }
+    }
+}
+
+/// The job as the program reads it: [`Job::to_json`], plus `deadline` (RFC
+/// 3339, UTC, by this host's clock) when a timeout applies.
+pub(crate) fn job_json(job: &Job, timeout: Option<Duration>) -> serde_json::Value {
+    let mut json = job.to_json();
+    if let (Some(timeout), Some(fields)) = (timeout, json.as_object_mut()) {
+        let deadline =
+            mongodb::bson::DateTime::from_system_time(std::time::SystemTime::now() + timeout);
+        if let Ok(text) = deadline.try_to_rfc3339_string() {
+            fields.insert("deadline".into(), text.into());
+        }
+    }
+    json
+}
+
+/// How long after a program's exit its output pipes may take to close.
+const OUTPUT_GRACE: Duration = Duration::from_millis(100);
+
+/// A pipe read to its end on a thread of its own, keeping a bounded part.
+struct Reader {
+    captured: Arc<Mutex<Captured>>,
+    done: crossbeam_channel::Receiver<()>,
+}
+
+impl Reader {
+    fn start(source: Option<impl Read + Send + 'static>, limit: usize, tail: bool) -> Reader {
+        let captured = Arc::new(Mutex::new(Captured::default()));
+        let (done_tx, done) = crossbeam_channel::bounded(1);
+        let shared = Arc::clone(&captured);
+        std::thread::spawn(move || {
+            read_bounded(source, limit, tail, &shared);
+            let _ = done_tx.send(());
+        });
+        Reader { captured, done }
+    }
+
+    /// Whether the pipe reached its end, waiting up to `within`.
+    fn finished_within(&self, within: Duration) -> bool {
+        !matches!(
+            self.done.recv_timeout(within),
+            Err(crossbeam_channel::RecvTimeoutError::Timeout)
+        )
+    }
+
+    /// What was read so far.
+    fn captured(&self) -> Captured {
+        let captured = lock(&self.captured);
+        Captured {
+            bytes: captured.bytes.clone(),
+            total: captured.total,
         }
     }
 }
@@ -179,10 +259,8 @@ impl Handler for ExecHandler {
 
 /// Kills the program and every process in its group.
 fn kill_group(child: &mut Child) {
-    use nix::sys::signal::{killpg, Signal};
-    use nix::unistd::Pid;
-    if let Ok(pid) = i32::try_from(child.id()) {
-        let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+    if let Some(pgid) = group_of(child) {
+        signal_group(pgid, nix::sys::signal::Signal::SIGKILL);
     }
     let _ = child.kill();
 }
@@ -193,18 +271,18 @@ struct Captured {
     total: usize,
 }
 
-/// Reads everything, keeping the first (or, with `tail`, the last) `limit`
-/// bytes.
-fn read_bounded(source: Option<impl Read>, limit: usize, tail: bool) -> Captured {
-    let mut captured = Captured::default();
+/// Reads everything into `into`, keeping the first (or, with `tail`, the
+/// last) `limit` bytes.
+fn read_bounded(source: Option<impl Read>, limit: usize, tail: bool, into: &Mutex<Captured>) {
     let Some(mut source) = source else {
-        return captured;
+        return;
     };
     let mut buffer = [0u8; 16 * 1024];
     loop {
         match source.read(&mut buffer) {
             Ok(0) | Err(_) => break,
             Ok(n) => {
+                let mut captured = lock(into);
                 captured.total += n;
                 if tail {
                     captured.bytes.extend_from_slice(&buffer[..n]);
@@ -219,7 +297,6 @@ fn read_bounded(source: Option<impl Read>, limit: usize, tail: bool) -> Captured
             }
         }
     }
-    captured
 }
 
 /// JSON stdout becomes structured `result`; other text is kept as a string;
@@ -244,45 +321,6 @@ fn result_from_stdout(out: &Captured) -> Bson {
         .unwrap_or_else(|| Bson::String(trimmed.to_string()))
 }
 
-fn describe_exit(status: ExitStatus) -> String {
-    #[cfg(unix)]
-    {
-        use std::os::unix::process::ExitStatusExt;
-        if let Some(signal) = status.signal() {
-            return format!("was killed by signal {signal}");
-        }
-    }
-    match status.code() {
-        Some(code) => format!("exited with status {code}"),
-        None => "exited abnormally".to_string(),
-    }
-}
-
-/// Finds `program` as a path or on `PATH`, like a shell would (without one).
-fn resolve(program: &str) -> Option<PathBuf> {
-    let is_executable = |path: &Path| {
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            path.metadata()
-                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        }
-        #[cfg(not(unix))]
-        {
-            path.is_file()
-        }
-    };
-    if program.contains('/') {
-        let path = PathBuf::from(program);
-        return is_executable(&path).then_some(path);
-    }
-    std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|dir| dir.join(program))
-            .find(|candidate| is_executable(candidate))
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -290,11 +328,17 @@ mod tests {
     #[test]
     fn bounded_reads_keep_head_or_tail() {
         let data: Vec<u8> = (0..100u8).collect();
-        let head = read_bounded(Some(&data[..]), 10, false);
+        let head = Mutex::new(Captured::default());
+        read_bounded(Some(&data[..]), 10, false, &head);
+        let head = head.into_inner().unwrap();
         assert_eq!(head.bytes, (0..10u8).collect::<Vec<_>>());
         assert_eq!(head.total, 100);
-        let tail = read_bounded(Some(&data[..]), 10, true);
-        assert_eq!(tail.bytes, (90..100u8).collect::<Vec<_>>());
+        let tail = Mutex::new(Captured::default());
+        read_bounded(Some(&data[..]), 10, true, &tail);
+        assert_eq!(
+            tail.into_inner().unwrap().bytes,
+            (90..100u8).collect::<Vec<_>>()
+        );
     }
 
     #[test]

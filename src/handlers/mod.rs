@@ -1,7 +1,8 @@
 //! What a worker does with a job: the [`Handler`] trait.
 //!
-//! Library users implement it (or pass a closure); the binary offers two
-//! that live here: [`exec::ExecHandler`] (a program per job) and
+//! Library users implement it (or pass a closure); the binary offers three
+//! that live here: [`exec::ExecHandler`] (a program per job),
+//! [`pipe::PipeHandler`] (long-lived programs fed one job at a time) and
 //! [`simulate::SimulateHandler`] (the original demo's random sleep).
 //! Handlers run on several threads at once, so they are `Send + Sync` and
 //! take `&self`. A handler that panics fails that attempt only: the worker
@@ -11,10 +12,13 @@ use mongodb::bson::Bson;
 
 use crate::job::Job;
 
+mod child;
 pub mod exec;
+pub mod pipe;
 pub mod simulate;
 
 pub use exec::ExecHandler;
+pub use pipe::{PipeConfig, PipeHandler};
 pub use simulate::SimulateHandler;
 
 /// Why an attempt failed.
@@ -24,6 +28,9 @@ pub struct HandlerError {
     pub message: String,
     /// When true the job fails for good now instead of being retried.
     pub permanent: bool,
+    /// When true the job was never started (the handler had nothing to run
+    /// it with): it goes back to `pending` and the attempt is not counted.
+    pub unstarted: bool,
 }
 
 impl HandlerError {
@@ -32,6 +39,7 @@ impl HandlerError {
         HandlerError {
             message: message.into(),
             permanent: false,
+            unstarted: false,
         }
     }
 
@@ -40,6 +48,17 @@ impl HandlerError {
         HandlerError {
             message: message.into(),
             permanent: true,
+            unstarted: false,
+        }
+    }
+
+    /// The job was not started, through no fault of its own (no handler
+    /// process is alive): it is handed back, its attempt not counted.
+    pub fn unstarted(message: impl Into<String>) -> HandlerError {
+        HandlerError {
+            message: message.into(),
+            permanent: false,
+            unstarted: true,
         }
     }
 }
@@ -67,6 +86,35 @@ pub trait Handler: Send + Sync {
     /// [`Job::is_cancelled`] is already true, and whatever the attempt
     /// returns is not written.
     fn cancel(&self, _job_id: &Bson) {}
+
+    /// How many jobs the handler could start now, when that can be fewer
+    /// than the worker's threads (`None`: one per thread, always). The
+    /// fetcher claims for this many threads, and nothing at 0: a pipe
+    /// handler whose programs are down claims no jobs it cannot run.
+    fn ready(&self) -> Option<usize> {
+        None
+    }
+
+    /// The handler's own health, for `/healthz` (`None`: nothing to say).
+    fn health(&self) -> Option<HandlerHealth> {
+        None
+    }
+
+    /// Called once when the worker has stopped: release what the handler
+    /// holds (a pipe handler ends its programs).
+    fn stop(&self) {}
+}
+
+/// A handler's health as `/healthz` shows it: how many of its processes
+/// (or other means of running jobs) are alive, and why the others are not.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct HandlerHealth {
+    /// What runs jobs now (live processes).
+    pub live: usize,
+    /// How many there should be (one per handler thread).
+    pub slots: usize,
+    /// Why some are not alive, when they are not: the latest start failure.
+    pub problem: Option<String>,
 }
 
 impl<F> Handler for F

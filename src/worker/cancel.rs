@@ -6,7 +6,8 @@
 //! [`Running`] is the registry that makes the last step possible: which job
 //! each handler thread runs now, with that job's cancel flag. The handler
 //! threads fill it, the keeper reads it, the shutdown sequence reads it to
-//! hand back jobs cut off by the grace period.
+//! hand back jobs cut off by the grace period. The keeper also collects
+//! the progress the running jobs reported from it ([`crate::progress`]).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
@@ -17,20 +18,47 @@ use mongodb::bson::{doc, Bson};
 use super::outcome::JobKey;
 use crate::error::Error;
 use crate::handlers::Handler;
+use crate::job::Job;
+use crate::progress::{Progress, ProgressCell};
 use crate::queue::Queue;
 use crate::schema::{cancelled_update, fields, id_text, Status};
 use crate::sync::lock;
 
+/// One running job as the keeper sees it.
+struct Entry {
+    key: JobKey,
+    cancelled: Arc<AtomicBool>,
+    progress: Arc<ProgressCell>,
+    attempt: u32,
+}
+
 /// The job each handler thread is running, by thread index.
 #[derive(Default)]
 pub(crate) struct Running {
-    jobs: Mutex<HashMap<usize, (JobKey, Arc<AtomicBool>)>>,
+    jobs: Mutex<HashMap<usize, Entry>>,
 }
 
 impl Running {
-    /// Thread `index` starts the job `key`, whose cancel flag is `flag`.
-    pub(crate) fn start(&self, index: usize, key: JobKey, flag: Arc<AtomicBool>) {
-        lock(&self.jobs).insert(index, (key, flag));
+    /// Thread `index` starts `job`, held as `key`.
+    pub(crate) fn start(&self, index: usize, key: JobKey, job: &Job) {
+        let entry = Entry {
+            key,
+            cancelled: Arc::clone(&job.cancelled),
+            progress: Arc::clone(&job.progress),
+            attempt: job.attempt,
+        };
+        lock(&self.jobs).insert(index, entry);
+    }
+
+    /// The progress reported since the last call, by job, with its attempt.
+    pub(crate) fn unwritten_progress(&self) -> Vec<(JobKey, u32, Progress)> {
+        lock(&self.jobs)
+            .values()
+            .filter_map(|entry| {
+                let progress = entry.progress.take_unwritten()?;
+                Some((entry.key.clone(), entry.attempt, progress))
+            })
+            .collect()
     }
 
     /// Thread `index` finished its job.
@@ -47,7 +75,7 @@ impl Running {
     pub(crate) fn keys(&self) -> Vec<JobKey> {
         lock(&self.jobs)
             .values()
-            .map(|(key, _)| key.clone())
+            .map(|entry| entry.key.clone())
             .collect()
     }
 
@@ -55,14 +83,14 @@ impl Running {
     /// handler; returns how many it found.
     pub(crate) fn cancel(&self, ids: &[Bson], handler: &dyn Handler) -> usize {
         let mut found = 0;
-        for (key, flag) in lock(&self.jobs).values() {
-            if ids.contains(&key.id) {
+        for entry in lock(&self.jobs).values() {
+            if ids.contains(&entry.key.id) {
                 found += 1;
-                flag.store(true, Relaxed);
-                handler.cancel(&key.id);
+                entry.cancelled.store(true, Relaxed);
+                handler.cancel(&entry.key.id);
                 log::info!(
                     "job {} was cancelled while running; its handler was told to stop",
-                    id_text(&key.id)
+                    id_text(&entry.key.id)
                 );
             }
         }

@@ -28,6 +28,7 @@ use super::report::Counters;
 use super::share::Share;
 use super::wake::Doorbell;
 use crate::backoff::Backoff;
+use crate::handlers::Handler;
 use crate::job::Job;
 use crate::queue::filters::{eligible_in, queue_condition};
 use crate::queue::{Queue, QueueControl};
@@ -36,6 +37,9 @@ use crate::shutdown::Shutdown;
 
 /// How long a fetcher held back by a limit waits before looking again.
 const AT_LIMIT_PAUSE: Duration = Duration::from_millis(20);
+
+/// How long a fetcher whose handler can run nothing waits before looking again.
+const NO_HANDLER_PAUSE: Duration = Duration::from_millis(100);
 
 /// What a claim of a limited queue came to.
 enum Limited {
@@ -58,23 +62,33 @@ pub(crate) struct Fetcher {
     pub(crate) controls: Arc<Controls>,
     pub(crate) share: Arc<Share>,
     pub(crate) slots: Arc<Slots>,
+    /// Asked how many jobs it can start now ([`Handler::ready`]).
+    pub(crate) handler: Arc<dyn Handler>,
     pub(crate) jobs: Sender<Job>,
     pub(crate) outcomes: Sender<Outcome>,
 }
 
 impl Fetcher {
-    /// How much to claim, for this worker's threads and batch size.
+    /// How much to claim, for the threads that can run a job now (the
+    /// handler may have fewer: a pipe handler's programs restarting) and
+    /// this worker's batch size.
     fn pacing(&self) -> Pacing {
         Pacing {
-            threads: self.config.threads,
+            threads: self.ready_threads(),
             batch_size: self.config.batch_size,
         }
+    }
+
+    /// The threads the handler can start jobs on now.
+    fn ready_threads(&self) -> usize {
+        self.handler
+            .ready()
+            .map_or(self.config.threads, |ready| ready.min(self.config.threads))
     }
 
     /// Claims until `shutdown` (or, with `drain`, until nothing is left).
     pub(crate) fn run(self, shutdown: &Shutdown) {
         let config = &self.config;
-        let pacing = self.pacing();
         let shortest_idle = (config.poll_interval / 16).max(Duration::from_millis(5));
         let mut idle = Backoff::new(shortest_idle, config.poll_interval);
         // One claimer (and read-ahead window) per set of queues claimed
@@ -82,6 +96,14 @@ impl Fetcher {
         let mut claimers: HashMap<Vec<String>, Claimer> = HashMap::new();
         while !shutdown.is_requested() {
             self.health.beat(Beat::Fetcher);
+            let pacing = self.pacing();
+            if pacing.threads == 0 {
+                // Nothing could run a job now: claim none, so no job waits
+                // under a lease (or burns an attempt) for a handler that is
+                // down. The handler logs why and restarts itself.
+                shutdown.sleep(NO_HANDLER_PAUSE);
+                continue;
+            }
             let want = match pacing.decide(self.leases.held(), self.pace.average()) {
                 Decision::Wait => {
                     self.leases.wait_for_release(Duration::from_millis(50));

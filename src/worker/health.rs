@@ -123,6 +123,7 @@ impl Health {
             stopping,
             stalled,
             database_error,
+            handler: None,
         }
     }
 }
@@ -138,6 +139,10 @@ pub struct HealthReport {
     pub stalled: Vec<String>,
     /// The database error the worker is riding out, if any.
     pub database_error: Option<DatabaseError>,
+    /// The handler's own health, when it reports one (a pipe handler's
+    /// live processes, and why the others are down).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub handler: Option<crate::handlers::HandlerHealth>,
 }
 
 /// A database error and how long it has lasted.
@@ -157,9 +162,15 @@ impl HealthReport {
         self.stalled.is_empty()
     }
 
-    /// Healthy: ready, alive, reaching the database, not stopping.
+    /// Healthy: ready, alive, reaching the database, not stopping, and
+    /// with something to run jobs on (a handler that reports its health has
+    /// at least one live process).
     pub fn healthy(&self) -> bool {
-        self.ready && self.live() && self.database_error.is_none() && !self.stopping
+        self.ready
+            && self.live()
+            && self.database_error.is_none()
+            && !self.stopping
+            && self.handler.as_ref().is_none_or(|h| h.live > 0)
     }
 }
 

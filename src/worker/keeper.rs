@@ -1,5 +1,7 @@
 //! The keeper thread: keeps this worker's leases alive, drops jobs an
-//! operator cancelled, and rescues expired leases of any worker.
+//! operator cancelled, writes the progress running jobs reported (at most
+//! once a second each, see [`crate::progress`]), and rescues expired leases
+//! of any worker.
 //!
 //! It is not the fetcher: a fetcher blocked in a slow claim must not let
 //! leases lapse. Extensions run every third of the lease, so two can fail
@@ -14,6 +16,7 @@ use super::lease::{extend, rescue_expired, Leases};
 use super::report::Counters;
 use crate::clock::REFRESH;
 use crate::handlers::Handler;
+use crate::progress::PROGRESS_EVERY;
 use crate::queue::Queue;
 use crate::shutdown::Shutdown;
 
@@ -41,10 +44,13 @@ impl Keeper {
             (self.lease / 4).clamp(Duration::from_millis(250), Duration::from_secs(30));
         let mut next_rescue = Instant::now();
         let mut next_clock = Instant::now() + REFRESH;
+        let mut next_extend = Instant::now();
         loop {
             self.health.beat(Beat::Keeper);
+            self.write_progress();
             let tokens = self.leases.tokens();
-            if !tokens.is_empty() {
+            if !tokens.is_empty() && Instant::now() >= next_extend {
+                next_extend = Instant::now() + extend_every.min(rescue_every);
                 match self
                     .health
                     .track(extend(&self.queue, &self.owner, &tokens, self.lease))
@@ -92,8 +98,27 @@ impl Keeper {
                 }
                 next_clock = Instant::now() + REFRESH;
             }
-            if stop.sleep(extend_every.min(rescue_every)) {
+            if stop.sleep(extend_every.min(rescue_every).min(PROGRESS_EVERY)) {
                 return;
+            }
+        }
+    }
+
+    /// Writes the progress reported since the last tick, one fenced update
+    /// per job that reported any (none when no handler reports progress).
+    fn write_progress(&self) {
+        for (key, attempt, progress) in self.running.unwritten_progress() {
+            self.health.beat(Beat::Keeper);
+            let written = self.health.track(crate::progress::write(
+                &self.queue,
+                &self.owner,
+                (&key.id, key.token),
+                attempt,
+                &progress,
+                self.lease,
+            ));
+            if let Err(error) = written {
+                log::warn!("could not write a job's progress (the next report will be): {error}");
             }
         }
     }

@@ -222,13 +222,21 @@ impl Worker {
             claim_seconds: Arc::clone(&parts.claim_seconds),
             depth: Arc::clone(&parts.depth),
             controls: Arc::clone(&parts.controls),
+            handler: Arc::clone(&self.handler),
         }
     }
 
     /// Runs until `shutdown` is requested (or, with `drain`, until the queue
     /// is empty), then stops as the module docs describe. Outages never end
-    /// it: they are logged and retried.
+    /// it: they are logged and retried. The handler's [`Handler::stop`] is
+    /// called last.
     pub fn run(&self, shutdown: &Shutdown) -> Report {
+        let report = self.run_until_stopped(shutdown);
+        self.handler.stop();
+        report
+    }
+
+    fn run_until_stopped(&self, shutdown: &Shutdown) -> Report {
         let config = &self.config;
         let health = &self.parts.health;
         log::info!(
@@ -378,6 +386,7 @@ impl Worker {
             controls: Arc::clone(&parts.controls),
             share: Arc::clone(&parts.share),
             slots: Arc::clone(&parts.slots),
+            handler: Arc::clone(&self.handler),
             jobs: job_tx,
             outcomes: outcome_tx.clone(),
         };

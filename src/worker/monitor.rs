@@ -14,6 +14,7 @@ use super::lease::Leases;
 use super::metrics::{render, Histogram, Load};
 use super::report::{Counters, Report};
 use crate::error::Error;
+use crate::handlers::Handler;
 use crate::queue::{Queue, Stats};
 use crate::sync::lock;
 
@@ -35,12 +36,15 @@ pub struct Monitor {
     pub(super) claim_seconds: Arc<Histogram>,
     pub(super) depth: Arc<Mutex<Option<(Instant, Stats)>>>,
     pub(super) controls: Arc<Controls>,
+    pub(super) handler: Arc<dyn Handler>,
 }
 
 impl Monitor {
     /// Liveness, readiness and database reachability.
     pub fn health(&self) -> HealthReport {
-        self.health.report(STALL_AFTER)
+        let mut report = self.health.report(STALL_AFTER);
+        report.handler = self.handler.health();
+        report
     }
 
     /// Indexes are in place and the threads are running.

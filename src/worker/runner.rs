@@ -56,8 +56,7 @@ impl Runner {
                 let _ = self.outcomes.send(Outcome::Released { key });
                 continue;
             }
-            self.running
-                .start(self.index, key.clone(), Arc::clone(&job.cancelled));
+            self.running.start(self.index, key.clone(), &job);
             let started = Instant::now();
             let result = catch_unwind(AssertUnwindSafe(|| self.handler.handle(&job)));
             let took = started.elapsed();
@@ -67,6 +66,16 @@ impl Runner {
             let outcome = match result {
                 Ok(Ok(_)) if job.is_settled() => Outcome::Settled { key },
                 Ok(Ok(result)) => Outcome::Completed { key, result },
+                // The handler had nothing to run it with: back to pending,
+                // attempt not counted.
+                Ok(Err(error)) if error.unstarted => {
+                    log::debug!(
+                        "job {} handed back unstarted: {}",
+                        job.id_text(),
+                        error.message
+                    );
+                    Outcome::Released { key }
+                }
                 Ok(Err(error)) => self.failure(&job, key, error),
                 Err(panic) => {
                     let message = panic

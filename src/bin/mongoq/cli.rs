@@ -355,17 +355,25 @@ pub struct WorkArgs {
     )]
     pub allow_hosts: Vec<String>,
     /// Handler: sleep a random time in MIN..MAX, like the original demo [default: 1s..5s]
-    #[arg(long, value_name = "MIN..MAX", value_parser = parse_duration_range, conflicts_with = "exec")]
+    #[arg(long, value_name = "MIN..MAX", value_parser = parse_duration_range, conflicts_with_all = ["exec", "pipe"])]
     pub simulate: Option<(Duration, Duration)>,
-    /// Kill an --exec program that runs longer than this
-    #[arg(long, value_parser = parse_duration, requires = "exec")]
+    /// Stop a job's --exec or --pipe program that runs longer than this
+    /// (TERM to its process group, KILL 500ms later)
+    #[arg(long, value_parser = parse_duration)]
     pub timeout: Option<Duration>,
+    /// With --pipe: replace a handler process after it ran N jobs
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..), requires = "pipe")]
+    pub pipe_max_jobs: Option<u64>,
     /// When the worker stops, write what it did (counts and round trips) to PATH as JSON
     #[arg(long, value_name = "PATH")]
     pub report: Option<std::path::PathBuf>,
     /// Handler: run PROGRAM [ARGS...] per job, job JSON on stdin (must be the last option)
     #[arg(long, num_args = 1.., allow_hyphen_values = true, value_name = "PROGRAM [ARGS]...")]
     pub exec: Option<Vec<String>>,
+    /// Handler: keep one PROGRAM [ARGS...] per thread running, fed jobs as
+    /// JSON lines on stdin, answering on stdout (must be the last option)
+    #[arg(long, num_args = 1.., allow_hyphen_values = true, value_name = "PROGRAM [ARGS]...", conflicts_with = "exec")]
+    pub pipe: Option<Vec<String>>,
 }
 
 #[derive(Debug, Args)]

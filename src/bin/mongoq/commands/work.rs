@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use mongoq::handlers::{ExecHandler, SimulateHandler};
+use mongoq::handlers::{ExecHandler, PipeConfig, PipeHandler, SimulateHandler};
 use mongoq::worker::RetryPolicy;
 use mongoq::{Handler, Queue, Shutdown, Worker, WorkerConfig};
 
@@ -41,7 +41,19 @@ fn worker_config(args: &WorkArgs) -> WorkerConfig {
     }
 }
 
-fn handler(args: WorkArgs) -> Result<Arc<dyn Handler>, CommandError> {
+fn handler(args: WorkArgs, threads: usize) -> Result<Arc<dyn Handler>, CommandError> {
+    if args.timeout.is_some() && args.exec.is_none() && args.pipe.is_none() {
+        return Err(usage(
+            "--timeout applies to --exec and --pipe programs; give one of them (put it last), or drop --timeout",
+        ));
+    }
+    if let Some(mut command) = args.pipe {
+        let program = command.remove(0);
+        let mut config = PipeConfig::new(program, command, threads);
+        config.timeout = args.timeout;
+        config.max_jobs = args.pipe_max_jobs;
+        return Ok(Arc::new(PipeHandler::new(config)?));
+    }
     if let Some(mut command) = args.exec {
         let program = command.remove(0);
         let handler = ExecHandler::new(&program, command, args.timeout)?;
@@ -71,7 +83,8 @@ pub fn work(queue: Queue, args: WorkArgs, commands: &AtomicU64) -> Result<ExitCo
             },
         )
     });
-    let worker = Worker::with_shared_handler(queue, config, handler(args)?)?;
+    let threads = config.threads;
+    let worker = Worker::with_shared_handler(queue, config, handler(args, threads)?)?;
     let monitor = worker.monitor();
     let metrics = match metrics_addr {
         Some(addr) => {
