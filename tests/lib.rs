@@ -20,6 +20,7 @@ mod malformed;
 mod mongosh;
 mod operations;
 mod package;
+mod pipe;
 mod security;
 mod siege;
 mod structure;

@@ -174,14 +174,16 @@ impl Process {
         self.lines.recv().unwrap_or(Line::Closed)
     }
 
-    /// Tags stderr lines with the job now running (or none) and starts a
-    /// fresh tail for it.
+    /// Tags stderr lines with the job now running (or none); a new job
+    /// starts a fresh tail, so `last_error` quotes only what it wrote.
     pub(crate) fn set_job(&self, job: Option<&str>) {
         *lock(&self.stderr.tag) = match job {
-            Some(id) => format!("{} job {id}", self.label),
+            Some(id) => {
+                lock(&self.stderr.tail).clear();
+                format!("{} job {id}", self.label)
+            }
             None => self.label.clone(),
         };
-        lock(&self.stderr.tail).clear();
     }
 
     /// The end of what it wrote on stderr (waiting briefly for the pipe to
@@ -244,16 +246,15 @@ fn read_lines(stdout: impl Read, lines: &Sender<Line>) {
                 let _ = lines.send(Line::Closed);
                 return;
             }
-            Ok(buffer) => match buffer.iter().position(|&b| b == b'\n') {
-                Some(at) => {
+            Ok(buffer) => {
+                if let Some(at) = buffer.iter().position(|&b| b == b'\n') {
                     line.extend_from_slice(&buffer[..at]);
                     (true, at + 1)
-                }
-                None => {
+                } else {
                     line.extend_from_slice(buffer);
                     (false, buffer.len())
                 }
-            },
+            }
         };
         reader.consume(used);
         if line.len() > MAX_LINE {
