@@ -16,16 +16,18 @@ if ! cargo deb --version >/dev/null 2>&1; then
   cargo install cargo-deb --version "$CARGO_DEB_VERSION" --locked --quiet
 fi
 
-cargo build --profile deb --quiet
+# The same release build the demo and the bench use, stripped into the
+# package's assets: one optimized build serves all three.
+cargo build --release --quiet
 assets=target/package-assets
 rm -rf "$assets" && mkdir -p "$assets"
-bin=target/deb/mongoq
+bin="$assets/mongoq"
+strip -o "$bin" target/release/mongoq
 "$bin" man | gzip -9n > "$assets/mongoq.1.gz"
 "$bin" completions bash > "$assets/mongoq.bash"
 "$bin" completions zsh > "$assets/_mongoq"
 "$bin" completions fish > "$assets/mongoq.fish"
-# --no-build: the binary above (profile `deb`: stripped) is the one
-# packaged.
+# --no-build: the stripped binary above is the one packaged.
 deb="$(cargo deb --no-build --quiet 2>/dev/null | tail -n 1)"
 [ -f "$deb" ] || deb="$(ls -t target/debian/mongoq_*.deb | head -n 1)"
 deb="$(realpath "$deb")"

@@ -442,6 +442,36 @@ fn hostile_job_data_is_shown_as_text_and_large_documents_are_cut() {
     assert!(page.contains("… truncated:"), "the cut is said");
 }
 
+#[test]
+fn running_jobs_show_their_progress_on_the_list_and_the_job_page() {
+    let db = TestDb::new("dash_progress");
+    let id = ObjectId::new();
+    db.coll()
+        .insert_one(doc! {
+            "_id": id, "data": {}, "status": "running", "attempts": 2,
+            "lease_owner": "w1", "lease_until": DateTime::now(),
+            "progress": {"fraction": 0.4, "note": "resizing 3/8 <b>", "attempt": 2, "at": DateTime::now()},
+        })
+        .run()
+        .unwrap();
+    let dash = dashboard(&db, &[]);
+    let (status, list) = get(&format!("{}/jobs?status=running", dash.base));
+    assert_eq!(status, 200);
+    assert!(list.contains("<th>progress</th>"), "{list}");
+    assert!(list.contains("40% · resizing 3/8 &lt;b&gt;"), "{list}");
+    let (status, page) = get(&job_url(&dash.base, &id));
+    assert_eq!(status, 200);
+    assert!(
+        page.contains("<p id=progress>progress 40% · resizing 3/8 &lt;b&gt; · reported"),
+        "{page}"
+    );
+    let (_, pending) = get(&format!("{}/jobs?status=pending", dash.base));
+    assert!(
+        !pending.contains("<th>progress</th>"),
+        "only running jobs have the column"
+    );
+}
+
 /// Headless Chromium, from scripts/test.sh (which installs Debian's
 /// package when it can). Only a machine where it cannot be had may skip,
 /// and it says so.

@@ -133,6 +133,7 @@ def handle(job):
         raise Permanent("bad input: give an email")
     if kind == "print":
         print("a stray print in the handler")
+        os.system("echo a subprocess writing to its stdout")
     if kind == "progress":
         progress(0.5, "half way")
         time.sleep(2.5)
@@ -249,7 +250,8 @@ fn first_id(db: &TestDb) -> String {
 }
 
 /// A shell handler that logs each run and does what `data.kind` says:
-/// `die` (stderr, then exit 3), `signal` (kill -9 itself), `sleep`,
+/// `die` (stderr, then exit 3), `orphan` (exit 4, leaving a child that
+/// holds stdout open), `answer-then-exit`, `signal` (kill -9 itself), `sleep`,
 /// `sleep-deaf` (ignores TERM), `garbage` (a line that is not JSON),
 /// `other-id`, `nan`, `huge` (a 17 MiB line), `noisy` (10 MB of stderr).
 fn shell_handler(db: &TestDb, runs: &Path) -> PathBuf {
@@ -264,6 +266,8 @@ while IFS= read -r job; do
   echo "$id" >> {runs}
   case "$job" in
     *'"kind":"die"'*) echo "disk full: cannot write /var/tmp/x" >&2; exit 3 ;;
+    *'"kind":"orphan"'*) ( sleep 30 ) & exit 4 ;;
+    *'"kind":"answer-then-exit"'*) printf '{{"id":%s,"ok":true}}\n' "$id"; exit 0 ;;
     *'"kind":"signal"'*) kill -9 $$ ;;
     *'"kind":"sleep-deaf"'*) trap '' TERM; sleep 30 ;;
     *'"kind":"sleep"'*) sleep 30 ;;
@@ -293,7 +297,7 @@ fn a_process_that_dies_or_breaks_the_protocol_fails_only_its_job_and_is_replaced
     let runs = tempfile(&format!("{}-runs", db.db));
     let handler = shell_handler(&db, &runs).display().to_string();
     let kinds = [
-        "die", "signal", "garbage", "other-id", "nan", "huge", "noisy",
+        "die", "orphan", "signal", "garbage", "other-id", "nan", "huge", "noisy",
     ];
     let mut data: Vec<serde_json::Value> = kinds
         .iter()
@@ -301,7 +305,13 @@ fn a_process_that_dies_or_breaks_the_protocol_fails_only_its_job_and_is_replaced
         .collect();
     data.extend((0..40).map(|n| serde_json::json!({"n": n})));
     enqueue(&db, &data);
+    let started = Instant::now();
     let worker = drain(&db, &["--pipe", &handler]);
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "a dead process's background child held the job: {:?}",
+        started.elapsed()
+    );
     let jobs = assert_accounted(&db, &runs, kinds.len() + 40);
     let error = |kind: &str| {
         let job = job_of(&jobs, kind);
@@ -318,6 +328,11 @@ fn a_process_that_dies_or_breaks_the_protocol_fails_only_its_job_and_is_replaced
         error("signal").contains("killed by signal 9"),
         "{}",
         error("signal")
+    );
+    assert!(
+        error("orphan").contains("exited with status 4"),
+        "{}",
+        error("orphan")
     );
     let garbage = error("garbage");
     assert!(
@@ -365,6 +380,50 @@ fn a_process_that_dies_or_breaks_the_protocol_fails_only_its_job_and_is_replaced
             .any(|l| l.contains(&format!("job {noisy_id}")) && l.contains("eeee")),
         "stderr lines are forwarded to the log tagged with the job id"
     );
+}
+
+#[test]
+fn a_process_that_exits_after_answering_is_replaced_and_the_next_job_runs() {
+    let db = TestDb::new("pipe_exit0");
+    let runs = tempfile(&format!("{}-runs", db.db));
+    let handler = shell_handler(&db, &runs).display().to_string();
+    enqueue(
+        &db,
+        &[
+            serde_json::json!({"kind": "answer-then-exit"}),
+            serde_json::json!({"n": 1}),
+        ],
+    );
+    drain(
+        &db,
+        &[
+            "--threads",
+            "1",
+            "--max-attempts",
+            "2",
+            "--backoff-base",
+            "10ms",
+            "--pipe",
+            &handler,
+        ],
+    );
+    let jobs = assert_accounted(&db, &runs, 2);
+    for job in &jobs {
+        assert_eq!(job.get_str("status").unwrap(), "completed", "{job}");
+    }
+    // The job given to the exiting process, if it got there first, was
+    // charged an attempt with a reason that says what to do.
+    let next = jobs
+        .iter()
+        .find(|j| j.get_document("data").unwrap().get("n").is_some())
+        .unwrap();
+    if int(next, "attempts") == 2 {
+        let error = next.get_str("last_error").unwrap();
+        assert!(
+            error.contains("exits only when its stdin closes"),
+            "{error}"
+        );
+    }
 }
 
 #[test]

@@ -42,14 +42,17 @@ class Permanent(Exception):
     """Raise it from ``handle`` to fail the job now, without a retry."""
 
 
-_protocol = None  # the real stdout, once serve() has taken it
+_protocol = None  # the real stdout's descriptor, once serve() has taken it
 _current_id = None  # the id of the job being handled
 
 
 def _send(message):
-    text = json.dumps(message, allow_nan=False, separators=(",", ":"))
-    _protocol.write(text + "\n")
-    _protocol.flush()
+    data = (json.dumps(message, allow_nan=False, separators=(",", ":")) + "\n").encode()
+    # One write per message, straight to the descriptor (no buffer to
+    # flush); a blocking pipe takes it whole, the loop covers a signal.
+    while data:
+        written = os.write(_protocol, data)
+        data = data[written:]
 
 
 def progress(fraction, note=None):
@@ -78,17 +81,21 @@ def _answer(job_id, handle, job):
             "error": "%s: %s" % (type(error).__name__, error),
             "retry": True,
         }
-    answer = {"id": job_id, "ok": True, "result": result}
+    return {"id": job_id, "ok": True, "result": result}
+
+
+def _send_answer(answer):
     try:
-        json.dumps(answer, allow_nan=False)
+        _send(answer)
     except (TypeError, ValueError) as error:
-        return {
-            "id": job_id,
+        # What handle() returned is not JSON (or holds NaN): the job fails
+        # for good, since running it again returns the same.
+        _send({
+            "id": answer["id"],
             "ok": False,
-            "error": "the handler's result is not JSON (%s): %r" % (error, result)[:500],
+            "error": ("the handler's result is not JSON (%s): %r" % (error, answer.get("result")))[:500],
             "retry": False,
-        }
-    return answer
+        })
 
 
 def serve(handle, stdin=None):
@@ -97,7 +104,7 @@ def serve(handle, stdin=None):
     # The protocol keeps the real stdout on a descriptor of its own; fd 1
     # and sys.stdout become stderr, so nothing else can write answers.
     sys.stdout.flush()
-    _protocol = os.fdopen(os.dup(1), "w", encoding="utf-8", newline="\n")
+    _protocol = os.dup(1)
     os.dup2(2, 1)
     sys.stdout = sys.stderr
     source = stdin if stdin is not None else sys.stdin.buffer
@@ -109,6 +116,6 @@ def serve(handle, stdin=None):
         job = json.loads(line)
         _current_id = job.get("id")
         try:
-            _send(_answer(_current_id, handle, job))
+            _send_answer(_answer(_current_id, handle, job))
         finally:
             _current_id = None

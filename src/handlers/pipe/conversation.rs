@@ -70,7 +70,7 @@ impl Pool {
                 self.replace(process, &why, true);
                 continue;
             }
-            let ending = Self::converse(&process, job, &expected);
+            let ending = Self::converse(&mut process, job, &expected);
             // Off the watchdog's list before the process is reaped below.
             let stop = lock(&self.busy)
                 .remove(&process.slot)
@@ -94,7 +94,7 @@ impl Pool {
 
     /// Reads the process's lines for `job` until its answer, or until it
     /// breaks. Progress lines go onto the job.
-    fn converse(process: &Process, job: &Job, expected: &Value) -> Ending {
+    fn converse(process: &mut Process, job: &Job, expected: &Value) -> Ending {
         loop {
             let line = match process.recv() {
                 Line::Text(line) => line,
@@ -155,10 +155,16 @@ impl Pool {
             ),
             (Some(Stop::Cancel), _) => "cancelled by an operator while running; its process was stopped".to_string(),
             (Some(Stop::Abort), _) => "stopped: the worker shut down before the job finished".to_string(),
-            (None, Broken::Closed) => format!(
-                "`{program}` {} while running the job; the process is replaced",
-                process.death()
-            ),
+            (None, Broken::Closed) => {
+                let death = process.death();
+                if death.starts_with("exited with status 0") {
+                    format!(
+                        "`{program}` {death} before answering the job; a --pipe handler exits only when its stdin closes (to replace processes now and then, use --pipe-max-jobs); the process is replaced"
+                    )
+                } else {
+                    format!("`{program}` {death} while running the job; the process is replaced")
+                }
+            }
             (None, Broken::Violation(violation)) => {
                 format!("`{program}` broke the --pipe protocol ({violation}); the process is replaced")
             }

@@ -195,9 +195,13 @@ impl Handler for PipeHandler {
 
     fn stop(&self) {
         self.pool.stopping.request();
+        // A restarter waits at most 100 ms at a time for a handshake; one
+        // stuck reading a half-written first line is left behind (its
+        // process is killed with the rest below or when it gives up).
         let restarters: Vec<_> = lock(&self.pool.restarters).drain(..).collect();
+        let deadline = Instant::now() + EXIT_GRACE;
         for restarter in restarters {
-            let _ = restarter.join();
+            crate::sync::join_or_leave(restarter, deadline);
         }
         if let Some(watchdog) = lock(&self.watchdog).take() {
             let _ = watchdog.join();

@@ -200,12 +200,25 @@ impl Pool {
         }
     }
 
-    /// The watchdog: stops jobs past their deadline, and KILLs groups that
-    /// outlived the TERM grace.
+    /// The watchdog: stops jobs past their deadline, KILLs groups that
+    /// outlived the TERM grace, and ends the group of a process that
+    /// exited mid-job while something it started holds its stdout open
+    /// (the handler thread's read would otherwise wait for that one).
     pub(super) fn watch(&self) {
+        let mut tick = 0u32;
         while !self.stopping.sleep(WATCH_EVERY) {
             let now = Instant::now();
+            tick = tick.wrapping_add(1);
             for entry in lock(&self.busy).values_mut() {
+                if tick.is_multiple_of(10)
+                    && entry.stop.is_none()
+                    && !entry.killed
+                    && exited(entry.pgid)
+                {
+                    entry.killed = true;
+                    signal_group(entry.pgid, Signal::SIGKILL);
+                    continue;
+                }
                 match entry.stop {
                     None if entry.deadline.is_some_and(|d| now >= d) => {
                         entry.stop = Some((Stop::Timeout, now));
@@ -220,4 +233,15 @@ impl Pool {
             }
         }
     }
+}
+
+/// Whether the process `pid` (held unreaped by its handler thread) has
+/// exited: a zombie, in `/proc/PID/stat`'s third field.
+fn exited(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        // The command name (field 2) is in parentheses and may hold spaces.
+        stat.rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            == Some("Z")
+    })
 }

@@ -1,26 +1,30 @@
 //! One handler process of `--pipe`: its pipes, the two threads that read
 //! them, the handshake, and how it ends.
 //!
-//! stdout is read line by line on a thread of its own into a channel, so
-//! the handler thread waits on the channel, never on a pipe, and a line
-//! over [`MAX_LINE`] is refused without being held. stderr is read
-//! continuously on another thread (a handler that writes megabytes of logs
-//! never blocks on a full pipe), forwarded to the worker's log tagged with
-//! the job it ran, and its tail kept for `last_error`.
+//! stdout is read by the handler thread itself, line by line through a
+//! buffer, and a line over [`MAX_LINE`] is refused without being held. A
+//! reader thread in between would cost every job two more thread wake-ups;
+//! none is needed to stop waiting: a job past its deadline, or cancelled,
+//! has its process group ended by the watchdog, which closes the pipe and
+//! ends the read. Waits that need a timeout (the handshake) poll(2) first.
 //!
-//! Neither reader is joined: a process the handler started may hold a pipe
-//! open after the handler died; the reader ends when that one does (its
-//! process group is ended, see [`super::super::child`]).
+//! stderr is read continuously on a thread of its own (a handler that
+//! writes megabytes of logs never blocks on a full pipe), forwarded to the
+//! worker's log tagged with the job it ran, and its tail kept for
+//! `last_error`. That thread is not joined: a process the handler started
+//! may hold stderr open after the handler died; the thread ends when that
+//! one does (its process group is ended, see [`super::super::child`]).
 
 use std::io::{BufRead, BufReader, Read, Write};
+use std::os::fd::AsFd;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::process::{Child, ChildStdin, ChildStdout, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 use super::protocol::{parse, quote, Message, MAX_LINE};
 use crate::handlers::child::{describe_exit, end_group, group_of, wait_within, Tail, TERM_GRACE};
@@ -56,7 +60,9 @@ pub(crate) struct Process {
     child: Child,
     pgid: i32,
     stdin: Option<ChildStdin>,
-    lines: Receiver<Line>,
+    stdout: Option<BufReader<ChildStdout>>,
+    /// A job line and its newline, written with one call.
+    outgoing: Vec<u8>,
     stderr: Arc<Stderr>,
     /// Which slot (handler thread's process) this is.
     pub(crate) slot: usize,
@@ -78,10 +84,10 @@ impl Process {
             .spawn()?;
         let pgid = group_of(&child).unwrap_or_default();
         let label = format!("pipe[{slot}] pid {}", child.id());
-        let (tx, lines) = crossbeam_channel::bounded(64);
-        if let Some(stdout) = child.stdout.take() {
-            std::thread::spawn(move || read_lines(stdout, &tx));
-        }
+        let stdout = child
+            .stdout
+            .take()
+            .map(|pipe| BufReader::with_capacity(64 * 1024, pipe));
         let stderr = Arc::new(Stderr {
             tail: Mutex::new(Tail::new(STDERR_TAIL)),
             tag: Mutex::new(label.clone()),
@@ -95,7 +101,8 @@ impl Process {
             stdin: child.stdin.take(),
             child,
             pgid,
-            lines,
+            stdout,
+            outgoing: Vec::new(),
             stderr,
             slot,
             jobs: 0,
@@ -119,8 +126,17 @@ impl Process {
             let step = deadline
                 .saturating_duration_since(Instant::now())
                 .min(Duration::from_millis(100));
-            match self.lines.recv_timeout(step) {
-                Ok(Line::Text(line)) => {
+            if !self.readable_within(step) {
+                if Instant::now() >= deadline {
+                    return Err(format!(
+                        "it did not say {{\"ready\": true}} within {}",
+                        crate::duration::format_duration(within)
+                    ));
+                }
+                continue;
+            }
+            match self.recv() {
+                Line::Text(line) => {
                     return match parse(&line) {
                         Ok(Message::Ready) => Ok(()),
                         Ok(_) => Err(format!(
@@ -132,46 +148,73 @@ impl Process {
                         )),
                     };
                 }
-                Ok(Line::TooLong(head)) => {
+                Line::TooLong(head) => {
                     return Err(format!(
                         "its first line is over 16 MiB; it must be the handshake {{\"ready\": true}}; it starts: {}",
                         quote(&head)
                     ))
                 }
-                Ok(Line::Closed) | Err(RecvTimeoutError::Disconnected) => {
+                Line::Closed => {
                     return Err(format!("{} before its handshake", self.death()));
-                }
-                Err(RecvTimeoutError::Timeout) => {
-                    if Instant::now() >= deadline {
-                        return Err(format!(
-                            "it did not say {{\"ready\": true}} within {}",
-                            crate::duration::format_duration(within)
-                        ));
-                    }
                 }
             }
         }
     }
 
-    /// A line written between jobs, or its stdout closing (a dead process).
-    pub(crate) fn stray(&self) -> Option<Line> {
-        self.lines.try_recv().ok()
+    /// Whether stdout has something to read (a line, or its end) now or
+    /// within `timeout`.
+    fn readable_within(&self, timeout: Duration) -> bool {
+        let Some(stdout) = &self.stdout else {
+            return true;
+        };
+        if !stdout.buffer().is_empty() {
+            return true;
+        }
+        let mut fds = [PollFd::new(stdout.get_ref().as_fd(), PollFlags::POLLIN)];
+        let timeout = PollTimeout::try_from(timeout).unwrap_or(PollTimeout::ZERO);
+        // EINTR or an error: say readable, and let the read tell.
+        poll(&mut fds, timeout).map_or(true, |n| n > 0)
     }
 
-    /// Writes one job line.
+    /// What it wrote between jobs (what is there, without waiting for the
+    /// rest of a line), or its stdout closing (a dead process); `None` when
+    /// it is quiet, as it should be.
+    pub(crate) fn stray(&mut self) -> Option<Line> {
+        if !self.readable_within(Duration::ZERO) {
+            return None;
+        }
+        let stdout = self.stdout.as_mut()?;
+        Some(match stdout.fill_buf() {
+            Ok([]) | Err(_) => Line::Closed,
+            Ok(buffer) => Line::Text(buffer[..buffer.len().min(256)].to_vec()),
+        })
+    }
+
+    /// Writes one job line (and its newline, in the same call).
     pub(crate) fn send(&mut self, line: &[u8]) -> std::io::Result<()> {
         let stdin = self
             .stdin
             .as_mut()
             .ok_or_else(|| std::io::Error::other("stdin is closed"))?;
-        stdin.write_all(line)?;
-        stdin.write_all(b"\n")?;
-        stdin.flush()
+        self.outgoing.clear();
+        self.outgoing.extend_from_slice(line);
+        self.outgoing.push(b'\n');
+        stdin.write_all(&self.outgoing)
     }
 
-    /// The next line of stdout (blocking).
-    pub(crate) fn recv(&self) -> Line {
-        self.lines.recv().unwrap_or(Line::Closed)
+    /// The next line of stdout (blocking until a line, or its end).
+    pub(crate) fn recv(&mut self) -> Line {
+        match self.stdout.as_mut() {
+            Some(stdout) => {
+                let line = read_line(stdout);
+                if matches!(line, Line::TooLong(_) | Line::Closed) {
+                    // The process is replaced; what else it writes is not read.
+                    self.stdout = None;
+                }
+                line
+            }
+            None => Line::Closed,
+        }
     }
 
     /// Tags stderr lines with the job now running (or none); a new job
@@ -232,19 +275,18 @@ impl Process {
     }
 }
 
-/// Reads stdout into `lines`, one message per line, until it closes.
-fn read_lines(stdout: impl Read, lines: &Sender<Line>) {
-    let mut reader = BufReader::with_capacity(64 * 1024, stdout);
+/// Reads one line (without its newline) from `reader`.
+fn read_line(reader: &mut impl BufRead) -> Line {
     let mut line = Vec::new();
     loop {
         let (found, used) = match reader.fill_buf() {
             Ok([]) | Err(_) => {
-                if !line.is_empty() {
-                    // A last line without its newline still counts.
-                    let _ = lines.send(Line::Text(std::mem::take(&mut line)));
-                }
-                let _ = lines.send(Line::Closed);
-                return;
+                // A last line without its newline still counts.
+                return if line.is_empty() {
+                    Line::Closed
+                } else {
+                    Line::Text(line)
+                };
             }
             Ok(buffer) => {
                 if let Some(at) = buffer.iter().position(|&b| b == b'\n') {
@@ -259,17 +301,13 @@ fn read_lines(stdout: impl Read, lines: &Sender<Line>) {
         reader.consume(used);
         if line.len() > MAX_LINE {
             line.truncate(256);
-            let _ = lines.send(Line::TooLong(line));
-            // The process is replaced; what else it writes is not read.
-            return;
+            return Line::TooLong(line);
         }
         if found {
             if line.last() == Some(&b'\r') {
                 line.pop();
             }
-            if lines.send(Line::Text(std::mem::take(&mut line))).is_err() {
-                return;
-            }
+            return Line::Text(line);
         }
     }
 }
@@ -319,9 +357,16 @@ mod tests {
     use super::*;
 
     fn lines_of(input: &[u8]) -> Vec<Line> {
-        let (tx, rx) = crossbeam_channel::unbounded();
-        read_lines(input, &tx);
-        rx.try_iter().collect()
+        let mut reader = BufReader::new(input);
+        let mut lines = Vec::new();
+        loop {
+            let line = read_line(&mut reader);
+            let end = !matches!(line, Line::Text(_));
+            lines.push(line);
+            if end {
+                return lines;
+            }
+        }
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //! BENCHMARKS.md for the results and how to read them.
 
 mod bars;
+mod handlers;
 mod peers;
 mod probe;
 mod render;
@@ -31,6 +32,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub use bars::render_fleet_svg;
+pub use handlers::HandlerRow;
 pub use render::{render_svg, render_table};
 pub use server::{ScaleRow, ServerWorkRow};
 
@@ -146,6 +148,7 @@ pub struct BenchResults {
     pub limits: Vec<LimitRow>,
     pub server_work: Vec<ServerWorkRow>,
     pub scale: Vec<ScaleRow>,
+    pub handlers: Vec<HandlerRow>,
 }
 
 /// What a fleet-wide limit costs: one drain per mode.
@@ -185,6 +188,7 @@ pub fn run(config: &BenchConfig, progress: &mut dyn FnMut(&str)) -> Result<Bench
         limits: Vec::new(),
         server_work: Vec::new(),
         scale: Vec::new(),
+        handlers: Vec::new(),
     };
     let wanted = |section: &str| config.only.is_empty() || config.only.iter().any(|s| s == section);
     if wanted("limits") {
@@ -195,6 +199,9 @@ pub fn run(config: &BenchConfig, progress: &mut dyn FnMut(&str)) -> Result<Bench
     }
     if wanted("scale") {
         results.scale = bench.scale_out(progress)?;
+    }
+    if wanted("handlers") {
+        results.handlers = bench.handlers(progress)?;
     }
     if !wanted("drain") {
         return Ok(results);

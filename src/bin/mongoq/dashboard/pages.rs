@@ -296,26 +296,8 @@ impl Dashboard {
         if Status::parse(&status) == Some(Status::Failed) && !self.config.read_only {
             body.push_str("<p><a class=button href=/retry-failed>Retry all failed…</a></p>");
         }
-        body.push_str("<table><tr><th>id</th><th>queue</th><th>priority</th><th>attempts</th><th>run_at</th><th>last_error</th></tr>");
-        for row in rows.iter().take(PAGE as usize) {
-            let id = row.get("_id").cloned().unwrap_or(Bson::Null);
-            let queue_name = match row.get(fields::QUEUE) {
-                Some(Bson::String(q)) => q.clone(),
-                _ => fields::DEFAULT_QUEUE.into(),
-            };
-            let _ = write!(
-                body,
-                "<tr><td><a href=\"{}\"><code>{}</code></a></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=err>{}</td></tr>",
-                esc(&job_link(&id)),
-                esc(&mongoq::schema::id_text(&id)),
-                esc(&queue_name),
-                row.get(fields::PRIORITY).and_then(integer).unwrap_or(0),
-                row.get(fields::ATTEMPTS).and_then(integer).unwrap_or(0),
-                esc(&fmt_time(row.get(fields::RUN_AT))),
-                esc(&cut_chars(row.get_str(fields::LAST_ERROR).unwrap_or(""), ERROR_CHARS))
-            );
-        }
-        body.push_str("</table>");
+        let running = Status::parse(&status) == Some(Status::Running);
+        jobs_table(&mut body, &rows, running);
         if rows.is_empty() {
             body.push_str("<p>No jobs.</p>");
         }
@@ -388,6 +370,10 @@ impl Dashboard {
                     .or_else(|| job.get(fields::CANCELLED_AT))
             ))
         );
+        let progress = progress_text(&job, false);
+        if !progress.is_empty() {
+            let _ = write!(body, "<p id=progress>progress {}</p>", esc(&progress));
+        }
         if !self.config.read_only {
             let mut actions = Vec::new();
             let known = Status::parse(&status);
@@ -446,4 +432,66 @@ impl Dashboard {
             page("Retry all failed", "/jobs", &body, false),
         ))
     }
+}
+
+/// A job's `progress` for a person: "40% · resizing 3/8" (with the attempt
+/// it belongs to when it is not the current one); empty when it has none.
+fn progress_text(job: &Document, short: bool) -> String {
+    let Ok(progress) = job.get_document(fields::PROGRESS) else {
+        return String::new();
+    };
+    let Some(fraction) = progress.get("fraction").and_then(Bson::as_f64) else {
+        return String::new();
+    };
+    let mut text = format!("{:.0}%", fraction * 100.0);
+    if let Ok(note) = progress.get_str("note") {
+        let note = if short {
+            cut_chars(note, 40)
+        } else {
+            note.to_string()
+        };
+        text.push_str(" · ");
+        text.push_str(&note);
+    }
+    let attempt = progress.get("attempt").and_then(integer);
+    if attempt.is_some() && attempt != job.get(fields::ATTEMPTS).and_then(integer) {
+        let _ = write!(text, " (attempt {})", attempt.unwrap_or(0));
+    }
+    if !short {
+        let _ = write!(text, " · reported {}", fmt_time(progress.get("at")));
+    }
+    text
+}
+
+/// The jobs page's table; running jobs get a progress column.
+fn jobs_table(body: &mut String, rows: &[Document], running: bool) {
+    body.push_str(if running {
+        "<table><tr><th>id</th><th>queue</th><th>priority</th><th>attempts</th><th>progress</th><th>run_at</th><th>last_error</th></tr>"
+    } else {
+        "<table><tr><th>id</th><th>queue</th><th>priority</th><th>attempts</th><th>run_at</th><th>last_error</th></tr>"
+    });
+    for row in rows.iter().take(PAGE as usize) {
+        let id = row.get("_id").cloned().unwrap_or(Bson::Null);
+        let queue_name = match row.get(fields::QUEUE) {
+            Some(Bson::String(q)) => q.clone(),
+            _ => fields::DEFAULT_QUEUE.into(),
+        };
+        let progress = if running {
+            format!("<td class=progress>{}</td>", esc(&progress_text(row, true)))
+        } else {
+            String::new()
+        };
+        let _ = write!(
+            body,
+            "<tr><td><a href=\"{}\"><code>{}</code></a></td><td>{}</td><td>{}</td><td>{}</td>{progress}<td>{}</td><td class=err>{}</td></tr>",
+            esc(&job_link(&id)),
+            esc(&mongoq::schema::id_text(&id)),
+            esc(&queue_name),
+            row.get(fields::PRIORITY).and_then(integer).unwrap_or(0),
+            row.get(fields::ATTEMPTS).and_then(integer).unwrap_or(0),
+            esc(&fmt_time(row.get(fields::RUN_AT))),
+            esc(&cut_chars(row.get_str(fields::LAST_ERROR).unwrap_or(""), ERROR_CHARS))
+        );
+    }
+    body.push_str("</table>");
 }
