@@ -394,7 +394,8 @@ fn a_process_that_exits_after_answering_is_replaced_and_the_next_job_runs() {
             serde_json::json!({"n": 1}),
         ],
     );
-    drain(
+    // Not --drain: a retried job is not yet eligible when the queue looks empty.
+    let mut worker = worker(
         &db,
         &[
             "--threads",
@@ -407,6 +408,9 @@ fn a_process_that_exits_after_answering_is_replaced_and_the_next_job_runs() {
             &handler,
         ],
     );
+    db.wait_for_count(doc! {"status": "completed"}, 2, Duration::from_secs(30));
+    worker.signal("TERM");
+    assert!(worker.wait(Duration::from_secs(30)).success());
     let jobs = assert_accounted(&db, &runs, 2);
     for job in &jobs {
         assert_eq!(job.get_str("status").unwrap(), "completed", "{job}");
@@ -720,4 +724,70 @@ fn exec_settles_when_its_program_exits_even_if_a_child_holds_its_output() {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+}
+
+#[test]
+fn the_python_helper_installs_with_pip_and_serves_from_a_virtualenv() {
+    let db = TestDb::new("pipe_pip");
+    // A copy, so that the build leaves nothing in the repository.
+    let source = tempfile(&format!("{}-src", db.db));
+    let venv = tempfile(&format!("{}-venv", db.db));
+    let _ = std::fs::remove_dir_all(&source);
+    let _ = std::fs::remove_dir_all(&venv);
+    std::fs::create_dir_all(&source).unwrap();
+    for file in ["pyproject.toml", "README.md", "mongoq_handler.py"] {
+        std::fs::copy(format!("{}/{file}", helper_dir()), source.join(file)).unwrap();
+    }
+    let run = |program: &str, args: &[&str]| {
+        std::process::Command::new(program)
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("{program}: {e}"))
+    };
+    let made = run(python(), &["-m", "venv", &venv.display().to_string()]);
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let pip = venv.join("bin/pip").display().to_string();
+    let source = source.display().to_string();
+    // The venv's own setuptools when it has one (no download), else pip
+    // fetches it from PyPI as usual.
+    let mut installed = run(
+        &pip,
+        &["install", "--quiet", "--no-build-isolation", &source],
+    );
+    if !installed.status.success() {
+        installed = run(&pip, &["install", "--quiet", &source]);
+    }
+    assert!(
+        installed.status.success(),
+        "pip install ./clients/python failed: {}",
+        String::from_utf8_lossy(&installed.stderr)
+    );
+    let handler = script(
+        &db,
+        "installed.py",
+        "from mongoq_handler import serve\nserve(lambda job: {\"doubled\": job[\"data\"][\"n\"] * 2})\n",
+    );
+    enqueue(&db, &[serde_json::json!({"n": 21})]);
+    let python = venv.join("bin/python").display().to_string();
+    let mut worker = db
+        .mongoq()
+        .env_remove("PYTHONPATH")
+        .args(["work", "--drain", "--threads", "1", "--pipe", &python])
+        .arg(&handler)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while worker.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "the worker did not drain");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let job = db.coll().find_one(doc! {}).run().unwrap().unwrap();
+    assert_eq!(job.get_str("status").unwrap(), "completed", "{job}");
+    assert_eq!(int(job.get_document("result").unwrap(), "doubled"), 42);
 }

@@ -486,12 +486,15 @@ impl Worker {
             format_duration(self.config.shutdown_grace),
             running.len()
         );
-        self.handler.abort();
+        // Queued before the handler is told: the attempt a killed handler
+        // then reports lands second, and its fenced write finds the job
+        // already handed back.
         for key in running {
             let _ = outcomes.send(Outcome::Interrupted {
                 key,
                 error: "interrupted: the worker shut down before the job finished (--shutdown-grace ran out)".into(),
             });
         }
+        self.handler.abort();
     }
 }
