@@ -267,6 +267,7 @@ while IFS= read -r job; do
   case "$job" in
     *'"kind":"die"'*) echo "disk full: cannot write /var/tmp/x" >&2; exit 3 ;;
     *'"kind":"orphan"'*) ( sleep 30 ) & exit 4 ;;
+    *'"kind":"escape"'*) setsid sleep 30 & sleep 0.2; kill -9 $$ ;;
     *'"kind":"answer-then-exit"'*) printf '{{"id":%s,"ok":true}}\n' "$id"; exit 0 ;;
     *'"kind":"signal"'*) kill -9 $$ ;;
     *'"kind":"sleep-deaf"'*) trap '' TERM; sleep 30 ;;
@@ -297,7 +298,7 @@ fn a_process_that_dies_or_breaks_the_protocol_fails_only_its_job_and_is_replaced
     let runs = tempfile(&format!("{}-runs", db.db));
     let handler = shell_handler(&db, &runs).display().to_string();
     let kinds = [
-        "die", "orphan", "signal", "garbage", "other-id", "nan", "huge", "noisy",
+        "die", "orphan", "escape", "signal", "garbage", "other-id", "nan", "huge", "noisy",
     ];
     let mut data: Vec<serde_json::Value> = kinds
         .iter()
@@ -328,6 +329,11 @@ fn a_process_that_dies_or_breaks_the_protocol_fails_only_its_job_and_is_replaced
         error("signal").contains("killed by signal 9"),
         "{}",
         error("signal")
+    );
+    assert!(
+        error("escape").contains("killed by signal 9"),
+        "{}",
+        error("escape")
     );
     assert!(
         error("orphan").contains("exited with status 4"),

@@ -2,7 +2,11 @@
 //! line, read progress and the answer, and turn whatever breaks into a
 //! failed attempt with a reason and a replaced process.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+/// How long a wait for a handler's line goes before checking whether its
+/// process was killed.
+const READ_STEP: Duration = Duration::from_millis(250);
 
 use mongodb::bson::Bson;
 use serde_json::Value;
@@ -58,7 +62,7 @@ impl Pool {
                     pgid: process.pgid(),
                     deadline,
                     stop: None,
-                    killed: false,
+                    killed: None,
                 },
             );
             if let Err(error) = process.send(&line) {
@@ -70,7 +74,7 @@ impl Pool {
                 self.replace(process, &why, true);
                 continue;
             }
-            let ending = Self::converse(&mut process, job, &expected);
+            let ending = self.converse(&mut process, job, &expected);
             // Off the watchdog's list before the process is reaped below.
             let stop = lock(&self.busy)
                 .remove(&process.slot)
@@ -94,8 +98,17 @@ impl Pool {
 
     /// Reads the process's lines for `job` until its answer, or until it
     /// breaks. Progress lines go onto the job.
-    fn converse(process: &mut Process, job: &Job, expected: &Value) -> Ending {
+    fn converse(&self, process: &mut Process, job: &Job, expected: &Value) -> Ending {
         loop {
+            // Waits in steps, so that a process whose group was killed
+            // while something outside it holds its stdout cannot hold the
+            // job (a line under way is read whole below).
+            if !process.readable_within(READ_STEP) {
+                if self.abandoned(process.slot) {
+                    return Ending::Broken(Broken::Closed);
+                }
+                continue;
+            }
             let line = match process.recv() {
                 Line::Text(line) => line,
                 Line::TooLong(head) => {

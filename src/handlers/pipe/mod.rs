@@ -158,10 +158,10 @@ impl Handler for PipeHandler {
 
     fn abort(&self) {
         let mut busy = lock(&self.pool.busy);
+        let now = Instant::now();
         for entry in busy.values_mut() {
-            entry.stop = Some((Stop::Abort, Instant::now()));
-            entry.killed = true;
-            signal_group(entry.pgid, Signal::SIGKILL);
+            entry.stop = Some((Stop::Abort, now));
+            entry.kill(now);
         }
     }
 

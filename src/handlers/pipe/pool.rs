@@ -15,6 +15,10 @@ use nix::sys::signal::Signal;
 
 use super::process::Process;
 use super::{PipeConfig, EXIT_GRACE, WATCH_EVERY};
+
+/// How long after KILL a handler thread still waits for its process's
+/// stdout to close.
+const ABANDON_AFTER: Duration = Duration::from_secs(1);
 use crate::backoff::Backoff;
 use crate::handlers::child::{signal_group, TERM_GRACE};
 use crate::handlers::HandlerError;
@@ -36,7 +40,18 @@ pub(super) struct Busy {
     pub(super) deadline: Option<Instant>,
     /// Why and when its group got TERM; KILL follows after [`TERM_GRACE`].
     pub(super) stop: Option<(Stop, Instant)>,
-    pub(super) killed: bool,
+    /// When its group got KILL.
+    pub(super) killed: Option<Instant>,
+}
+
+impl Busy {
+    /// KILLs its group (once).
+    pub(super) fn kill(&mut self, now: Instant) {
+        if self.killed.is_none() {
+            self.killed = Some(now);
+            signal_group(self.pgid, Signal::SIGKILL);
+        }
+    }
 }
 
 /// What the pool's threads share.
@@ -58,6 +73,16 @@ pub(super) struct Pool {
 }
 
 impl Pool {
+    /// Whether the handler thread on `slot` should stop waiting for its
+    /// process's stdout: its group was KILLed [`ABANDON_AFTER`] ago and the
+    /// pipe is still open (held by something that left the group).
+    pub(super) fn abandoned(&self, slot: usize) -> bool {
+        lock(&self.busy)
+            .get(&slot)
+            .and_then(|busy| busy.killed)
+            .is_some_and(|at| at.elapsed() >= ABANDON_AFTER)
+    }
+
     /// An idle live process, waiting while others are busy; an unstarted
     /// error when none is live (the job goes back, its attempt not counted).
     pub(super) fn checkout(&self) -> Result<Process, HandlerError> {
@@ -212,11 +237,10 @@ impl Pool {
             for entry in lock(&self.busy).values_mut() {
                 if tick.is_multiple_of(10)
                     && entry.stop.is_none()
-                    && !entry.killed
+                    && entry.killed.is_none()
                     && exited(entry.pgid)
                 {
-                    entry.killed = true;
-                    signal_group(entry.pgid, Signal::SIGKILL);
+                    entry.kill(now);
                     continue;
                 }
                 match entry.stop {
@@ -224,10 +248,7 @@ impl Pool {
                         entry.stop = Some((Stop::Timeout, now));
                         signal_group(entry.pgid, Signal::SIGTERM);
                     }
-                    Some((_, at)) if !entry.killed && now.duration_since(at) >= TERM_GRACE => {
-                        entry.killed = true;
-                        signal_group(entry.pgid, Signal::SIGKILL);
-                    }
+                    Some((_, at)) if now.duration_since(at) >= TERM_GRACE => entry.kill(now),
                     _ => {}
                 }
             }

@@ -163,7 +163,7 @@ impl Process {
 
     /// Whether stdout has something to read (a line, or its end) now or
     /// within `timeout`.
-    fn readable_within(&self, timeout: Duration) -> bool {
+    pub(crate) fn readable_within(&self, timeout: Duration) -> bool {
         let Some(stdout) = &self.stdout else {
             return true;
         };
