@@ -179,7 +179,16 @@ fn bad_flags_are_clear_errors_not_panics() {
         &db.run(&["work", "--exec", "/no/such/program"]),
         "not found",
     );
-    assert_clean_failure(&db.run(&["work", "--timeout", "1s"]), "--exec");
+    assert_clean_failure(&db.run(&["work", "--timeout", "1s"]), "--exec and --pipe");
+    assert_clean_failure(
+        &db.run(&["work", "--pipe", "/no/such/handler"]),
+        "not found",
+    );
+    assert_clean_failure(
+        &db.run(&["work", "--pipe-max-jobs", "0", "--pipe", "sh"]),
+        "--pipe-max-jobs",
+    );
+    assert_clean_failure(&db.run(&["work", "--pipe-max-jobs", "5"]), "--pipe");
     assert_clean_failure(
         &db.run(&["enqueue", "--run-at", "tomorrow", "{}"]),
         "RFC 3339",

@@ -66,7 +66,14 @@ impl Pool {
                 },
             );
             if let Err(error) = process.send(&line) {
-                lock(&self.busy).remove(&process.slot);
+                let stop = lock(&self.busy)
+                    .remove(&process.slot)
+                    .and_then(|b| b.stop.map(|(why, _)| why));
+                if stop.is_some() {
+                    // Stopped while the job was being written (a process
+                    // that does not read its stdin, past --timeout).
+                    return Err(self.broken(process, Broken::Closed, stop));
+                }
                 let why = format!(
                     "it could not be given the job ({error}); it {}",
                     process.death()

@@ -200,6 +200,7 @@ impl Pool {
                     self.returned.notify_one();
                     return;
                 }
+                Err(_) if self.stopping.is_requested() => return,
                 Err(problem) => {
                     delay = lock(&self.backoff[slot]).advance();
                     log::warn!(
