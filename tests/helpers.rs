@@ -104,10 +104,16 @@ impl TestDb {
 
     /// Starts `mongoq work ARGS` in the background, logs to a file.
     pub fn spawn_worker(&self, args: &[&str]) -> Worker {
+        self.spawn_worker_with_env(args, &[])
+    }
+
+    /// [`TestDb::spawn_worker`] with these environment variables set too.
+    pub fn spawn_worker_with_env(&self, args: &[&str], env: &[(&str, &str)]) -> Worker {
         let log = tempfile(&format!("{}-worker.log", self.db));
         let file = std::fs::File::create(&log).unwrap();
         let child = self
             .mongoq()
+            .envs(env.iter().copied())
             .arg("work")
             .args(args)
             .stdout(Stdio::null())

@@ -37,18 +37,7 @@ fn script(db: &TestDb, name: &str, body: &str) -> PathBuf {
 
 /// `mongoq work ARGS` with the Python helper importable.
 fn worker(db: &TestDb, args: &[&str]) -> Worker {
-    let log = tempfile(&format!("{}-worker.log", db.db));
-    let file = std::fs::File::create(&log).unwrap();
-    let child = db
-        .mongoq()
-        .env("PYTHONPATH", helper_dir())
-        .arg("work")
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(file)
-        .spawn()
-        .unwrap();
-    Worker { child, log }
+    db.spawn_worker_with_env(args, &[("PYTHONPATH", &helper_dir())])
 }
 
 /// Drains with 2 threads and 1 attempt unless `args` say otherwise.
