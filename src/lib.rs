@@ -33,6 +33,7 @@
 // stage writes. DESIGN.md has the module map.
 pub mod handlers;
 pub mod queue;
+pub mod schedule;
 pub mod schema;
 pub mod worker;
 
