@@ -51,6 +51,10 @@ pub mod fields {
     /// How far the latest attempt got: `{fraction, note, attempt, at}`,
     /// written by the worker at most once a second while a job runs.
     pub const PROGRESS: &str = "progress";
+    /// The schedule that created the job (see `crate::schedule`).
+    pub const SCHEDULE: &str = "schedule";
+    /// The schedule's nominal instant the job is for (not when it fired).
+    pub const TICK: &str = "tick";
 
     /// The queue of jobs that name none.
     pub const DEFAULT_QUEUE: &str = "default";

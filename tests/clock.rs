@@ -14,7 +14,7 @@ use crate::helpers::{stderr, stdout, tempfile, TestDb, Worker};
 /// libfaketime, from Debian's `faketime` package (scripts/test.sh installs
 /// it). Preloaded into mongoq itself rather than through the `faketime`
 /// wrapper, which forks: a signal must reach the worker, not the wrapper.
-fn libfaketime() -> String {
+pub(crate) fn libfaketime() -> String {
     let found = Command::new("sh")
         .args(["-c", "ls /usr/lib/*/faketime/libfaketime.so.1 /usr/lib/faketime/libfaketime.so.1 2>/dev/null | head -1"])
         .output()

@@ -109,7 +109,10 @@ impl TestDb {
 
     /// [`TestDb::spawn_worker`] with these environment variables set too.
     pub fn spawn_worker_with_env(&self, args: &[&str], env: &[(&str, &str)]) -> Worker {
-        let log = tempfile(&format!("{}-worker.log", self.db));
+        // One log per worker, so that several of one test keep theirs.
+        static SPAWNED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = SPAWNED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let log = tempfile(&format!("{}-worker-{n}.log", self.db));
         let file = std::fs::File::create(&log).unwrap();
         let child = self
             .mongoq()

@@ -21,6 +21,7 @@ mod mongosh;
 mod operations;
 mod package;
 mod pipe;
+mod schedule;
 mod security;
 mod siege;
 mod structure;

@@ -1,8 +1,15 @@
 //! Recurring jobs: schedules kept as documents in `<collection>_schedules`,
 //! each tick becoming exactly one job across the fleet, with no leader.
 //!
-//! [`spec`] says when a schedule ticks (pure, unit-tested across DST).
+//! - [`spec`]: when a schedule ticks (pure, unit-tested across DST);
+//! - [`store`]: the schedule documents and the operators' calls on them;
+//! - [`firing`]: the look every worker takes about once a second, where
+//!   the insert of a tick's job (a deterministic `_id`) is the election.
 
+pub mod firing;
 pub mod spec;
+pub mod store;
 
+pub use firing::{Fired, Ticker};
 pub use spec::{Spec, SpecError};
+pub use store::{CatchUp, ScheduleDef, ScheduleInfo, Schedules, Timing};

@@ -72,6 +72,9 @@ pub enum Command {
     Resume(ResumeArgs),
     /// Set, clear or list fleet-wide limits: concurrency and rate per queue
     Limit(LimitArgs),
+    /// Recurring jobs: add, list, remove, pause and resume fleet-wide schedules
+    #[command(subcommand)]
+    Schedule(ScheduleCommand),
     /// Measure throughput, latency and cost against the server (uses its own database)
     Bench(BenchArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
@@ -387,4 +390,68 @@ pub struct StatsArgs {
     /// Refresh period with --watch
     #[arg(long, default_value = "2s", value_parser = parse_duration, requires = "watch")]
     pub interval: Duration,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ScheduleCommand {
+    /// Add a schedule, or update the one of that name
+    Add(ScheduleAddArgs),
+    /// List the schedules: next tick, last tick, their last job's status
+    List(ScheduleListArgs),
+    /// Remove a schedule (the jobs it created stay)
+    Remove(ScheduleNameArgs),
+    /// Pause a schedule: no tick fires until resumed
+    Pause(ScheduleNameArgs),
+    /// Resume a paused schedule from now (ticks missed while paused are not run)
+    Resume(ScheduleNameArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("timing").required(true).args(["cron", "every"])))]
+pub struct ScheduleAddArgs {
+    /// The schedule's name (its jobs carry `schedule: NAME`)
+    pub name: String,
+    /// A cron expression: 5 fields, an optional 6th (seconds) first, or @hourly, @daily…
+    #[arg(long, value_name = "EXPR")]
+    pub cron: Option<String>,
+    /// The IANA time zone the cron expression is read in [default: UTC]
+    #[arg(long, value_name = "ZONE", requires = "cron")]
+    pub tz: Option<String>,
+    /// Tick every DURATION instead (at whole multiples of it since 1970-01-01T00:00Z)
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub every: Option<Duration>,
+    /// The queue its jobs go to [default: the default queue]
+    #[arg(long)]
+    pub queue: Option<String>,
+    /// Each job's data as JSON (extended JSON works) [default: {}]
+    #[arg(long, value_name = "JSON")]
+    pub data: Option<String>,
+    /// Each job's priority
+    #[arg(long, default_value_t = 0, allow_hyphen_values = true)]
+    pub priority: i64,
+    /// Each job's attempts before failed [default: the worker's]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_attempts: Option<u32>,
+    /// Ticks missed while no worker ran: none (skip), one (run the latest once), all
+    #[arg(long, default_value = "one", value_parser = ["none", "one", "all"])]
+    pub catch_up: String,
+    /// With --catch-up all: run at most this many missed ticks
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub max_catch_up: u32,
+    /// Skip a tick while the previous tick's job is still pending or running
+    #[arg(long)]
+    pub no_overlap: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ScheduleListArgs {
+    /// Print JSON (dates as RFC 3339 UTC strings)
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ScheduleNameArgs {
+    /// The schedule's name
+    pub name: String,
 }

@@ -35,7 +35,7 @@ fn enqueue_options(queue: &Queue, args: &EnqueueArgs) -> Result<EnqueueOptions, 
     })
 }
 
-fn parse_data(text: &str) -> Result<Bson, String> {
+pub(crate) fn parse_data(text: &str) -> Result<Bson, String> {
     let value: serde_json::Value =
         serde_json::from_str(text).map_err(|e| format!("not valid JSON ({e})"))?;
     Bson::try_from(value).map_err(|e| format!("not valid extended JSON ({e})"))

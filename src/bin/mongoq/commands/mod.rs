@@ -9,6 +9,7 @@ mod docs;
 mod enqueue;
 mod fleet;
 mod init;
+mod schedule;
 mod stats;
 mod work;
 
@@ -65,6 +66,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, CommandError> {
         Command::Pause(args) => fleet::pause(&queue, &args),
         Command::Resume(args) => fleet::resume(&queue, &args),
         Command::Limit(args) => fleet::limit(&queue, &args),
+        Command::Schedule(command) => schedule::schedule(&queue, &command),
         Command::Bench(_) | Command::Completions(_) | Command::Man => {
             unreachable!("handled above")
         }

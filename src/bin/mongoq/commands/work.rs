@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mongoq::handlers::{ExecHandler, PipeConfig, PipeHandler, SimulateHandler};
+use mongoq::schedule::{Schedules, Ticker};
 use mongoq::worker::RetryPolicy;
 use mongoq::{Handler, Queue, Shutdown, Worker, WorkerConfig};
 
@@ -84,7 +85,8 @@ pub fn work(queue: Queue, args: WorkArgs, commands: &AtomicU64) -> Result<ExitCo
         )
     });
     let threads = config.threads;
-    let worker = Worker::with_shared_handler(queue, config, handler(args, threads)?)?;
+    let queues = config.queues.clone();
+    let worker = Worker::with_shared_handler(queue.clone(), config, handler(args, threads)?)?;
     let monitor = worker.monitor();
     let metrics = match metrics_addr {
         Some(addr) => {
@@ -111,7 +113,11 @@ pub fn work(queue: Queue, args: WorkArgs, commands: &AtomicU64) -> Result<ExitCo
         signalled.request();
     })
     .map_err(|e| failure(format!("cannot install the signal handler: {e}")))?;
+    // Every worker fires the due schedules of its queues (the insert of a
+    // tick's job is the election; see mongoq::schedule).
+    let ticker = Ticker::start(Schedules::new(&queue), queues);
     let report = worker.run(&shutdown);
+    ticker.stop();
     let _ = systemd::notify("STOPPING=1");
     notifier.stop();
     if let Some(metrics) = metrics {
