@@ -472,6 +472,61 @@ fn running_jobs_show_their_progress_on_the_list_and_the_job_page() {
     );
 }
 
+#[test]
+fn the_schedules_page_lists_schedules_and_pauses_them() {
+    let db = TestDb::new("dash_schedules");
+    let out = db.run(&[
+        "schedule",
+        "add",
+        "nightly",
+        "--cron",
+        "0 2 * * *",
+        "--tz",
+        "Europe/Berlin",
+        "--queue",
+        "reports",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let dash = dashboard(&db, &[]);
+    let (status, page) = get(&format!("{}/schedules", dash.base));
+    assert_eq!(status, 200);
+    assert!(
+        page.contains("<a href=\"/schedules\" class=active>Schedules</a>")
+            || page.contains("Schedules"),
+        "{page}"
+    );
+    assert!(
+        page.contains("nightly") && page.contains("cron 0 2 * * * (Europe/Berlin)"),
+        "{page}"
+    );
+    assert!(page.contains("<button>Pause</button>"), "{page}");
+    let token = csrf(&page);
+    let (status, location, _) = post(
+        &format!("{}/schedule-action", dash.base),
+        &[
+            ("csrf", token.as_str()),
+            ("name", "nightly"),
+            ("action", "pause"),
+        ],
+    );
+    assert_eq!(status, 303, "{location}");
+    assert!(location.starts_with("/schedules?done="), "{location}");
+    let (_, page) = get(&format!("{}/schedules", dash.base));
+    assert!(page.contains("<button>Resume</button>"), "{page}");
+    let (status, _, _) = post(
+        &format!("{}/schedule-action", dash.base),
+        &[("csrf", "wrong"), ("name", "nightly"), ("action", "resume")],
+    );
+    assert_eq!(status, 403, "the CSRF token is required");
+    drop(dash);
+    let read_only = dashboard(&db, &["--read-only"]);
+    let (_, page) = get(&format!("{}/schedules", read_only.base));
+    assert!(
+        page.contains("nightly") && !page.contains("<button>"),
+        "read-only shows only: {page}"
+    );
+}
+
 /// Headless Chromium, from scripts/test.sh (which installs Debian's
 /// package when it can). Only a machine where it cannot be had may skip,
 /// and it says so.

@@ -308,3 +308,52 @@ fn schedules_are_edited_paused_resumed_and_removed() {
         assert!(stderr(&out).contains(expect), "{args:?}: {}", stderr(&out));
     }
 }
+
+#[test]
+fn a_worker_reports_schedule_metrics_and_stats_lists_schedules() {
+    let db = TestDb::new("sched_metrics");
+    add(&db, &["pulse", "--every", "1s"]);
+    let port = crate::helpers::free_port();
+    let worker = db.spawn_worker(&[
+        "--threads",
+        "1",
+        "--simulate",
+        "0ms..0ms",
+        "--metrics-addr",
+        &format!("127.0.0.1:{port}"),
+    ]);
+    db.wait_for_count(doc! {"schedule": "pulse"}, 3, Duration::from_secs(30));
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build()
+        .into();
+    let text = agent
+        .get(&format!("http://127.0.0.1:{port}/metrics"))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    stop(vec![worker]);
+    let fired = text
+        .lines()
+        .find_map(|l| l.strip_prefix("mongoq_schedule_ticks_fired_total "))
+        .unwrap_or_else(|| panic!("no fired counter in:\n{text}"));
+    assert!(fired.parse::<u64>().unwrap() >= 2, "{text}");
+    let lag: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("mongoq_schedule_lag_seconds "))
+        .unwrap_or_else(|| panic!("no lag gauge in:\n{text}"))
+        .parse()
+        .unwrap();
+    assert!((0.0..1.5).contains(&lag), "lag {lag}");
+    let out = db.run(&["stats"]);
+    assert!(
+        stdout(&out).contains("schedules") && stdout(&out).contains("pulse"),
+        "{}",
+        stdout(&out)
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&stdout(&db.run(&["stats", "--json"]))).unwrap();
+    assert_eq!(json["schedules"][0]["name"], "pulse", "{json}");
+}

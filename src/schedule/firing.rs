@@ -15,6 +15,9 @@
 //! fires nothing twice. The cost of a look does not grow with the jobs:
 //! one indexed query for the schedules due within the next second.
 
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -44,6 +47,66 @@ pub struct Fired {
     pub skipped: u64,
     /// Ticks a peer had fired first.
     pub lost: u64,
+    /// How late (ms after its tick, on the server's clock) the latest tick
+    /// this worker fired was.
+    pub lag_ms: Option<i64>,
+}
+
+/// What a [`Ticker`] did so far, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct TickerStats {
+    fired: AtomicU64,
+    skipped: AtomicU64,
+    lost: AtomicU64,
+    /// -1 until a tick was fired.
+    lag_ms: AtomicI64,
+}
+
+impl TickerStats {
+    fn record(&self, fired: &Fired) {
+        self.fired.fetch_add(fired.fired, Relaxed);
+        self.skipped.fetch_add(fired.skipped, Relaxed);
+        self.lost.fetch_add(fired.lost, Relaxed);
+        if let Some(lag) = fired.lag_ms {
+            self.lag_ms.store(lag, Relaxed);
+        }
+    }
+
+    /// The `mongoq_schedule_*` metrics in Prometheus' text format.
+    pub fn metrics_text(&self) -> String {
+        let mut out = String::new();
+        for (name, help, value) in [
+            (
+                "mongoq_schedule_ticks_fired_total",
+                "Schedule ticks this worker turned into jobs",
+                self.fired.load(Relaxed),
+            ),
+            (
+                "mongoq_schedule_ticks_skipped_total",
+                "Schedule ticks skipped (missed under the catch-up policy, or overlapping)",
+                self.skipped.load(Relaxed),
+            ),
+            (
+                "mongoq_schedule_ticks_lost_total",
+                "Schedule ticks another worker fired first",
+                self.lost.load(Relaxed),
+            ),
+        ] {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
+            );
+        }
+        let lag = self.lag_ms.load(Relaxed);
+        if lag >= 0 {
+            let _ = writeln!(
+                out,
+                "# HELP mongoq_schedule_lag_seconds How late the last tick this worker fired was\n# TYPE mongoq_schedule_lag_seconds gauge\nmongoq_schedule_lag_seconds {:.3}",
+                lag as f64 / 1000.0
+            );
+        }
+        out
+    }
 }
 
 impl Schedules {
@@ -87,6 +150,7 @@ impl Schedules {
                     total.fired += fired.fired;
                     total.skipped += fired.skipped;
                     total.lost += fired.lost;
+                    total.lag_ms = total.lag_ms.max(fired.lag_ms);
                 }
                 Err(error) => log::warn!(
                     "schedule {}: {error}",
@@ -139,9 +203,11 @@ impl Schedules {
                 done.skipped += 1;
                 continue;
             }
-            let (id, inserted) = self.insert_tick(&name, schedule, tick, self.queue.now())?;
+            let fired_at = self.queue.now();
+            let (id, inserted) = self.insert_tick(&name, schedule, tick, fired_at)?;
             if inserted {
                 done.fired += 1;
+                done.lag_ms = Some(fired_at.timestamp_millis() - tick.timestamp_millis());
             } else {
                 done.lost += 1;
             }
@@ -257,6 +323,7 @@ impl Schedules {
 pub struct Ticker {
     stop: Shutdown,
     thread: Option<JoinHandle<()>>,
+    stats: Arc<TickerStats>,
 }
 
 impl Ticker {
@@ -264,6 +331,11 @@ impl Ticker {
     pub fn start(schedules: Schedules, queues: Vec<String>) -> Ticker {
         let stop = Shutdown::new();
         let stopping = stop.clone();
+        let stats = Arc::new(TickerStats {
+            lag_ms: AtomicI64::new(-1),
+            ..TickerStats::default()
+        });
+        let counted = Arc::clone(&stats);
         let thread = crate::sync::spawn("mongoq-schedules", move || {
             if let Err(error) = schedules.ensure_indexes() {
                 log::warn!("schedules: could not create their indexes (will still look): {error}");
@@ -271,6 +343,7 @@ impl Ticker {
             loop {
                 let pause = match schedules.fire_due(&queues) {
                     Ok((fired, pause)) => {
+                        counted.record(&fired);
                         if fired.fired > 0 || fired.skipped > 0 {
                             log::debug!(
                                 "schedules: fired {}, skipped {}, {} fired by peers",
@@ -296,7 +369,13 @@ impl Ticker {
         Ticker {
             stop,
             thread: Some(thread),
+            stats,
         }
+    }
+
+    /// Its counts, for `/metrics`.
+    pub fn stats(&self) -> Arc<TickerStats> {
+        Arc::clone(&self.stats)
     }
 
     /// Stops it and waits for it.

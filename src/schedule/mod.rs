@@ -10,6 +10,6 @@ pub mod firing;
 pub mod spec;
 pub mod store;
 
-pub use firing::{Fired, Ticker};
+pub use firing::{Fired, Ticker, TickerStats};
 pub use spec::{Spec, SpecError};
 pub use store::{CatchUp, ScheduleDef, ScheduleInfo, Schedules, Timing};

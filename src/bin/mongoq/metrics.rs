@@ -3,6 +3,7 @@
 //! read-only dashboard's pages beside them when asked; and the sampler
 //! thread that refreshes the queue depth the metrics show.
 
+use mongoq::schedule::TickerStats;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -32,15 +33,18 @@ impl MetricsServer {
         addr: &str,
         monitor: Monitor,
         pages: Option<Handler>,
+        schedules: Option<Arc<TickerStats>>,
     ) -> Result<MetricsServer, HttpError> {
         let handler_monitor = monitor.clone();
         let server = serve(
             addr,
             2,
             Arc::new(move |request: &Request| {
-                endpoint(&handler_monitor, request).unwrap_or_else(|| match &pages {
-                    Some(pages) => pages(request),
-                    None => index(request),
+                endpoint(&handler_monitor, schedules.as_deref(), request).unwrap_or_else(|| {
+                    match &pages {
+                        Some(pages) => pages(request),
+                        None => index(request),
+                    }
                 })
             }),
         )?;
@@ -75,7 +79,11 @@ impl MetricsServer {
 }
 
 /// The worker's own endpoints; `None` for any other path.
-fn endpoint(monitor: &Monitor, request: &Request) -> Option<Response> {
+fn endpoint(
+    monitor: &Monitor,
+    schedules: Option<&TickerStats>,
+    request: &Request,
+) -> Option<Response> {
     let path = request.path.as_str();
     if !["/metrics", "/healthz", "/livez"].contains(&path) {
         return None;
@@ -87,7 +95,7 @@ fn endpoint(monitor: &Monitor, request: &Request) -> Option<Response> {
         "/metrics" => Response::new(
             200,
             "text/plain; version=0.0.4; charset=utf-8",
-            monitor.metrics_text(),
+            monitor.metrics_text() + &schedules.map(TickerStats::metrics_text).unwrap_or_default(),
         ),
         "/healthz" => {
             let health = monitor.health();

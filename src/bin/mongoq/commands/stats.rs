@@ -13,9 +13,24 @@ use crate::error::{failure, CommandError};
 pub fn stats(queue: &Queue, args: &StatsArgs) -> Result<ExitCode, CommandError> {
     let stats = queue.stats()?;
     let controls = queue.controls()?;
+    let schedules = mongoq::schedule::Schedules::new(queue).list()?;
     if args.json {
         let mut value = serde_json::to_value(&stats).unwrap_or_default();
         value["controls"] = serde_json::to_value(&controls).unwrap_or_default();
+        value["schedules"] = schedules
+            .iter()
+            .map(|s| {
+                serde_json::json!({
+                    "name": s.name,
+                    "timing": s.describe,
+                    "queue": s.queue,
+                    "paused": s.paused,
+                    "next_tick": s.next_tick.and_then(|t| t.try_to_rfc3339_string().ok()),
+                    "fired": s.fired,
+                    "skipped": s.skipped,
+                })
+            })
+            .collect();
         println!(
             "{}",
             serde_json::to_string_pretty(&value).unwrap_or_default()
@@ -25,6 +40,22 @@ pub fn stats(queue: &Queue, args: &StatsArgs) -> Result<ExitCode, CommandError> 
     print!("{}", render_stats(queue, &stats, None));
     if !controls.is_empty() {
         print!("queues\n{}", super::fleet::render_controls(&controls));
+    }
+    if !schedules.is_empty() {
+        println!("schedules");
+        for s in &schedules {
+            let next = if s.paused {
+                "paused".to_string()
+            } else {
+                s.next_tick
+                    .and_then(|t| t.try_to_rfc3339_string().ok())
+                    .unwrap_or_else(|| "never".into())
+            };
+            println!(
+                "  {:<20} {:<34} next {next}  fired {}, skipped {}",
+                s.name, s.describe, s.fired, s.skipped
+            );
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -88,9 +88,12 @@ pub fn work(queue: Queue, args: WorkArgs, commands: &AtomicU64) -> Result<ExitCo
     let queues = config.queues.clone();
     let worker = Worker::with_shared_handler(queue.clone(), config, handler(args, threads)?)?;
     let monitor = worker.monitor();
+    // Every worker fires the due schedules of its queues (the insert of a
+    // tick's job is the election; see mongoq::schedule).
+    let ticker = Ticker::start(Schedules::new(&queue), queues);
     let metrics = match metrics_addr {
         Some(addr) => {
-            let server = MetricsServer::start(&addr, monitor.clone(), pages)
+            let server = MetricsServer::start(&addr, monitor.clone(), pages, Some(ticker.stats()))
                 .map_err(|e| usage(e.to_string()))?;
             let bound = server.addr();
             log::info!("metrics on http://{bound}/metrics, health on http://{bound}/healthz");
@@ -113,9 +116,6 @@ pub fn work(queue: Queue, args: WorkArgs, commands: &AtomicU64) -> Result<ExitCo
         signalled.request();
     })
     .map_err(|e| failure(format!("cannot install the signal handler: {e}")))?;
-    // Every worker fires the due schedules of its queues (the insert of a
-    // tick's job is the election; see mongoq::schedule).
-    let ticker = Ticker::start(Schedules::new(&queue), queues);
     let report = worker.run(&shutdown);
     ticker.stop();
     let _ = systemd::notify("STOPPING=1");

@@ -43,6 +43,9 @@ impl Dashboard {
             );
             return Ok(Response::html(200, page("Retried", "/jobs", &format!("<p class=notice>{}</p><p><a href=\"/jobs?status=pending\">Pending jobs</a></p>", esc(&message)), false)));
         }
+        if path == "/schedule-action" {
+            return self.schedule_action(field("name").trim(), field("action"));
+        }
         if path == "/queue-action" {
             let queue = field("queue").trim();
             let queue = if queue.is_empty() { "default" } else { queue };

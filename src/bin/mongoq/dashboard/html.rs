@@ -93,6 +93,7 @@ pub(super) fn page(title: &str, active: &str, body: &str, live: bool) -> String 
         ("/", "Overview"),
         ("/workers", "Workers"),
         ("/queues", "Queues"),
+        ("/schedules", "Schedules"),
         ("/jobs?status=pending", "Pending"),
         ("/jobs?status=running", "Running"),
         ("/jobs?status=failed", "Failed"),

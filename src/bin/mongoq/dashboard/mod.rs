@@ -10,6 +10,7 @@
 mod actions;
 mod html;
 mod pages;
+mod schedules;
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -128,6 +129,7 @@ impl Dashboard {
             ("GET" | "HEAD", "/") => self.overview(),
             ("GET" | "HEAD", "/workers") => self.workers(),
             ("GET" | "HEAD", "/queues") => self.queues(request),
+            ("GET" | "HEAD", "/schedules") => self.schedules(request),
             ("GET" | "HEAD", "/jobs") => self.jobs(request),
             ("GET" | "HEAD", "/job") => self.job(request),
             ("GET" | "HEAD", "/retry-failed") => self.confirm_retry_all(),
