@@ -12,31 +12,42 @@
 //!
 //! Time is the server's (`Queue::now`, see `crate::clock`), so a worker
 //! whose clock is fast fires nothing early and one whose clock is slow
-//! fires nothing twice. The cost of a look does not grow with the jobs:
-//! one indexed query for the schedules due within the next second.
+//! fires nothing twice.
+//!
+//! **What a look costs.** One indexed query for the schedules due within
+//! the next second, then, for all of them together, one `insert` command
+//! (unordered: duplicates are reported per job) and one `update` command
+//! moving their `last_tick`s: three round trips whatever the number of
+//! schedules, and nothing that grows with the number of jobs. Workers
+//! divide the schedules among themselves by a hash of the name over the
+//! live workers in the registry ([`Owner`]): each fires its own share on
+//! time and a peer's only once it is [`TAKE_OVER_AFTER`] late (the peer
+//! died, or has not seen the newest registry yet), so a tick normally costs
+//! the server one insert and one update, not one per worker.
 
-use std::fmt::Write as _;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
-use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use chrono::{DateTime as Utc8601, SecondsFormat, Utc};
 use mongodb::bson::{doc, Bson, DateTime, Document};
 
-use super::spec::utc_millis;
+use super::spec::{utc_millis, Spec};
 use super::store::{spec_of, CatchUp, Schedules};
 use crate::error::Error;
-use crate::queue::enqueue::{is_duplicate_key, new_job_document};
+use crate::queue::enqueue::new_job_document;
 use crate::queue::EnqueueOptions;
 use crate::schema::{fields, Status};
-use crate::shutdown::Shutdown;
 
 /// The longest a ticker sleeps between looks.
 pub const LOOK_EVERY: Duration = Duration::from_secs(1);
 
 /// How late a tick may be and still count as on time (for `--catch-up none`).
 const ON_TIME: Duration = Duration::from_secs(2);
+
+/// How late a peer's tick must be before this worker fires it.
+pub const TAKE_OVER_AFTER: Duration = Duration::from_millis(1_500);
+
+/// Most schedules handled in one look (the rest wait for the next).
+const MAX_PER_LOOK: i64 = 5_000;
 
 /// What one look did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -52,67 +63,48 @@ pub struct Fired {
     pub lag_ms: Option<i64>,
 }
 
-/// What a [`Ticker`] did so far, for `/metrics`.
-#[derive(Debug, Default)]
-pub struct TickerStats {
-    fired: AtomicU64,
-    skipped: AtomicU64,
-    lost: AtomicU64,
-    /// -1 until a tick was fired.
-    lag_ms: AtomicI64,
+/// Which schedules are this worker's own: those whose name hashes to its
+/// place among the live workers (`index` of `of`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Owner {
+    pub index: usize,
+    pub of: usize,
 }
 
-impl TickerStats {
-    fn record(&self, fired: &Fired) {
-        self.fired.fetch_add(fired.fired, Relaxed);
-        self.skipped.fetch_add(fired.skipped, Relaxed);
-        self.lost.fetch_add(fired.lost, Relaxed);
-        if let Some(lag) = fired.lag_ms {
-            self.lag_ms.store(lag, Relaxed);
-        }
-    }
+impl Owner {
+    /// A worker alone: every schedule is its own.
+    pub const ALONE: Owner = Owner { index: 0, of: 1 };
 
-    /// The `mongoq_schedule_*` metrics in Prometheus' text format.
-    pub fn metrics_text(&self) -> String {
-        let mut out = String::new();
-        for (name, help, value) in [
-            (
-                "mongoq_schedule_ticks_fired_total",
-                "Schedule ticks this worker turned into jobs",
-                self.fired.load(Relaxed),
-            ),
-            (
-                "mongoq_schedule_ticks_skipped_total",
-                "Schedule ticks skipped (missed under the catch-up policy, or overlapping)",
-                self.skipped.load(Relaxed),
-            ),
-            (
-                "mongoq_schedule_ticks_lost_total",
-                "Schedule ticks another worker fired first",
-                self.lost.load(Relaxed),
-            ),
-        ] {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
-            );
-        }
-        let lag = self.lag_ms.load(Relaxed);
-        if lag >= 0 {
-            let _ = writeln!(
-                out,
-                "# HELP mongoq_schedule_lag_seconds How late the last tick this worker fired was\n# TYPE mongoq_schedule_lag_seconds gauge\nmongoq_schedule_lag_seconds {:.3}",
-                lag as f64 / 1000.0
-            );
-        }
-        out
+    /// Whether `name` is this worker's to fire on time.
+    pub fn owns(&self, name: &str) -> bool {
+        self.of <= 1 || (fnv1a(name) % self.of as u64) as usize == self.index
     }
+}
+
+/// FNV-1a, 64 bits: stable across processes and versions (std's hasher is
+/// not), which is all that dividing the schedules needs.
+fn fnv1a(text: &str) -> u64 {
+    text.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// One due schedule's part of a look.
+struct Plan {
+    name: String,
+    read_last: Bson,
+    latest: Utc8601<Utc>,
+    next: Bson,
+    skipped: u64,
+    /// The jobs to insert, by index into the look's batch.
+    jobs: Vec<usize>,
 }
 
 impl Schedules {
-    /// Fires the due schedules of `queues`; returns what it did and how
-    /// long until the next tick among them (at most [`LOOK_EVERY`]).
-    pub fn fire_due(&self, queues: &[String]) -> Result<(Fired, Duration), Error> {
+    /// Fires the due schedules of `queues` (on time those `owner` owns, a
+    /// peer's once late); returns what it did and how long until the next
+    /// tick among them (at most [`LOOK_EVERY`]).
+    pub fn fire_due(&self, queues: &[String], owner: Owner) -> Result<(Fired, Duration), Error> {
         if !self.queue.clock().is_measured() {
             // Never this host's clock: a fast one would fire ticks early.
             self.queue.measure_clock()?;
@@ -120,7 +112,8 @@ impl Schedules {
         // A tick is due once it has certainly passed on the server's clock
         // (its reading less its uncertainty).
         let now = self.queue.clock().passed();
-        let horizon = DateTime::from_millis(now.timestamp_millis() + LOOK_EVERY.as_millis() as i64);
+        let now_ms = now.timestamp_millis();
+        let horizon = DateTime::from_millis(now_ms + LOOK_EVERY.as_millis() as i64);
         let cursor = self
             .collection()
             .find(doc! {
@@ -129,40 +122,85 @@ impl Schedules {
                 "paused": {"$ne": true},
             })
             .sort(doc! {"next_tick": 1})
-            .limit(1_000)
+            .limit(MAX_PER_LOOK)
             .run()
             .map_err(|e| self.queue.db_error("find (due schedules)", &e))?;
-        let mut total = Fired::default();
-        let mut sleep = LOOK_EVERY;
+        // The earliest instant a look is wanted again (server time, ms):
+        // the next tick among these schedules, or when a peer's becomes late.
+        let mut wake = now_ms + LOOK_EVERY.as_millis() as i64;
+        let fired_at = self.queue.now();
+        let mut plans = Vec::new();
+        let mut batch: Vec<Document> = Vec::new();
         for document in cursor {
             let document = document.map_err(|e| self.queue.db_error("find (due schedules)", &e))?;
+            let name = document.get_str("_id").unwrap_or_default().to_string();
             let next = document
                 .get_datetime("next_tick")
                 .map_or(0, |t| t.timestamp_millis());
-            if next > now.timestamp_millis() {
-                sleep = sleep.min(Duration::from_millis(
-                    (next - now.timestamp_millis()) as u64,
-                ));
+            let mine = owner.owns(&name);
+            let late_at = next
+                + if mine {
+                    0
+                } else {
+                    TAKE_OVER_AFTER.as_millis() as i64
+                };
+            if late_at > now_ms {
+                // Not yet (a peer's: not late yet): look again when it is.
+                wake = wake.min(late_at);
                 continue;
             }
-            match self.fire(&document, now) {
-                Ok(fired) => {
-                    total.fired += fired.fired;
-                    total.skipped += fired.skipped;
-                    total.lost += fired.lost;
-                    total.lag_ms = total.lag_ms.max(fired.lag_ms);
+            match self.plan(&document, now, fired_at, &mut batch) {
+                Ok(Some(plan)) => {
+                    if let Bson::DateTime(next) = &plan.next {
+                        let take = if mine {
+                            0
+                        } else {
+                            TAKE_OVER_AFTER.as_millis() as i64
+                        };
+                        wake = wake.min(next.timestamp_millis() + take);
+                    }
+                    plans.push(plan);
                 }
-                Err(error) => log::warn!(
-                    "schedule {}: {error}",
-                    document.get_str("_id").unwrap_or("?")
-                ),
+                Ok(None) => {}
+                Err(error) => log::warn!("schedule {name}: {error}"),
             }
         }
-        Ok((total, sleep))
+        let inserted = self.insert_batch(&batch)?;
+        let mut total = Fired::default();
+        let mut statements = Vec::new();
+        for plan in plans {
+            let mine = plan.jobs.iter().filter(|&&i| inserted[i]).count() as u64;
+            total.fired += mine;
+            total.lost += plan.jobs.len() as u64 - mine;
+            total.skipped += plan.skipped;
+            if let Some(last) = plan.jobs.iter().rev().find(|&&i| inserted[i]) {
+                let tick = batch[*last]
+                    .get_datetime(fields::TICK)
+                    .map_or(0, |t| t.timestamp_millis());
+                total.lag_ms = total.lag_ms.max(Some(fired_at.timestamp_millis() - tick));
+            }
+            let last_job = plan
+                .jobs
+                .last()
+                .and_then(|&last| batch[last].get("_id").cloned());
+            statements.push(advance_statement(&plan, mine, last_job));
+        }
+        self.update_batch(statements)?;
+        // Measured after the writes, so the time they took does not push
+        // every later look back.
+        let sleep = u64::try_from(wake - self.queue.now().timestamp_millis()).unwrap_or(0);
+        Ok((total, Duration::from_millis(sleep).min(LOOK_EVERY)))
     }
 
-    /// Fires one due schedule's ticks as its catch-up policy says.
-    fn fire(&self, schedule: &Document, now: DateTime) -> Result<Fired, Error> {
+    /// The ticks one due schedule fires now, as its catch-up policy and
+    /// `--no-overlap` say; their jobs are appended to `batch`.
+    fn plan(
+        &self,
+        schedule: &Document,
+        now: DateTime,
+        fired_at: DateTime,
+        batch: &mut Vec<Document>,
+    ) -> Result<Option<Plan>, Error> {
         let name = schedule.get_str("_id").unwrap_or_default().to_string();
         let spec = spec_of(schedule)?;
         let read_last = schedule.get("last_tick").cloned().unwrap_or(Bson::Null);
@@ -186,34 +224,33 @@ impl Schedules {
         // Everything due, to count what is skipped, then the ones to run.
         let all_due = spec.due(utc_millis(from.timestamp_millis()), now_utc, 100_000);
         let Some(latest) = all_due.last().copied() else {
-            return self.advance(&name, &read_last, None, &spec, Fired::default());
+            return Ok(None);
         };
         let mut run: Vec<Utc8601<Utc>> = all_due.iter().rev().take(max).rev().copied().collect();
         if catch_up == CatchUp::None {
             run.retain(|tick| (now_utc - *tick).to_std().unwrap_or_default() <= ON_TIME);
         }
-        let mut done = Fired {
-            skipped: (all_due.len() - run.len()) as u64,
-            ..Fired::default()
-        };
-        let no_overlap = schedule.get_bool("no_overlap").unwrap_or(false);
-        let mut last_job = None;
-        for tick in run {
-            if no_overlap && self.previous_still_active(&name)? {
-                done.skipped += 1;
-                continue;
-            }
-            let fired_at = self.queue.now();
-            let (id, inserted) = self.insert_tick(&name, schedule, tick, fired_at)?;
-            if inserted {
-                done.fired += 1;
-                done.lag_ms = Some(fired_at.timestamp_millis() - tick.timestamp_millis());
-            } else {
-                done.lost += 1;
-            }
-            last_job = Some(id);
+        let mut skipped = (all_due.len() - run.len()) as u64;
+        if !run.is_empty()
+            && schedule.get_bool("no_overlap").unwrap_or(false)
+            && self.previous_still_active(&name)?
+        {
+            skipped += run.len() as u64;
+            run.clear();
         }
-        self.advance(&name, &read_last, Some((latest, last_job)), &spec, done)
+        let mut jobs = Vec::new();
+        for tick in run {
+            jobs.push(batch.len());
+            batch.push(job_for(&name, schedule, tick, fired_at));
+        }
+        Ok(Some(Plan {
+            next: next_tick(&spec, latest),
+            name,
+            read_last,
+            latest,
+            skipped,
+            jobs,
+        }))
     }
 
     /// Whether the schedule's latest job is still pending or running.
@@ -231,158 +268,191 @@ impl Schedules {
         Ok(active.is_some())
     }
 
-    /// Inserts the job of `tick`; false when a peer had inserted it.
-    fn insert_tick(
-        &self,
-        name: &str,
-        schedule: &Document,
-        tick: Utc8601<Utc>,
-        now: DateTime,
-    ) -> Result<(Bson, bool), Error> {
-        let id = Bson::String(format!(
-            "{name}@{}",
-            tick.to_rfc3339_opts(SecondsFormat::Millis, true)
-        ));
-        let options = EnqueueOptions {
-            priority: schedule
-                .get("priority")
-                .and_then(crate::schema::integer)
-                .unwrap_or(0),
-            run_at: Some(now),
-            max_attempts: schedule
-                .get("max_attempts")
-                .and_then(crate::schema::integer)
-                .and_then(|n| u32::try_from(n).ok()),
-            queue: schedule.get_str("queue").ok().map(ToString::to_string),
-            unique_key: None,
-        };
-        let data = schedule.get("data").cloned().unwrap_or(Bson::Null);
-        let mut job = new_job_document(mongodb::bson::oid::ObjectId::new(), data, &options, now);
-        job.insert("_id", id.clone());
-        job.insert(fields::SCHEDULE, name);
-        job.insert(fields::TICK, DateTime::from_millis(tick.timestamp_millis()));
-        match self.queue.collection().insert_one(job).run() {
-            Ok(_) => Ok((id, true)),
-            Err(error) if is_duplicate_key(&error) => Ok((id, false)),
-            Err(error) => Err(self.queue.db_error("insert (scheduled job)", &error)),
-        }
-    }
-
-    /// Moves `last_tick` to `latest` (when there is one) and `next_tick` on,
-    /// only if `last_tick` still holds what was read.
-    fn advance(
-        &self,
-        name: &str,
-        read_last: &Bson,
-        latest: Option<(Utc8601<Utc>, Option<Bson>)>,
-        spec: &super::Spec,
-        done: Fired,
-    ) -> Result<Fired, Error> {
-        let Some((latest, last_job)) = latest else {
-            return Ok(done);
-        };
-        let next = spec
-            .next_after(latest, Some(latest))
-            .map_or(Bson::Null, |t| {
-                Bson::DateTime(DateTime::from_millis(t.timestamp_millis()))
-            });
-        let mut set = doc! {
-            "last_tick": DateTime::from_millis(latest.timestamp_millis()),
-            "next_tick": next,
-        };
-        if let Some(id) = last_job {
-            set.insert("last_job", id);
-        }
-        let advanced = self
-            .collection()
-            .update_one(
-                doc! {"_id": name, "last_tick": read_last.clone()},
-                doc! {"$set": set, "$inc": {"skipped": done.skipped as i64}},
-            )
-            .run()
-            .map_err(|e| self.queue.db_error("update (schedule's last tick)", &e))?;
-        if done.fired > 0 {
-            self.collection()
-                .update_one(
-                    doc! {"_id": name},
-                    doc! {"$inc": {"fired": done.fired as i64}},
-                )
-                .run()
-                .map_err(|e| self.queue.db_error("update (schedule's count)", &e))?;
-        }
-        // A peer moved it first: its count of skipped ticks stands.
-        Ok(if advanced.matched_count == 1 {
-            done
-        } else {
-            Fired { skipped: 0, ..done }
-        })
-    }
-}
-
-/// A thread that fires the due schedules of `queues` until stopped.
-pub struct Ticker {
-    stop: Shutdown,
-    thread: Option<JoinHandle<()>>,
-    stats: Arc<TickerStats>,
-}
-
-impl Ticker {
-    /// Starts it; it logs database errors and keeps looking.
-    pub fn start(schedules: Schedules, queues: Vec<String>) -> Ticker {
-        let stop = Shutdown::new();
-        let stopping = stop.clone();
-        let stats = Arc::new(TickerStats {
-            lag_ms: AtomicI64::new(-1),
-            ..TickerStats::default()
-        });
-        let counted = Arc::clone(&stats);
-        let thread = crate::sync::spawn("mongoq-schedules", move || {
-            if let Err(error) = schedules.ensure_indexes() {
-                log::warn!("schedules: could not create their indexes (will still look): {error}");
-            }
-            loop {
-                let pause = match schedules.fire_due(&queues) {
-                    Ok((fired, pause)) => {
-                        counted.record(&fired);
-                        if fired.fired > 0 || fired.skipped > 0 {
-                            log::debug!(
-                                "schedules: fired {}, skipped {}, {} fired by peers",
-                                fired.fired,
-                                fired.skipped,
-                                fired.lost
-                            );
-                        }
-                        pause
-                    }
-                    Err(error) => {
-                        log::warn!(
-                            "schedules: could not look for due schedules (will retry): {error}"
-                        );
-                        LOOK_EVERY
-                    }
+    /// Inserts `jobs` with one unordered `insert` command; returns, per
+    /// job, whether this worker inserted it (false: a peer had, E11000).
+    fn insert_batch(&self, jobs: &[Document]) -> Result<Vec<bool>, Error> {
+        let mut inserted = vec![true; jobs.len()];
+        for (chunk_index, chunk) in jobs.chunks(1_000).enumerate() {
+            let reply = self.run_batch(
+                doc! {
+                    "insert": self.queue.collection().name(),
+                    "documents": chunk,
+                    "ordered": false,
+                },
+                "insert (scheduled jobs)",
+            )?;
+            for error in reply
+                .get_array("writeErrors")
+                .map(Vec::as_slice)
+                .unwrap_or_default()
+            {
+                let Some(error) = error.as_document() else {
+                    continue;
                 };
-                if stopping.sleep(pause.max(Duration::from_millis(5))) {
-                    return;
+                let index = error
+                    .get("index")
+                    .and_then(crate::schema::integer)
+                    .unwrap_or(-1);
+                let code = error
+                    .get("code")
+                    .and_then(crate::schema::integer)
+                    .unwrap_or(0);
+                if let Ok(index) = usize::try_from(index) {
+                    if let Some(slot) = inserted.get_mut(chunk_index * 1_000 + index) {
+                        *slot = false;
+                    }
+                }
+                if code != 11_000 {
+                    log::warn!("schedules: a tick's job was refused: {error}");
                 }
             }
-        });
-        Ticker {
-            stop,
-            thread: Some(thread),
-            stats,
         }
+        Ok(inserted)
     }
 
-    /// Its counts, for `/metrics`.
-    pub fn stats(&self) -> Arc<TickerStats> {
-        Arc::clone(&self.stats)
+    /// Runs the `last_tick` updates with one unordered `update` command.
+    fn update_batch(&self, statements: Vec<Document>) -> Result<(), Error> {
+        for chunk in statements.chunks(1_000) {
+            self.run_batch(
+                doc! {
+                    "update": self.collection().name(),
+                    "updates": chunk,
+                    "ordered": false,
+                },
+                "update (schedules' last ticks)",
+            )?;
+        }
+        Ok(())
     }
 
-    /// Stops it and waits for it.
-    pub fn stop(mut self) {
-        self.stop.request();
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
+    fn run_batch(&self, mut command: Document, what: &'static str) -> Result<Document, Error> {
+        let has_work = ["documents", "updates"]
+            .iter()
+            .any(|key| command.get_array(key).is_ok_and(|a| !a.is_empty()));
+        if !has_work {
+            return Ok(Document::new());
         }
+        if let Some(concern) = self.queue.collection().write_concern() {
+            if let Ok(concern) = mongodb::bson::to_document(concern) {
+                if !concern.is_empty() {
+                    command.insert("writeConcern", concern);
+                }
+            }
+        }
+        self.queue
+            .database()
+            .run_command(command)
+            .run()
+            .map_err(|e| self.queue.db_error(what, &e))
+    }
+}
+
+/// The update that records a look at one schedule, as one pipeline (one
+/// statement, matched by name alone): `fired` counts this worker's
+/// inserts whatever happens; `last_tick` and `next_tick` (and `skipped`,
+/// `last_job`) move only if `last_tick` still holds what this look read,
+/// so it never moves back and a race moves it once. Values go in as
+/// `$literal`, so a name that starts with `$` stays a name.
+fn advance_statement(plan: &Plan, mine: u64, last_job: Option<Bson>) -> Document {
+    let literal = |value: Bson| doc! {"$literal": value};
+    let keep_or = |field: &str, value: Bson| {
+        doc! {"$cond": ["$mongoq_advance", literal(value), format!("${field}")]}
+    };
+    let mut moved = doc! {
+        "last_tick": keep_or("last_tick", Bson::DateTime(DateTime::from_millis(plan.latest.timestamp_millis()))),
+        "next_tick": keep_or("next_tick", plan.next.clone()),
+        "skipped": {"$cond": [
+            "$mongoq_advance",
+            {"$add": [{"$ifNull": ["$skipped", 0_i64]}, plan.skipped as i64]},
+            "$skipped",
+        ]},
+    };
+    if let Some(id) = last_job {
+        moved.insert("last_job", keep_or("last_job", id));
+    }
+    doc! {
+        "q": {"_id": {"$eq": &plan.name}},
+        "u": [
+            {"$set": {
+                "fired": {"$add": [{"$ifNull": ["$fired", 0_i64]}, mine as i64]},
+                "mongoq_advance": {"$eq": [{"$ifNull": ["$last_tick", Bson::Null]}, literal(plan.read_last.clone())]},
+            }},
+            {"$set": moved},
+            {"$unset": "mongoq_advance"},
+        ],
+        "multi": false,
+    }
+}
+
+/// The tick after `latest`, as the schedule document stores it.
+fn next_tick(spec: &Spec, latest: Utc8601<Utc>) -> Bson {
+    spec.next_after(latest, Some(latest))
+        .map_or(Bson::Null, |t| {
+            Bson::DateTime(DateTime::from_millis(t.timestamp_millis()))
+        })
+}
+
+/// The job of one tick: `_id` `NAME@TICK`, `schedule`, `tick`, and the
+/// schedule's data, queue, priority and attempts; `run_at` is when it fired.
+fn job_for(name: &str, schedule: &Document, tick: Utc8601<Utc>, fired_at: DateTime) -> Document {
+    let options = EnqueueOptions {
+        priority: schedule
+            .get("priority")
+            .and_then(crate::schema::integer)
+            .unwrap_or(0),
+        run_at: Some(fired_at),
+        max_attempts: schedule
+            .get("max_attempts")
+            .and_then(crate::schema::integer)
+            .and_then(|n| u32::try_from(n).ok()),
+        queue: schedule.get_str("queue").ok().map(ToString::to_string),
+        unique_key: None,
+    };
+    let data = schedule.get("data").cloned().unwrap_or(Bson::Null);
+    let mut job = new_job_document(
+        mongodb::bson::oid::ObjectId::new(),
+        data,
+        &options,
+        fired_at,
+    );
+    job.insert(
+        "_id",
+        format!(
+            "{name}@{}",
+            tick.to_rfc3339_opts(SecondsFormat::Millis, true)
+        ),
+    );
+    job.insert(fields::SCHEDULE, name);
+    job.insert(fields::TICK, DateTime::from_millis(tick.timestamp_millis()));
+    job
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn workers_divide_the_schedules_and_a_lone_one_owns_them_all() {
+        let names: Vec<String> = (0..1_000).map(|n| format!("s{n:04}")).collect();
+        for name in &names {
+            assert!(Owner::ALONE.owns(name));
+        }
+        let owners: Vec<usize> = names
+            .iter()
+            .map(|name| {
+                (0..4)
+                    .filter(|&index| Owner { index, of: 4 }.owns(name))
+                    .count()
+            })
+            .collect();
+        assert!(
+            owners.iter().all(|&n| n == 1),
+            "each schedule has exactly one owner"
+        );
+        let share = names
+            .iter()
+            .filter(|n| Owner { index: 0, of: 4 }.owns(n))
+            .count();
+        assert!((150..350).contains(&share), "about a quarter each: {share}");
     }
 }

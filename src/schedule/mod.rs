@@ -4,12 +4,15 @@
 //! - [`spec`]: when a schedule ticks (pure, unit-tested across DST);
 //! - [`store`]: the schedule documents and the operators' calls on them;
 //! - [`firing`]: the look every worker takes about once a second, where
-//!   the insert of a tick's job (a deterministic `_id`) is the election.
+//!   the insert of a tick's job (a deterministic `_id`) is the election;
+//! - [`ticker`]: the thread that takes those looks, and its counts.
 
 pub mod firing;
 pub mod spec;
 pub mod store;
+pub mod ticker;
 
-pub use firing::{Fired, Ticker, TickerStats};
+pub use firing::{Fired, Owner};
 pub use spec::{Spec, SpecError};
 pub use store::{CatchUp, ScheduleDef, ScheduleInfo, Schedules, Timing};
+pub use ticker::{Ticker, TickerStats};

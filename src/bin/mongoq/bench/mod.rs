@@ -15,6 +15,7 @@ mod peers;
 mod probe;
 mod render;
 mod scenarios;
+mod schedules;
 mod server;
 
 use mongodb::bson::{doc, oid::ObjectId, Bson, DateTime};
@@ -34,6 +35,7 @@ use std::time::{Duration, Instant};
 pub use bars::render_fleet_svg;
 pub use handlers::HandlerRow;
 pub use render::{render_svg, render_table};
+pub use schedules::ScheduleRow;
 pub use server::{ScaleRow, ServerWorkRow};
 
 use peers::{ceiling_loop, completed, find_one_and_update_loop, original_loop};
@@ -149,6 +151,7 @@ pub struct BenchResults {
     pub server_work: Vec<ServerWorkRow>,
     pub scale: Vec<ScaleRow>,
     pub handlers: Vec<HandlerRow>,
+    pub schedules: Vec<ScheduleRow>,
 }
 
 /// What a fleet-wide limit costs: one drain per mode.
@@ -189,20 +192,10 @@ pub fn run(config: &BenchConfig, progress: &mut dyn FnMut(&str)) -> Result<Bench
         server_work: Vec::new(),
         scale: Vec::new(),
         handlers: Vec::new(),
+        schedules: Vec::new(),
     };
     let wanted = |section: &str| config.only.is_empty() || config.only.iter().any(|s| s == section);
-    if wanted("limits") {
-        results.limits = bench.limits(progress)?;
-    }
-    if wanted("server") {
-        results.server_work = bench.server_work(progress)?;
-    }
-    if wanted("scale") {
-        results.scale = bench.scale_out(progress)?;
-    }
-    if wanted("handlers") {
-        results.handlers = bench.handlers(progress)?;
-    }
+    bench.sections_before_drain(&wanted, &mut results, progress)?;
     if !wanted("drain") {
         return Ok(results);
     }
@@ -270,6 +263,33 @@ pub fn run(config: &BenchConfig, progress: &mut dyn FnMut(&str)) -> Result<Bench
         idle_seconds: config.idle_time.as_secs_f64(),
     });
     Ok(results)
+}
+
+impl Bench<'_> {
+    /// Sections 7 to 11, each when wanted.
+    fn sections_before_drain(
+        &self,
+        wanted: &dyn Fn(&str) -> bool,
+        results: &mut BenchResults,
+        progress: &mut dyn FnMut(&str),
+    ) -> Result<(), Error> {
+        if wanted("limits") {
+            results.limits = self.limits(progress)?;
+        }
+        if wanted("server") {
+            results.server_work = self.server_work(progress)?;
+        }
+        if wanted("scale") {
+            results.scale = self.scale_out(progress)?;
+        }
+        if wanted("handlers") {
+            results.handlers = self.handlers(progress)?;
+        }
+        if wanted("schedules") {
+            results.schedules = self.schedules(progress)?;
+        }
+        Ok(())
+    }
 }
 
 #[derive(Clone, Copy)]

@@ -141,6 +141,7 @@ pub fn render_table(results: &BenchResults) -> String {
     }
     server_sections(results, &mut out);
     super::handlers::render(&results.handlers, &mut out);
+    super::schedules::render(&results.schedules, &mut out);
     out
 }
 

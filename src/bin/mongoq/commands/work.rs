@@ -86,11 +86,12 @@ pub fn work(queue: Queue, args: WorkArgs, commands: &AtomicU64) -> Result<ExitCo
     });
     let threads = config.threads;
     let queues = config.queues.clone();
+    let worker_id = config.worker_id.clone();
     let worker = Worker::with_shared_handler(queue.clone(), config, handler(args, threads)?)?;
     let monitor = worker.monitor();
     // Every worker fires the due schedules of its queues (the insert of a
     // tick's job is the election; see mongoq::schedule).
-    let ticker = Ticker::start(Schedules::new(&queue), queues);
+    let ticker = Ticker::start(Schedules::new(&queue), queues, Some(worker_id));
     let metrics = match metrics_addr {
         Some(addr) => {
             let server = MetricsServer::start(&addr, monitor.clone(), pages, Some(ticker.stats()))
