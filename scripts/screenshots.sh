@@ -40,10 +40,29 @@ mongosh --quiet "$SERVER_URI/screens" --eval '
   db.queue.insertMany(docs);'
 for i in $(seq 1 40); do printf '{"task": "thumbnail", "image": "new-%d.png"}\n' "$i"; done | scripts/enqueue.sh --queue images >/dev/null
 mongoq enqueue --delay 1h '{"report": "nightly"}' >/dev/null
-RUST_LOG=warn mongoq work --queue images --threads 4 --worker-id render-1:812 --shutdown-grace 1s \
-  --exec sleep 60 >/dev/null 2>&1 &
+mongoq schedule add nightly-report --cron "0 2 * * *" --tz Europe/Berlin --queue reports --data '{"report": "nightly"}' >/dev/null
+mongoq schedule add thumbnails --every 10s --queue images --no-overlap --data '{"task": "sweep"}' >/dev/null
+mongoq schedule add weekly-digest --cron "@weekly" --queue emails >/dev/null
+mongoq schedule pause weekly-digest >/dev/null
+mongoq pause emails --reason "mail server maintenance" >/dev/null
+mongoq limit images --concurrency 8 >/dev/null
+# Long-lived Python handlers (--pipe) that report progress as they go.
+handler="$(mktemp "${TMPDIR:-/tmp}/mongoq-screens-XXXXXX.py")"
+cat >"$handler" <<'PY'
+import time
+from mongoq_handler import serve, progress
+
+def handle(job):
+    for step in range(1, 61):
+        progress(step / 60, "resizing %s: tile %d of 60" % (job["data"].get("image", "?"), step))
+        time.sleep(1)
+
+serve(handle)
+PY
+PYTHONPATH="$MONGOQ_ROOT/clients/python" RUST_LOG=warn mongoq work --queue images --threads 4 \
+  --worker-id render-1:812 --shutdown-grace 1s --pipe /usr/bin/python3 "$handler" >/dev/null 2>&1 &
 WORK_PID=$!
-sleep 3
+sleep 6
 port="$(free_port)"
 mongoq dashboard --listen "127.0.0.1:$port" >/dev/null 2>&1 &
 DASH_PID=$!
@@ -59,3 +78,7 @@ shoot dashboard-overview.png / 620
 shoot dashboard-failed.png "/jobs?status=failed" 520
 shoot dashboard-job.png "/job?id=$(python3 -c 'import sys,urllib.parse;print(urllib.parse.quote(sys.argv[1]))' "$failed")" 760
 shoot dashboard-workers.png /workers 300
+shoot dashboard-running.png "/jobs?status=running" 360
+shoot dashboard-queues.png /queues 360
+shoot dashboard-schedules.png /schedules 330
+rm -f "$handler"
