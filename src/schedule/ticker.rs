@@ -95,6 +95,9 @@ impl Ticker {
                 log::warn!("schedules: could not create their indexes (will still look): {error}");
             }
             let mut owner = Owner::ALONE;
+            // Through an outage: warn once, then back off quietly.
+            let mut outage = crate::backoff::Backoff::new(LOOK_EVERY, Duration::from_secs(30));
+            let mut failing = false;
             let mut peers_read: Option<Instant> = None;
             loop {
                 if let Some(id) = &worker_id {
@@ -105,6 +108,11 @@ impl Ticker {
                 }
                 let pause = match schedules.fire_due(&queues, owner) {
                     Ok((fired, pause)) => {
+                        if failing {
+                            log::info!("schedules: the database answers again");
+                            failing = false;
+                            outage.reset();
+                        }
                         counted.record(&fired);
                         if fired.fired > 0 || fired.skipped > 0 {
                             log::debug!(
@@ -117,10 +125,15 @@ impl Ticker {
                         pause
                     }
                     Err(error) => {
-                        log::warn!(
-                            "schedules: could not look for due schedules (will retry): {error}"
-                        );
-                        LOOK_EVERY
+                        if failing {
+                            log::debug!("schedules: still failing: {error}");
+                        } else {
+                            log::warn!(
+                                "schedules: could not look for due schedules (will retry, backing off): {error}"
+                            );
+                            failing = true;
+                        }
+                        outage.advance()
                     }
                 };
                 if stopping.sleep(pause.max(Duration::from_millis(5))) {
