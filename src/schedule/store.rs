@@ -111,6 +111,29 @@ pub struct ScheduleInfo {
     pub last_job: Option<(Bson, String)>,
 }
 
+impl ScheduleInfo {
+    /// As the `--json` outputs show it: dates as RFC 3339 UTC strings.
+    pub fn to_json(&self) -> serde_json::Value {
+        let date = |at: Option<DateTime>| at.and_then(|t| t.try_to_rfc3339_string().ok());
+        serde_json::json!({
+            "name": self.name,
+            "timing": self.describe,
+            "queue": self.queue,
+            "paused": self.paused,
+            "catch_up": self.catch_up.as_str(),
+            "no_overlap": self.no_overlap,
+            "next_tick": date(self.next_tick),
+            "last_tick": date(self.last_tick),
+            "fired": self.fired,
+            "skipped": self.skipped,
+            "last_job": self.last_job.as_ref().map(|(id, status)| serde_json::json!({
+                "id": id.clone().into_relaxed_extjson(),
+                "status": status,
+            })),
+        })
+    }
+}
+
 /// The schedules of one queue collection.
 #[derive(Clone)]
 pub struct Schedules {

@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use mongoq::bson::DateTime;
-use mongoq::schedule::{CatchUp, ScheduleDef, Schedules, Spec, Timing};
+use mongoq::schedule::{CatchUp, ScheduleDef, ScheduleInfo, Schedules, Spec, Timing};
 use mongoq::Queue;
 
 use super::enqueue::parse_data;
@@ -87,27 +87,7 @@ fn rfc3339(at: DateTime) -> String {
 fn list(schedules: &Schedules, json: bool) -> Result<ExitCode, CommandError> {
     let all = schedules.list()?;
     if json {
-        let rows: Vec<serde_json::Value> = all
-            .iter()
-            .map(|s| {
-                serde_json::json!({
-                    "name": s.name,
-                    "timing": s.describe,
-                    "queue": s.queue,
-                    "paused": s.paused,
-                    "catch_up": s.catch_up.as_str(),
-                    "no_overlap": s.no_overlap,
-                    "next_tick": s.next_tick.map(rfc3339),
-                    "last_tick": s.last_tick.map(rfc3339),
-                    "fired": s.fired,
-                    "skipped": s.skipped,
-                    "last_job": s.last_job.as_ref().map(|(id, status)| serde_json::json!({
-                        "id": id.clone().into_relaxed_extjson(),
-                        "status": status,
-                    })),
-                })
-            })
-            .collect();
+        let rows: Vec<serde_json::Value> = all.iter().map(ScheduleInfo::to_json).collect();
         println!(
             "{}",
             serde_json::to_string_pretty(&rows).unwrap_or_default()

@@ -19,17 +19,7 @@ pub fn stats(queue: &Queue, args: &StatsArgs) -> Result<ExitCode, CommandError> 
         value["controls"] = serde_json::to_value(&controls).unwrap_or_default();
         value["schedules"] = schedules
             .iter()
-            .map(|s| {
-                serde_json::json!({
-                    "name": s.name,
-                    "timing": s.describe,
-                    "queue": s.queue,
-                    "paused": s.paused,
-                    "next_tick": s.next_tick.and_then(|t| t.try_to_rfc3339_string().ok()),
-                    "fired": s.fired,
-                    "skipped": s.skipped,
-                })
-            })
+            .map(mongoq::schedule::ScheduleInfo::to_json)
             .collect();
         println!(
             "{}",
