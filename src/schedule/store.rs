@@ -189,8 +189,9 @@ impl Schedules {
     }
 
     /// Adds `def`, or updates the schedule of that name. An update keeps
-    /// what it fired so far and goes on from its last tick.
-    pub fn add(&self, def: &ScheduleDef) -> Result<(), Error> {
+    /// what it fired so far and goes on from its last tick. Returns its
+    /// next tick (`None`: the expression never matches again).
+    pub fn add(&self, def: &ScheduleDef) -> Result<Option<DateTime>, Error> {
         if def.name.is_empty() {
             return Err(Error::config("NAME", "a schedule needs a name"));
         }
@@ -240,10 +241,8 @@ impl Schedules {
                 utc_millis(from.timestamp_millis()),
                 last_tick.map(|t| utc_millis(t.timestamp_millis())),
             )
-            .map_or(Bson::Null, |t| {
-                Bson::DateTime(DateTime::from_millis(t.timestamp_millis()))
-            });
-        set.insert("next_tick", next);
+            .map(|t| DateTime::from_millis(t.timestamp_millis()));
+        set.insert("next_tick", next.map_or(Bson::Null, Bson::DateTime));
         self.collection()
             .update_one(
                 doc! {"_id": &def.name},
@@ -255,7 +254,7 @@ impl Schedules {
             .upsert(true)
             .run()
             .map_err(|e| self.queue.db_error("update (schedule)", &e))?;
-        Ok(())
+        Ok(next)
     }
 
     /// Removes the schedule `name`; false when there was none. Its jobs stay.
@@ -297,35 +296,50 @@ impl Schedules {
         Ok(true)
     }
 
-    /// Every schedule, by name, with its last job's status.
+    /// Every schedule, by name, with its last job's status (all those
+    /// statuses read with one query).
     pub fn list(&self) -> Result<Vec<ScheduleInfo>, Error> {
-        let cursor = self
+        let documents: Vec<Document> = self
             .collection()
             .find(doc! {})
             .sort(doc! {"_id": 1})
             .run()
+            .and_then(Iterator::collect)
             .map_err(|e| self.queue.db_error("find (schedules)", &e))?;
-        let mut out = Vec::new();
-        for document in cursor {
-            let document = document.map_err(|e| self.queue.db_error("find (schedules)", &e))?;
-            let name = document.get_str("_id").unwrap_or_default().to_string();
-            let last_job = match document.get("last_job") {
-                Some(id) if id != &Bson::Null => {
-                    let status = self
-                        .queue
-                        .collection()
-                        .find_one(doc! {"_id": id.clone()})
-                        .projection(doc! {fields::STATUS: 1})
-                        .run()
-                        .map_err(|e| self.queue.db_error("find (schedule's job)", &e))?
-                        .map_or_else(
-                            || "deleted".to_string(),
-                            |job| job.get_str(fields::STATUS).unwrap_or("?").to_string(),
-                        );
-                    Some((id.clone(), status))
+        let last_jobs: Vec<Bson> = documents
+            .iter()
+            .filter_map(|d| d.get("last_job").filter(|id| **id != Bson::Null).cloned())
+            .collect();
+        let mut statuses = std::collections::HashMap::new();
+        if !last_jobs.is_empty() {
+            let jobs = self
+                .queue
+                .collection()
+                .find(doc! {"_id": {"$in": &last_jobs}})
+                .projection(doc! {fields::STATUS: 1})
+                .run()
+                .map_err(|e| self.queue.db_error("find (schedules' jobs)", &e))?;
+            for job in jobs {
+                let job = job.map_err(|e| self.queue.db_error("find (schedules' jobs)", &e))?;
+                if let Some(id) = job.get("_id") {
+                    let status = job.get_str(fields::STATUS).unwrap_or("?").to_string();
+                    statuses.insert(id.to_string(), status);
                 }
-                _ => None,
-            };
+            }
+        }
+        let mut out = Vec::new();
+        for document in documents {
+            let name = document.get_str("_id").unwrap_or_default().to_string();
+            let last_job = document
+                .get("last_job")
+                .filter(|id| **id != Bson::Null)
+                .map(|id| {
+                    let status = statuses
+                        .get(&id.to_string())
+                        .cloned()
+                        .unwrap_or_else(|| "deleted".to_string());
+                    (id.clone(), status)
+                });
             out.push(ScheduleInfo {
                 describe: spec_of(&document).map_or_else(|e| e.to_string(), |s| s.describe()),
                 queue: document

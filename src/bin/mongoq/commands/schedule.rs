@@ -66,12 +66,7 @@ fn add(schedules: &Schedules, args: &ScheduleAddArgs) -> Result<ExitCode, Comman
     def.catch_up = CatchUp::parse(&args.catch_up).unwrap_or_default();
     def.max_catch_up = args.max_catch_up;
     def.no_overlap = args.no_overlap;
-    schedules.add(&def)?;
-    let next = schedules
-        .list()?
-        .into_iter()
-        .find(|s| s.name == args.name)
-        .and_then(|s| s.next_tick);
+    let next = schedules.add(&def)?;
     println!(
         "schedule {} saved; next tick {}",
         args.name,
