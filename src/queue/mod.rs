@@ -220,6 +220,27 @@ impl Queue {
         }
     }
 
+    /// Runs a write command (`insert`, `update` with many statements) on
+    /// this database with the collection's write concern (from the URI),
+    /// as the driver's own write helpers would send it.
+    pub(crate) fn run_write_command(
+        &self,
+        mut command: Document,
+        operation: &'static str,
+    ) -> Result<Document, Error> {
+        if let Some(concern) = self.collection().write_concern() {
+            if let Ok(concern) = mongodb::bson::to_document(concern) {
+                if !concern.is_empty() {
+                    command.insert("writeConcern", concern);
+                }
+            }
+        }
+        self.database()
+            .run_command(command)
+            .run()
+            .map_err(|e| self.db_error(operation, &e))
+    }
+
     /// The `_id`s of the documents `filter` matches.
     pub(crate) fn find_ids(
         &self,

@@ -325,25 +325,14 @@ impl Schedules {
         Ok(())
     }
 
-    fn run_batch(&self, mut command: Document, what: &'static str) -> Result<Document, Error> {
+    fn run_batch(&self, command: Document, what: &'static str) -> Result<Document, Error> {
         let has_work = ["documents", "updates"]
             .iter()
             .any(|key| command.get_array(key).is_ok_and(|a| !a.is_empty()));
         if !has_work {
             return Ok(Document::new());
         }
-        if let Some(concern) = self.queue.collection().write_concern() {
-            if let Ok(concern) = mongodb::bson::to_document(concern) {
-                if !concern.is_empty() {
-                    command.insert("writeConcern", concern);
-                }
-            }
-        }
-        self.queue
-            .database()
-            .run_command(command)
-            .run()
-            .map_err(|e| self.queue.db_error(what, &e))
+        self.queue.run_write_command(command, what)
     }
 }
 

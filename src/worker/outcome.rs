@@ -218,23 +218,14 @@ pub(crate) fn write(queue: &Queue, worker: &str, outcomes: &[Outcome]) -> Result
     }
     for chunk in singles.chunks(MAX_STATEMENTS) {
         let statements: Vec<Document> = chunk.iter().map(|o| o.statement(worker, at)).collect();
-        let mut command = doc! {
-            "update": queue.collection().name(),
-            "updates": statements,
-            "ordered": false,
-        };
-        if let Some(concern) = queue.collection().write_concern() {
-            if let Ok(concern) = mongodb::bson::to_document(concern) {
-                if !concern.is_empty() {
-                    command.insert("writeConcern", concern);
-                }
-            }
-        }
-        let reply = queue
-            .database()
-            .run_command(command)
-            .run()
-            .map_err(|e| queue.db_error("update (outcomes)", &e))?;
+        let reply = queue.run_write_command(
+            doc! {
+                "update": queue.collection().name(),
+                "updates": statements,
+                "ordered": false,
+            },
+            "update (outcomes)",
+        )?;
         // A statement the server refuses for good (not a lost connection,
         // which fails the whole command and is retried) must not block the
         // completer: fail a job that outgrew 16 MB, log anything else and
