@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use mongodb::bson::{oid::ObjectId, Bson, Document};
 
+use crate::flow::DepResult;
 use crate::progress::ProgressCell;
 use crate::schema::{fields, id_text, integer};
 
@@ -43,6 +44,13 @@ pub struct Job {
     pub(crate) start_by: Option<std::time::Instant>,
     /// The latest progress the handler reported ([`Job::set_progress`]).
     pub(crate) progress: Arc<ProgressCell>,
+    /// The jobs it waited for (`after`), empty for most jobs.
+    pub after: Vec<Bson>,
+    /// Those jobs' statuses and results, in `after` order (see
+    /// [`crate::flow::results`]), read when the job was claimed.
+    pub deps: Vec<DepResult>,
+    /// Some waiting job waits on this one: its outcome settles them.
+    pub(crate) has_dependents: bool,
 }
 
 /// Why a claimed document cannot run. The text becomes `last_error`.
@@ -123,6 +131,16 @@ impl Job {
                 )))
             }
         };
+        let after = match document.get(fields::AFTER) {
+            None | Some(Bson::Null) => Vec::new(),
+            Some(Bson::Array(ids)) => ids.clone(),
+            Some(value) => {
+                return Err(Malformed(format!(
+                    "`after` must be an array of the `_id`s the job waits for, but it is {}",
+                    describe(value)
+                )))
+            }
+        };
         Ok(Job {
             id,
             data,
@@ -136,6 +154,9 @@ impl Job {
             settled: Arc::new(AtomicBool::new(false)),
             start_by: None,
             progress: Arc::default(),
+            after,
+            deps: Vec::new(),
+            has_dependents: document.get_bool(fields::HAS_DEPENDENTS) == Ok(true),
         })
     }
 
@@ -159,16 +180,32 @@ impl Job {
 
     /// The job as the JSON an `--exec` program reads on stdin:
     /// `{"id": …, "attempt": n, "max_attempts": n, "priority": n, "data": …}`,
-    /// in relaxed extended JSON (dates as `{"$date": …}`, ids as `{"$oid": …}`).
+    /// in relaxed extended JSON (dates as `{"$date": …}`, ids as `{"$oid": …}`);
+    /// a job that waited for others also has `deps`: `[{id, status, result,
+    /// error, truncated}]` ([`DepResult::to_json`]).
     pub fn to_json(&self) -> serde_json::Value {
-        serde_json::json!({
+        let mut json = serde_json::json!({
             "id": self.id.clone().into_relaxed_extjson(),
             "attempt": self.attempt,
             "max_attempts": self.max_attempts,
             "priority": self.priority,
             "queue": self.queue,
             "data": self.data.clone().into_relaxed_extjson(),
-        })
+        });
+        if !self.after.is_empty() {
+            if let Some(fields) = json.as_object_mut() {
+                let deps: Vec<serde_json::Value> =
+                    self.deps.iter().map(DepResult::to_json).collect();
+                fields.insert("deps".into(), deps.into());
+            }
+        }
+        json
+    }
+
+    /// The result of dependency `id` (one of [`Job::after`]), if it
+    /// completed with one.
+    pub fn dep_result(&self, id: &Bson) -> Option<&Bson> {
+        self.deps.iter().find(|d| &d.id == id)?.result.as_ref()
     }
 
     /// The id as text for logs and environment variables.

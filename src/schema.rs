@@ -55,6 +55,23 @@ pub mod fields {
     pub const SCHEDULE: &str = "schedule";
     /// The schedule's nominal instant the job is for (not when it fired).
     pub const TICK: &str = "tick";
+    /// The ids of the jobs a `waiting` job waits on (see `crate::flow`).
+    pub const AFTER: &str = "after";
+    /// `"run"`: a dependency that fails or is cancelled counts as done for
+    /// this job (default: it cancels this job).
+    pub const IF_DEP_FAILS: &str = "if_dep_fails";
+    /// The ids among `after` that have finished (completed, or failed under
+    /// `if_dep_fails: "run"`); the job is released when it covers `after`.
+    pub const DEPS_DONE: &str = "deps_done";
+    /// Set on a job some `waiting` job waits on, until its dependents have
+    /// been released or cancelled after it finished.
+    pub const HAS_DEPENDENTS: &str = "has_dependents";
+    /// Set on a `waiting` job once its dependencies carry `has_dependents`.
+    pub const LINKED: &str = "linked";
+    /// When a `waiting` job became `pending`.
+    pub const RELEASED_AT: &str = "released_at";
+    /// On a job inserted by `enqueue --flow`: `{id, step}`.
+    pub const FLOW: &str = "flow";
 
     /// The queue of jobs that name none.
     pub const DEFAULT_QUEUE: &str = "default";
@@ -65,6 +82,8 @@ pub mod fields {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Status {
+    /// Waiting for other jobs (`after`) before it may be claimed.
+    Waiting,
     /// Waiting to be claimed.
     Pending,
     /// Claimed and leased by a worker.
@@ -79,7 +98,8 @@ pub enum Status {
 
 impl Status {
     /// Every status mongoq writes.
-    pub const ALL: [Status; 5] = [
+    pub const ALL: [Status; 6] = [
+        Status::Waiting,
         Status::Pending,
         Status::Running,
         Status::Completed,
@@ -95,6 +115,7 @@ impl Status {
     /// The status as stored in `status`.
     pub const fn as_str(self) -> &'static str {
         match self {
+            Status::Waiting => "waiting",
             Status::Pending => "pending",
             Status::Running => "running",
             Status::Completed => "completed",
@@ -116,13 +137,18 @@ impl Status {
             Status::Completed => Some(fields::COMPLETED_AT),
             Status::Failed => Some(fields::FAILED_AT),
             Status::Cancelled => Some(fields::CANCELLED_AT),
-            Status::Pending | Status::Running => None,
+            Status::Waiting | Status::Pending | Status::Running => None,
         }
     }
 
     /// Whether the job is still to run or running.
     pub fn is_active(self) -> bool {
         Status::ACTIVE.contains(&self)
+    }
+
+    /// Whether the job has ended (completed, failed or cancelled).
+    pub fn is_finished(self) -> bool {
+        Status::FINISHED.contains(&self)
     }
 
     /// `{$in: [...]}` of these statuses, for a filter.
@@ -239,7 +265,10 @@ mod tests {
     fn statuses_round_trip_and_group() {
         for status in Status::ALL {
             assert_eq!(Status::parse(status.as_str()), Some(status));
-            assert_eq!(status.is_active(), status.finished_at().is_none());
+            assert_eq!(
+                status.is_active() || status == Status::Waiting,
+                status.finished_at().is_none()
+            );
         }
         assert_eq!(Status::parse("paused"), None);
         assert_eq!(Bson::from(Status::Running), Bson::String("running".into()));

@@ -38,6 +38,23 @@ pub fn id_condition(text: &str) -> Bson {
     }
 }
 
+/// The `_id` value an id typed by a person names, for lists of ids such as
+/// `--after`: the 24-hex form of an `ObjectId`, a number, any extended JSON
+/// value (`{"$oid": "…"}`, `"quoted text"`), else the text itself.
+pub fn id_value(text: &str) -> Bson {
+    let text = text.trim();
+    if let Ok(oid) = ObjectId::parse_str(text) {
+        return Bson::ObjectId(oid);
+    }
+    if let Ok(number) = text.parse::<i64>() {
+        return Bson::Int64(number);
+    }
+    serde_json::from_str::<serde_json::Value>(text)
+        .ok()
+        .and_then(|json| Bson::try_from(json).ok())
+        .unwrap_or_else(|| Bson::String(text.to_string()))
+}
+
 /// What `cancel` did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Cancel {

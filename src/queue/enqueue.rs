@@ -14,6 +14,31 @@ use crate::schema::{fields, id_text, Status};
 /// MongoDB's duplicate key error.
 const DUPLICATE_KEY: i32 = 11000;
 
+/// What a dependent does when a dependency fails, is cancelled, or is gone.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IfDepFails {
+    /// It is cancelled too, with a `last_error` naming the dependency.
+    #[default]
+    Cancel,
+    /// It counts that dependency as done and runs once the rest are.
+    Run,
+}
+
+impl IfDepFails {
+    /// `cancel` or `run`, as `--if-dep-fails` takes it.
+    pub fn parse(text: &str) -> Result<IfDepFails, Error> {
+        match text {
+            "cancel" => Ok(IfDepFails::Cancel),
+            "run" => Ok(IfDepFails::Run),
+            other => Err(Error::Config {
+                setting: "--if-dep-fails",
+                reason: format!("`{other}` is not a choice: use `cancel` (the default: a failed dependency cancels this job) or `run` (run it anyway)"),
+            }),
+        }
+    }
+}
+
 /// Options a producer may set on a job.
 #[derive(Debug, Clone, Default)]
 pub struct EnqueueOptions {
@@ -28,6 +53,12 @@ pub struct EnqueueOptions {
     /// At most one pending or running job may have this key; enqueueing
     /// another fails with [`Error::Duplicate`].
     pub unique_key: Option<String>,
+    /// The `_id`s of jobs this one waits for: it is inserted `waiting` and
+    /// no worker claims it until all of them have completed (see
+    /// [`crate::flow`]). Each must exist.
+    pub after: Vec<Bson>,
+    /// What a dependency that fails or is cancelled does to this job.
+    pub if_dep_fails: IfDepFails,
 }
 
 impl Queue {
@@ -36,6 +67,9 @@ impl Queue {
     /// With a `unique_key` that a pending or running job already has, nothing
     /// is inserted and the error is [`Error::Duplicate`] naming that job.
     pub fn enqueue(&self, data: Bson, options: &EnqueueOptions) -> Result<ObjectId, Error> {
+        if !options.after.is_empty() {
+            return Ok(self.enqueue_many(std::iter::once(data), options)?[0]);
+        }
         if options.unique_key.is_none() {
             return Ok(self.enqueue_many(std::iter::once(data), options)?[0]);
         }
@@ -72,7 +106,15 @@ impl Queue {
         data: impl IntoIterator<Item = Bson>,
         options: &EnqueueOptions,
     ) -> Result<Vec<ObjectId>, Error> {
-        self.in_batches(data, options, |documents| self.insert_batch(documents))
+        if options.after.is_empty() {
+            return self.in_batches(data, options, |documents| self.insert_batch(documents));
+        }
+        if options.unique_key.is_some() {
+            return Err(Error::Invalid(
+                "a job that waits for others (after) cannot have a unique_key: the key is held only by pending and running jobs".into(),
+            ));
+        }
+        self.in_batches(data, options, |documents| self.insert_dependents(documents))
     }
 
     /// Makes the job documents for `data` and hands them to `insert` in
@@ -127,7 +169,7 @@ pub fn new_job_document(
     let mut document = doc! {
         "_id": id,
         fields::DATA: data,
-        fields::STATUS: Status::Pending,
+        fields::STATUS: if options.after.is_empty() { Status::Pending } else { Status::Waiting },
         fields::PRIORITY: options.priority,
         fields::RUN_AT: options.run_at.unwrap_or(now),
         fields::ATTEMPTS: 0,
@@ -140,6 +182,12 @@ pub fn new_job_document(
     }
     if let Some(key) = &options.unique_key {
         document.insert(fields::UNIQUE_KEY, key.clone());
+    }
+    if !options.after.is_empty() {
+        document.insert(fields::AFTER, options.after.clone());
+        if options.if_dep_fails == IfDepFails::Run {
+            document.insert(fields::IF_DEP_FAILS, "run");
+        }
     }
     document
 }

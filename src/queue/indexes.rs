@@ -10,6 +10,7 @@ use mongodb::IndexModel;
 
 use super::Queue;
 use crate::error::{trim_driver_message, Error};
+use crate::flow;
 use crate::redact::redact_text;
 use crate::schema::{fields, Status};
 
@@ -52,6 +53,8 @@ impl Queue {
     /// - `mongoq_lease_token` (sparse): finding a claim's documents and
     ///   extending its leases by token.
     /// - `mongoq_lease_expiry` `{status, lease_until}`: rescuing expired leases.
+    /// - `mongoq_after`, `mongoq_waiting`, `mongoq_dependents`: flows (see
+    ///   [`crate::flow`]), each partial on a field plain jobs never have.
     pub fn ensure_indexes(&self) -> Result<Vec<String>, Error> {
         let named = |name: &str| IndexOptions::builder().name(name.to_string()).build();
         let models = vec![
@@ -72,6 +75,23 @@ impl Queue {
                 .keys(doc! {fields::STATUS: 1, fields::LEASE_UNTIL: 1})
                 .options(named(LEASE_EXPIRY_INDEX))
                 .build(),
+            // Flows (crate::flow). Each is partial on a field plain jobs
+            // never have, so a plain job costs none of them a key.
+            partial(
+                doc! {fields::AFTER: 1, fields::STATUS: 1},
+                flow::AFTER_INDEX,
+                doc! {fields::AFTER: {"$exists": true}},
+            ),
+            partial(
+                doc! {fields::LINKED: 1, "_id": 1},
+                flow::WAITING_INDEX,
+                doc! {fields::STATUS: Status::Waiting},
+            ),
+            partial(
+                doc! {fields::STATUS: 1},
+                flow::DEPENDENTS_INDEX,
+                doc! {fields::HAS_DEPENDENTS: true},
+            ),
         ];
         self.collection
             .create_indexes(models)
@@ -206,6 +226,23 @@ impl Queue {
             .run()
             .map_err(|e| self.db_error("listIndexes", &e))
     }
+}
+
+/// An index on `keys` holding only the documents `filter` matches.
+fn partial(
+    keys: mongodb::bson::Document,
+    name: &str,
+    filter: mongodb::bson::Document,
+) -> IndexModel {
+    IndexModel::builder()
+        .keys(keys)
+        .options(
+            IndexOptions::builder()
+                .name(name.to_string())
+                .partial_filter_expression(filter)
+                .build(),
+        )
+        .build()
 }
 
 /// The options of the index called `name` among `indexes`.

@@ -78,6 +78,6 @@ fn finished(job: &Document) -> Option<Waited> {
         )),
         Status::Failed => Some(Waited::Failed(error())),
         Status::Cancelled => Some(Waited::Failed(format!("cancelled: {}", error()))),
-        Status::Pending | Status::Running => None,
+        Status::Waiting | Status::Pending | Status::Running => None,
     }
 }

@@ -395,7 +395,7 @@ fn job_for(name: &str, schedule: &Document, tick: Utc8601<Utc>, fired_at: DateTi
             .and_then(crate::schema::integer)
             .and_then(|n| u32::try_from(n).ok()),
         queue: schedule.get_str("queue").ok().map(ToString::to_string),
-        unique_key: None,
+        ..EnqueueOptions::default()
     };
     let data = schedule.get("data").cloned().unwrap_or(Bson::Null);
     let mut job = new_job_document(

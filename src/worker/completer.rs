@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
+use mongodb::bson::{oid::ObjectId, Bson};
 
 use super::health::{Beat, Health};
 use super::lease::Leases;
@@ -19,6 +20,8 @@ use super::limits::Slots;
 use super::outage::retry_until_stopped;
 use super::outcome::{write, Outcome, MAX_STATEMENTS};
 use super::report::Counters;
+use super::wake::Doorbell;
+use crate::flow::settle as flow;
 use crate::queue::Queue;
 use crate::schema::id_text;
 use crate::shutdown::Shutdown;
@@ -33,6 +36,9 @@ pub(crate) struct Completer {
     pub(crate) health: Arc<Health>,
     /// Concurrency slots held by the jobs whose outcomes are written.
     pub(crate) slots: Arc<Slots>,
+    /// Rung when an outcome released waiting jobs, so this worker's
+    /// fetcher looks for them at once.
+    pub(crate) doorbell: Arc<Doorbell>,
 }
 
 impl Completer {
@@ -82,6 +88,7 @@ impl Completer {
             counters,
             health,
             slots,
+            doorbell: _,
         } = self;
         if pending.is_empty() {
             return;
@@ -99,7 +106,10 @@ impl Completer {
         {
             Counters::add(&counters.outcome_writes, 1);
         }
-        let lost = (pending.len() as u64).saturating_sub(matched);
+        let mut lost = (pending.len() as u64).saturating_sub(matched);
+        // Settled before the leases go: `--drain` sees a released job
+        // pending before it sees this worker holding nothing.
+        lost = lost.saturating_sub(self.settle_dependents(pending, lost, stop));
         if lost > 0 {
             Counters::add(&counters.lost, lost);
             let ids: Vec<String> = pending
@@ -165,5 +175,67 @@ impl Completer {
                 slots.free(queue, 1);
             }
         }
+    }
+
+    /// Releases or cancels the dependents of the jobs these outcomes ended
+    /// (see [`crate::flow`]); returns how many of the `lost` outcomes were
+    /// only held back by a `has_dependents` flag set after the claim, and
+    /// are now written.
+    fn settle_dependents(&self, pending: &mut [Outcome], lost: u64, stop: &Shutdown) -> u64 {
+        let queue = &self.queue;
+        let mut recovered = 0;
+        if lost > 0 {
+            let candidates: Vec<(Bson, ObjectId)> = pending
+                .iter()
+                .filter(|o| {
+                    o.ends_job() && !o.key().dependents && !matches!(o, Outcome::Settled { .. })
+                })
+                .map(|o| (o.key().id.clone(), o.key().token))
+                .collect();
+            let held = if candidates.is_empty() {
+                Ok(Vec::new())
+            } else {
+                flow::held_back(queue, &candidates)
+            };
+            match held {
+                Ok(held) if !held.is_empty() => {
+                    let mut again = Vec::new();
+                    for outcome in pending.iter_mut() {
+                        if held.contains(&outcome.key().id) {
+                            outcome.key_mut().dependents = true;
+                            again.push(outcome.clone());
+                        }
+                    }
+                    recovered = retry_until_stopped(stop, "writing job outcomes", || {
+                        write(queue, &self.worker, &again)
+                    })
+                    .unwrap_or(0);
+                }
+                Ok(_) => {}
+                Err(error) => log::warn!("checking lost outcomes for dependents failed: {error}"),
+            }
+        }
+        let ended: Vec<Bson> = pending
+            .iter()
+            .filter(|o| o.ends_job() && o.key().dependents)
+            .map(|o| o.key().id.clone())
+            .collect();
+        if ended.is_empty() {
+            return recovered;
+        }
+        match flow::settle_ids(queue, &ended) {
+            Ok(settled) => {
+                Counters::add(&self.counters.dependents_released, settled.released);
+                Counters::add(&self.counters.dependents_cancelled, settled.cancelled);
+                if settled.released > 0 {
+                    self.doorbell.ring();
+                }
+            }
+            Err(error) => log::warn!(
+                "releasing the dependents of {} finished jobs failed ({error}); the flow sweep settles them within seconds",
+                ended.len()
+            ),
+        }
+        recovered
     }
 }

@@ -327,12 +327,14 @@ impl Fetcher {
         self.leases.add(token, documents.len());
         Counters::add(&self.counters.claimed, documents.len() as u64);
         log::debug!("claimed {} jobs under {token}", documents.len());
+        let mut ready = Vec::with_capacity(documents.len());
         for document in documents {
             let id = document.get("_id").cloned().unwrap_or(Bson::Null);
             let key = JobKey {
                 id,
                 token,
                 slot: slot.clone(),
+                dependents: document.get_bool(fields::HAS_DEPENDENTS) == Ok(true),
             };
             let attempt = document
                 .get(fields::ATTEMPTS)
@@ -360,19 +362,40 @@ impl Fetcher {
                 Ok(mut job) => {
                     job.slot.clone_from(&slot);
                     job.start_by = start_by;
-                    if let Err(returned) = self.jobs.send(job) {
-                        // Every handler thread is gone (cannot happen while
-                        // the fetcher runs); hand the job back.
-                        let _ = self.outcomes.send(Outcome::Released {
-                            key: JobKey {
-                                id: returned.0.id,
-                                token,
-                                slot: slot.clone(),
-                            },
-                        });
-                    }
+                    ready.push(job);
                 }
             }
         }
+        // Jobs that waited for others get their dependencies' results (one
+        // read for the whole claim); if that read fails they go back.
+        if let Err(error) = self.attach_deps(&mut ready) {
+            log::warn!("reading the results of claimed jobs' dependencies failed ({error}); those jobs go back to pending");
+            for job in ready.extract_if(.., |job| !job.after.is_empty()) {
+                let _ = self.outcomes.send(Outcome::Released { key: job.key() });
+            }
+        }
+        for job in ready {
+            if let Err(returned) = self.jobs.send(job) {
+                // Every handler thread is gone (cannot happen while
+                // the fetcher runs); hand the job back.
+                let _ = self.outcomes.send(Outcome::Released {
+                    key: returned.0.key(),
+                });
+            }
+        }
+    }
+
+    /// Fills [`Job::deps`] of the jobs that waited for others, with one
+    /// read for the whole claim (see [`crate::flow::results`]).
+    fn attach_deps(&self, jobs: &mut [Job]) -> Result<(), crate::Error> {
+        if jobs.iter().all(|job| job.after.is_empty()) {
+            return Ok(());
+        }
+        let lists: Vec<&[Bson]> = jobs.iter().map(|job| job.after.as_slice()).collect();
+        let loaded = crate::flow::results::load(&self.queue, &lists)?;
+        for (job, deps) in jobs.iter_mut().zip(loaded) {
+            job.deps = deps;
+        }
+        Ok(())
     }
 }

@@ -78,7 +78,7 @@ pub(crate) struct Load {
 }
 
 /// The counters: name, help, value.
-fn counter_rows(c: &Report) -> [(&'static str, &'static str, u64); 11] {
+fn counter_rows(c: &Report) -> [(&'static str, &'static str, u64); 13] {
     [
         (
             "mongoq_jobs_claimed_total",
@@ -109,6 +109,16 @@ fn counter_rows(c: &Report) -> [(&'static str, &'static str, u64); 11] {
             "mongoq_jobs_cancelled_total",
             "Running jobs dropped because an operator cancelled them.",
             c.cancelled,
+        ),
+        (
+            "mongoq_dependents_released_total",
+            "Waiting jobs this worker's outcomes made pending (their last dependency finished).",
+            c.dependents_released,
+        ),
+        (
+            "mongoq_dependents_cancelled_total",
+            "Waiting jobs cancelled because a dependency failed, was cancelled or is gone.",
+            c.dependents_cancelled,
         ),
         (
             "mongoq_outcomes_lost_total",

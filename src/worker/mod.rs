@@ -12,12 +12,14 @@
 //! | completer | [`completer`] | the outcome receiver, leases, counters |
 //! | keeper | [`keeper`] | leases, the running-jobs registry ([`cancel`]), counters |
 //! | watcher | [`wake`] | the doorbell |
+//! | flows | [`crate::flow::sweep`] | the doorbell (links, settles what a crash left) |
 //!
 //! ```text
 //! fetcher ──claims a batch──▶ bounded channel ──▶ N worker threads ──outcomes──▶ completer
 //!    ▲                                                                   │ (fenced, batched writes)
 //!    └──────────────── leases released as outcomes are written ◀─────────┘
 //! keeper: extends held leases, rescues expired ones (any worker's)
+//! completer: an outcome of a job with dependents releases them (crate::flow)
 //! ```
 //!
 //! **How much to claim** is decided by [`pacing`]: at most what the threads
@@ -92,6 +94,7 @@ use wake::{watch, Doorbell};
 
 use crate::duration::format_duration;
 use crate::error::Error;
+use crate::flow::Sweeper;
 use crate::handlers::Handler;
 use crate::job::Job;
 use crate::queue::Queue;
@@ -169,6 +172,8 @@ fn log_clock(worker: &str, reading: crate::clock::Reading) {
 
 /// The threads of a running worker and the handles that stop them.
 struct Threads {
+    /// The flow sweep ([`crate::flow::sweep`]); stops with the keeper.
+    flows: JoinHandle<()>,
     watcher: Option<JoinHandle<()>>,
     control: JoinHandle<()>,
     control_stop: Shutdown,
@@ -346,6 +351,7 @@ impl Worker {
             counters: Arc::clone(&parts.counters),
             health: Arc::clone(&parts.health),
             slots: Arc::clone(&parts.slots),
+            doorbell: Arc::clone(&parts.doorbell),
         };
         let stop = hard_stop.clone();
         let completer = spawn("mongoq-completer", move || {
@@ -406,7 +412,14 @@ impl Worker {
         let control_stop = Shutdown::new();
         let stop = control_stop.clone();
         let control = spawn("mongoq-control", move || control.run(&stop));
+        let sweeper = Sweeper::new(self.queue.clone());
+        let doorbell = Arc::clone(&parts.doorbell);
+        let stop = keeper_stop.clone();
+        let flows = spawn("mongoq-flows", move || {
+            sweeper.run(&stop, || doorbell.ring())
+        });
         Threads {
+            flows,
             watcher,
             control,
             control_stop,
@@ -431,6 +444,7 @@ impl Worker {
             format_duration(config.shutdown_grace)
         );
         let Threads {
+            flows,
             watcher,
             control,
             control_stop,
@@ -467,10 +481,16 @@ impl Worker {
         // are rescued, as after a crash. Handler threads stuck past the
         // grace period are left behind too.
         let last_call = Instant::now() + Duration::from_secs(5);
-        for handle in [Some(completer), Some(keeper), watcher, Some(control)]
-            .into_iter()
-            .flatten()
-            .chain(handlers)
+        for handle in [
+            Some(completer),
+            Some(keeper),
+            watcher,
+            Some(control),
+            Some(flows),
+        ]
+        .into_iter()
+        .flatten()
+        .chain(handlers)
         {
             join_or_leave(handle, last_call);
         }

@@ -39,6 +39,10 @@ pub(crate) struct JobKey {
     /// The limited queue whose concurrency slot the job holds; freed when
     /// its outcome is written (or lost).
     pub(crate) slot: Option<Arc<str>>,
+    /// The claimed copy carried `has_dependents`: the outcome settles them
+    /// ([`crate::flow`]). When false, an outcome that ends the job is
+    /// fenced against the flag too, so a flag set after the claim is seen.
+    pub(crate) dependents: bool,
 }
 
 /// What to write for one job.
@@ -68,6 +72,18 @@ pub(crate) enum Outcome {
     Settled { key: JobKey },
 }
 
+impl crate::job::Job {
+    /// The key its outcome is written under.
+    pub(crate) fn key(&self) -> JobKey {
+        JobKey {
+            id: self.id.clone(),
+            token: self.lease_token,
+            slot: self.slot.clone(),
+            dependents: self.has_dependents,
+        }
+    }
+}
+
 impl Outcome {
     pub(crate) fn key(&self) -> &JobKey {
         match self {
@@ -87,6 +103,9 @@ impl Outcome {
         if self.returns_to_pending() {
             filter.insert(fields::CANCEL_REQUESTED, doc! {"$ne": true});
         }
+        if self.ends_job() && !key.dependents {
+            filter.insert(fields::HAS_DEPENDENTS, doc! {"$ne": true});
+        }
         doc! {"q": filter, "u": self.update(worker, at), "multi": false}
     }
 
@@ -97,6 +116,25 @@ impl Outcome {
         matches!(
             self,
             Outcome::Retry { .. } | Outcome::Released { .. } | Outcome::Interrupted { .. }
+        )
+    }
+
+    pub(crate) fn key_mut(&mut self) -> &mut JobKey {
+        match self {
+            Outcome::Completed { key, .. }
+            | Outcome::Retry { key, .. }
+            | Outcome::Failed { key, .. }
+            | Outcome::Released { key }
+            | Outcome::Settled { key }
+            | Outcome::Interrupted { key, .. } => key,
+        }
+    }
+
+    /// Whether this outcome ends the job (its dependents are then settled).
+    pub(crate) fn ends_job(&self) -> bool {
+        matches!(
+            self,
+            Outcome::Completed { .. } | Outcome::Failed { .. } | Outcome::Settled { .. }
         )
     }
 
@@ -172,7 +210,7 @@ pub(crate) fn bounded_error(text: String) -> String {
 pub(crate) fn write(queue: &Queue, worker: &str, outcomes: &[Outcome]) -> Result<u64, Error> {
     let at = queue.clock().now();
     let mut matched = 0;
-    let mut groups: Vec<(u8, ObjectId, Document, Vec<Bson>)> = Vec::new();
+    let mut groups: Vec<(u8, ObjectId, bool, Document, Vec<Bson>)> = Vec::new();
     let mut singles: Vec<&Outcome> = Vec::new();
     for outcome in outcomes {
         if matches!(outcome, Outcome::Settled { .. }) {
@@ -185,34 +223,37 @@ pub(crate) fn write(queue: &Queue, worker: &str, outcomes: &[Outcome]) -> Result
             continue;
         };
         let key = outcome.key();
-        match groups
-            .iter_mut()
-            .find(|(k, token, _, _)| *k == kind && *token == key.token)
-        {
-            Some(group) => group.3.push(key.id.clone()),
+        match groups.iter_mut().find(|(k, token, dependents, _, _)| {
+            *k == kind && *token == key.token && *dependents == key.dependents
+        }) {
+            Some(group) => group.4.push(key.id.clone()),
             None => groups.push((
                 kind,
                 key.token,
+                key.dependents,
                 outcome.update(worker, at),
                 vec![key.id.clone()],
             )),
         }
     }
-    for (kind, token, update, ids) in groups {
+    for (kind, token, dependents, update, ids) in groups {
         let mut filter = doc! {"_id": {"$in": &ids}, fields::LEASE_TOKEN: token, fields::STATUS: Status::Running};
         if kind == RELEASED {
             filter.insert(fields::CANCEL_REQUESTED, doc! {"$ne": true});
+        } else if !dependents {
+            // A completion: see `JobKey::dependents`.
+            filter.insert(fields::HAS_DEPENDENTS, doc! {"$ne": true});
         }
         let result = queue.collection().update_many(filter, update).run();
         match result {
             Ok(result) => matched += result.matched_count,
             // A job too close to 16 MB stopped the updateMany; write this
             // group one statement per job, where that job alone fails.
-            Err(error) if too_large(&error) => singles.extend(
-                outcomes
-                    .iter()
-                    .filter(|o| o.shared_kind() == Some(kind) && o.key().token == token),
-            ),
+            Err(error) if too_large(&error) => singles.extend(outcomes.iter().filter(|o| {
+                o.shared_kind() == Some(kind)
+                    && o.key().token == token
+                    && o.key().dependents == dependents
+            })),
             Err(error) => return Err(queue.db_error("update (outcomes)", &error)),
         }
     }

@@ -41,6 +41,10 @@ pub struct Report {
     pub control_round_trips: u64,
     /// Concurrency slots taken back from dead workers.
     pub rescued_slots: u64,
+    /// Waiting jobs this worker's outcomes released (made pending).
+    pub dependents_released: u64,
+    /// Waiting jobs cancelled because a dependency failed or was cancelled.
+    pub dependents_cancelled: u64,
     /// Whether the grace period ran out with jobs still running.
     pub grace_exceeded: bool,
 }
@@ -66,6 +70,8 @@ pub(crate) struct Counters {
     pub(crate) limit_round_trips: AtomicU64,
     pub(crate) control_round_trips: AtomicU64,
     pub(crate) rescued_slots: AtomicU64,
+    pub(crate) dependents_released: AtomicU64,
+    pub(crate) dependents_cancelled: AtomicU64,
 }
 
 impl Counters {
@@ -95,6 +101,8 @@ impl Counters {
             limit_round_trips: read(&self.limit_round_trips),
             control_round_trips: read(&self.control_round_trips),
             rescued_slots: read(&self.rescued_slots),
+            dependents_released: read(&self.dependents_released),
+            dependents_cancelled: read(&self.dependents_cancelled),
             grace_exceeded,
         }
     }

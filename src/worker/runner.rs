@@ -42,11 +42,7 @@ impl Runner {
     /// Runs jobs until the channel is closed and empty.
     pub(crate) fn run(self, shutdown: &Shutdown) {
         for job in &self.jobs {
-            let key = JobKey {
-                id: job.id.clone(),
-                token: job.lease_token,
-                slot: job.slot.clone(),
-            };
+            let key = job.key();
             // Stopping, its queue paused since the claim, or its reserved
             // start (rate limit) missed: back to pending, attempt not counted.
             if shutdown.is_requested()

@@ -303,6 +303,18 @@ pub struct EnqueueArgs {
     /// Give up waiting after this long (exit 124; the job stays queued)
     #[arg(long, value_parser = parse_duration, requires = "wait")]
     pub timeout: Option<Duration>,
+    /// Wait for this job (its _id) to complete first; repeat for several.
+    /// The job is `waiting` until all have completed
+    #[arg(long, value_name = "ID")]
+    pub after: Vec<String>,
+    /// What a dependency that fails or is cancelled does to this job:
+    /// cancel it too, or run it anyway
+    #[arg(long, value_name = "cancel|run", requires = "after")]
+    pub if_dep_fails: Option<String>,
+    /// Insert the graph of jobs in FILE ({"jobs": [{"name", "data",
+    /// "after": [names]}]}) at once: none runs before all are in
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["json", "after", "unique_key", "wait", "delay", "run_at"])]
+    pub flow: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -2,9 +2,12 @@
 //! streamed in batches of 1,000 so memory stays at one batch.
 
 use std::io::{BufRead, Write};
+use std::path::Path;
 use std::process::ExitCode;
 
 use mongoq::bson::{Bson, DateTime};
+use mongoq::flow::{Flow, IfDepFails};
+use mongoq::queue::admin::id_value;
 use mongoq::queue::Waited;
 use mongoq::{EnqueueOptions, Queue};
 
@@ -26,12 +29,18 @@ fn enqueue_options(queue: &Queue, args: &EnqueueArgs) -> Result<EnqueueOptions, 
     if let Some(queue) = &args.queue {
         mongoq::queue::validate_queue_name(queue).map_err(|e| usage(format!("--queue: {e}")))?;
     }
+    let if_dep_fails = match &args.if_dep_fails {
+        Some(choice) => IfDepFails::parse(choice).map_err(|e| usage(e.to_string()))?,
+        None => IfDepFails::Cancel,
+    };
     Ok(EnqueueOptions {
         priority: args.priority,
         run_at,
         max_attempts: args.max_attempts,
         queue: args.queue.clone(),
         unique_key: args.unique_key.clone(),
+        after: args.after.iter().map(|id| id_value(id)).collect(),
+        if_dep_fails,
     })
 }
 
@@ -73,7 +82,32 @@ fn wait(
     }
 }
 
+/// `--flow FILE`: the graph, checked whole, then inserted at once; prints
+/// each job's name and id.
+fn enqueue_flow(queue: &Queue, path: &Path, args: &EnqueueArgs) -> Result<ExitCode, CommandError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| bad_input(format!("cannot read the flow file {}: {e}", path.display())))?;
+    let mut flow = Flow::from_json(&text)
+        .map_err(|e| bad_input(format!("{}: {e}; nothing was enqueued", path.display())))?;
+    if flow.queue.is_none() {
+        flow.queue.clone_from(&args.queue);
+    }
+    let inserted = queue.enqueue_flow(&flow)?;
+    if args.quiet {
+        println!("{}", inserted.jobs.len());
+    } else {
+        let mut stdout = std::io::stdout().lock();
+        for (name, id) in &inserted.jobs {
+            let _ = writeln!(stdout, "{name}\t{}", id.to_hex());
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 pub fn enqueue(queue: &Queue, args: &EnqueueArgs) -> Result<ExitCode, CommandError> {
+    if let Some(path) = &args.flow {
+        return enqueue_flow(queue, path, args);
+    }
     let options = enqueue_options(queue, args)?;
     if let Some(json) = &args.json {
         let data = parse_data(json).map_err(|reason| bad_input(format!("the job data is {reason}; pass one JSON value, e.g. '{{\"to\": \"ada@example.com\"}}'")))?;
