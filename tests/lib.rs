@@ -14,6 +14,7 @@ mod dashboard;
 mod exec;
 mod faults;
 mod fleet;
+mod flow;
 mod library;
 mod lifecycle;
 mod malformed;

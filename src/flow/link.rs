@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use mongodb::bson::{doc, Bson, Document};
 
 use super::settle::{key, settle, Ended, Finished, Settled, CHUNK};
-use super::{AFTER_INDEX, MAX_AFTER};
+use super::MAX_AFTER;
 use crate::error::Error;
 #[cfg(doc)]
 use crate::queue::enqueue::new_job_document;
@@ -96,7 +96,7 @@ pub(crate) fn link(queue: &Queue, dependents: &[Document]) -> Result<Linked, Err
             .find(doc! {"_id": {"$in": chunk}})
             .projection(doc! {fields::STATUS: 1, fields::LAST_ERROR: 1})
             .run()
-            .and_then(|cursor| cursor.collect::<Result<Vec<_>, _>>())
+            .and_then(Iterator::collect::<Result<Vec<_>, _>>)
             .map_err(|e| queue.db_error("find (flow: link)", &e))?
             .into_iter()
             .map(|d| (d.get("_id").map(key).unwrap_or_default(), d))
@@ -230,7 +230,6 @@ impl Queue {
             .collection()
             .find(doc! {fields::AFTER: &id})
             .projection(doc! {fields::STATUS: 1})
-            .hint(mongodb::options::Hint::Name(AFTER_INDEX.into()))
             .limit(LINKS_SHOWN)
             .run()
             .map_err(|e| self.db_error("find (flow)", &e))?;

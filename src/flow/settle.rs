@@ -181,38 +181,64 @@ fn settle_round(queue: &Queue, finished: &[Finished]) -> Result<(Settled, Vec<Fi
     let dependents: Vec<Dependent> = queue
         .collection()
         .find(doc! {fields::AFTER: {"$in": &ids}, fields::STATUS: Status::Waiting})
-        .hint(mongodb::options::Hint::Name(super::AFTER_INDEX.into()))
         .projection(doc! {
             fields::AFTER: 1, fields::DEPS_DONE: 1, fields::IF_DEP_FAILS: 1, fields::HAS_DEPENDENTS: 1,
         })
         .run()
-        .and_then(|cursor| cursor.collect::<Result<Vec<_>, _>>())
+        .and_then(Iterator::collect::<Result<Vec<_>, _>>)
         .map_err(|e| queue.db_error("find (flow: dependents)", &e))?
         .iter()
         .map(Dependent::from_document)
         .collect();
-    let mut settled = Settled::default();
     if dependents.is_empty() {
-        return Ok((settled, Vec::new()));
+        return Ok((Settled::default(), Vec::new()));
     }
-    let now = queue.now();
-    let completed: Vec<&Finished> = finished
-        .iter()
-        .filter(|f| f.ended == Ended::Completed)
-        .collect();
+    let (statements, settled, next) = plan(finished, &dependents, queue.now());
+    if statements.is_empty() {
+        return Ok((settled, next));
+    }
+    let reply = queue.run_write_command(
+        doc! {
+            "update": queue.collection().name(),
+            "updates": statements,
+            "ordered": false,
+        },
+        "update (flow: release)",
+    )?;
+    if let Some(Bson::Array(errors)) = reply.get("writeErrors") {
+        if let Some(Bson::Document(first)) = errors.first() {
+            return Err(Error::Invalid(format!(
+                "MongoDB refused a flow release: {}",
+                first.get_str("errmsg").unwrap_or("no message")
+            )));
+        }
+    }
+    Ok((settled, next))
+}
+
+/// The round's writes for `dependents` of `finished` (pure): the marking
+/// statements, then one cancel statement per failed dependency; what they
+/// will do as read now; and the cancelled dependents that have dependents.
+fn plan(
+    finished: &[Finished],
+    dependents: &[Dependent],
+    now: DateTime,
+) -> (Vec<Document>, Settled, Vec<Finished>) {
+    let mut settled = Settled::default();
     let failed: Vec<&Finished> = finished
         .iter()
         .filter(|f| f.ended != Ended::Completed)
         .collect();
     let failed_keys: HashSet<String> = failed.iter().map(|f| key(&f.id)).collect();
-    let doomed =
-        |d: &Dependent| !d.runs_anyway && d.after.iter().any(|dep| failed_keys.contains(&key(dep)));
+    let all_keys: HashSet<String> = finished.iter().map(|f| key(&f.id)).collect();
+    let completed_keys: HashSet<String> = all_keys.difference(&failed_keys).cloned().collect();
+    let hit_by_failure = |d: &Dependent| d.after.iter().any(|dep| failed_keys.contains(&key(dep)));
+    let doomed = |d: &Dependent| !d.runs_anyway && hit_by_failure(d);
 
     // Marking as done: completed dependencies for everyone not doomed;
     // failed ones too for those that run anyway.
-    let all_keys: HashSet<String> = finished.iter().map(|f| key(&f.id)).collect();
-    let completed_keys: HashSet<String> = completed.iter().map(|f| key(&f.id)).collect();
-    let mut marked = Vec::new();
+    let mut plain = Vec::new();
+    let mut anyway = Vec::new();
     for dependent in dependents.iter().filter(|d| !doomed(d)) {
         let counted = if dependent.runs_anyway {
             &all_keys
@@ -222,27 +248,18 @@ fn settle_round(queue: &Queue, finished: &[Finished]) -> Result<(Settled, Vec<Fi
         if dependent.covered_by(counted) {
             settled.released += 1;
         }
-        if dependent.runs_anyway
-            && dependent
-                .after
-                .iter()
-                .any(|d| failed_keys.contains(&key(d)))
-        {
-            settled.ran_anyway += 1;
+        if dependent.runs_anyway {
+            settled.ran_anyway += u64::from(hit_by_failure(dependent));
+            anyway.push(&dependent.id);
+        } else {
+            plain.push(&dependent.id);
         }
-        marked.push(dependent);
     }
-    let plain: Vec<&Bson> = marked
+    let completed_ids: Vec<Bson> = finished
         .iter()
-        .filter(|d| !d.runs_anyway)
-        .map(|d| &d.id)
+        .filter(|f| f.ended == Ended::Completed)
+        .map(|f| f.id.clone())
         .collect();
-    let anyway: Vec<&Bson> = marked
-        .iter()
-        .filter(|d| d.runs_anyway)
-        .map(|d| &d.id)
-        .collect();
-    let completed_ids: Vec<Bson> = completed.iter().map(|f| f.id.clone()).collect();
     let every_id: Vec<Bson> = finished.iter().map(|f| f.id.clone()).collect();
     let mut statements = Vec::new();
     if !plain.is_empty() && !completed_ids.is_empty() {
@@ -270,6 +287,7 @@ fn settle_round(queue: &Queue, finished: &[Finished]) -> Result<(Settled, Vec<Fi
         if victims.is_empty() {
             continue;
         }
+        settled.cancelled += victims.len() as u64;
         let reason = failure.ended.reason(&failure.id);
         let ids: Vec<&Bson> = victims.iter().map(|d| &d.id).collect();
         statements.push(doc! {
@@ -291,28 +309,7 @@ fn settle_round(queue: &Queue, finished: &[Finished]) -> Result<(Settled, Vec<Fi
                 }),
         );
     }
-    if statements.is_empty() {
-        return Ok((settled, next));
-    }
-    let reply = queue.run_write_command(
-        doc! {
-            "update": queue.collection().name(),
-            "updates": statements,
-            "ordered": false,
-        },
-        "update (flow: release)",
-    )?;
-    if let Some(Bson::Array(errors)) = reply.get("writeErrors") {
-        if let Some(Bson::Document(first)) = errors.first() {
-            return Err(Error::Invalid(format!(
-                "MongoDB refused a flow release: {}",
-                first.get_str("errmsg").unwrap_or("no message")
-            )));
-        }
-    }
-    // As read before the write (see `Settled`).
-    settled.cancelled = dependents.iter().filter(|d| doomed(d)).count() as u64;
-    Ok((settled, next))
+    (statements, settled, next)
 }
 
 /// The pipeline statement that adds `done` (only ids of each job's `after`)

@@ -140,7 +140,7 @@ impl Sweeper {
             .hint(Hint::Name(index.to_string()))
             .limit(PAGE)
             .run()
-            .and_then(|cursor| cursor.collect())
+            .and_then(Iterator::collect)
             .map_err(|e| self.queue.db_error("find (flow sweep)", &e))
     }
 
@@ -160,7 +160,7 @@ impl Sweeper {
             .hint(Hint::Name(WAITING_INDEX.to_string()))
             .limit(PAGE)
             .run()
-            .and_then(|cursor| cursor.collect())
+            .and_then(Iterator::collect)
             .map_err(|e| self.queue.db_error("find (flow audit)", &e))?;
         self.cursor = if page.len() < PAGE as usize {
             None
@@ -193,7 +193,7 @@ impl Sweeper {
                 .find(doc! {"_id": {"$in": chunk}})
                 .projection(doc! {fields::STATUS: 1, fields::LAST_ERROR: 1})
                 .run()
-                .and_then(|cursor| cursor.collect())
+                .and_then(Iterator::collect)
                 .map_err(|e| self.queue.db_error("find (flow audit)", &e))?;
             let keys: std::collections::HashMap<String, &Document> = found
                 .iter()

@@ -58,8 +58,12 @@ pub fn id_value(text: &str) -> Bson {
 /// What `cancel` did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Cancel {
-    /// The job was pending; it is `cancelled` and will not run.
-    Cancelled,
+    /// The job was pending or waiting; it is `cancelled` and will not run.
+    Cancelled {
+        /// Waiting jobs cancelled with it because they waited on it
+        /// (through every level; see [`crate::flow`]).
+        dependents: u64,
+    },
     /// The job is running; its worker drops it at the next lease extension.
     Requested {
         /// The worker holding it.
@@ -105,9 +109,11 @@ impl Queue {
             .ok_or_else(|| Error::NotFound(id.to_string()))
     }
 
-    /// Cancels a job: a pending one will not run; a running one is marked
-    /// so that its worker drops it at its next lease extension (within a
-    /// third of the lease) and marks it `cancelled`.
+    /// Cancels a job: a pending or waiting one will not run (nor will the
+    /// waiting jobs that wait on it, unless they run anyway); a running one
+    /// is marked so that its worker drops it at its next lease extension
+    /// (within a third of the lease) and marks it `cancelled`, and its
+    /// dependents are cancelled then.
     pub fn cancel(&self, id: &str) -> Result<Cancel, Error> {
         self.cancel_exact(&id_condition(id), id.trim())
     }
@@ -121,14 +127,21 @@ impl Queue {
         for _ in 0..2 {
             let pending = self
                 .collection()
-                .update_one(
-                    doc! {"_id": id.clone(), fields::STATUS: Status::Pending},
+                .find_one_and_update(
+                    doc! {"_id": id.clone(), fields::STATUS: Status::any_of(&[Status::Pending, Status::Waiting])},
                     cancelled_update("cancelled by an operator before it ran", self.clock().now()),
                 )
+                .projection(doc! {fields::HAS_DEPENDENTS: 1})
                 .run()
                 .map_err(|e| self.db_error("update (cancel)", &e))?;
-            if pending.modified_count > 0 {
-                return Ok(Cancel::Cancelled);
+            if let Some(job) = pending {
+                let dependents = match job.get("_id") {
+                    Some(id) if job.get_bool(fields::HAS_DEPENDENTS) == Ok(true) => {
+                        crate::flow::settle::settle_ids(self, std::slice::from_ref(id))?.cancelled
+                    }
+                    _ => 0,
+                };
+                return Ok(Cancel::Cancelled { dependents });
             }
             let running = self
                 .collection()

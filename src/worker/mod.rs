@@ -319,6 +319,16 @@ impl Worker {
         }
     }
 
+    /// The flow sweep's thread; it rings the doorbell when it released jobs.
+    fn start_flows(&self, stop: &Shutdown) -> JoinHandle<()> {
+        let sweeper = Sweeper::new(self.queue.clone());
+        let doorbell = Arc::clone(&self.parts.doorbell);
+        let stop = stop.clone();
+        spawn("mongoq-flows", move || {
+            sweeper.run(&stop, || doorbell.ring());
+        })
+    }
+
     fn start(&self, shutdown: &Shutdown, control: Control) -> Threads {
         let config = &self.config;
         let parts = &self.parts;
@@ -412,14 +422,8 @@ impl Worker {
         let control_stop = Shutdown::new();
         let stop = control_stop.clone();
         let control = spawn("mongoq-control", move || control.run(&stop));
-        let sweeper = Sweeper::new(self.queue.clone());
-        let doorbell = Arc::clone(&parts.doorbell);
-        let stop = keeper_stop.clone();
-        let flows = spawn("mongoq-flows", move || {
-            sweeper.run(&stop, || doorbell.ring())
-        });
         Threads {
-            flows,
+            flows: self.start_flows(&keeper_stop),
             watcher,
             control,
             control_stop,

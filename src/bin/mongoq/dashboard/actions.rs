@@ -87,7 +87,10 @@ impl Dashboard {
                 }
             }
             "cancel" => match self.queue.cancel_exact(&exactly(&id), &text)? {
-                Cancel::Cancelled => "cancelled: it will not run".to_string(),
+                Cancel::Cancelled { dependents: 0 } => "cancelled: it will not run".to_string(),
+                Cancel::Cancelled { dependents } => format!(
+                    "cancelled: it will not run, nor will the {dependents} waiting jobs that depended on it"
+                ),
                 Cancel::Requested { owner } => {
                     format!("cancel requested: {owner} drops it at its next lease extension")
                 }

@@ -1,0 +1,559 @@
+//! Flows: jobs that wait for other jobs, fan-in, failure that propagates,
+//! graphs inserted at once, and nothing left waiting after a crash.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use mongodb::bson::{doc, oid::ObjectId, Bson, DateTime, Document};
+use mongoq::flow::IfDepFails;
+use mongoq::{EnqueueOptions, Shutdown, Worker, WorkerConfig};
+
+use crate::helpers::{int, stderr, stdout, tempfile, TestDb};
+
+/// An `--exec` handler: echoes the job line back as its result (or `{}`
+/// when `echo` is false); a job whose data says `zzslow` sleeps 0.3 s
+/// first, `zzfail` exits 1, and every run appends the job's `n` to `ledger`.
+fn handler(ledger: &std::path::Path, echo: bool) -> Vec<String> {
+    vec![
+        "--exec".into(),
+        "sh".into(),
+        "-c".into(),
+        format!(
+            r#"read -r line; n=${{line#*\"n\":}}; n=${{n%%[!0-9]*}}; echo "$n" >> {}; case "$line" in *zzslow*) sleep 0.3;; esac; case "$line" in *zzfail*) echo boom >&2; exit 1;; esac; {}"#,
+            ledger.display(),
+            if echo {
+                r#"printf '%s' "$line""#
+            } else {
+                "echo '{}'"
+            }
+        ),
+    ]
+}
+
+fn runs(ledger: &std::path::Path) -> HashMap<String, usize> {
+    let mut runs = HashMap::new();
+    for line in std::fs::read_to_string(ledger).unwrap_or_default().lines() {
+        *runs.entry(line.trim().to_string()).or_insert(0) += 1;
+    }
+    runs
+}
+
+fn drain(db: &TestDb, handler: &[String], extra: &[&str]) {
+    let mut args: Vec<&str> = vec!["--drain", "--threads", "3", "--max-attempts", "1"];
+    args.extend_from_slice(extra);
+    args.extend(handler.iter().map(String::as_str));
+    let mut worker = db.spawn_worker(&args);
+    assert!(
+        worker.wait(Duration::from_secs(120)).success(),
+        "{}",
+        worker.log_text()
+    );
+}
+
+fn enqueue(db: &TestDb, json: &str, extra: &[&str]) -> String {
+    let mut args = vec!["enqueue", json];
+    args.extend_from_slice(extra);
+    let out = db.run(&args);
+    assert!(out.status.success(), "{}", stderr(&out));
+    stdout(&out).trim().to_string()
+}
+
+fn job(db: &TestDb, id: &str) -> Document {
+    db.coll()
+        .find_one(doc! {"_id": ObjectId::parse_str(id).unwrap()})
+        .run()
+        .unwrap()
+        .unwrap_or_else(|| panic!("no job {id}"))
+}
+
+fn millis(job: &Document, field: &str) -> i64 {
+    job.get_datetime(field)
+        .unwrap_or_else(|_| panic!("{field} missing: {job}"))
+        .timestamp_millis()
+}
+
+#[test]
+fn a_job_after_two_others_starts_only_after_both_completed_and_sees_their_results() {
+    let db = TestDb::new("flow_fan_in");
+    let ledger = tempfile(&format!("{}.ledger", db.db));
+    let a = enqueue(&db, r#"{"n": 1, "mode": "zzslow"}"#, &[]);
+    let b = enqueue(&db, r#"{"n": 2}"#, &[]);
+    let c = enqueue(&db, r#"{"n": 3}"#, &["--after", &a, "--after", &b]);
+    assert_eq!(job(&db, &c).get_str("status").unwrap(), "waiting");
+    // `show` says what it waits for (stderr; stdout stays the document).
+    let out = db.run(&["show", &c]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("waits for 2 of 2 jobs") && stderr(&out).contains(&a),
+        "{}",
+        stderr(&out)
+    );
+    serde_json::from_str::<serde_json::Value>(&stdout(&out)).expect("show prints the document");
+
+    drain(&db, &handler(&ledger, true), &[]);
+    let (a, b, c) = (job(&db, &a), job(&db, &b), job(&db, &c));
+    for j in [&a, &b, &c] {
+        assert_eq!(j.get_str("status").unwrap(), "completed", "{j}");
+    }
+    let last_dep = millis(&a, "completed_at").max(millis(&b, "completed_at"));
+    assert!(
+        millis(&c, "started_at") >= last_dep,
+        "C started before A and B completed: {c}"
+    );
+    assert!(millis(&c, "released_at") >= last_dep, "{c}");
+    // C's handler read both results (its own result echoes what it read).
+    let seen = c.get_document("result").unwrap().get_array("deps").unwrap();
+    assert_eq!(seen.len(), 2, "{c}");
+    let first = seen[0].as_document().unwrap();
+    assert_eq!(first.get_str("status").unwrap(), "completed");
+    assert_eq!(
+        int(
+            first
+                .get_document("result")
+                .unwrap()
+                .get_document("data")
+                .unwrap(),
+            "n"
+        ),
+        1
+    );
+    assert_eq!(
+        runs(&ledger).values().sum::<usize>(),
+        3,
+        "{:?}",
+        runs(&ledger)
+    );
+}
+
+#[test]
+fn the_rust_api_sees_the_same_dependency_json_as_exec() {
+    let db = TestDb::new("flow_api");
+    let queue = db.queue();
+    queue.ensure_indexes().unwrap();
+    let a = queue
+        .enqueue(Bson::Document(doc! {"n": 1}), &EnqueueOptions::default())
+        .unwrap();
+    let options = EnqueueOptions {
+        after: vec![Bson::ObjectId(a)],
+        ..EnqueueOptions::default()
+    };
+    let c = queue
+        .enqueue(Bson::Document(doc! {"n": 2}), &options)
+        .unwrap();
+    // A dependency that does not exist is an error, and nothing is left.
+    let missing = EnqueueOptions {
+        after: vec![Bson::ObjectId(ObjectId::new())],
+        ..EnqueueOptions::default()
+    };
+    let error = queue.enqueue(Bson::Null, &missing).unwrap_err().to_string();
+    assert!(error.contains("does not exist"), "{error}");
+    assert_eq!(db.count(doc! {}), 2);
+
+    let seen: Arc<Mutex<Vec<serde_json::Value>>> = Arc::default();
+    let record = Arc::clone(&seen);
+    let config = WorkerConfig {
+        threads: 2,
+        drain: true,
+        ..WorkerConfig::default()
+    };
+    let worker = Worker::new(queue, config, move |job: &mongoq::Job| {
+        if !job.after.is_empty() {
+            record.lock().unwrap().push(job.to_json()["deps"].clone());
+            assert_eq!(
+                job.dep_result(&job.after[0]),
+                Some(&Bson::Document(doc! {"from": "a"}))
+            );
+            return Ok(None);
+        }
+        Ok(Some(Bson::Document(doc! {"from": "a"})))
+    })
+    .unwrap();
+    let report = worker.run(&Shutdown::new());
+    assert_eq!(report.completed, 2, "{report:?}");
+    assert_eq!(report.dependents_released, 1, "{report:?}");
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(
+        seen[0],
+        serde_json::json!([{"id": {"$oid": a.to_hex()}, "status": "completed", "result": {"from": "a"}}])
+    );
+    assert_eq!(
+        db.all(doc! {"_id": c})[0].get_str("status").unwrap(),
+        "completed"
+    );
+}
+
+#[test]
+fn a_chain_of_200_runs_in_order() {
+    let db = TestDb::new("flow_chain");
+    let ledger = tempfile(&format!("{}.ledger", db.db));
+    let steps: Vec<serde_json::Value> = (0..200)
+        .map(|n| {
+            let mut step = serde_json::json!({"name": format!("s{n}"), "data": {"n": n}});
+            if n > 0 {
+                step["after"] = serde_json::json!([format!("s{}", n - 1)]);
+            }
+            step
+        })
+        .collect();
+    let file = tempfile(&format!("{}.flow.json", db.db));
+    std::fs::write(&file, serde_json::json!({"jobs": steps}).to_string()).unwrap();
+    let out = db.run(&["enqueue", "--flow", file.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out).lines().count(), 200);
+    assert_eq!(db.count(doc! {"status": "pending"}), 1);
+    assert_eq!(db.count(doc! {"status": "waiting"}), 199);
+
+    drain(&db, &handler(&ledger, false), &[]);
+    let jobs = db.all(doc! {});
+    assert_eq!(jobs.len(), 200);
+    let mut by_n: Vec<&Document> = jobs.iter().collect();
+    by_n.sort_by_key(|j| int(j.get_document("data").unwrap(), "n"));
+    for pair in by_n.windows(2) {
+        assert_eq!(
+            pair[1].get_str("status").unwrap(),
+            "completed",
+            "{}",
+            pair[1]
+        );
+        assert!(
+            millis(pair[1], "started_at") >= millis(pair[0], "completed_at"),
+            "step {} started before step {} completed",
+            int(pair[1].get_document("data").unwrap(), "n"),
+            int(pair[0].get_document("data").unwrap(), "n")
+        );
+    }
+    let runs = runs(&ledger);
+    assert_eq!(runs.len(), 200, "every step ran");
+    assert!(runs.values().all(|&n| n == 1), "a step ran twice: {runs:?}");
+}
+
+#[test]
+fn a_fan_in_of_500_releases_its_dependent_once_within_a_second_with_3_workers() {
+    let db = TestDb::new("flow_fan_in_500");
+    let queue = db.queue();
+    queue.ensure_indexes().unwrap();
+    let ledger = tempfile(&format!("{}.ledger", db.db));
+    let deps = queue
+        .enqueue_many(
+            (0..500).map(|n| Bson::Document(doc! {"n": n})),
+            &EnqueueOptions::default(),
+        )
+        .unwrap();
+    let options = EnqueueOptions {
+        after: deps.iter().copied().map(Bson::ObjectId).collect(),
+        ..EnqueueOptions::default()
+    };
+    let fan_in = queue
+        .enqueue(Bson::Document(doc! {"n": 9999}), &options)
+        .unwrap();
+    let handler = handler(&ledger, false);
+    let mut args: Vec<&str> = vec!["--threads", "4", "--max-attempts", "1"];
+    args.extend(handler.iter().map(String::as_str));
+    let mut workers: Vec<_> = (0..3).map(|_| db.spawn_worker(&args)).collect();
+    db.wait_for_count(
+        doc! {"_id": fan_in, "status": "completed"},
+        1,
+        Duration::from_secs(120),
+    );
+    for worker in &mut workers {
+        worker.signal("TERM");
+        assert!(worker.wait(Duration::from_secs(30)).success());
+    }
+    let jobs = db.all(doc! {});
+    let last = jobs
+        .iter()
+        .filter(|j| j.get_object_id("_id").unwrap() != fan_in)
+        .map(|j| millis(j, "completed_at"))
+        .max()
+        .unwrap();
+    let fan_in = jobs
+        .iter()
+        .find(|j| j.get_object_id("_id").unwrap() == fan_in)
+        .unwrap();
+    let released = millis(fan_in, "released_at");
+    assert!(
+        released >= last,
+        "released before the last dependency completed"
+    );
+    assert!(
+        released - last < 1_000,
+        "released {} ms after the last completion",
+        released - last
+    );
+    assert_eq!(int(fan_in, "attempts"), 1, "{fan_in}");
+    let runs = runs(&ledger);
+    assert_eq!(runs.get("9999"), Some(&1), "the fan-in ran once");
+    assert_eq!(runs.len(), 501);
+    assert!(runs.values().all(|&n| n == 1), "a job ran twice");
+    assert_eq!(
+        fan_in.get_array("deps_done").unwrap().len(),
+        500,
+        "every dependency counted once"
+    );
+}
+
+#[test]
+fn a_failed_dependency_cancels_its_dependents_transitively_and_if_dep_fails_run_runs_one() {
+    let db = TestDb::new("flow_failure");
+    let ledger = tempfile(&format!("{}.ledger", db.db));
+    let a = enqueue(&db, r#"{"n": 1, "mode": "zzfail"}"#, &[]);
+    let b = enqueue(&db, r#"{"n": 2}"#, &["--after", &a]);
+    let c = enqueue(&db, r#"{"n": 3}"#, &["--after", &b]);
+    let d = enqueue(
+        &db,
+        r#"{"n": 4}"#,
+        &["--after", &a, "--if-dep-fails", "run"],
+    );
+    drain(&db, &handler(&ledger, true), &[]);
+    assert_eq!(job(&db, &a).get_str("status").unwrap(), "failed");
+    let (b, c, d) = (job(&db, &b), job(&db, &c), job(&db, &d));
+    assert_eq!(b.get_str("status").unwrap(), "cancelled", "{b}");
+    assert!(
+        b.get_str("last_error")
+            .unwrap()
+            .contains(&format!("dependency {a} failed")),
+        "{b}"
+    );
+    assert_eq!(c.get_str("status").unwrap(), "cancelled", "{c}");
+    assert!(
+        c.get_str("last_error").unwrap().contains("was cancelled"),
+        "{c}"
+    );
+    assert_eq!(
+        int(&b, "attempts") + int(&c, "attempts"),
+        0,
+        "B and C never ran"
+    );
+    assert_eq!(d.get_str("status").unwrap(), "completed", "{d}");
+    let seen = d.get_document("result").unwrap().get_array("deps").unwrap();
+    let first = seen[0].as_document().unwrap();
+    assert_eq!(first.get_str("status").unwrap(), "failed", "{d}");
+    assert!(first.get_str("error").unwrap().contains("boom"), "{d}");
+    let runs = runs(&ledger);
+    assert_eq!(runs.get("2"), None);
+    assert_eq!(runs.get("3"), None);
+    assert_eq!(runs.get("4"), Some(&1));
+}
+
+#[test]
+fn cancel_says_how_many_dependents_it_cancelled() {
+    let db = TestDb::new("flow_cancel");
+    let a = enqueue(&db, r#"{"n": 1}"#, &[]);
+    let b = enqueue(&db, r#"{"n": 2}"#, &["--after", &a]);
+    let _c = enqueue(&db, r#"{"n": 3}"#, &["--after", &b]);
+    let _d = enqueue(
+        &db,
+        r#"{"n": 4}"#,
+        &["--after", &a, "--if-dep-fails", "run"],
+    );
+    let out = db.run(&["cancel", &a]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("the 2 waiting jobs"),
+        "{}",
+        stdout(&out)
+    );
+    assert_eq!(db.count(doc! {"status": "cancelled"}), 3);
+    assert_eq!(db.count(doc! {"status": "pending"}), 1, "D runs anyway");
+    // A waiting job can be cancelled itself.
+    let e = enqueue(&db, r#"{"n": 5}"#, &["--after", &b]);
+    assert_eq!(
+        job(&db, &e).get_str("status").unwrap(),
+        "cancelled",
+        "B was cancelled already"
+    );
+}
+
+#[test]
+fn a_worker_killed_between_a_completion_and_the_release_leaves_nothing_stuck() {
+    let db = TestDb::new("flow_crash");
+    let a = enqueue(&db, r#"{"n": 1}"#, &[]);
+    let b = enqueue(&db, r#"{"n": 2}"#, &["--after", &a]);
+    // A's handler never returns; while it runs, its completion lands (the
+    // write the worker's completer makes), and the worker is killed before
+    // it can release B: the state a SIGKILL between the two writes leaves.
+    let mut worker = db.spawn_worker(&["--threads", "1", "--exec", "sleep", "600"]);
+    db.wait_for_count(doc! {"status": "running"}, 1, Duration::from_secs(30));
+    let a_id = ObjectId::parse_str(&a).unwrap();
+    let running = job(&db, &a);
+    let done = db
+        .coll()
+        .update_one(
+            doc! {"_id": a_id, "status": "running", "lease_token": running.get("lease_token").unwrap()},
+            doc! {"$set": {"status": "completed", "completed_at": DateTime::now()}, "$unset": {"lease_token": "", "lease_owner": "", "lease_until": ""}},
+        )
+        .run()
+        .unwrap();
+    assert_eq!(done.modified_count, 1);
+    worker.signal("KILL");
+    worker.wait(Duration::from_secs(10));
+    assert_eq!(job(&db, &b).get_str("status").unwrap(), "waiting");
+    assert_eq!(job(&db, &a).get_bool("has_dependents"), Ok(true));
+
+    let started = Instant::now();
+    let mut worker = db.spawn_worker(&["--threads", "1", "--exec", "true"]);
+    db.wait_for_count(
+        doc! {"_id": ObjectId::parse_str(&b).unwrap(), "status": "completed"},
+        1,
+        Duration::from_secs(20),
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
+    worker.signal("TERM");
+    assert!(worker.wait(Duration::from_secs(30)).success());
+    assert!(
+        worker.log_text().contains("flow sweep settles"),
+        "{}",
+        worker.log_text()
+    );
+    assert_eq!(job(&db, &a).get("has_dependents"), None, "settled");
+}
+
+#[test]
+fn a_dependency_flagged_after_its_claim_still_releases_at_its_completion() {
+    let db = TestDb::new("flow_late_flag");
+    let a = enqueue(&db, r#"{"n": 1}"#, &[]);
+    let mut worker = db.spawn_worker(&[
+        "--threads",
+        "1",
+        "--exec",
+        "sh",
+        "-c",
+        "sleep 1.5; echo '{}'",
+    ]);
+    db.wait_for_count(doc! {"status": "running"}, 1, Duration::from_secs(30));
+    // Linked while A runs: the worker's copy of A has no flag.
+    let b = enqueue(&db, r#"{"n": 2}"#, &["--after", &a]);
+    db.wait_for_count(
+        doc! {"_id": ObjectId::parse_str(&b).unwrap(), "status": {"$in": ["pending", "running", "completed"]}},
+        1,
+        Duration::from_secs(20),
+    );
+    let (a, b) = (job(&db, &a), job(&db, &b));
+    let gap = millis(&b, "released_at") - millis(&a, "completed_at");
+    assert!(
+        (0..1_000).contains(&gap),
+        "released {gap} ms after the completion (by the completer, not the 2 s sweep)"
+    );
+    worker.signal("TERM");
+    assert!(worker.wait(Duration::from_secs(30)).success());
+}
+
+#[test]
+fn a_plain_document_from_a_producer_waits_and_is_released() {
+    let db = TestDb::new("flow_plain");
+    let a = enqueue(&db, r#"{"n": 1}"#, &[]);
+    let a = ObjectId::parse_str(&a).unwrap();
+    let missing = ObjectId::new();
+    // What a mongosh producer inserts: data, status, after.
+    db.coll()
+        .insert_many([
+            doc! {"_id": "plain", "data": {"n": 2}, "status": "waiting", "after": [a]},
+            doc! {"_id": "orphan", "data": {"n": 3}, "status": "waiting", "after": [missing]},
+            doc! {"_id": "bad", "data": {"n": 4}, "status": "waiting", "after": "nope"},
+        ])
+        .run()
+        .unwrap();
+    let mut worker = db.spawn_worker(&["--threads", "2", "--exec", "true"]);
+    db.wait_for_count(
+        doc! {"_id": "plain", "status": "completed"},
+        1,
+        Duration::from_secs(20),
+    );
+    db.wait_for_count(
+        doc! {"_id": "orphan", "status": "cancelled"},
+        1,
+        Duration::from_secs(20),
+    );
+    db.wait_for_count(
+        doc! {"_id": "bad", "status": "failed"},
+        1,
+        Duration::from_secs(20),
+    );
+    worker.signal("TERM");
+    assert!(worker.wait(Duration::from_secs(30)).success());
+    let orphan = &db.all(doc! {"_id": "orphan"})[0];
+    assert!(
+        orphan
+            .get_str("last_error")
+            .unwrap()
+            .contains("does not exist"),
+        "{orphan}"
+    );
+    let bad = &db.all(doc! {"_id": "bad"})[0];
+    assert!(
+        bad.get_str("last_error")
+            .unwrap()
+            .contains("`after` must be an array"),
+        "{bad}"
+    );
+}
+
+#[test]
+fn a_flow_with_a_cycle_or_an_unknown_name_inserts_nothing() {
+    let db = TestDb::new("flow_cycle");
+    let file = tempfile(&format!("{}.flow.json", db.db));
+    for (flow, expected) in [
+        (
+            r#"{"jobs": [{"name": "a", "after": ["c"]}, {"name": "b", "after": ["a"]}, {"name": "c", "after": ["b"]}]}"#,
+            "cycle",
+        ),
+        (
+            r#"{"jobs": [{"name": "a"}, {"name": "b", "after": ["zz"]}]}"#,
+            "`b` waits for `zz`",
+        ),
+        (
+            r#"{"jobs": [{"name": "a"}, {"name": "a"}]}"#,
+            "two jobs of the flow are named `a`",
+        ),
+        (r#"{"jobs": "#, "not valid"),
+    ] {
+        std::fs::write(&file, flow).unwrap();
+        let out = db.run(&["enqueue", "--flow", file.to_str().unwrap()]);
+        assert!(!out.status.success());
+        assert!(stderr(&out).contains(expected), "{}", stderr(&out));
+        assert!(
+            stderr(&out).contains("nothing was enqueued"),
+            "{}",
+            stderr(&out)
+        );
+        assert!(!stderr(&out).contains("panicked"));
+    }
+    assert_eq!(db.count(doc! {}), 0);
+
+    // A diamond runs in order, its last job seeing both middles.
+    std::fs::write(
+        &file,
+        r#"{"queue": "flows", "jobs": [{"name": "a", "data": {"n": 1}}, {"name": "b", "data": {"n": 2}, "after": ["a"]}, {"name": "c", "data": {"n": 3}, "after": ["a"]}, {"name": "d", "data": {"n": 4}, "after": ["b", "c"]}]}"#,
+    )
+    .unwrap();
+    let out = db.run(&["enqueue", "--flow", file.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let ids: HashMap<String, String> = stdout(&out)
+        .lines()
+        .map(|l| {
+            let (name, id) = l.split_once('\t').unwrap();
+            (name.to_string(), id.to_string())
+        })
+        .collect();
+    let ledger = tempfile(&format!("{}.ledger", db.db));
+    drain(&db, &handler(&ledger, true), &["--queue", "flows"]);
+    let d = job(&db, &ids["d"]);
+    assert_eq!(d.get_str("status").unwrap(), "completed");
+    assert_eq!(
+        d.get_document("flow").unwrap().get_str("step").unwrap(),
+        "d"
+    );
+    assert_eq!(
+        d.get_document("result")
+            .unwrap()
+            .get_array("deps")
+            .unwrap()
+            .len(),
+        2
+    );
+    for middle in ["b", "c"] {
+        assert!(millis(&d, "started_at") >= millis(&job(&db, &ids[middle]), "completed_at"));
+    }
+}
