@@ -6,7 +6,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use mongodb::bson::{doc, oid::ObjectId, Bson, DateTime, Document};
-use mongoq::flow::IfDepFails;
 use mongoq::{EnqueueOptions, Shutdown, Worker, WorkerConfig};
 
 use crate::helpers::{int, stderr, stdout, tempfile, TestDb};
