@@ -11,9 +11,9 @@ use mongodb::bson::{doc, oid::ObjectId, DateTime};
 use crate::helpers::{free_port, stderr, stdout, tempfile, TestDb};
 
 /// A running `mongoq dashboard`, killed on drop.
-struct Dashboard {
+pub(crate) struct Dashboard {
     child: Child,
-    base: String,
+    pub(crate) base: String,
 }
 
 impl Drop for Dashboard {
@@ -23,7 +23,7 @@ impl Drop for Dashboard {
     }
 }
 
-fn dashboard(db: &TestDb, extra: &[&str]) -> Dashboard {
+pub(crate) fn dashboard(db: &TestDb, extra: &[&str]) -> Dashboard {
     let port = free_port();
     let child = db
         .mongoq()
@@ -53,7 +53,7 @@ fn agent() -> ureq::Agent {
         .into()
 }
 
-fn get(url: &str) -> (u16, String) {
+pub(crate) fn get(url: &str) -> (u16, String) {
     let mut response = agent().get(url).call().unwrap();
     let status = response.status().as_u16();
     (status, response.body_mut().read_to_string().unwrap())

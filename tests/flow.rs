@@ -556,3 +556,73 @@ fn a_flow_with_a_cycle_or_an_unknown_name_inserts_nothing() {
         assert!(millis(&d, "started_at") >= millis(&job(&db, &ids[middle]), "completed_at"));
     }
 }
+
+#[test]
+fn operators_see_waiting_counts_a_jobs_flow_and_each_queues_counts() {
+    let db = TestDb::new("flow_operators");
+    let a = enqueue(&db, r#"{"n": 1}"#, &["--queue", "reports"]);
+    let b = enqueue(&db, r#"{"n": 2}"#, &["--queue", "reports", "--after", &a]);
+    for _ in 0..3 {
+        enqueue(&db, r#"{"n": 3}"#, &["--queue", "mail"]);
+    }
+    assert!(db.run(&["pause", "mail"]).status.success());
+    let out = db.run(&["stats", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let stats: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(stats["counts"]["waiting"], 1, "{stats}");
+    assert_eq!(
+        stats["eligible"], 1,
+        "a paused queue's jobs are not eligible: {stats}"
+    );
+    assert_eq!(stats["paused"], 3, "{stats}");
+
+    let dash = crate::dashboard::dashboard(&db, &[]);
+    let get = |path: &str| crate::dashboard::get(&format!("{}{path}", dash.base));
+    let (status, page) = get("/");
+    assert_eq!(status, 200);
+    assert!(page.contains("<b>1</b><span>waiting</span>"), "{page}");
+    assert!(
+        page.contains("Eligible now: <b id=eligible>1</b>"),
+        "{page}"
+    );
+    assert!(
+        page.contains("held by paused queues: <b id=paused>3</b>"),
+        "{page}"
+    );
+
+    let link = |id: &str| format!("/job?id=%7B%22%24oid%22%3A%22{id}%22%7D");
+    let (status, page) = get(&link(&b));
+    assert_eq!(status, 200);
+    assert!(page.contains("waits for 1 of 1 jobs"), "{page}");
+    assert!(
+        page.contains(&format!("{}\">{a}</a> <b>pending</b>", link(&a))),
+        "{page}"
+    );
+    let (_, page) = get(&link(&a));
+    assert!(page.contains("Waited on by (1)"), "{page}");
+    assert!(
+        page.contains(&format!("{}\">{b}</a> <b>waiting</b>", link(&b))),
+        "{page}"
+    );
+
+    let (status, page) = get("/queues");
+    assert_eq!(status, 200);
+    let row = |queue: &str| {
+        let start = page
+            .find(&format!("<tr><td>{queue}</td>"))
+            .unwrap_or_else(|| panic!("{page}"));
+        page[start..].split("</tr>").next().unwrap().to_string()
+    };
+    let reports = row("reports");
+    assert!(
+        reports.contains(
+            ">1</a></td><td class=num><a href=\"/jobs?status=pending&amp;queue=reports\">1</a>"
+        ),
+        "{reports}"
+    );
+    let mail = row("mail");
+    assert!(
+        mail.contains("queue=mail\">3</a>") && mail.contains("paused"),
+        "{mail}"
+    );
+}

@@ -202,8 +202,13 @@ pub(crate) fn render(
         gauge_rows.extend([
             (
                 "mongoq_queue_eligible_jobs",
-                "Pending jobs whose run_at has come.",
+                "Pending jobs whose run_at has come, in queues not paused.",
                 stats.eligible as f64,
+            ),
+            (
+                "mongoq_queue_paused_jobs",
+                "Pending jobs whose run_at has come, held by a paused queue.",
+                stats.paused as f64,
             ),
             (
                 "mongoq_queue_scheduled_jobs",

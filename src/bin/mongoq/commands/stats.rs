@@ -74,10 +74,20 @@ pub fn render_stats(
             .map(|rate| format!("  {rate:+.1}/s"))
             .unwrap_or_default();
         if status == "pending" {
+            let paused = if stats.paused > 0 {
+                format!(", held by paused queues {}", stats.paused)
+            } else {
+                String::new()
+            };
             let _ = writeln!(
                 out,
-                "  {status:<10} {count:>10}{rate}  (eligible now {}, scheduled later {})",
+                "  {status:<10} {count:>10}{rate}  (eligible now {}{paused}, scheduled later {})",
                 stats.eligible, stats.scheduled
+            );
+        } else if status == "waiting" && *count > 0 {
+            let _ = writeln!(
+                out,
+                "  {status:<10} {count:>10}{rate}  (for other jobs to finish)"
             );
         } else {
             let _ = writeln!(out, "  {status:<10} {count:>10}{rate}");
@@ -92,7 +102,7 @@ pub fn render_stats(
             );
         }
         None => {
-            let _ = writeln!(out, "  no job is waiting");
+            let _ = writeln!(out, "  no job is eligible");
         }
     }
     out

@@ -8,8 +8,10 @@
 //! (bearer header, or the cookie `/login` sets).
 
 mod actions;
+mod flow;
 mod html;
 mod pages;
+mod queues;
 mod schedules;
 
 use std::fmt::Write as _;

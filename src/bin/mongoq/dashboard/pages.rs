@@ -28,8 +28,13 @@ impl Dashboard {
         }
         let _ = write!(
             body,
-            "</section><p>Eligible now: <b id=eligible>{}</b> · scheduled later: <b>{}</b> · oldest eligible job waited: <b>{}</b></p>",
+            "</section><p>Eligible now: <b id=eligible>{}</b>{} · scheduled later: <b>{}</b> · oldest eligible job waited: <b>{}</b></p>",
             stats.eligible,
+            if stats.paused > 0 {
+                format!(" · held by paused queues: <b id=paused>{}</b>", stats.paused)
+            } else {
+                String::new()
+            },
             stats.scheduled,
             stats.oldest_eligible_age_seconds.map_or_else(
                 || "none waiting".to_string(),
@@ -170,75 +175,6 @@ impl Dashboard {
         ))
     }
 
-    pub(super) fn queues(&self, request: &Request) -> Result<Response, Error> {
-        let controls = self.queue.controls()?;
-        let mut body = String::new();
-        if let Some(done) = request.param("done") {
-            let _ = write!(body, "<p class=notice>{}</p>", esc(done));
-        }
-        body.push_str("<div id=live>");
-        if controls.is_empty() {
-            body.push_str("<p>No queue is paused or limited.</p>");
-        } else {
-            body.push_str("<table><tr><th>queue</th><th>state</th><th>concurrency (in use / limit)</th><th>rate</th><th></th></tr>");
-            for control in &controls {
-                let state = if control.paused {
-                    format!(
-                        "<b class=err>paused</b>{}",
-                        control
-                            .reason
-                            .as_ref()
-                            .map(|r| format!(" ({})", esc(r)))
-                            .unwrap_or_default()
-                    )
-                } else {
-                    "running".to_string()
-                };
-                let concurrency = control.concurrency.map_or_else(
-                    || "–".to_string(),
-                    |limit| format!("{} / {limit}", control.in_use),
-                );
-                let rate = control
-                    .rate
-                    .map_or_else(|| "–".to_string(), |r| esc(&r.to_string()));
-                let action = if self.config.read_only {
-                    String::new()
-                } else {
-                    self.queue_button(
-                        &control.queue,
-                        if control.paused { "resume" } else { "pause" },
-                    )
-                };
-                let _ = write!(
-                    body,
-                    "<tr><td><a href=\"/jobs?status=pending&amp;queue={}\">{}</a></td><td>{state}</td><td>{concurrency}</td><td>{rate}</td><td>{action}</td></tr>",
-                    percent_encode(&control.queue),
-                    esc(&control.queue)
-                );
-            }
-            body.push_str("</table>");
-        }
-        body.push_str("</div>");
-        if !self.config.read_only {
-            let _ = write!(
-                body,
-                "<h2>Pause a queue</h2><form method=post action=/queue-action class=filters><input type=hidden name=csrf value=\"{}\"><input type=hidden name=action value=pause><input name=queue placeholder=\"queue (default)\" required><input name=reason placeholder=reason><button>Pause</button></form>",
-                esc(&self.csrf)
-            );
-        }
-        body.push_str("<p>Limits are set with <code>mongoq limit QUEUE --concurrency N --rate N/DURATION</code>.</p>");
-        Ok(Response::html(200, page("Queues", "/queues", &body, true)))
-    }
-
-    fn queue_button(&self, queue: &str, action: &str) -> String {
-        format!(
-            "<form method=post action=/queue-action class=inline><input type=hidden name=csrf value=\"{}\"><input type=hidden name=queue value=\"{}\"><input type=hidden name=action value={action}><button>{}</button></form>",
-            esc(&self.csrf),
-            esc(queue),
-            if action == "pause" { "Pause" } else { "Resume" }
-        )
-    }
-
     pub(super) fn jobs(&self, request: &Request) -> Result<Response, Error> {
         let status = request
             .param("status")
@@ -374,13 +310,14 @@ impl Dashboard {
         if !progress.is_empty() {
             let _ = write!(body, "<p id=progress>progress {}</p>", esc(&progress));
         }
+        body.push_str(&self.flow_links(&job)?);
         if !self.config.read_only {
             let mut actions = Vec::new();
             let known = Status::parse(&status);
             if known == Some(Status::Failed) {
                 actions.push(("retry", "Retry"));
             }
-            if known.is_some_and(Status::is_active) {
+            if known.is_some_and(|s| s.is_active() || s == Status::Waiting) {
                 actions.push(("cancel", "Cancel"));
             }
             if known.is_some_and(|s| Status::FINISHED.contains(&s)) {
