@@ -10,6 +10,7 @@
 //! BENCHMARKS.md for the results and how to read them.
 
 mod bars;
+mod flows;
 mod handlers;
 mod peers;
 mod probe;
@@ -33,6 +34,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub use bars::render_fleet_svg;
+pub use flows::FlowRow;
 pub use handlers::HandlerRow;
 pub use render::{render_svg, render_table};
 pub use schedules::ScheduleRow;
@@ -152,6 +154,8 @@ pub struct BenchResults {
     pub scale: Vec<ScaleRow>,
     pub handlers: Vec<HandlerRow>,
     pub schedules: Vec<ScheduleRow>,
+    /// Section 12.
+    pub flows: Vec<FlowRow>,
 }
 
 /// What a fleet-wide limit costs: one drain per mode.
@@ -193,6 +197,7 @@ pub fn run(config: &BenchConfig, progress: &mut dyn FnMut(&str)) -> Result<Bench
         scale: Vec::new(),
         handlers: Vec::new(),
         schedules: Vec::new(),
+        flows: Vec::new(),
     };
     let wanted = |section: &str| config.only.is_empty() || config.only.iter().any(|s| s == section);
     bench.sections_before_drain(&wanted, &mut results, progress)?;
@@ -266,7 +271,7 @@ pub fn run(config: &BenchConfig, progress: &mut dyn FnMut(&str)) -> Result<Bench
 }
 
 impl Bench<'_> {
-    /// Sections 7 to 11, each when wanted.
+    /// Sections 7 to 12, each when wanted.
     fn sections_before_drain(
         &self,
         wanted: &dyn Fn(&str) -> bool,
@@ -287,6 +292,9 @@ impl Bench<'_> {
         }
         if wanted("schedules") {
             results.schedules = self.schedules(progress)?;
+        }
+        if wanted("flows") {
+            results.flows = self.flows(progress)?;
         }
         Ok(())
     }

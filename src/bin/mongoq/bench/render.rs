@@ -142,6 +142,7 @@ pub fn render_table(results: &BenchResults) -> String {
     server_sections(results, &mut out);
     super::handlers::render(&results.handlers, &mut out);
     super::schedules::render(&results.schedules, &mut out);
+    super::flows::render(&results.flows, &mut out);
     out
 }
 

@@ -55,7 +55,7 @@ pub struct Drain {
 impl Drain {
     /// `jobs` drained in `seconds` with `round_trips`, what the server did
     /// meanwhile, and the jobs that ran twice.
-    fn new(
+    pub(super) fn new(
         jobs: usize,
         seconds: f64,
         server: ServerWork,
@@ -75,7 +75,7 @@ impl Drain {
 
     /// The medians of the same drain over several rounds (jobs run twice:
     /// their sum).
-    fn median(drains: &[&Drain]) -> Drain {
+    pub(super) fn median(drains: &[&Drain]) -> Drain {
         Drain {
             seconds: median(drains.iter().map(|d| d.seconds)),
             jobs_per_second: median(drains.iter().map(|d| d.jobs_per_second)),
@@ -115,14 +115,14 @@ pub struct ScaleRow {
 }
 
 /// What the server did between [`ServerMeter::start`] and [`ServerMeter::per_job`].
-struct ServerMeter {
+pub(super) struct ServerMeter {
     ticks: Option<u64>,
     scanned: Option<(i64, i64)>,
     pid: Option<u32>,
 }
 
 impl ServerMeter {
-    fn start(queue: &Queue, pid: Option<u32>) -> ServerMeter {
+    pub(super) fn start(queue: &Queue, pid: Option<u32>) -> ServerMeter {
         ServerMeter {
             ticks: pid.and_then(proc_cpu_ticks),
             scanned: scanned(queue),
@@ -131,7 +131,7 @@ impl ServerMeter {
     }
 
     /// Server CPU µs, keys examined and documents examined, each per job.
-    fn per_job(&self, queue: &Queue, jobs: usize) -> ServerWork {
+    pub(super) fn per_job(&self, queue: &Queue, jobs: usize) -> ServerWork {
         let jobs = jobs.max(1) as f64;
         let cpu = match (self.ticks, self.pid.and_then(proc_cpu_ticks)) {
             (Some(before), Some(after)) => {
@@ -151,7 +151,7 @@ impl ServerMeter {
 }
 
 /// What the server did per job, where it could be read.
-struct ServerWork {
+pub(super) struct ServerWork {
     cpu: Option<f64>,
     keys: Option<f64>,
     docs: Option<f64>,
@@ -426,7 +426,7 @@ impl Bench<'_> {
 }
 
 /// Row `i` of every round, combined by `combine` (medians, in practice).
-fn median_rows<T>(runs: &[Vec<T>], combine: impl Fn(&[&T]) -> T) -> Vec<T> {
+pub(super) fn median_rows<T>(runs: &[Vec<T>], combine: impl Fn(&[&T]) -> T) -> Vec<T> {
     let count = runs.first().map_or(0, Vec::len);
     (0..count)
         .map(|i| combine(&runs.iter().filter_map(|run| run.get(i)).collect::<Vec<_>>()))
@@ -434,7 +434,7 @@ fn median_rows<T>(runs: &[Vec<T>], combine: impl Fn(&[&T]) -> T) -> Vec<T> {
 }
 
 /// The median (of an even count, the mean of the middle two).
-fn median(values: impl Iterator<Item = f64>) -> f64 {
+pub(super) fn median(values: impl Iterator<Item = f64>) -> f64 {
     let mut values: Vec<f64> = values.collect();
     values.sort_by(f64::total_cmp);
     match values.len() {
