@@ -63,6 +63,9 @@ pub mod fields {
     /// The ids among `after` that have finished (completed, or failed under
     /// `if_dep_fails: "run"`); the job is released when it covers `after`.
     pub const DEPS_DONE: &str = "deps_done";
+    /// On a `waiting` job: how many distinct jobs `after` names; it is
+    /// released when `deps_done` holds that many.
+    pub const DEPS_TOTAL: &str = "deps_total";
     /// Set on a job some `waiting` job waits on, until its dependents have
     /// been released or cancelled after it finished.
     pub const HAS_DEPENDENTS: &str = "has_dependents";

@@ -13,7 +13,7 @@ use std::collections::HashMap;
 
 use mongodb::bson::{doc, Bson, Document};
 
-use super::settle::{key, settle, Ended, Finished, Settled, CHUNK};
+use super::settle::{distinct, key, settle, write, Ended, Finished, Settled, CHUNK};
 use super::MAX_AFTER;
 use crate::error::Error;
 #[cfg(doc)]
@@ -81,6 +81,56 @@ pub(crate) fn link(queue: &Queue, dependents: &[Document]) -> Result<Linked, Err
         }
         good.push(id);
     }
+    // `deps_total` first: a release tests it, and a producer's plain
+    // document has none.
+    let totals: Vec<Document> = dependents
+        .iter()
+        .filter(|d| !d.contains_key(fields::DEPS_TOTAL) && bad_after(d).is_none())
+        .filter_map(|d| {
+            let total = distinct(d.get_array(fields::AFTER).ok()?);
+            Some(doc! {
+                "q": {"_id": d.get("_id")?, fields::STATUS: Status::Waiting},
+                "u": {"$set": {fields::DEPS_TOTAL: total}},
+            })
+        })
+        .collect();
+    write(queue, totals, "update (flow: link)")?;
+    let finished = flag(queue, &deps, &mut linked.missing)?;
+    // Waiting on nothing (`after: []`): released now.
+    let empty: Vec<&Bson> = dependents
+        .iter()
+        .filter(|d| d.get_array(fields::AFTER).is_ok_and(Vec::is_empty))
+        .filter_map(|d| d.get("_id"))
+        .collect();
+    if !empty.is_empty() {
+        linked.settled.released += queue
+            .collection()
+            .update_many(
+                doc! {"_id": {"$in": empty}, fields::STATUS: Status::Waiting},
+                doc! {"$set": {fields::STATUS: Status::Pending, fields::RELEASED_AT: now, fields::RUN_AT: now}},
+            )
+            .run()
+            .map_err(|e| queue.db_error("update (flow: release)", &e))?
+            .modified_count;
+    }
+    linked.settled.add(settle(queue, finished)?);
+    for chunk in good.chunks(CHUNK) {
+        queue
+            .collection()
+            .update_many(
+                doc! {"_id": {"$in": chunk}, fields::STATUS: Status::Waiting},
+                doc! {"$set": {fields::LINKED: true}},
+            )
+            .run()
+            .map_err(|e| queue.db_error("update (flow: linked)", &e))?;
+    }
+    Ok(linked)
+}
+
+/// Puts `has_dependents` on the dependencies `deps` that have not finished,
+/// then reads them all: the finished ones, and the missing ones (also
+/// added to `missing`), are to be settled now.
+fn flag(queue: &Queue, deps: &[Bson], missing: &mut Vec<Bson>) -> Result<Vec<Finished>, Error> {
     let mut finished = Vec::new();
     for chunk in deps.chunks(CHUNK) {
         queue
@@ -104,7 +154,7 @@ pub(crate) fn link(queue: &Queue, dependents: &[Document]) -> Result<Linked, Err
         for dep in chunk {
             match found.get(&key(dep)) {
                 None => {
-                    linked.missing.push(dep.clone());
+                    missing.push(dep.clone());
                     finished.push(Finished {
                         id: dep.clone(),
                         ended: Ended::Missing,
@@ -121,38 +171,7 @@ pub(crate) fn link(queue: &Queue, dependents: &[Document]) -> Result<Linked, Err
             }
         }
     }
-    // Waiting on nothing (`after: []`): released now.
-    let empty: Vec<&Bson> = dependents
-        .iter()
-        .filter(|d| d.get_array(fields::AFTER).is_ok_and(Vec::is_empty))
-        .filter_map(|d| d.get("_id"))
-        .collect();
-    if !empty.is_empty() {
-        linked.settled.released += queue
-            .collection()
-            .update_many(
-                doc! {"_id": {"$in": empty}, fields::STATUS: Status::Waiting},
-                doc! {"$set": {fields::STATUS: Status::Pending, fields::RELEASED_AT: now, fields::RUN_AT: now}},
-            )
-            .run()
-            .map_err(|e| queue.db_error("update (flow: release)", &e))?
-            .modified_count;
-    }
-    let settled = settle(queue, finished)?;
-    linked.settled.released += settled.released;
-    linked.settled.cancelled += settled.cancelled;
-    linked.settled.ran_anyway += settled.ran_anyway;
-    for chunk in good.chunks(CHUNK) {
-        queue
-            .collection()
-            .update_many(
-                doc! {"_id": {"$in": chunk}, fields::STATUS: Status::Waiting},
-                doc! {"$set": {fields::LINKED: true}},
-            )
-            .run()
-            .map_err(|e| queue.db_error("update (flow: linked)", &e))?;
-    }
-    Ok(linked)
+    Ok(finished)
 }
 
 fn finished_names() -> Vec<&'static str> {

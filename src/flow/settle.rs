@@ -3,24 +3,34 @@
 //! [`settle`] takes jobs that have finished (or turned out not to exist) and
 //! carried `has_dependents`, and, per round:
 //!
-//! 1. reads their waiting dependents (index `mongoq_after {after, status}`,
-//!    partial on `after` existing, so only flows' jobs are in it): one `find`;
-//! 2. marks the ones it may count as done: one pipeline `updateMany` that
-//!    adds them to `deps_done` (only ids of that job's `after`) and sets
-//!    `status: "pending"` where `after` is now covered. The document decides,
-//!    at the instant of the write, so concurrent settles release once;
-//! 3. cancels the ones a failed dependency dooms: one `update` command with
-//!    a statement per failed dependency, so each `last_error` names its own;
-//! 4. takes the flag off the settled jobs.
+//! 1. reads their waiting dependents' `after` (index `mongoq_after {after,
+//!    status}`, partial on `after` existing, so only flows' jobs are in
+//!    it): one `find`;
+//! 2. cancels the ones a failed dependency dooms: one statement per failed
+//!    dependency `{after: ID, status: "waiting", if_dep_fails: {$ne:
+//!    "run"}}`, so each `last_error` names its own;
+//! 3. counts the finished ones as done: per dependent, one `$addToSet` of
+//!    the finished ids of its own `after` (failed ones only under
+//!    `if_dep_fails: "run"`), all in one command;
+//! 4. releases, in a second command, those dependents whose `deps_done`
+//!    holds as many ids as their `after` holds distinct ones (`deps_total`,
+//!    written with the job): `status: "pending"`, `released_at` on the
+//!    server's clock. It runs after this worker's own step 3 and tests the
+//!    document as it is then, so when two workers complete the last two
+//!    dependencies at once, whichever release runs second sees both; a job
+//!    leaves `waiting` once, and the count of released jobs is exact.
+//! 5. takes the flag off the settled jobs.
 //!
-//! Cancelled dependents that have dependents of their own are the next
-//! round's input, until none is left (the set of ids seen stops a cycle a
-//! producer wrote by hand). Every step is idempotent: a settle cut short by
-//! a crash is finished by the next one ([`super::sweep`]).
+//! The intersections are computed here, not by the server: a write is an
+//! append and a size test, whatever the size of a fan-in. Cancelled
+//! dependents that have dependents of their own are the next round's input,
+//! until none is left (the set of ids seen stops a cycle a producer wrote by
+//! hand). Every step is idempotent: a settle cut short by a crash is
+//! finished by the next one ([`super::sweep`]).
 
 use std::collections::HashSet;
 
-use mongodb::bson::{doc, oid::ObjectId, Bson, DateTime, Document};
+use mongodb::bson::{doc, oid::ObjectId, Bson, Document};
 
 use crate::error::Error;
 use crate::queue::Queue;
@@ -85,9 +95,7 @@ pub(crate) struct Finished {
 /// What a settle did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Settled {
-    /// Dependents that became `pending` (as read before the write: under a
-    /// race with another worker's settle, the one whose write flips a job
-    /// may not know it).
+    /// Dependents this settle made `pending` (its own writes' count).
     pub released: u64,
     /// Dependents cancelled because a dependency failed, was cancelled or
     /// is gone, counted through every level.
@@ -106,42 +114,18 @@ impl Settled {
     }
 }
 
-/// A waiting dependent as one round reads it.
-struct Dependent {
-    id: Bson,
-    after: Vec<Bson>,
-    done: Vec<Bson>,
-    runs_anyway: bool,
-    has_dependents: bool,
-}
-
-impl Dependent {
-    fn from_document(document: &Document) -> Dependent {
-        let ids = |field: &str| match document.get(field) {
-            Some(Bson::Array(ids)) => ids.clone(),
-            _ => Vec::new(),
-        };
-        Dependent {
-            id: document.get("_id").cloned().unwrap_or(Bson::Null),
-            after: ids(fields::AFTER),
-            done: ids(fields::DEPS_DONE),
-            runs_anyway: document.get_str(fields::IF_DEP_FAILS) == Ok("run"),
-            has_dependents: document.get_bool(fields::HAS_DEPENDENTS) == Ok(true),
-        }
-    }
-
-    /// Whether marking `ids` as done covers its `after`.
-    fn covered_by(&self, ids: &HashSet<String>) -> bool {
-        self.after.iter().all(|dep| {
-            let key = key(dep);
-            ids.contains(&key) || self.done.iter().any(|done| self::key(done) == key)
-        })
-    }
-}
-
-/// A comparable key of an id (BSON values are not `Hash`).
+/// A comparable key of an id (BSON values are not `Hash`), equal for
+/// numbers MongoDB finds equal (`1`, `NumberLong(1)`, `1.0`).
 pub(crate) fn key(id: &Bson) -> String {
-    format!("{id:?}")
+    match crate::schema::integer(id) {
+        Some(n) => format!("number {n}"),
+        None => format!("{id:?}"),
+    }
+}
+
+/// How many distinct jobs `after` names: its `deps_total`.
+pub(crate) fn distinct(after: &[Bson]) -> i64 {
+    after.iter().map(key).collect::<HashSet<_>>().len() as i64
 }
 
 /// Releases or cancels the waiting dependents of `finished`, transitively,
@@ -174,28 +158,152 @@ pub(crate) fn settle(queue: &Queue, finished: Vec<Finished>) -> Result<Settled, 
     Ok(total)
 }
 
+/// A waiting dependent as a round reads it.
+struct Dependent {
+    id: Bson,
+    after: HashSet<String>,
+    runs_anyway: bool,
+}
+
 /// One round: the dependents of `finished`; returns what it did and the
 /// dependents it cancelled that have dependents of their own.
 fn settle_round(queue: &Queue, finished: &[Finished]) -> Result<(Settled, Vec<Finished>), Error> {
+    let mut settled = Settled::default();
     let ids: Vec<&Bson> = finished.iter().map(|f| &f.id).collect();
     let dependents: Vec<Dependent> = queue
         .collection()
         .find(doc! {fields::AFTER: {"$in": &ids}, fields::STATUS: Status::Waiting})
-        .projection(doc! {
-            fields::AFTER: 1, fields::DEPS_DONE: 1, fields::IF_DEP_FAILS: 1, fields::HAS_DEPENDENTS: 1,
-        })
+        .projection(doc! {fields::AFTER: 1, fields::IF_DEP_FAILS: 1})
         .run()
-        .and_then(Iterator::collect::<Result<Vec<_>, _>>)
+        .and_then(Iterator::collect::<Result<Vec<Document>, _>>)
         .map_err(|e| queue.db_error("find (flow: dependents)", &e))?
         .iter()
-        .map(Dependent::from_document)
+        .map(|d| Dependent {
+            id: d.get("_id").cloned().unwrap_or(Bson::Null),
+            after: d
+                .get_array(fields::AFTER)
+                .map(|a| a.iter().map(key).collect())
+                .unwrap_or_default(),
+            runs_anyway: d.get_str(fields::IF_DEP_FAILS) == Ok("run"),
+        })
         .collect();
     if dependents.is_empty() {
-        return Ok((Settled::default(), Vec::new()));
+        return Ok((settled, Vec::new()));
     }
-    let (statements, settled, next) = plan(finished, &dependents, queue.now());
-    if statements.is_empty() {
+    let now = queue.now();
+    let failed: Vec<&Finished> = finished
+        .iter()
+        .filter(|f| f.ended != Ended::Completed)
+        .collect();
+    let mut next = Vec::new();
+    if !failed.is_empty() {
+        // One statement per failed dependency, so that each last_error
+        // names the one that doomed it.
+        let cancels: Vec<Document> = failed
+            .iter()
+            .map(|f| {
+                doc! {
+                    "q": {fields::AFTER: &f.id, fields::STATUS: Status::Waiting, fields::IF_DEP_FAILS: {"$ne": "run"}},
+                    "u": {"$set": {
+                        fields::STATUS: Status::Cancelled,
+                        fields::CANCELLED_AT: now,
+                        fields::LAST_ERROR: f.ended.reason(&f.id),
+                    }},
+                    "multi": true,
+                }
+            })
+            .collect();
+        settled.cancelled = write(queue, cancels, "update (flow: cancel)")?;
+        if settled.cancelled > 0 {
+            next = cancelled_with_dependents(queue, &failed)?;
+        }
+    }
+    // Each dependent gets the finished jobs of its own `after` that count
+    // as done for it: one `$addToSet` statement per dependent.
+    let mut marks = Vec::new();
+    let mut marked_ids = Vec::new();
+    for dependent in &dependents {
+        let counted: Vec<&Bson> = finished
+            .iter()
+            .filter(|f| dependent.after.contains(&key(&f.id)))
+            .filter(|f| f.ended == Ended::Completed || dependent.runs_anyway)
+            .map(|f| &f.id)
+            .collect();
+        if counted.is_empty() {
+            continue;
+        }
+        if dependent.runs_anyway && failed.iter().any(|f| dependent.after.contains(&key(&f.id))) {
+            settled.ran_anyway += 1;
+        }
+        marks.push(doc! {
+            "q": {"_id": &dependent.id, fields::STATUS: Status::Waiting},
+            "u": {"$addToSet": {fields::DEPS_DONE: {"$each": counted}}},
+        });
+        marked_ids.push(&dependent.id);
+    }
+    if write(queue, marks, "update (flow: mark done)")? == 0 {
         return Ok((settled, next));
+    }
+    let release = doc! {
+        "q": {
+            "_id": {"$in": marked_ids},
+            fields::STATUS: Status::Waiting,
+            fields::DEPS_TOTAL: {"$type": "number"},
+            "$expr": {"$gte": [
+                {"$size": {"$ifNull": [format!("${}", fields::DEPS_DONE), []]}},
+                format!("${}", fields::DEPS_TOTAL),
+            ]},
+        },
+        "u": {
+            "$set": {fields::STATUS: Status::Pending},
+            // Released jobs queue behind those already eligible; a
+            // producer's later `run_at` still holds.
+            "$max": {fields::RUN_AT: now},
+            "$currentDate": {fields::RELEASED_AT: true},
+        },
+        "multi": true,
+    };
+    settled.released = write(queue, vec![release], "update (flow: release)")?;
+    Ok((settled, next))
+}
+
+/// The dependents of `failed` that are cancelled and have dependents of
+/// their own: the next round.
+fn cancelled_with_dependents(queue: &Queue, failed: &[&Finished]) -> Result<Vec<Finished>, Error> {
+    let ids: Vec<&Bson> = failed.iter().map(|f| &f.id).collect();
+    let cursor = queue
+        .collection()
+        .find(doc! {
+            fields::AFTER: {"$in": ids},
+            fields::STATUS: Status::Cancelled,
+            fields::HAS_DEPENDENTS: true,
+        })
+        .projection(doc! {fields::LAST_ERROR: 1})
+        .run()
+        .map_err(|e| queue.db_error("find (flow: cancelled)", &e))?;
+    let mut next = Vec::new();
+    for job in cursor {
+        let job = job.map_err(|e| queue.db_error("find (flow: cancelled)", &e))?;
+        if let Some(id) = job.get("_id") {
+            next.push(Finished {
+                id: id.clone(),
+                ended: Ended::Cancelled(job.get_str(fields::LAST_ERROR).unwrap_or("").to_string()),
+            });
+        }
+    }
+    Ok(next)
+}
+
+/// Runs one `update` command of `statements`; returns how many documents
+/// they matched. A statement the server refuses is an error: the sweep
+/// tries again.
+pub(crate) fn write(
+    queue: &Queue,
+    statements: Vec<Document>,
+    operation: &'static str,
+) -> Result<u64, Error> {
+    if statements.is_empty() {
+        return Ok(0);
     }
     let reply = queue.run_write_command(
         doc! {
@@ -203,137 +311,17 @@ fn settle_round(queue: &Queue, finished: &[Finished]) -> Result<(Settled, Vec<Fi
             "updates": statements,
             "ordered": false,
         },
-        "update (flow: release)",
+        operation,
     )?;
     if let Some(Bson::Array(errors)) = reply.get("writeErrors") {
         if let Some(Bson::Document(first)) = errors.first() {
             return Err(Error::Invalid(format!(
-                "MongoDB refused a flow release: {}",
+                "MongoDB refused a flow write ({operation}): {}",
                 first.get_str("errmsg").unwrap_or("no message")
             )));
         }
     }
-    Ok((settled, next))
-}
-
-/// The round's writes for `dependents` of `finished` (pure): the marking
-/// statements, then one cancel statement per failed dependency; what they
-/// will do as read now; and the cancelled dependents that have dependents.
-fn plan(
-    finished: &[Finished],
-    dependents: &[Dependent],
-    now: DateTime,
-) -> (Vec<Document>, Settled, Vec<Finished>) {
-    let mut settled = Settled::default();
-    let failed: Vec<&Finished> = finished
-        .iter()
-        .filter(|f| f.ended != Ended::Completed)
-        .collect();
-    let failed_keys: HashSet<String> = failed.iter().map(|f| key(&f.id)).collect();
-    let all_keys: HashSet<String> = finished.iter().map(|f| key(&f.id)).collect();
-    let completed_keys: HashSet<String> = all_keys.difference(&failed_keys).cloned().collect();
-    let hit_by_failure = |d: &Dependent| d.after.iter().any(|dep| failed_keys.contains(&key(dep)));
-    let doomed = |d: &Dependent| !d.runs_anyway && hit_by_failure(d);
-
-    // Marking as done: completed dependencies for everyone not doomed;
-    // failed ones too for those that run anyway.
-    let mut plain = Vec::new();
-    let mut anyway = Vec::new();
-    for dependent in dependents.iter().filter(|d| !doomed(d)) {
-        let counted = if dependent.runs_anyway {
-            &all_keys
-        } else {
-            &completed_keys
-        };
-        if dependent.covered_by(counted) {
-            settled.released += 1;
-        }
-        if dependent.runs_anyway {
-            settled.ran_anyway += u64::from(hit_by_failure(dependent));
-            anyway.push(&dependent.id);
-        } else {
-            plain.push(&dependent.id);
-        }
-    }
-    let completed_ids: Vec<Bson> = finished
-        .iter()
-        .filter(|f| f.ended == Ended::Completed)
-        .map(|f| f.id.clone())
-        .collect();
-    let every_id: Vec<Bson> = finished.iter().map(|f| f.id.clone()).collect();
-    let mut statements = Vec::new();
-    if !plain.is_empty() && !completed_ids.is_empty() {
-        statements.push(mark_statement(&plain, &completed_ids, now));
-    }
-    if !anyway.is_empty() {
-        statements.push(mark_statement(&anyway, &every_id, now));
-    }
-    // Cancelling: one statement per failed dependency, so that each
-    // dependent's last_error names the dependency that doomed it (the first
-    // one in its `after`, if several failed).
-    let mut next = Vec::new();
-    for failure in &failed {
-        let victims: Vec<&Dependent> = dependents
-            .iter()
-            .filter(|d| doomed(d))
-            .filter(|d| {
-                d.after
-                    .iter()
-                    .find(|dep| failed_keys.contains(&key(dep)))
-                    .map(key)
-                    == Some(key(&failure.id))
-            })
-            .collect();
-        if victims.is_empty() {
-            continue;
-        }
-        settled.cancelled += victims.len() as u64;
-        let reason = failure.ended.reason(&failure.id);
-        let ids: Vec<&Bson> = victims.iter().map(|d| &d.id).collect();
-        statements.push(doc! {
-            "q": {"_id": {"$in": ids}, fields::STATUS: Status::Waiting},
-            "u": {"$set": {
-                fields::STATUS: Status::Cancelled,
-                fields::CANCELLED_AT: now,
-                fields::LAST_ERROR: &reason,
-            }},
-            "multi": true,
-        });
-        next.extend(
-            victims
-                .iter()
-                .filter(|d| d.has_dependents)
-                .map(|d| Finished {
-                    id: d.id.clone(),
-                    ended: Ended::Cancelled(reason.clone()),
-                }),
-        );
-    }
-    (statements, settled, next)
-}
-
-/// The pipeline statement that adds `done` (only ids of each job's `after`)
-/// to `deps_done` of the waiting jobs `ids`, and releases those covered.
-fn mark_statement(ids: &[&Bson], done: &[Bson], now: DateTime) -> Document {
-    let covered =
-        doc! {"$setIsSubset": [format!("${}", fields::AFTER), format!("${}", fields::DEPS_DONE)]};
-    doc! {
-        "q": {"_id": {"$in": ids}, fields::STATUS: Status::Waiting},
-        "u": [
-            {"$set": {fields::DEPS_DONE: {"$setUnion": [
-                {"$ifNull": [format!("${}", fields::DEPS_DONE), []]},
-                {"$setIntersection": [format!("${}", fields::AFTER), {"$literal": done}]},
-            ]}}},
-            {"$set": {
-                fields::STATUS: {"$cond": [covered.clone(), Status::Pending.as_str(), Status::Waiting.as_str()]},
-                fields::RELEASED_AT: {"$cond": [covered.clone(), now, "$$REMOVE"]},
-                // Released jobs queue behind the ones already eligible; a
-                // producer's later `run_at` still holds.
-                fields::RUN_AT: {"$cond": [covered, {"$max": [format!("${}", fields::RUN_AT), now]}, format!("${}", fields::RUN_AT)]},
-            }},
-        ],
-        "multi": true,
-    }
+    Ok(crate::schema::count(reply.get("n")))
 }
 
 /// Settles the jobs `ids` that have finished and still carry

@@ -33,6 +33,9 @@ use crate::shutdown::Shutdown;
 pub const SWEEP_EVERY: Duration = Duration::from_secs(2);
 /// How often the audit reads a page of waiting jobs.
 pub const AUDIT_EVERY: Duration = Duration::from_secs(30);
+/// How long after a job finished the sweep settles it, if its completer
+/// did not (see [`Sweeper::pass`]).
+pub const SETTLE_GRACE: Duration = Duration::from_secs(5);
 /// Jobs one look takes at most; the next look takes the rest.
 const PAGE: i64 = 1_000;
 
@@ -86,7 +89,7 @@ impl Sweeper {
         let mut total = Settled::default();
         let unlinked = self.find(
             doc! {fields::STATUS: Status::Waiting, fields::LINKED: {"$exists": false}},
-            doc! {fields::AFTER: 1, fields::IF_DEP_FAILS: 1},
+            doc! {fields::AFTER: 1, fields::IF_DEP_FAILS: 1, fields::DEPS_TOTAL: 1},
             WAITING_INDEX,
         )?;
         if !unlinked.is_empty() {
@@ -99,8 +102,18 @@ impl Sweeper {
             );
             total.add(linked.settled);
         }
+        // Finished a while ago: the completer that wrote the outcome is
+        // settling the ones that finished just now, and doing it twice
+        // would only add work.
+        let before = self.queue.now_ago(SETTLE_GRACE);
+        let finished_before: Vec<Document> = Status::FINISHED
+            .iter()
+            .filter_map(|status| {
+                Some(doc! {fields::STATUS: status.as_str(), status.finished_at()?: {"$lt": before}})
+            })
+            .collect();
         let flagged = self.find(
-            doc! {fields::HAS_DEPENDENTS: true, fields::STATUS: Status::any_of(&Status::FINISHED)},
+            doc! {fields::HAS_DEPENDENTS: true, "$or": finished_before},
             doc! {fields::STATUS: 1, fields::LAST_ERROR: 1},
             DEPENDENTS_INDEX,
         )?;

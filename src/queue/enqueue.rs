@@ -185,6 +185,10 @@ pub fn new_job_document(
     }
     if !options.after.is_empty() {
         document.insert(fields::AFTER, options.after.clone());
+        document.insert(
+            fields::DEPS_TOTAL,
+            crate::flow::settle::distinct(&options.after),
+        );
         if options.if_dep_fails == IfDepFails::Run {
             document.insert(fields::IF_DEP_FAILS, "run");
         }
