@@ -11,14 +11,17 @@
 //!    "run"}}`, so each `last_error` names its own;
 //! 3. counts the finished ones as done: per dependent, one `$addToSet` of
 //!    the finished ids of its own `after` (failed ones only under
-//!    `if_dep_fails: "run"`), all in one command;
-//! 4. releases, in a second command, those dependents whose `deps_done`
-//!    holds as many ids as their `after` holds distinct ones (`deps_total`,
-//!    written with the job): `status: "pending"`, `released_at` on the
-//!    server's clock. It runs after this worker's own step 3 and tests the
-//!    document as it is then, so when two workers complete the last two
-//!    dependencies at once, whichever release runs second sees both; a job
-//!    leaves `waiting` once, and the count of released jobs is exact.
+//!    `if_dep_fails: "run"`), all in one command. A dependent that this
+//!    completes, by what step 1 read (`deps_done` only grows), is released
+//!    in the same statement: `status: "pending"`, `released_at` on the
+//!    server's clock;
+//! 4. releases, in a second command, the other marked dependents whose
+//!    `deps_done` now holds as many ids as their `after` holds distinct
+//!    ones (`deps_total`, written with the job). It runs after this
+//!    worker's own step 3 and tests the document as it is then, so when two
+//!    workers complete the last two dependencies at once, whichever release
+//!    runs second sees both. Every release is conditional on `waiting`: a
+//!    job leaves it once, and the count of released jobs is exact.
 //! 5. takes the flag off the settled jobs.
 //!
 //! The intersections are computed here, not by the server: a write is an
@@ -162,6 +165,8 @@ pub(crate) fn settle(queue: &Queue, finished: Vec<Finished>) -> Result<Settled, 
 struct Dependent {
     id: Bson,
     after: HashSet<String>,
+    /// `deps_done` as read: it only grows, so what it covers stays covered.
+    done: HashSet<String>,
     runs_anyway: bool,
 }
 
@@ -169,24 +174,7 @@ struct Dependent {
 /// dependents it cancelled that have dependents of their own.
 fn settle_round(queue: &Queue, finished: &[Finished]) -> Result<(Settled, Vec<Finished>), Error> {
     let mut settled = Settled::default();
-    let ids: Vec<&Bson> = finished.iter().map(|f| &f.id).collect();
-    let dependents: Vec<Dependent> = queue
-        .collection()
-        .find(doc! {fields::AFTER: {"$in": &ids}, fields::STATUS: Status::Waiting})
-        .projection(doc! {fields::AFTER: 1, fields::IF_DEP_FAILS: 1})
-        .run()
-        .and_then(Iterator::collect::<Result<Vec<Document>, _>>)
-        .map_err(|e| queue.db_error("find (flow: dependents)", &e))?
-        .iter()
-        .map(|d| Dependent {
-            id: d.get("_id").cloned().unwrap_or(Bson::Null),
-            after: d
-                .get_array(fields::AFTER)
-                .map(|a| a.iter().map(key).collect())
-                .unwrap_or_default(),
-            runs_anyway: d.get_str(fields::IF_DEP_FAILS) == Ok("run"),
-        })
-        .collect();
+    let dependents = read_dependents(queue, finished)?;
     if dependents.is_empty() {
         return Ok((settled, Vec::new()));
     }
@@ -219,7 +207,11 @@ fn settle_round(queue: &Queue, finished: &[Finished]) -> Result<(Settled, Vec<Fi
         }
     }
     // Each dependent gets the finished jobs of its own `after` that count
-    // as done for it: one `$addToSet` statement per dependent.
+    // as done for it. One this round's jobs complete (as read; `deps_done`
+    // only grows) is marked and released in one statement; the others are
+    // marked, then released if another worker's marks completed them
+    // meanwhile.
+    let mut releases = Vec::new();
     let mut marks = Vec::new();
     let mut marked_ids = Vec::new();
     for dependent in &dependents {
@@ -235,12 +227,25 @@ fn settle_round(queue: &Queue, finished: &[Finished]) -> Result<(Settled, Vec<Fi
         if dependent.runs_anyway && failed.iter().any(|f| dependent.after.contains(&key(&f.id))) {
             settled.ran_anyway += 1;
         }
-        marks.push(doc! {
-            "q": {"_id": &dependent.id, fields::STATUS: Status::Waiting},
-            "u": {"$addToSet": {fields::DEPS_DONE: {"$each": counted}}},
-        });
-        marked_ids.push(&dependent.id);
+        let keys: HashSet<String> = counted.iter().map(|id| key(id)).collect();
+        let covered = dependent
+            .after
+            .iter()
+            .all(|k| keys.contains(k) || dependent.done.contains(k));
+        let mut update = doc! {"$addToSet": {fields::DEPS_DONE: {"$each": counted}}};
+        if covered {
+            update.extend(released(now));
+            releases.push(
+                doc! {"q": {"_id": &dependent.id, fields::STATUS: Status::Waiting}, "u": update},
+            );
+        } else {
+            marks.push(
+                doc! {"q": {"_id": &dependent.id, fields::STATUS: Status::Waiting}, "u": update},
+            );
+            marked_ids.push(&dependent.id);
+        }
     }
+    settled.released = write(queue, releases, "update (flow: release)")?;
     if write(queue, marks, "update (flow: mark done)")? == 0 {
         return Ok((settled, next));
     }
@@ -254,17 +259,47 @@ fn settle_round(queue: &Queue, finished: &[Finished]) -> Result<(Settled, Vec<Fi
                 format!("${}", fields::DEPS_TOTAL),
             ]},
         },
-        "u": {
-            "$set": {fields::STATUS: Status::Pending},
-            // Released jobs queue behind those already eligible; a
-            // producer's later `run_at` still holds.
-            "$max": {fields::RUN_AT: now},
-            "$currentDate": {fields::RELEASED_AT: true},
-        },
+        "u": released(now),
         "multi": true,
     };
-    settled.released = write(queue, vec![release], "update (flow: release)")?;
+    settled.released += write(queue, vec![release], "update (flow: release)")?;
     Ok((settled, next))
+}
+
+/// The waiting dependents of `finished`, as a round needs them.
+fn read_dependents(queue: &Queue, finished: &[Finished]) -> Result<Vec<Dependent>, Error> {
+    let ids: Vec<&Bson> = finished.iter().map(|f| &f.id).collect();
+    let keys = |d: &Document, field: &str| -> HashSet<String> {
+        d.get_array(field)
+            .map(|a| a.iter().map(key).collect())
+            .unwrap_or_default()
+    };
+    Ok(queue
+        .collection()
+        .find(doc! {fields::AFTER: {"$in": &ids}, fields::STATUS: Status::Waiting})
+        .projection(doc! {fields::AFTER: 1, fields::DEPS_DONE: 1, fields::IF_DEP_FAILS: 1})
+        .run()
+        .and_then(Iterator::collect::<Result<Vec<Document>, _>>)
+        .map_err(|e| queue.db_error("find (flow: dependents)", &e))?
+        .iter()
+        .map(|d| Dependent {
+            id: d.get("_id").cloned().unwrap_or(Bson::Null),
+            after: keys(d, fields::AFTER),
+            done: keys(d, fields::DEPS_DONE),
+            runs_anyway: d.get_str(fields::IF_DEP_FAILS) == Ok("run"),
+        })
+        .collect())
+}
+
+/// What releasing a waiting job writes: `pending`, `released_at` on the
+/// server's clock, and a `run_at` that queues it behind the jobs already
+/// eligible (a producer's later `run_at` still holds).
+fn released(now: mongodb::bson::DateTime) -> Document {
+    doc! {
+        "$set": {fields::STATUS: Status::Pending},
+        "$max": {fields::RUN_AT: now},
+        "$currentDate": {fields::RELEASED_AT: true},
+    }
 }
 
 /// The dependents of `failed` that are cancelled and have dependents of

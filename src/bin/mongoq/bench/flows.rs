@@ -5,10 +5,13 @@
 //!   pays; compare it with section 8's rows and with the same section
 //!   of a build without flows);
 //! - **pairs**: [`JOBS`] / 2 jobs, each released by one dependency (a
-//!   flow of pairs): the extra server CPU per released dependent is the
-//!   drain's CPU less the plain drain's per job times the jobs;
+//!   flow of pairs);
 //! - **fan-in**: [`JOBS`] − 1 dependencies and one job waiting for all:
-//!   how long after the last completion it was released.
+//!   also how long after the last completion it was released.
+//!
+//! The extra server CPU per edge (one id in one job's `after`) is the
+//! drain's CPU less the plain drain's per job, times the jobs, over the
+//! edges: for pairs, that is the cost of each released dependent.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -31,12 +34,13 @@ const THREADS: usize = 2;
 pub struct FlowRow {
     pub shape: String,
     pub jobs: usize,
-    /// Jobs that waited for another.
+    /// Jobs that waited for another, and the ids in their `after` lists.
     pub dependents: usize,
+    pub edges: usize,
     #[serde(flatten)]
     pub drain: Drain,
-    /// Server CPU per released dependent beyond what a plain job costs.
-    pub extra_server_us_per_dependent: Option<f64>,
+    /// Server CPU per edge beyond what plain jobs cost.
+    pub extra_server_us_per_edge: Option<f64>,
     /// Fan-in: from the last dependency's completion to the release.
     pub release_after_last_ms: Option<f64>,
 }
@@ -61,9 +65,9 @@ impl Bench<'_> {
             // The extra per dependent, against this round's plain drain.
             let plain = rows[0].drain.server_cpu_us_per_job;
             for row in &mut rows[1..] {
-                row.extra_server_us_per_dependent = match (row.drain.server_cpu_us_per_job, plain) {
+                row.extra_server_us_per_edge = match (row.drain.server_cpu_us_per_job, plain) {
                     (Some(cpu), Some(plain)) => {
-                        Some((cpu - plain) * row.jobs as f64 / row.dependents.max(1) as f64)
+                        Some((cpu - plain) * row.jobs as f64 / row.edges.max(1) as f64)
                     }
                     _ => None,
                 };
@@ -72,10 +76,10 @@ impl Bench<'_> {
         }
         Ok(median_rows(&runs, |rows| FlowRow {
             drain: Drain::median(&rows.iter().map(|r| &r.drain).collect::<Vec<_>>()),
-            extra_server_us_per_dependent: rows
+            extra_server_us_per_edge: rows
                 .iter()
-                .all(|r| r.extra_server_us_per_dependent.is_some())
-                .then(|| median(rows.iter().filter_map(|r| r.extra_server_us_per_dependent))),
+                .all(|r| r.extra_server_us_per_edge.is_some())
+                .then(|| median(rows.iter().filter_map(|r| r.extra_server_us_per_edge))),
             release_after_last_ms: rows
                 .iter()
                 .all(|r| r.release_after_last_ms.is_some())
@@ -88,7 +92,7 @@ impl Bench<'_> {
         let monitor = Arc::new(Monitor::default());
         let queue = self.queue("bench_flows", Some(Arc::clone(&monitor)))?;
         queue.ensure_indexes()?;
-        let dependents = fill(&queue, shape)?;
+        let (dependents, edges) = fill(&queue, shape)?;
         let config = WorkerConfig {
             threads: THREADS,
             drain: true,
@@ -150,8 +154,9 @@ impl Bench<'_> {
             shape: shape.name().into(),
             jobs: JOBS,
             dependents,
+            edges,
             drain: Drain::new(JOBS, seconds, server, sent, run_twice),
-            extra_server_us_per_dependent: None,
+            extra_server_us_per_edge: None,
             release_after_last_ms,
         })
     }
@@ -167,8 +172,9 @@ impl Shape {
     }
 }
 
-/// Inserts the shape's jobs; returns how many wait for another.
-fn fill(queue: &Queue, shape: Shape) -> Result<usize, Error> {
+/// Inserts the shape's jobs; returns how many wait for another, and the
+/// edges.
+fn fill(queue: &Queue, shape: Shape) -> Result<(usize, usize), Error> {
     let step = |name: String, after: Vec<String>| FlowStep {
         name,
         data: serde_json::json!({}),
@@ -184,7 +190,7 @@ fn fill(queue: &Queue, shape: Shape) -> Result<usize, Error> {
                 (0..JOBS).map(|n| mongodb::bson::Bson::Int64(n as i64)),
                 &mongoq::EnqueueOptions::default(),
             )?;
-            return Ok(0);
+            return Ok((0, 0));
         }
         Shape::Pairs => (0..JOBS / 2)
             .flat_map(|n| {
@@ -203,11 +209,12 @@ fn fill(queue: &Queue, shape: Shape) -> Result<usize, Error> {
             .collect(),
     };
     let dependents = steps.iter().filter(|s| !s.after.is_empty()).count();
+    let edges = steps.iter().map(|s| s.after.len()).sum();
     queue.enqueue_flow(&Flow {
         queue: None,
         jobs: steps,
     })?;
-    Ok(dependents)
+    Ok((dependents, edges))
 }
 
 /// The section's table.
@@ -223,12 +230,7 @@ pub fn render(rows: &[FlowRow], out: &mut String) {
     let _ = writeln!(
         out,
         "   {:<46} {:>10} {:>12} {:>12} {:>16} {:>14}",
-        "shape",
-        "jobs/s",
-        "server µs/job",
-        "round trips/job",
-        "extra µs/dependent",
-        "release after"
+        "shape", "jobs/s", "server µs/job", "round trips/job", "extra µs/edge", "release after"
     );
     for r in rows {
         let _ = writeln!(
@@ -240,7 +242,7 @@ pub fn render(rows: &[FlowRow], out: &mut String) {
                 .server_cpu_us_per_job
                 .map_or_else(|| "n/a".into(), |us| format!("{us:.0}")),
             r.drain.round_trips_per_job,
-            r.extra_server_us_per_dependent
+            r.extra_server_us_per_edge
                 .map_or_else(|| "–".into(), |us| format!("{us:.0}")),
             r.release_after_last_ms
                 .map_or_else(|| "–".into(), |ms| format!("{ms:.0} ms")),
