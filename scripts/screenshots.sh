@@ -46,6 +46,18 @@ mongoq schedule add weekly-digest --cron "@weekly" --queue emails >/dev/null
 mongoq schedule pause weekly-digest >/dev/null
 mongoq pause emails --reason "mail server maintenance" >/dev/null
 mongoq limit images --concurrency 8 >/dev/null
+# A flow: an album waiting for its resizes (no worker serves `albums`).
+flow="$(mktemp "${TMPDIR:-/tmp}/mongoq-screens-XXXXXX.json")"
+cat >"$flow" <<'JSON'
+{"queue": "albums", "jobs": [
+  {"name": "resize-1", "data": {"task": "resize", "image": "trip-1.jpg"}},
+  {"name": "resize-2", "data": {"task": "resize", "image": "trip-2.jpg"}},
+  {"name": "resize-3", "data": {"task": "resize", "image": "trip-3.jpg"}},
+  {"name": "album", "data": {"task": "album", "title": "Trip"}, "after": ["resize-1", "resize-2", "resize-3"]}
+]}
+JSON
+album="$(mongoq enqueue --flow "$flow" | awk '$1 == "album" {print $2}')"
+rm -f "$flow"
 # Long-lived Python handlers (--pipe) that report progress as they go.
 handler="$(mktemp "${TMPDIR:-/tmp}/mongoq-screens-XXXXXX.py")"
 cat >"$handler" <<'PY'
@@ -81,4 +93,5 @@ shoot dashboard-workers.png /workers 300
 shoot dashboard-running.png "/jobs?status=running" 360
 shoot dashboard-queues.png /queues 360
 shoot dashboard-schedules.png /schedules 330
+shoot dashboard-flow.png "/job?id=%7B%22%24oid%22%3A%22$album%22%7D" 620
 rm -f "$handler"

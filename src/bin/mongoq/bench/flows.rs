@@ -14,16 +14,15 @@
 //! edges: for pairs, that is the cost of each released dependent.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use mongodb::bson::{doc, Document};
 use mongoq::flow::{Flow, FlowStep};
 use mongoq::schema::fields;
-use mongoq::{Error, Queue, Shutdown, Worker, WorkerConfig};
+use mongoq::{Error, Queue};
 use serde::Serialize;
 
 use super::probe::Monitor;
-use super::server::{median, median_rows, Drain, ServerMeter};
+use super::server::{median, median_rows, Drain};
 use super::Bench;
 
 /// Jobs per drain.
@@ -93,19 +92,7 @@ impl Bench<'_> {
         let queue = self.queue("bench_flows", Some(Arc::clone(&monitor)))?;
         queue.ensure_indexes()?;
         let (dependents, edges) = fill(&queue, shape)?;
-        let config = WorkerConfig {
-            threads: THREADS,
-            drain: true,
-            ..WorkerConfig::default()
-        };
-        let worker = Worker::new(queue.clone(), config, |_: &mongoq::Job| Ok(None))?;
-        monitor.reset();
-        let meter = ServerMeter::start(&queue, self.config.server_pid);
-        let started = Instant::now();
-        let report = worker.run(&Shutdown::new());
-        let seconds = started.elapsed().as_secs_f64();
-        let sent = monitor.sent().saturating_sub(1);
-        let server = meter.per_job(&queue, JOBS);
+        let (report, seconds, sent, server) = self.drain_here(&queue, &monitor, THREADS, JOBS)?;
         let jobs: Vec<Document> = queue
             .collection()
             .find(doc! {})

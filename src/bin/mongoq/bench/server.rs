@@ -222,20 +222,8 @@ impl Bench<'_> {
     fn in_process(&self, backlog: usize, threads: usize) -> Result<ServerWorkRow, Error> {
         let monitor = Arc::new(Monitor::default());
         let queue = self.shell_backlog_with("bench_server", backlog, Some(Arc::clone(&monitor)))?;
-        let config = WorkerConfig {
-            threads,
-            drain: true,
-            ..WorkerConfig::default()
-        };
-        let worker = Worker::new(queue.clone(), config, |_: &mongoq::Job| Ok(None))?;
-        monitor.reset();
-        let meter = ServerMeter::start(&queue, self.config.server_pid);
-        let started = Instant::now();
-        let report = worker.run(&Shutdown::new());
-        let seconds = started.elapsed().as_secs_f64();
-        // The meter's own serverStatus is one command.
-        let sent = monitor.sent().saturating_sub(1);
-        let server = meter.per_job(&queue, backlog);
+        let (report, seconds, sent, server) =
+            self.drain_here(&queue, &monitor, threads, backlog)?;
         let (done, run_twice) = settle(&queue)?;
         if done != backlog || report.completed != backlog as u64 {
             return Err(Error::Invalid(format!(
@@ -249,6 +237,32 @@ impl Bench<'_> {
             threads,
             drain: Drain::new(backlog, seconds, server, sent, run_twice),
         })
+    }
+
+    /// Drains `queue` (its `jobs` no-op jobs) with a worker of `threads` in
+    /// this process, timed from `run` to its return; returns its report,
+    /// the seconds, the commands sent and the server's work per job.
+    pub(super) fn drain_here(
+        &self,
+        queue: &Queue,
+        monitor: &Monitor,
+        threads: usize,
+        jobs: usize,
+    ) -> Result<(mongoq::Report, f64, u64, ServerWork), Error> {
+        let config = WorkerConfig {
+            threads,
+            drain: true,
+            ..WorkerConfig::default()
+        };
+        let worker = Worker::new(queue.clone(), config, |_: &mongoq::Job| Ok(None))?;
+        monitor.reset();
+        let meter = ServerMeter::start(queue, self.config.server_pid);
+        let started = Instant::now();
+        let report = worker.run(&Shutdown::new());
+        let seconds = started.elapsed().as_secs_f64();
+        // The meter's own serverStatus is one command.
+        let sent = monitor.sent().saturating_sub(1);
+        Ok((report, seconds, sent, meter.per_job(queue, jobs)))
     }
 
     /// Section 9: 1, 2, 4 and 8 worker processes on one large backlog.
