@@ -94,6 +94,7 @@ pub(super) fn page(title: &str, active: &str, body: &str, live: bool) -> String 
         ("/workers", "Workers"),
         ("/queues", "Queues"),
         ("/schedules", "Schedules"),
+        ("/jobs?status=waiting", "Waiting"),
         ("/jobs?status=pending", "Pending"),
         ("/jobs?status=running", "Running"),
         ("/jobs?status=failed", "Failed"),
