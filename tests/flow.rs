@@ -460,6 +460,7 @@ fn a_plain_document_from_a_producer_waits_and_is_released() {
             doc! {"_id": "plain", "data": {"n": 2}, "status": "waiting", "after": [a]},
             doc! {"_id": "orphan", "data": {"n": 3}, "status": "waiting", "after": [missing]},
             doc! {"_id": "bad", "data": {"n": 4}, "status": "waiting", "after": "nope"},
+            doc! {"_id": "keyed", "data": {"n": 5}, "status": "waiting", "after": [a], "unique_key": "k"},
         ])
         .run()
         .unwrap();
@@ -476,6 +477,11 @@ fn a_plain_document_from_a_producer_waits_and_is_released() {
     );
     db.wait_for_count(
         doc! {"_id": "bad", "status": "failed"},
+        1,
+        Duration::from_secs(20),
+    );
+    db.wait_for_count(
+        doc! {"_id": "keyed", "status": "failed"},
         1,
         Duration::from_secs(20),
     );

@@ -34,6 +34,10 @@ pub(crate) struct Linked {
 
 /// Why a waiting document's `after` cannot be used, if it cannot.
 fn bad_after(document: &Document) -> Option<String> {
+    if document.contains_key(fields::UNIQUE_KEY) {
+        // Its release could collide with the pending job holding the key.
+        return Some("malformed job: a job that waits for others (`after`) cannot have a `unique_key`: the key is held only by pending and running jobs".into());
+    }
     let own = document.get("_id").map(key);
     match document.get(fields::AFTER) {
         Some(Bson::Array(ids)) if ids.len() > MAX_AFTER => Some(format!(

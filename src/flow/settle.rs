@@ -235,9 +235,12 @@ fn settle_round(queue: &Queue, finished: &[Finished]) -> Result<(Settled, Vec<Fi
         let mut update = doc! {"$addToSet": {fields::DEPS_DONE: {"$each": counted}}};
         if covered {
             update.extend(released(now));
-            releases.push(
-                doc! {"q": {"_id": &dependent.id, fields::STATUS: Status::Waiting}, "u": update},
-            );
+            releases.push(doc! {
+                // A producer's waiting job with a unique_key is failed by
+                // the link, never released.
+                "q": {"_id": &dependent.id, fields::STATUS: Status::Waiting, fields::UNIQUE_KEY: {"$exists": false}},
+                "u": update,
+            });
         } else {
             marks.push(
                 doc! {"q": {"_id": &dependent.id, fields::STATUS: Status::Waiting}, "u": update},
@@ -253,6 +256,7 @@ fn settle_round(queue: &Queue, finished: &[Finished]) -> Result<(Settled, Vec<Fi
         "q": {
             "_id": {"$in": marked_ids},
             fields::STATUS: Status::Waiting,
+            fields::UNIQUE_KEY: {"$exists": false},
             fields::DEPS_TOTAL: {"$type": "number"},
             "$expr": {"$gte": [
                 {"$size": {"$ifNull": [format!("${}", fields::DEPS_DONE), []]}},

@@ -89,7 +89,7 @@ impl Sweeper {
         let mut total = Settled::default();
         let unlinked = self.find(
             doc! {fields::STATUS: Status::Waiting, fields::LINKED: {"$exists": false}},
-            doc! {fields::AFTER: 1, fields::IF_DEP_FAILS: 1, fields::DEPS_TOTAL: 1},
+            doc! {fields::AFTER: 1, fields::IF_DEP_FAILS: 1, fields::DEPS_TOTAL: 1, fields::UNIQUE_KEY: 1},
             WAITING_INDEX,
         )?;
         if !unlinked.is_empty() {
