@@ -28,7 +28,8 @@
 //! it), and their dependents in turn; a dependent with `if_dep_fails: "run"`
 //! counts it as done instead.
 //!
-//! **Nothing waits forever** ([`sweep`]): every worker, every 2 s, links
+//! **Nothing waits forever** ([`sweep`]): every worker, every 2 s (10 s
+//! while it finds nothing), links
 //! waiting jobs a producer inserted (`linked` missing) and settles finished
 //! jobs still flagged (a worker died between its completion write and the
 //! release, or the job finished by a path that does not settle: a lease

@@ -2,7 +2,8 @@
 //!
 //! The common path needs none of it: a dependency's completer releases its
 //! dependents. Every worker runs a sweeper thread that, every
-//! [`SWEEP_EVERY`]:
+//! [`SWEEP_EVERY`] (backing off to [`SWEEP_IDLE_EVERY`] while it finds
+//! nothing):
 //!
 //! - links waiting jobs a producer inserted itself (no `linked` yet):
 //!   `{status: "waiting", linked: {$exists: false}}` on `mongoq_waiting`;
@@ -29,8 +30,10 @@ use crate::queue::Queue;
 use crate::schema::{fields, Status};
 use crate::shutdown::Shutdown;
 
-/// How often the sweep links and settles.
+/// How often the sweep links and settles while it finds work.
 pub const SWEEP_EVERY: Duration = Duration::from_secs(2);
+/// How often it looks while looks find nothing.
+pub const SWEEP_IDLE_EVERY: Duration = Duration::from_secs(10);
 /// How often the audit reads a page of waiting jobs.
 pub const AUDIT_EVERY: Duration = Duration::from_secs(30);
 /// How long after a job finished the sweep settles it, if its completer
@@ -45,6 +48,8 @@ pub struct Sweeper {
     /// Where the audit's next page starts.
     cursor: Option<Bson>,
     last_audit: Option<Instant>,
+    /// The last look found jobs to link or settle.
+    found: bool,
 }
 
 impl Sweeper {
@@ -54,18 +59,29 @@ impl Sweeper {
             queue,
             cursor: None,
             last_audit: None,
+            found: false,
         }
     }
 
-    /// Sweeps every [`SWEEP_EVERY`] until `stop`; `released` is called when
-    /// a look made jobs pending (the worker's fetcher can look at once).
+    /// Sweeps until `stop`: every [`SWEEP_EVERY`] while looks find work,
+    /// backing off to [`SWEEP_IDLE_EVERY`] while they find none (an idle
+    /// fleet then costs the server one empty seek per worker every 10 s).
+    /// `released` is called when a look made jobs pending (the worker's
+    /// fetcher can look at once).
     pub fn run(mut self, stop: &Shutdown, released: impl Fn()) {
         let mut failing = false;
+        let mut every = SWEEP_EVERY;
         loop {
-            if stop.sleep(SWEEP_EVERY) {
+            if stop.sleep(every) {
                 return;
             }
-            match self.pass() {
+            let result = self.pass();
+            every = if self.found {
+                SWEEP_EVERY
+            } else {
+                (every * 2).min(SWEEP_IDLE_EVERY)
+            };
+            match result {
                 Ok(settled) => {
                     if failing {
                         log::info!("flow sweep works again");
@@ -117,6 +133,7 @@ impl Sweeper {
             doc! {fields::STATUS: 1, fields::LAST_ERROR: 1},
             DEPENDENTS_INDEX,
         )?;
+        self.found = !unlinked.is_empty() || !flagged.is_empty();
         if !flagged.is_empty() {
             let finished: Vec<Finished> = flagged
                 .iter()
