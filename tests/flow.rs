@@ -465,26 +465,18 @@ fn a_plain_document_from_a_producer_waits_and_is_released() {
         .run()
         .unwrap();
     let mut worker = db.spawn_worker(&["--threads", "2", "--exec", "true"]);
-    db.wait_for_count(
-        doc! {"_id": "plain", "status": "completed"},
-        1,
-        Duration::from_secs(20),
-    );
-    db.wait_for_count(
-        doc! {"_id": "orphan", "status": "cancelled"},
-        1,
-        Duration::from_secs(20),
-    );
-    db.wait_for_count(
-        doc! {"_id": "bad", "status": "failed"},
-        1,
-        Duration::from_secs(20),
-    );
-    db.wait_for_count(
-        doc! {"_id": "keyed", "status": "failed"},
-        1,
-        Duration::from_secs(20),
-    );
+    for (id, status) in [
+        ("plain", "completed"),
+        ("orphan", "cancelled"),
+        ("bad", "failed"),
+        ("keyed", "failed"),
+    ] {
+        db.wait_for_count(
+            doc! {"_id": id, "status": status},
+            1,
+            Duration::from_secs(20),
+        );
+    }
     worker.signal("TERM");
     assert!(worker.wait(Duration::from_secs(30)).success());
     let orphan = &db.all(doc! {"_id": "orphan"})[0];

@@ -13,14 +13,7 @@ use super::Dashboard;
 use crate::http::{Request, Response};
 
 /// The statuses the table has a column for, in a job's order of life.
-const COLUMNS: [Status; 6] = [
-    Status::Waiting,
-    Status::Pending,
-    Status::Running,
-    Status::Completed,
-    Status::Failed,
-    Status::Cancelled,
-];
+const COLUMNS: [Status; 6] = Status::ALL;
 
 impl Dashboard {
     pub(super) fn queues(&self, request: &Request) -> Result<Response, Error> {
