@@ -701,7 +701,10 @@ fn stats_watch_refreshes_until_interrupted() {
         .unwrap();
     std::thread::sleep(Duration::from_millis(1500));
     db.run(&["enqueue", "{}"]);
-    std::thread::sleep(Duration::from_millis(600));
+    // Several refreshes' worth: a frame is four queries (counts, controls,
+    // eligible, oldest), which a loaded secantusd-py answers in hundreds
+    // of milliseconds.
+    std::thread::sleep(Duration::from_millis(2_500));
     Command::new("kill")
         .args(["-INT", &child.id().to_string()])
         .status()
