@@ -201,7 +201,9 @@ impl Completer {
                 Ok(held) if !held.is_empty() => {
                     let mut again = Vec::new();
                     for outcome in pending.iter_mut() {
-                        if held.contains(&outcome.key().id) {
+                        let terminal =
+                            outcome.ends_job() && !matches!(outcome, Outcome::Settled { .. });
+                        if terminal && held.contains(&outcome.key().id) {
                             outcome.key_mut().dependents = true;
                             again.push(outcome.clone());
                         }
