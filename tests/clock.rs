@@ -120,16 +120,7 @@ fn skewed_workers_run_each_job_once_and_no_delayed_job_early() {
     assert!(delayed.status.success(), "{}", stderr(&delayed));
     let delayed_id = stdout(&delayed).trim().to_string();
     db.wait_for_count(doc! {"status": "completed"}, 13, Duration::from_secs(90));
-    for worker in &workers {
-        worker.signal("TERM");
-    }
-    for worker in &mut workers {
-        assert!(
-            worker.wait(Duration::from_secs(30)).success(),
-            "{}",
-            worker.log_text()
-        );
-    }
+    crate::helpers::stop_all(&mut workers);
 
     let runs = ledger(&path);
     let mut per_job: HashMap<&str, usize> = HashMap::new();

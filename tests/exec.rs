@@ -9,12 +9,8 @@ use crate::helpers::{int, tempfile, TestDb};
 fn drain(db: &TestDb, args: &[&str]) {
     let mut all = vec!["--drain", "--threads", "2", "--max-attempts", "1"];
     all.extend_from_slice(args);
-    let mut worker = db.spawn_worker(&all);
-    assert!(
-        worker.wait(Duration::from_secs(60)).success(),
-        "{}",
-        worker.log_text()
-    );
+    db.spawn_worker(&all)
+        .expect_success(Duration::from_secs(60));
 }
 
 #[test]

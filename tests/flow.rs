@@ -42,12 +42,8 @@ fn drain(db: &TestDb, handler: &[String], extra: &[&str]) {
     let mut args: Vec<&str> = vec!["--drain", "--threads", "3", "--max-attempts", "1"];
     args.extend_from_slice(extra);
     args.extend(handler.iter().map(String::as_str));
-    let mut worker = db.spawn_worker(&args);
-    assert!(
-        worker.wait(Duration::from_secs(120)).success(),
-        "{}",
-        worker.log_text()
-    );
+    db.spawn_worker(&args)
+        .expect_success(Duration::from_secs(120));
 }
 
 fn enqueue(db: &TestDb, json: &str, extra: &[&str]) -> String {
@@ -256,10 +252,7 @@ fn a_fan_in_of_500_releases_its_dependent_once_within_a_second_with_3_workers() 
         1,
         Duration::from_secs(120),
     );
-    for worker in &mut workers {
-        worker.signal("TERM");
-        assert!(worker.wait(Duration::from_secs(30)).success());
-    }
+    crate::helpers::stop_all(&mut workers);
     let jobs = db.all(doc! {});
     let last = jobs
         .iter()

@@ -222,6 +222,11 @@ impl Worker {
         }
     }
 
+    /// Waits for exit and asserts it succeeded, showing the log if not.
+    pub fn expect_success(&mut self, timeout: Duration) {
+        assert!(self.wait(timeout).success(), "{}", self.log_text());
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -231,6 +236,16 @@ impl Drop for Worker {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// SIGTERM to every worker, then each must exit 0 within 30 s.
+pub fn stop_all(workers: &mut [Worker]) {
+    for worker in workers.iter() {
+        worker.signal("TERM");
+    }
+    for worker in workers {
+        worker.expect_success(Duration::from_secs(30));
     }
 }
 

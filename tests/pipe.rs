@@ -50,11 +50,7 @@ fn drain(db: &TestDb, args: &[&str]) -> Worker {
     }
     all.extend_from_slice(args);
     let mut worker = worker(db, &all);
-    assert!(
-        worker.wait(Duration::from_secs(120)).success(),
-        "{}",
-        worker.log_text()
-    );
+    worker.expect_success(Duration::from_secs(120));
     worker
 }
 

@@ -34,16 +34,7 @@ fn tick_ms(job: &Document) -> i64 {
 }
 
 fn stop(mut workers: Vec<Worker>) {
-    for worker in &workers {
-        worker.signal("TERM");
-    }
-    for worker in &mut workers {
-        assert!(
-            worker.wait(Duration::from_secs(30)).success(),
-            "{}",
-            worker.log_text()
-        );
-    }
+    crate::helpers::stop_all(&mut workers);
 }
 
 /// No tick has two jobs, and each job fired at or after its tick by the
