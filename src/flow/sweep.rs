@@ -65,15 +65,20 @@ impl Sweeper {
 
     /// Sweeps until `stop`: every [`SWEEP_EVERY`] while looks find work,
     /// backing off to [`SWEEP_IDLE_EVERY`] while they find none (an idle
-    /// fleet then costs the server one empty seek per worker every 10 s).
-    /// `released` is called when a look made jobs pending (the worker's
-    /// fetcher can look at once).
-    pub fn run(mut self, stop: &Shutdown, released: impl Fn()) {
+    /// fleet then costs the server two empty seeks every 10 s). `released`
+    /// is called when a look made jobs pending (the worker's fetcher can
+    /// look at once); `leads` says whether this worker sweeps for its peers
+    /// now (one of them does: the sweep is the same whoever makes it).
+    pub fn run(mut self, stop: &Shutdown, released: impl Fn(), leads: impl Fn() -> bool) {
         let mut failing = false;
         let mut every = SWEEP_EVERY;
         loop {
             if stop.sleep(every) {
                 return;
+            }
+            if !leads() {
+                every = SWEEP_EVERY;
+                continue;
             }
             let result = self.pass();
             every = if self.found {

@@ -303,21 +303,31 @@ impl Fetcher {
             return false;
         }
         // An empty claim alone does not prove it: the claim may have lost
-        // its whole window to other workers, or failed a job it could not take.
+        // its whole window to other workers, or failed a job it could not
+        // take. Two exact index seeks (one job each), cheaper than one `$or`;
+        // running first, so a job that goes back to pending in between is
+        // seen by the second.
         let queues = &self.config.queues;
-        let eligible_or_running = doc! {"$or": [
+        let left = [
+            doc! {fields::STATUS: Status::Running, fields::QUEUE: queue_condition(queues)},
             eligible_in(queues, self.queue.clock().passed()),
-            {fields::STATUS: Status::Running, fields::QUEUE: queue_condition(queues)},
-        ]};
-        let left = retry_until_stopped(shutdown, "counting jobs left", || {
-            self.queue
-                .collection()
-                .count_documents(eligible_or_running.clone())
-                .limit(1)
-                .run()
-                .map_err(|e| self.queue.db_error("count", &e))
-        });
-        left == Some(0)
+        ];
+        for filter in left {
+            let found = retry_until_stopped(shutdown, "looking for jobs left", || {
+                self.queue
+                    .collection()
+                    .find_one(filter.clone())
+                    .projection(doc! {"_id": 1})
+                    .run()
+                    .map_err(|e| self.queue.db_error("find (jobs left)", &e))
+            });
+            match found {
+                Some(None) => {}
+                // One left, or stopping.
+                _ => return false,
+            }
+        }
+        true
     }
 
     /// Turns claimed documents into jobs for the threads; malformed ones and

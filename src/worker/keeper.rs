@@ -14,11 +14,16 @@ use super::cancel::{drop_cancelled, Running};
 use super::health::{Beat, Health};
 use super::lease::{extend, rescue_expired, Leases};
 use super::report::Counters;
+use super::share::Share;
 use crate::clock::REFRESH;
 use crate::handlers::Handler;
 use crate::progress::PROGRESS_EVERY;
 use crate::queue::Queue;
 use crate::shutdown::Shutdown;
+
+/// The duty of rescuing expired leases, which one worker of the peers
+/// does for all (see [`Share::leads`]).
+const RESCUE: &str = "rescue";
 
 /// The keeper thread and what it owns.
 pub(crate) struct Keeper {
@@ -32,6 +37,8 @@ pub(crate) struct Keeper {
     pub(crate) handler: Arc<dyn Handler>,
     pub(crate) counters: Arc<Counters>,
     pub(crate) health: Arc<Health>,
+    /// The peers: one of them rescues expired leases for all.
+    pub(crate) share: Arc<Share>,
 }
 
 impl Keeper {
@@ -73,7 +80,7 @@ impl Keeper {
                     }
                 }
             }
-            if Instant::now() >= next_rescue {
+            if Instant::now() >= next_rescue && self.share.leads(RESCUE) {
                 self.health.beat(Beat::Keeper);
                 match self.health.track(rescue_expired(&self.queue, &self.owner)) {
                     Ok(0) => {}

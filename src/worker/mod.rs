@@ -109,6 +109,10 @@ pub struct Worker {
     parts: Parts,
 }
 
+/// The duty of the flow sweep, which one worker of the peers does for all
+/// (see [`Share::leads`]).
+const FLOW_SWEEP: &str = "flow sweep";
+
 /// The pieces the threads share, each behind its own `Arc` so that a
 /// thread holds only those it uses, and the [`Monitor`] reads them all.
 struct Parts {
@@ -319,13 +323,14 @@ impl Worker {
         }
     }
 
-    /// The flow sweep's thread; it rings the doorbell when it released jobs.
+    /// The flow sweep's thread (only the peer that leads the duty sweeps); it rings the doorbell when it released jobs.
     fn start_flows(&self, stop: &Shutdown) -> JoinHandle<()> {
         let sweeper = Sweeper::new(self.queue.clone());
         let doorbell = Arc::clone(&self.parts.doorbell);
+        let share = Arc::clone(&self.parts.share);
         let stop = stop.clone();
         spawn("mongoq-flows", move || {
-            sweeper.run(&stop, || doorbell.ring());
+            sweeper.run(&stop, || doorbell.ring(), || share.leads(FLOW_SWEEP));
         })
     }
 
@@ -350,6 +355,7 @@ impl Worker {
             handler: Arc::clone(&self.handler),
             counters: Arc::clone(&parts.counters),
             health: Arc::clone(&parts.health),
+            share: Arc::clone(&parts.share),
         };
         let stop = keeper_stop.clone();
         let keeper = spawn("mongoq-keeper", move || keeper.run(&stop));

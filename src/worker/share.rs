@@ -94,6 +94,19 @@ impl Share {
     }
 }
 
+impl Share {
+    /// Whether this worker does `duty` for the peers that share its queues
+    /// (the flow sweep, the rescue of expired leases, the check for a
+    /// higher priority): the one whose rank the duty's name hashes to. The
+    /// duties are idempotent, so while peers disagree about who they are
+    /// (one just started or died) two may do one, or none for the few
+    /// seconds the registry takes to agree.
+    pub(crate) fn leads(&self, duty: &str) -> bool {
+        let (rank, of) = self.part();
+        owns((rank, of), &Bson::String(duty.to_string()))
+    }
+}
+
 /// Whether the job with this `_id` is in part `rank` of `of`.
 pub(crate) fn owns((rank, of): (usize, usize), id: &Bson) -> bool {
     of <= 1 || slot(id) % of as u64 == rank as u64
@@ -165,6 +178,15 @@ mod tests {
             "{counts:?}"
         );
         assert!(owns((0, 1), &Bson::Null), "a lone worker owns everything");
+        let leaders: Vec<bool> = ["a", "b", "c"]
+            .iter()
+            .map(|id| {
+                let share = Share::new(id, &[]);
+                share.update(vec!["a".into(), "b".into(), "c".into()]);
+                share.leads("rescue")
+            })
+            .collect();
+        assert_eq!(leaders.iter().filter(|l| **l).count(), 1, "{leaders:?}");
         assert!(owns((0, 2), &Bson::Int32(7)) != owns((1, 2), &Bson::Int32(7)));
     }
 }

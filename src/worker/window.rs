@@ -1,7 +1,8 @@
-//! What the claim's read-ahead window holds, and the ranges it is read in.
+//! What the claim's read-ahead reads of a job, and the ranges it reads in.
 
 use mongodb::bson::{doc, Bson, Document, RawDocumentBuf};
 
+use crate::fleet::window::Key;
 use crate::queue::filters::queue_order;
 use crate::schema::{fields, integer};
 
@@ -24,34 +25,31 @@ pub(crate) fn priority_ranges() -> [(Document, Document); 4] {
     ]
 }
 
-/// A job in the window: its raw BSON (compact: a parsed document costs
-/// several times its size) and what the claim reads of it.
-pub(crate) struct Slot {
-    pub(crate) id: Bson,
-    pub(crate) attempts: Bson,
-    /// Its rank in queue order: its `priority`, where none counts as 0.
-    pub(crate) rank: Bson,
-    pub(crate) raw: RawDocumentBuf,
+/// What the read-ahead reads of a job: its key in the window, and its
+/// `attempts` (checked to be a number before a claim's `$inc` meets it).
+pub(crate) fn key_of(raw: &RawDocumentBuf) -> (Key, Bson) {
+    let field = |name: &str| {
+        raw.get(name)
+            .ok()
+            .flatten()
+            .and_then(|value| Bson::try_from(value.to_raw_bson()).ok())
+            .unwrap_or(Bson::Null)
+    };
+    let rank = match field(fields::PRIORITY) {
+        Bson::Null => Bson::Int64(0),
+        other => integer(&other).map_or(other, Bson::Int64),
+    };
+    (
+        Key {
+            id: field("_id"),
+            rank,
+        },
+        field(fields::ATTEMPTS),
+    )
 }
 
-impl Slot {
-    pub(crate) fn new(raw: RawDocumentBuf) -> Slot {
-        let field = |name: &str| {
-            raw.get(name)
-                .ok()
-                .flatten()
-                .and_then(|value| Bson::try_from(value.to_raw_bson()).ok())
-                .unwrap_or(Bson::Null)
-        };
-        let priority = field(fields::PRIORITY);
-        Slot {
-            id: field("_id"),
-            attempts: field(fields::ATTEMPTS),
-            rank: match priority {
-                Bson::Null => Bson::Int64(0),
-                other => integer(&other).map_or(other, Bson::Int64),
-            },
-            raw,
-        }
-    }
+/// The fields a read-ahead reads: only what the claim needs. The bodies of
+/// the jobs a claim wins are read back by its token.
+pub(crate) fn key_projection() -> Document {
+    doc! {"_id": 1, fields::PRIORITY: 1, fields::ATTEMPTS: 1}
 }

@@ -1,0 +1,229 @@
+//! The read-ahead: filling the window (alone, or from the window a peer
+//! shared), and deciding when it must be read again.
+
+use std::time::{Duration, Instant};
+
+use mongodb::bson::{doc, Bson, Document, RawDocumentBuf};
+
+use super::write::is_number;
+use super::{Claimer, IdKey, WINDOW_BYTES, WINDOW_LIFETIME};
+use crate::error::Error;
+use crate::fleet::window::{Key, Published};
+use crate::queue::filters::eligible_in;
+use crate::schema::{fields, integer};
+use crate::worker::window::{key_of, key_projection, priority_ranges};
+
+/// While a peer reads the shared window, look for what it published this
+/// often, at most [`TURN_WAITS`] times before reading for ourselves.
+const TURN_WAIT: Duration = Duration::from_millis(50);
+const TURN_WAITS: u32 = 40;
+
+/// The duty of the fleet's check for a higher priority (see [`Share::leads`]).
+const PRIORITY_CHECK: &str = "priority check";
+
+impl Claimer {
+    /// With this worker's part of the window used up: whether a read would
+    /// find more than the others' jobs left in it (the read stopped at its
+    /// limit, or a peer published a newer window since).
+    pub(super) fn more_beyond(&mut self) -> Result<bool, Error> {
+        if self.full {
+            return Ok(true);
+        }
+        let epoch = self.shared.epoch()?;
+        self.round_trips += 1;
+        Ok(epoch > self.seen)
+    }
+
+    /// Fills the window with up to `limit` keys. A worker alone reads the
+    /// queue. One with peers takes the window a peer published since the
+    /// last it saw, if that is fresh; else it takes the reader's turn,
+    /// reads and publishes; while a peer has the turn, it waits for what
+    /// that peer publishes (reading for itself if that takes too long).
+    pub(super) fn refill(&mut self, limit: usize) -> Result<(), Error> {
+        if self.share.part().1 > 1 {
+            let mut waits = 0;
+            loop {
+                let newer = self.shared.newer(self.seen)?;
+                self.round_trips += 1;
+                if let Some(published) = newer {
+                    self.seen = published.epoch;
+                    if self
+                        .queue
+                        .clock()
+                        .now()
+                        .saturating_duration_since(published.read_at)
+                        < WINDOW_LIFETIME
+                    {
+                        self.adopt(published);
+                        return Ok(());
+                    }
+                }
+                if waits == 0 || waits >= TURN_WAITS {
+                    let turn = self.shared.take_turn(self.seen)?;
+                    self.round_trips += 1;
+                    if turn {
+                        let (keys, full) = self.read_keys(limit)?;
+                        let epoch = self.shared.publish(&keys, full)?;
+                        self.round_trips += 1;
+                        self.seen = epoch.unwrap_or(self.seen);
+                        self.fill(keys, full, Instant::now());
+                        return Ok(());
+                    }
+                    if waits >= TURN_WAITS {
+                        break;
+                    }
+                }
+                waits += 1;
+                std::thread::sleep(TURN_WAIT);
+            }
+            log::debug!("a peer's read of the shared window is slow; reading for this worker");
+        }
+        let (keys, full) = self.read_keys(limit)?;
+        self.fill(keys, full, Instant::now());
+        Ok(())
+    }
+
+    /// Takes a window a peer published (the jobs it lists that this worker
+    /// has claimed since are no longer pending and simply lose).
+    pub(super) fn adopt(&mut self, published: Published) {
+        let age = self
+            .queue
+            .clock()
+            .now()
+            .saturating_duration_since(published.read_at);
+        let read_at = Instant::now().checked_sub(age).unwrap_or_else(Instant::now);
+        self.fill(published.keys, published.full, read_at);
+    }
+
+    pub(super) fn fill(&mut self, keys: Vec<Key>, full: bool, read_at: Instant) {
+        let taken = std::mem::take(&mut self.taken);
+        self.window = if taken.is_empty() {
+            keys.into()
+        } else {
+            keys.into_iter()
+                .filter(|k| !taken.contains(&IdKey::of(&k.id)))
+                .collect()
+        };
+        self.full = full;
+        self.count_own();
+        self.found_nothing = self.window.is_empty();
+        self.window_read_at = read_at;
+        self.window_checked_at = Instant::now();
+        self.contended = 0;
+    }
+
+    /// Reads up to `limit` keys of eligible jobs in queue order, in four
+    /// ranges of the claim index (see [`priority_ranges`]), so a job without
+    /// a `priority` sorts as 0 without a write to give it one. Returns them
+    /// and whether the read stopped at its limit.
+    pub(super) fn read_keys(&mut self, limit: usize) -> Result<(Vec<Key>, bool), Error> {
+        self.round_trips += self.upkeep.run(&self.queue)?;
+        let mut keys = Vec::new();
+        let mut bytes = 0;
+        let mut full = false;
+        for (priority, order) in priority_ranges() {
+            let wanted = limit - keys.len();
+            if wanted == 0 || bytes > WINDOW_BYTES {
+                full = true;
+                break;
+            }
+            let mut filter = eligible_in(&self.queues, self.queue.clock().passed());
+            filter.insert(fields::PRIORITY, priority);
+            let cursor = self
+                .queue
+                .collection()
+                .clone_with_type::<RawDocumentBuf>()
+                .find(filter)
+                .sort(order)
+                .projection(key_projection())
+                .limit(wanted as i64)
+                .batch_size(10_000)
+                .run()
+                .map_err(|e| self.queue.db_error("find (claim read-ahead)", &e))?;
+            self.round_trips += 1;
+            for raw in cursor {
+                let raw = raw.map_err(|e| self.queue.db_error("find (claim read-ahead)", &e))?;
+                bytes += raw.as_bytes().len();
+                let (key, attempts) = key_of(&raw);
+                if is_number(&attempts) {
+                    keys.push(key);
+                } else {
+                    // `$inc` would fail on it and stop the whole claim.
+                    self.fail_unclaimable(key.id, Some(&attempts))?;
+                }
+                if bytes > WINDOW_BYTES {
+                    // Dropping the cursor ends the query on the server.
+                    full = true;
+                    break;
+                }
+            }
+        }
+        let full = full || keys.len() >= limit;
+        Ok((keys, full))
+    }
+
+    /// Whether any job is eligible at all (one index seek, one `_id`
+    /// returned): what an idle worker asks before it reads a window again.
+    pub(super) fn anything(&mut self) -> Result<bool, Error> {
+        self.round_trips += self.upkeep.run(&self.queue)?;
+        self.any_eligible(Document::new(), "find (any eligible job)")
+    }
+
+    /// Whether an eligible job also matching `also` exists: one index seek,
+    /// one `_id` returned.
+    pub(super) fn any_eligible(
+        &mut self,
+        also: Document,
+        what: &'static str,
+    ) -> Result<bool, Error> {
+        let mut filter = eligible_in(&self.queues, self.queue.clock().passed());
+        filter.extend(also);
+        let found = self
+            .queue
+            .collection()
+            .find_one(filter)
+            .projection(doc! {"_id": 1})
+            .run()
+            .map_err(|e| self.queue.db_error(what, &e))?;
+        self.round_trips += 1;
+        Ok(found.is_some())
+    }
+
+    /// Whether the window must be read again: every `max_window_age` it is
+    /// checked for an eligible job of a higher priority than its head (one
+    /// index seek, nothing returned when there is none), which would have
+    /// to run first; and it is read again anyway once it is
+    /// [`WINDOW_LIFETIME`] old. With peers, the check is the fleet's: each
+    /// worker looks whether a peer published a newer window (one `_id`
+    /// lookup), and the one that leads the check makes the seek.
+    pub(super) fn aged(&mut self) -> Result<bool, Error> {
+        if self.window_checked_at.elapsed() <= self.max_window_age {
+            return Ok(false);
+        }
+        self.window_checked_at = Instant::now();
+        if self.window_read_at.elapsed() > WINDOW_LIFETIME {
+            return Ok(true);
+        }
+        let Some(head) = self.window.front().map(|k| k.rank.clone()) else {
+            return Ok(true);
+        };
+        if self.share.part().1 > 1 {
+            let epoch = self.shared.epoch()?;
+            self.round_trips += 1;
+            if epoch > self.seen {
+                return Ok(true);
+            }
+            if !self.share.leads(PRIORITY_CHECK) {
+                return Ok(false);
+            }
+        }
+        let above = doc! {fields::PRIORITY: {"$gt": head.clone()}};
+        let above = if integer(&head).is_some_and(|n| n < 0) {
+            // Below 0, a job without a priority (ranked 0) is above too.
+            doc! {"$or": [above, {fields::PRIORITY: Bson::Null}]}
+        } else {
+            above
+        };
+        self.any_eligible(above, "find (higher priority)")
+    }
+}

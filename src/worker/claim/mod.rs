@@ -1,0 +1,316 @@
+//! The claim: how a worker takes a batch of jobs, atomically, in few round
+//! trips.
+//!
+//! MongoDB has no "update N documents and return them" (findAndModify takes
+//! one), so a batch claim is built from documented operations:
+//!
+//! 1. **Read ahead** the keys (`_id`, `priority`, `attempts`) of the next
+//!    eligible jobs, in queue order (`priority` desc, `run_at`, `_id`),
+//!    several batches at once, through the `mongoq_claim_by_queue` index,
+//!    into a window bounded by count and bytes. The read is four exact
+//!    `priority` ranges of the index (see [`priority_ranges`]), so a job
+//!    without a `priority` ranks as 0 with no write to give it one. Workers
+//!    that share the queue share the window too ([`SharedWindow`]): one of
+//!    them reads it and publishes the keys, and its peers take them from
+//!    there instead of reading the queue themselves.
+//! 2. **Claim** a batch from the window with one `updateMany` whose filter
+//!    leads with the batch's `_id`s (hinted to the `_id` index) and repeats
+//!    `status: "pending"`, the `run_at` bound and the worker's queues. Each
+//!    document's update is atomic, so a job another worker took in between
+//!    simply does not match: two workers never hold the same job. All jobs
+//!    claimed get this claim's fresh `lease_token` and `attempts + 1`.
+//! 3. **Read back** what the token holds: one `find` on the lease-token
+//!    index, which returns the bodies of the jobs won, as they are now.
+//!
+//! That is two round trips per batch plus one read-ahead per several
+//! batches for the whole fleet. Workers that share the queue divide it
+//! ([`super::share`]): each claims its own part of the window first, so they
+//! seldom collide; when claims keep winning less than half of what they
+//! ask for, the window is stale and is read again rather than fought over.
+//! Every `max_window_age` (at most a second) one worker of the fleet (the
+//! one that leads the duty, [`Share::leads`]) makes one index seek for an eligible job of a higher priority than the
+//! window's head, which re-reads the window; its peers see the new window
+//! at their next look (each looks once a `max_window_age`), so a new urgent
+//! job waits at most about two of them. A window is read again after
+//! [`WINDOW_LIFETIME`] anyway.
+//!
+//! Retrying a claim after a lost reply is safe: the retry reuses the token,
+//! the documents the lost attempt took no longer match `pending`, and the
+//! read back returns everything held under the token.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mongodb::bson::{oid::ObjectId, Bson, Document};
+
+use super::share::{owns, Share};
+use super::upkeep::Upkeep;
+use crate::error::Error;
+use crate::fleet::window::{Key, SharedWindow};
+use crate::queue::Queue;
+
+mod ahead;
+mod write;
+
+/// A window is read again at least this often, even when no higher
+/// priority has arrived, so what it proposes is never older.
+pub(crate) const WINDOW_LIFETIME: Duration = Duration::from_secs(5);
+
+/// The most jobs a window holds. A read-ahead fetches what the worker can
+/// start within the window's lifetime (at its measured pace; at least one
+/// batch), times the number of workers dividing the queue (only its part
+/// is its own), up to this many and [`WINDOW_BYTES`]. One query then
+/// serves many batches; on servers where a query's price grows with the
+/// backlog (everything the filter matches is examined) that makes it cheap
+/// per job, and on those where the index scan stops at the limit it costs
+/// the same per job at any size.
+const MAX_WINDOW: usize = 40_000;
+
+/// The window stops filling at this many bytes of keys, so the shared
+/// window stays far below MongoDB's 16 MB document limit.
+const WINDOW_BYTES: usize = 4 * 1024 * 1024;
+
+/// A claim that won some jobs.
+pub(crate) struct Claimed {
+    pub(crate) token: ObjectId,
+    pub(crate) documents: Vec<Document>,
+}
+
+/// Claims batches for one worker; owns its copy of the read-ahead window.
+pub(crate) struct Claimer {
+    queue: Queue,
+    owner: String,
+    lease: Duration,
+    /// The named queues this worker takes jobs from.
+    queues: Vec<String>,
+    /// Eligible jobs as the read-ahead saw them, in queue order.
+    window: VecDeque<Key>,
+    /// The window shared with the peers serving the same queues.
+    shared: SharedWindow,
+    /// The newest shared epoch this worker has seen (0: none).
+    seen: i64,
+    /// The window's read stopped at its limit: there is more beyond it.
+    full: bool,
+    /// Claims in a row that won less than half of what they asked for.
+    contended: u32,
+    /// When the window was read (by this worker or the peer that shared it).
+    window_read_at: Instant,
+    max_window_age: Duration,
+    upkeep: Upkeep,
+    /// The token of a claim that failed half-way; the retry reuses it.
+    unfinished: Option<ObjectId>,
+    /// Round trips made, for `bench` and stats.
+    pub(crate) round_trips: u64,
+    /// Jobs the claims asked for (won or taken by others first).
+    pub(crate) candidates: u64,
+    /// This worker's part of the queue, claimed first.
+    share: Arc<Share>,
+    /// Jobs of this worker's part left in the window.
+    own_left: usize,
+    /// The part `own_left` was counted for.
+    part_read: (usize, usize),
+    /// When the window was last checked for higher priorities.
+    window_checked_at: Instant,
+    /// The last window read found nothing eligible.
+    found_nothing: bool,
+    /// The jobs this worker asked for since the window was last filled:
+    /// a window a peer read before they were claimed still lists them.
+    taken: HashSet<IdKey>,
+}
+
+impl Claimer {
+    pub(crate) fn new(
+        queue: Queue,
+        owner: String,
+        lease: Duration,
+        queues: Vec<String>,
+        max_window_age: Duration,
+        share: Arc<Share>,
+    ) -> Claimer {
+        let shared = SharedWindow::new(&queue, &queues, &owner);
+        Claimer {
+            queue,
+            owner,
+            lease,
+            queues,
+            window: VecDeque::new(),
+            shared,
+            seen: 0,
+            full: false,
+            contended: 0,
+            window_read_at: Instant::now(),
+            max_window_age,
+            upkeep: Upkeep::default(),
+            unfinished: None,
+            round_trips: 0,
+            candidates: 0,
+            share,
+            own_left: 0,
+            part_read: (0, 1),
+            window_checked_at: Instant::now(),
+            found_nothing: false,
+            taken: HashSet::new(),
+        }
+    }
+
+    /// Claims up to `count` jobs, reading ahead `window` of this worker's
+    /// own jobs when the window must be read. `None` means nothing is
+    /// eligible right now.
+    pub(crate) fn claim(&mut self, count: usize, window: usize) -> Result<Option<Claimed>, Error> {
+        if count == 0 {
+            return Ok(None);
+        }
+        // An error below leaves `unfinished` set, so the caller's retry
+        // comes back with the same token.
+        let retrying = self.unfinished.is_some();
+        let token = *self.unfinished.get_or_insert_with(ObjectId::new);
+        let claimed = self.claim_with(token, count, window, retrying)?;
+        self.unfinished = None;
+        Ok(claimed)
+    }
+
+    fn claim_with(
+        &mut self,
+        token: ObjectId,
+        count: usize,
+        window: usize,
+        retrying: bool,
+    ) -> Result<Option<Claimed>, Error> {
+        // Two passes at most: the second only after a stale or contended
+        // window was dropped.
+        for _ in 0..2 {
+            let part = self.share.part();
+            if part != self.part_read {
+                self.count_own();
+            }
+            // A window with nothing left of this worker's part is read again
+            // when there is more beyond it, or a peer read a newer one,
+            // before others' jobs are taken from it.
+            let spent = part.1 > 1 && self.own_left == 0 && !self.window.is_empty();
+            if !self.window.is_empty() && !spent && self.aged()? {
+                self.window.clear();
+            }
+            if self.window.is_empty() && self.found_nothing && !retrying && !self.anything()? {
+                // Idle: one index seek per poll, not a read of every range.
+                return Ok(None);
+            }
+            let fresh = if self.window.is_empty() || (spent && self.more_beyond()?) {
+                // Who shares the queue now decides what is ours in it.
+                self.round_trips += self.share.recheck(&self.queue)?;
+                let of = self.share.part().1;
+                let size = window.saturating_mul(of).min(MAX_WINDOW).max(count);
+                self.refill(size)?;
+                true
+            } else {
+                false
+            };
+            if self.window.is_empty() && !retrying {
+                return Ok(None);
+            }
+            let candidates = self.take(count);
+            self.candidates += candidates.len() as u64;
+            if self.share.part().1 > 1 {
+                self.taken
+                    .extend(candidates.iter().map(|k| IdKey::of(&k.id)));
+            }
+            let won = self.claim_documents(&candidates, token)?;
+            if won < candidates.len() {
+                self.round_trips += self.share.recheck(&self.queue)?;
+            }
+            if won * 2 < candidates.len() {
+                self.contended += 1;
+                if self.contended >= 2 {
+                    // Other workers keep beating us to this window: it is
+                    // stale, read a fresh one.
+                    self.window.clear();
+                    self.contended = 0;
+                }
+            } else {
+                self.contended = 0;
+            }
+            // A lost reply may have claimed jobs we never saw, so a retry
+            // reads back even when this attempt won nothing.
+            let documents = if won > 0 || retrying {
+                self.read_claimed(token)?
+            } else {
+                Vec::new()
+            };
+            if !documents.is_empty() {
+                return Ok(Some(Claimed { token, documents }));
+            }
+            if fresh {
+                // A window read just now was entirely taken by others;
+                // let the caller come back rather than spin.
+                return Ok(None);
+            }
+        }
+        Ok(None)
+    }
+
+    /// Takes `count` keys from the window: this worker's part first, in
+    /// queue order. A worker alone takes the head. One whose part is used
+    /// up takes a `1/n` share of the others' jobs from the end of the
+    /// head's priority (their owners reach it last); lower priorities still
+    /// wait for higher ones.
+    fn take(&mut self, count: usize) -> Vec<Key> {
+        let part = self.share.part();
+        if part.1 > 1 && self.own_left > 0 {
+            let mut taken = Vec::with_capacity(count.min(self.own_left));
+            let mut rest = VecDeque::with_capacity(self.window.len());
+            for key in self.window.drain(..) {
+                if taken.len() < count && owns(part, &key.id) {
+                    taken.push(key);
+                } else {
+                    rest.push_back(key);
+                }
+            }
+            self.window = rest;
+            self.own_left -= taken.len().min(self.own_left);
+            if !taken.is_empty() {
+                return taken;
+            }
+        }
+        let Some(first) = self.window.front() else {
+            return Vec::new();
+        };
+        let head = &first.rank;
+        let same = self.window.iter().take_while(|k| k.rank == *head).count();
+        let mut take = count.min(self.window.len());
+        let start = if part.1 > 1 {
+            // Others' jobs (a dead peer's, or the last of a drain): a share
+            // of them, from the end of the head's priority, which their
+            // owners reach last.
+            take = take.div_ceil(part.1).min(same.max(1));
+            same.saturating_sub(take)
+        } else {
+            // Alone, as far as the registry says: from the head.
+            0
+        };
+        self.window.drain(start..start + take).collect()
+    }
+
+    /// Counts the jobs of this worker's part in the window.
+    fn count_own(&mut self) {
+        let part = self.share.part();
+        self.own_left = self.window.iter().filter(|k| owns(part, &k.id)).count();
+        self.part_read = part;
+    }
+}
+
+/// An `_id` as a set member (`Bson` is not `Hash`): an ObjectId's bytes,
+/// or any other id's extended JSON.
+#[derive(PartialEq, Eq, Hash)]
+enum IdKey {
+    ObjectId([u8; 12]),
+    Other(String),
+}
+
+impl IdKey {
+    fn of(id: &Bson) -> IdKey {
+        match id {
+            Bson::ObjectId(oid) => IdKey::ObjectId(oid.bytes()),
+            other => IdKey::Other(other.clone().into_relaxed_extjson().to_string()),
+        }
+    }
+}
