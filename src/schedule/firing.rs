@@ -37,8 +37,13 @@ use crate::queue::enqueue::new_job_document;
 use crate::queue::EnqueueOptions;
 use crate::schema::{fields, Status};
 
-/// The longest a ticker sleeps between looks.
+/// How often a ticker looks while schedules tick (it sleeps until the next
+/// tick it knows of, at most this long after a look that found one).
 pub const LOOK_EVERY: Duration = Duration::from_secs(1);
+/// The longest a ticker sleeps when no schedule ticks within it: a look
+/// reads the schedules due within this long, so an idle fleet looks once
+/// per this, and a schedule added or resumed is seen within it.
+pub const LOOK_IDLE: Duration = Duration::from_secs(5);
 
 /// How late a tick may be and still count as on time (for `--catch-up none`).
 const ON_TIME: Duration = Duration::from_secs(2);
@@ -103,7 +108,7 @@ struct Plan {
 impl Schedules {
     /// Fires the due schedules of `queues` (on time those `owner` owns, a
     /// peer's once late); returns what it did and how long until the next
-    /// tick among them (at most [`LOOK_EVERY`]).
+    /// tick among them (at most [`LOOK_IDLE`]).
     pub fn fire_due(&self, queues: &[String], owner: Owner) -> Result<(Fired, Duration), Error> {
         if !self.queue.clock().is_measured() {
             // Never this host's clock: a fast one would fire ticks early.
@@ -113,7 +118,7 @@ impl Schedules {
         // (its reading less its uncertainty).
         let now = self.queue.clock().passed();
         let now_ms = now.timestamp_millis();
-        let horizon = DateTime::from_millis(now_ms + LOOK_EVERY.as_millis() as i64);
+        let horizon = DateTime::from_millis(now_ms + LOOK_IDLE.as_millis() as i64);
         let cursor = self
             .collection()
             .find(doc! {
@@ -127,7 +132,7 @@ impl Schedules {
             .map_err(|e| self.queue.db_error("find (due schedules)", &e))?;
         // The earliest instant a look is wanted again (server time, ms):
         // the next tick among these schedules, or when a peer's becomes late.
-        let mut wake = now_ms + LOOK_EVERY.as_millis() as i64;
+        let mut wake = now_ms + LOOK_IDLE.as_millis() as i64;
         let fired_at = self.queue.now();
         let mut plans = Vec::new();
         let mut batch: Vec<Document> = Vec::new();
@@ -189,7 +194,7 @@ impl Schedules {
         // Measured after the writes, so the time they took does not push
         // every later look back.
         let sleep = u64::try_from(wake - self.queue.now().timestamp_millis()).unwrap_or(0);
-        Ok((total, Duration::from_millis(sleep).min(LOOK_EVERY)))
+        Ok((total, Duration::from_millis(sleep).min(LOOK_IDLE)))
     }
 
     /// The ticks one due schedule fires now, as its catch-up policy and

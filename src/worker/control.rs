@@ -1,7 +1,7 @@
 //! The control thread: keeps this worker in step with the fleet.
 //!
-//! Twice a second it reads the controls of this worker's queues (pause,
-//! limits) into [`Controls`], which the fetcher consults before claiming
+//! Twice a second (every few seconds while the worker is idle) it reads the
+//! controls of this worker's queues (pause, limits) into [`Controls`], which the fetcher consults before claiming
 //! and the handler threads before starting a job; gives back concurrency
 //! slots that finished jobs freed and no claim netted; takes back slots of
 //! dead workers; and every few seconds writes this worker's registry
@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use mongodb::bson::doc;
@@ -27,9 +27,23 @@ use crate::error::Error;
 use crate::queue::registry::HEARTBEAT;
 use crate::queue::{Queue, QueueControl};
 use crate::shutdown::Shutdown;
+use crate::sync::lock;
+
+use super::wake::Doorbell;
 
 /// How often the controls (and the peers) are read.
 pub const REFRESH: Duration = Duration::from_millis(500);
+
+/// While the worker is idle (it found nothing to claim within the last few
+/// seconds) the controls and peers are read this seldom, and the heartbeat
+/// written at [`IDLE_HEARTBEAT`]: an idle fleet then costs the server little.
+/// A worker that finds a job again reads the controls before it claims
+/// (see `Fetcher`), so a pause still holds within a second.
+pub const IDLE_REFRESH: Duration = Duration::from_secs(5);
+/// The heartbeat of an idle worker. Peers count one seen within 5 s, so
+/// they leave an idle worker out of their division (it claims nothing);
+/// it beats again as soon as it works, and is listed late only after 10 s.
+pub const IDLE_HEARTBEAT: Duration = Duration::from_secs(8);
 
 /// The controls of this worker's queues, as last read.
 #[derive(Default)]
@@ -37,6 +51,8 @@ pub(crate) struct Controls {
     by_queue: RwLock<HashMap<String, QueueControl>>,
     /// The controls were read at least once.
     loaded: AtomicBool,
+    /// When they were last read.
+    read_at: Mutex<Option<Instant>>,
 }
 
 /// What the fetcher may claim now.
@@ -56,6 +72,12 @@ impl Controls {
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = by_queue;
         self.loaded.store(true, Relaxed);
+        *lock(&self.read_at) = Some(Instant::now());
+    }
+
+    /// Whether they were read within `within`.
+    pub(crate) fn fresh_within(&self, within: Duration) -> bool {
+        lock(&self.read_at).is_some_and(|at| at.elapsed() < within)
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, QueueControl>> {
@@ -100,18 +122,21 @@ pub(crate) struct Control {
     pub(crate) health: Arc<Health>,
     pub(crate) running: Arc<Running>,
     pub(crate) leases: Arc<Leases>,
+    /// Says whether the worker is idle.
+    pub(crate) doorbell: Arc<Doorbell>,
 }
 
 impl Control {
     /// Reads the controls, and the live peers that divide the queues with
     /// this worker (see [`super::share`]).
     pub(crate) fn refresh(&self) -> Result<(), Error> {
-        let controls = self.queue.controls_of(&self.config.queues)?;
-        self.controls.set(controls);
-        Counters::add(&self.counters.control_round_trips, 1);
-        let trips = self.share.refresh(&self.queue)?;
-        Counters::add(&self.counters.control_round_trips, trips);
-        Ok(())
+        refresh(
+            &self.queue,
+            &self.config.queues,
+            &self.controls,
+            &self.share,
+            &self.counters,
+        )
     }
 
     /// Writes this worker's registry document.
@@ -140,8 +165,11 @@ impl Control {
         let mut next_heartbeat = Instant::now() + HEARTBEAT;
         loop {
             self.health.beat(Beat::Control);
-            if let Err(error) = self.health.track(self.refresh()) {
-                log::warn!("could not read the queue controls (will retry): {error}");
+            let idle = self.doorbell.wanted();
+            if !(idle && self.controls.fresh_within(IDLE_REFRESH)) {
+                if let Err(error) = self.health.track(self.refresh()) {
+                    log::warn!("could not read the queue controls (will retry): {error}");
+                }
             }
             self.settle();
             for control in self.controls.all() {
@@ -170,7 +198,10 @@ impl Control {
                 if let Err(error) = self.heartbeat() {
                     log::warn!("could not write the worker registry (will retry): {error}");
                 }
-                next_heartbeat = Instant::now() + HEARTBEAT;
+                next_heartbeat = Instant::now() + if idle { IDLE_HEARTBEAT } else { HEARTBEAT };
+            }
+            if !idle {
+                next_heartbeat = next_heartbeat.min(Instant::now() + HEARTBEAT);
             }
             if stop.sleep(REFRESH) {
                 break;
@@ -202,4 +233,21 @@ impl Control {
             }
         }
     }
+}
+
+/// Reads the controls of `queues` and the peers that share them (two round
+/// trips): the control thread's refresh, and the fetcher's when it finds
+/// work after idling.
+pub(crate) fn refresh(
+    queue: &Queue,
+    queues: &[String],
+    controls: &Controls,
+    share: &Share,
+    counters: &Counters,
+) -> Result<(), Error> {
+    controls.set(queue.controls_of(queues)?);
+    Counters::add(&counters.control_round_trips, 1);
+    let trips = share.refresh(queue)?;
+    Counters::add(&counters.control_round_trips, trips);
+    Ok(())
 }

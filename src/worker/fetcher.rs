@@ -16,7 +16,7 @@ use mongodb::bson::{doc, Bson};
 
 use super::claim::{Claimed, Claimer, WINDOW_LIFETIME};
 use super::config::WorkerConfig;
-use super::control::Controls;
+use super::control::{refresh, Controls, REFRESH};
 use super::health::{Beat, Health};
 use super::lease::Leases;
 use super::limits::{take_slots, take_starts, Slots, START_WITHIN};
@@ -66,6 +66,8 @@ pub(crate) struct Fetcher {
     pub(crate) handler: Arc<dyn Handler>,
     pub(crate) jobs: Sender<Job>,
     pub(crate) outcomes: Sender<Outcome>,
+    /// An idle poll found work (see [`Claimer::take_woke`]).
+    pub(crate) woke: std::cell::Cell<bool>,
 }
 
 impl Fetcher {
@@ -139,6 +141,28 @@ impl Fetcher {
                 idle.reset();
                 continue;
             }
+            if self.woke.replace(false) {
+                // An idle poll found work: the controls may be seconds old
+                // (an idle worker reads them seldom), so read them before
+                // claiming; a pause holds within a second.
+                idle.reset();
+                if !self.controls.fresh_within(REFRESH) {
+                    let refreshed =
+                        retry_until_stopped(shutdown, "reading the queue controls", || {
+                            self.health.track(refresh(
+                                &self.queue,
+                                &config.queues,
+                                &self.controls,
+                                &self.share,
+                                &self.counters,
+                            ))
+                        });
+                    if refreshed.is_none() {
+                        break;
+                    }
+                }
+                continue;
+            }
             if blocked {
                 // A limit, not a lack of jobs: slots free up as jobs finish
                 // (here or elsewhere) and starts as the window moves, so
@@ -210,6 +234,9 @@ impl Fetcher {
             &self.counters.claim_candidates,
             claimer.candidates - before.1,
         );
+        if claimer.take_woke() {
+            self.woke.set(true);
+        }
         let claimed = claimed?;
         Counters::add(&self.counters.claim_attempts, 1);
         let won = claimed.as_ref().map_or(0, |c| c.documents.len());

@@ -320,6 +320,7 @@ impl Worker {
             health: Arc::clone(&parts.health),
             running: Arc::clone(&parts.running),
             leases: Arc::clone(&parts.leases),
+            doorbell: Arc::clone(&parts.doorbell),
         }
     }
 
@@ -411,6 +412,7 @@ impl Worker {
             handler: Arc::clone(&self.handler),
             jobs: job_tx,
             outcomes: outcome_tx.clone(),
+            woke: std::cell::Cell::new(false),
         };
         let fetch_stop = shutdown.clone();
         handlers.push(spawn("mongoq-fetcher", move || fetcher.run(&fetch_stop)));
@@ -491,16 +493,13 @@ impl Worker {
         // are rescued, as after a crash. Handler threads stuck past the
         // grace period are left behind too.
         let last_call = Instant::now() + Duration::from_secs(5);
-        for handle in [
-            Some(completer),
-            Some(keeper),
-            watcher,
-            Some(control),
-            Some(flows),
-        ]
-        .into_iter()
-        .flatten()
-        .chain(handlers)
+        // The watcher ends with its `getMore` (at most `wake::AWAIT`); the
+        // process need not wait for it.
+        drop(watcher);
+        for handle in [Some(completer), Some(keeper), Some(control), Some(flows)]
+            .into_iter()
+            .flatten()
+            .chain(handlers)
         {
             join_or_leave(handle, last_call);
         }

@@ -27,6 +27,11 @@ use crate::schema::{fields, Status};
 use crate::shutdown::Shutdown;
 use crate::sync::lock;
 
+/// How long one `getMore` of the stream waits for an event: an idle worker
+/// asks the server this often (events come back at once). Stopping does
+/// not wait for it: the thread is left to end with its `getMore`.
+pub(crate) const AWAIT: Duration = Duration::from_secs(5);
+
 /// How long after the fetcher last found nothing the stream stays open.
 pub(crate) const KEEP_OPEN: Duration = Duration::from_secs(5);
 
@@ -74,8 +79,9 @@ impl Doorbell {
         std::mem::replace(&mut state.rung, false)
     }
 
-    /// Whether the fetcher found nothing within the last [`KEEP_OPEN`].
-    fn wanted(&self) -> bool {
+    /// Whether the fetcher found nothing within the last [`KEEP_OPEN`]:
+    /// the worker is idle.
+    pub(crate) fn wanted(&self) -> bool {
         lock(&self.state).wanted()
     }
 
@@ -121,7 +127,7 @@ pub(crate) fn watch(queue: &Queue, doorbell: &Doorbell, stop: &Shutdown) {
             .collection()
             .watch()
             .pipeline(pipeline())
-            .max_await_time(Duration::from_millis(500))
+            .max_await_time(AWAIT)
             .run();
         let mut stream = match stream {
             Ok(stream) => stream,

@@ -21,6 +21,10 @@ const TURN_WAITS: u32 = 40;
 /// The duty of the fleet's check for a higher priority (see [`Share::leads`]).
 const PRIORITY_CHECK: &str = "priority check";
 
+/// The duty of failing unroutable pending jobs (see [`super::Upkeep`]),
+/// which an idle worker does only when it leads it among its peers.
+const UPKEEP: &str = "upkeep";
+
 impl Claimer {
     /// With this worker's part of the window used up: whether a read would
     /// find more than the others' jobs left in it (the read stopped at its
@@ -165,7 +169,9 @@ impl Claimer {
     /// Whether any job is eligible at all (one index seek, one `_id`
     /// returned): what an idle worker asks before it reads a window again.
     pub(super) fn anything(&mut self) -> Result<bool, Error> {
-        self.round_trips += self.upkeep.run(&self.queue)?;
+        if self.share.leads(UPKEEP) {
+            self.round_trips += self.upkeep.run(&self.queue)?;
+        }
         self.any_eligible(Document::new(), "find (any eligible job)")
     }
 

@@ -114,6 +114,9 @@ pub(crate) struct Claimer {
     window_checked_at: Instant,
     /// The last window read found nothing eligible.
     found_nothing: bool,
+    /// An idle poll found work since the caller last looked (see
+    /// [`Claimer::take_woke`]).
+    woke: bool,
     /// The jobs this worker asked for since the window was last filled:
     /// a window a peer read before they were claimed still lists them.
     taken: HashSet<IdKey>,
@@ -150,6 +153,7 @@ impl Claimer {
             part_read: (0, 1),
             window_checked_at: Instant::now(),
             found_nothing: false,
+            woke: false,
             taken: HashSet::new(),
         }
     }
@@ -168,6 +172,12 @@ impl Claimer {
         let claimed = self.claim_with(token, count, window, retrying)?;
         self.unfinished = None;
         Ok(claimed)
+    }
+
+    /// Whether an idle poll found work (and so nothing was claimed yet):
+    /// the fetcher then makes sure of the controls before claiming.
+    pub(crate) fn take_woke(&mut self) -> bool {
+        std::mem::take(&mut self.woke)
     }
 
     fn claim_with(
@@ -191,8 +201,14 @@ impl Claimer {
             if !self.window.is_empty() && !spent && self.aged()? {
                 self.window.clear();
             }
-            if self.window.is_empty() && self.found_nothing && !retrying && !self.anything()? {
+            if self.window.is_empty() && self.found_nothing && !retrying {
                 // Idle: one index seek per poll, not a read of every range.
+                if self.anything()? {
+                    // Work again: the caller reads the controls first (an
+                    // idle worker reads them seldom) and comes back.
+                    self.found_nothing = false;
+                    self.woke = true;
+                }
                 return Ok(None);
             }
             let fresh = if self.window.is_empty() || (spent && self.more_beyond()?) {
