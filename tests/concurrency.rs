@@ -133,3 +133,53 @@ fn three_workers_of_four_threads_drain_5000_jobs_exactly_once() {
         "every worker stopped cleanly"
     );
 }
+
+/// Peers read the queue once between them: the one whose turn it is reads
+/// the keys of the next jobs and publishes them in `<collection>_windows`,
+/// and the others claim their parts from there. The window document names
+/// its queues and is left with no reader holding the turn.
+#[test]
+fn peers_share_one_read_ahead_window() {
+    let db = TestDb::new("shared_window");
+    db.enqueue_many(4_000, &[]);
+    let mut workers: Vec<_> = (0..4)
+        .map(|i| {
+            db.spawn_worker(&[
+                "--drain",
+                "--threads",
+                "2",
+                "--batch-size",
+                "200",
+                "--worker-id",
+                &format!("peer{i}"),
+                "--simulate",
+                "1ms..1ms",
+            ])
+        })
+        .collect();
+    for worker in &mut workers {
+        assert!(
+            worker.wait(Duration::from_secs(120)).success(),
+            "{}",
+            worker.log_text()
+        );
+    }
+    assert_eq!(db.count(doc! {"status": "completed", "attempts": 1}), 4_000);
+    let windows = db
+        .database()
+        .collection::<mongodb::bson::Document>(&format!("{}_windows", db.coll().name()));
+    let window = windows
+        .find_one(doc! {"_id": "default"})
+        .run()
+        .unwrap()
+        .expect("the peers published a shared window");
+    let epoch = window.get("epoch").and_then(mongodb::bson::Bson::as_i64);
+    assert!(epoch.is_some_and(|e| e >= 1), "{window}");
+    assert_eq!(
+        window.get_array("queues").unwrap(),
+        &vec![mongodb::bson::Bson::String("default".into())],
+        "{window}"
+    );
+    assert!(!window.contains_key("reading_until"), "{window}");
+    assert!(window.get_array("ids").is_ok(), "{window}");
+}
