@@ -35,11 +35,7 @@ fn workers_sharing_a_queue_divide_it_and_lose_few_claims() {
         })
         .collect();
     for worker in &mut workers {
-        assert!(
-            worker.wait(Duration::from_secs(120)).success(),
-            "{}",
-            worker.log_text()
-        );
+        worker.expect_success(Duration::from_secs(120));
     }
     assert_eq!(db.count(doc! {"status": "completed"}), 3_000);
     assert_eq!(
@@ -158,11 +154,7 @@ fn peers_share_one_read_ahead_window() {
         })
         .collect();
     for worker in &mut workers {
-        assert!(
-            worker.wait(Duration::from_secs(120)).success(),
-            "{}",
-            worker.log_text()
-        );
+        worker.expect_success(Duration::from_secs(120));
     }
     assert_eq!(db.count(doc! {"status": "completed", "attempts": 1}), 4_000);
     let windows = db
