@@ -1,5 +1,5 @@
-//! Text helpers with one copy each: cutting on a character boundary and
-//! percent-encoding. Everything here takes outside input (job errors,
+//! Text helpers with one copy each: cutting on a character boundary,
+//! percent-encoding, and the stable hash peers divide work by. Everything here takes outside input (job errors,
 //! handler output, URIs, HTTP requests), so nothing here may panic on any
 //! byte sequence; the property tests below feed it arbitrary text.
 
@@ -85,6 +85,14 @@ pub fn percent_encode(text: &str) -> String {
 
 fn hex(byte: u8) -> Option<u8> {
     (byte as char).to_digit(16).map(|d| d as u8)
+}
+
+/// FNV-1a, 64 bits: stable across processes, hosts and versions (std's
+/// hasher is not), which is all that dividing work among peers needs.
+pub fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
+        (hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 #[cfg(test)]

@@ -24,6 +24,7 @@ use mongodb::sync::Collection;
 use crate::error::Error;
 use crate::queue::enqueue::is_duplicate_key;
 use crate::queue::Queue;
+use crate::text::fnv1a;
 
 /// A reader's turn lasts at most this long; a reader that died holding it
 /// is replaced after that.
@@ -157,12 +158,7 @@ fn window_id(queues: &[String]) -> String {
     if joined.len() <= MAX_ID_BYTES {
         return joined;
     }
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in joined.as_bytes() {
-        hash ^= u64::from(*byte);
-        hash = hash.wrapping_mul(0x0100_0000_01b3);
-    }
-    format!("fnv1a:{hash:016x}:{}", names.len())
+    format!("fnv1a:{:016x}:{}", fnv1a(joined.as_bytes()), names.len())
 }
 
 /// The ranks of `keys` (in queue order, so in runs): `[{rank, n}]`.

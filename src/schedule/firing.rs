@@ -36,6 +36,7 @@ use crate::error::Error;
 use crate::queue::enqueue::new_job_document;
 use crate::queue::EnqueueOptions;
 use crate::schema::{fields, Status};
+use crate::text::fnv1a;
 
 /// How often a ticker looks while schedules tick (it sleeps until the next
 /// tick it knows of, at most this long after a look that found one).
@@ -82,16 +83,8 @@ impl Owner {
 
     /// Whether `name` is this worker's to fire on time.
     pub fn owns(&self, name: &str) -> bool {
-        self.of <= 1 || (fnv1a(name) % self.of as u64) as usize == self.index
+        self.of <= 1 || (fnv1a(name.as_bytes()) % self.of as u64) as usize == self.index
     }
-}
-
-/// FNV-1a, 64 bits: stable across processes and versions (std's hasher is
-/// not), which is all that dividing the schedules needs.
-fn fnv1a(text: &str) -> u64 {
-    text.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
-        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
-    })
 }
 
 /// One due schedule's part of a look.

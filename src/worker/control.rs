@@ -1,9 +1,9 @@
 //! The control thread: keeps this worker in step with the fleet.
 //!
-//! Twice a second (every few seconds while the worker is idle) it reads the
-//! controls of this worker's queues (pause, limits) into [`Controls`], which the fetcher consults before claiming
-//! and the handler threads before starting a job; gives back concurrency
-//! slots that finished jobs freed and no claim netted; takes back slots of
+//! Twice a second (every few seconds while the worker is idle) it reads
+//! the controls of this worker's queues (pause, limits) into [`Controls`],
+//! which the fetcher consults before claiming and the handler threads
+//! before starting a job; gives back concurrency slots that finished jobs freed and no claim netted; takes back slots of
 //! dead workers; and every few seconds writes this worker's registry
 //! document (its heartbeat). It costs a few round trips per second per
 //! worker, never any per job. On stop it gives back what it still owes and

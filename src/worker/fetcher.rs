@@ -66,8 +66,6 @@ pub(crate) struct Fetcher {
     pub(crate) handler: Arc<dyn Handler>,
     pub(crate) jobs: Sender<Job>,
     pub(crate) outcomes: Sender<Outcome>,
-    /// An idle poll found work (see [`Claimer::take_woke`]).
-    pub(crate) woke: std::cell::Cell<bool>,
 }
 
 impl Fetcher {
@@ -141,7 +139,11 @@ impl Fetcher {
                 idle.reset();
                 continue;
             }
-            if self.woke.replace(false) {
+            // Every claimer is asked (no short cut), so none keeps its flag.
+            let woke = claimers
+                .values_mut()
+                .fold(false, |woke, claimer| claimer.take_woke() | woke);
+            if woke {
                 // An idle poll found work: the controls may be seconds old
                 // (an idle worker reads them seldom), so read them before
                 // claiming; a pause holds within a second.
@@ -234,9 +236,6 @@ impl Fetcher {
             &self.counters.claim_candidates,
             claimer.candidates - before.1,
         );
-        if claimer.take_woke() {
-            self.woke.set(true);
-        }
         let claimed = claimed?;
         Counters::add(&self.counters.claim_attempts, 1);
         let won = claimed.as_ref().map_or(0, |c| c.documents.len());

@@ -412,7 +412,6 @@ impl Worker {
             handler: Arc::clone(&self.handler),
             jobs: job_tx,
             outcomes: outcome_tx.clone(),
-            woke: std::cell::Cell::new(false),
         };
         let fetch_stop = shutdown.clone();
         handlers.push(spawn("mongoq-fetcher", move || fetcher.run(&fetch_stop)));

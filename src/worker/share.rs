@@ -25,6 +25,7 @@ use mongodb::bson::Bson;
 use crate::error::Error;
 use crate::queue::Queue;
 use crate::sync::lock;
+use crate::text::fnv1a;
 
 /// A peer counts in the division while its last heartbeat is this recent
 /// (it beats every two seconds).
@@ -87,14 +88,6 @@ impl Share {
         self.rank.store(rank, Relaxed);
     }
 
-    /// The current part: `(rank, of)`.
-    pub(crate) fn part(&self) -> (usize, usize) {
-        let of = self.of.load(Relaxed).max(1);
-        (self.rank.load(Relaxed).min(of - 1), of)
-    }
-}
-
-impl Share {
     /// Whether this worker does `duty` for the peers that share its queues
     /// (the flow sweep, the rescue of expired leases, the check for a
     /// higher priority): the one whose rank the duty's name hashes to. The
@@ -104,6 +97,12 @@ impl Share {
     pub(crate) fn leads(&self, duty: &str) -> bool {
         let (rank, of) = self.part();
         owns((rank, of), &Bson::String(duty.to_string()))
+    }
+
+    /// The current part: `(rank, of)`.
+    pub(crate) fn part(&self) -> (usize, usize) {
+        let of = self.of.load(Relaxed).max(1);
+        (self.rank.load(Relaxed).min(of - 1), of)
     }
 }
 
@@ -123,12 +122,7 @@ fn slot(id: &Bson) -> u64 {
             text.as_bytes()
         }
     };
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in bytes {
-        hash ^= u64::from(*byte);
-        hash = hash.wrapping_mul(0x0100_0000_01b3);
-    }
-    hash
+    fnv1a(bytes)
 }
 
 #[cfg(test)]

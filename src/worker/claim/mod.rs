@@ -28,10 +28,11 @@
 //! seldom collide; when claims keep winning less than half of what they
 //! ask for, the window is stale and is read again rather than fought over.
 //! Every `max_window_age` (at most a second) one worker of the fleet (the
-//! one that leads the duty, [`Share::leads`]) makes one index seek for an eligible job of a higher priority than the
-//! window's head, which re-reads the window; its peers see the new window
-//! at their next look (each looks once a `max_window_age`), so a new urgent
-//! job waits at most about two of them. A window is read again after
+//! one that leads the duty, [`Share::leads`]) makes one index seek for an
+//! eligible job of a higher priority than the window's head, which
+//! re-reads the window; its peers see the new window at their next look
+//! (each looks once a `max_window_age`), so a new urgent job waits at most
+//! about two of them. A window is read again after
 //! [`WINDOW_LIFETIME`] anyway.
 //!
 //! Retrying a claim after a lost reply is safe: the retry reuses the token,
@@ -230,7 +231,7 @@ impl Claimer {
                 self.taken
                     .extend(candidates.iter().map(|k| IdKey::of(&k.id)));
             }
-            let won = self.claim_documents(&candidates, token)?;
+            let (won, one_by_one) = self.claim_documents(&candidates, token)?;
             if won < candidates.len() {
                 self.round_trips += self.share.recheck(&self.queue)?;
             }
@@ -247,7 +248,9 @@ impl Claimer {
             }
             // A lost reply may have claimed jobs we never saw, so a retry
             // reads back even when this attempt won nothing.
-            let documents = if won > 0 || retrying {
+            // So may a claim that fell back to one job at a time: its
+            // updateMany may have stopped half-way.
+            let documents = if won > 0 || retrying || one_by_one {
                 self.read_claimed(token)?
             } else {
                 Vec::new()

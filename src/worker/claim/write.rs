@@ -20,13 +20,16 @@ const TYPE_MISMATCH: i32 = 14;
 
 impl Claimer {
     /// Claims the candidates that are still eligible: one `updateMany`.
+    /// Returns how many it won, and whether it fell back to one job at a
+    /// time (then what the token holds must be read back however many
+    /// that won: the `updateMany` may have stopped half-way).
     pub(super) fn claim_documents(
         &mut self,
         candidates: &[Key],
         token: ObjectId,
-    ) -> Result<usize, Error> {
+    ) -> Result<(usize, bool), Error> {
         if candidates.is_empty() {
-            return Ok(0);
+            return Ok((0, false));
         }
         let ids: Vec<Bson> = candidates.iter().map(|k| k.id.clone()).collect();
         let filter = self.claim_filter(doc! {"$in": &ids});
@@ -41,14 +44,14 @@ impl Claimer {
             .run();
         self.round_trips += 1;
         match result {
-            Ok(result) => Ok(result.modified_count as usize),
+            Ok(result) => Ok((result.modified_count as usize, false)),
             Err(error) if too_large(&error) || type_mismatch(&error) => {
                 // One job is so close to 16 MB that the claim's fields do
                 // not fit, or a producer set its `attempts` to something
                 // `$inc` refuses since the read-ahead. updateMany stops at
                 // it, maybe half-way, so claim one by one and fail that job;
                 // the read back returns what this token holds.
-                self.claim_one_by_one(&ids, token)
+                Ok((self.claim_one_by_one(&ids, token)?, true))
             }
             Err(error) => Err(self.queue.db_error("update (claim)", &error)),
         }
@@ -77,8 +80,7 @@ impl Claimer {
                 Err(error) => return Err(self.queue.db_error("update (claim)", &error)),
             }
         }
-        // Claimed after the one by one started: the caller reads them back.
-        Ok(won.max(1))
+        Ok(won)
     }
 
     /// Which documents a claim may take: eligible jobs of this worker's
