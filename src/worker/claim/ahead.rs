@@ -96,18 +96,26 @@ impl Claimer {
             .now()
             .saturating_duration_since(published.read_at);
         let read_at = Instant::now().checked_sub(age).unwrap_or_else(Instant::now);
-        self.fill(published.keys, published.full, read_at);
-    }
-
-    pub(super) fn fill(&mut self, keys: Vec<Key>, full: bool, read_at: Instant) {
+        // The peer read before this worker claimed some of its jobs.
         let taken = std::mem::take(&mut self.taken);
-        self.window = if taken.is_empty() {
-            keys.into()
+        let keys = if taken.is_empty() {
+            published.keys
         } else {
-            keys.into_iter()
+            published
+                .keys
+                .into_iter()
                 .filter(|k| !taken.contains(&IdKey::of(&k.id)))
                 .collect()
         };
+        self.fill(keys, published.full, read_at);
+    }
+
+    /// Makes `keys` the window. A read this worker made itself is current:
+    /// a job it claimed and handed back since (a pause, say) is listed
+    /// again, rightly, so the set of jobs taken starts over unfiltered.
+    pub(super) fn fill(&mut self, keys: Vec<Key>, full: bool, read_at: Instant) {
+        self.taken.clear();
+        self.window = keys.into();
         self.full = full;
         self.count_own();
         self.found_nothing = self.window.is_empty();
