@@ -40,8 +40,10 @@ pub struct Job {
     pub(crate) slot: Option<Arc<str>>,
     /// Set by [`Job::complete_in`]: the handler wrote the completion itself.
     pub(crate) settled: Arc<AtomicBool>,
-    /// Under a rate limit: the job must start by then, or go back unstarted.
-    pub(crate) start_by: Option<std::time::Instant>,
+    /// Under a rate limit: the instant its start was reserved for. It
+    /// starts then, or within `START_SLACK` after; later, it goes back
+    /// unstarted.
+    pub(crate) start_at: Option<std::time::Instant>,
     /// The latest progress the handler reported ([`Job::set_progress`]).
     pub(crate) progress: Arc<ProgressCell>,
     /// The jobs it waited for (`after`), empty for most jobs.
@@ -152,7 +154,7 @@ impl Job {
             cancelled: Arc::new(AtomicBool::new(false)),
             slot: None,
             settled: Arc::new(AtomicBool::new(false)),
-            start_by: None,
+            start_at: None,
             progress: Arc::default(),
             after,
             deps: Vec::new(),

@@ -19,7 +19,7 @@ use super::config::WorkerConfig;
 use super::control::{refresh, Controls, REFRESH};
 use super::health::{Beat, Health};
 use super::lease::Leases;
-use super::limits::{take_slots, take_starts, Slots, START_WITHIN};
+use super::limits::{take_slots, take_starts, Banked, Slots, START_LEAD, START_SLACK};
 use super::metrics::Histogram;
 use super::outage::retry_until_stopped;
 use super::outcome::{JobKey, Outcome};
@@ -66,6 +66,8 @@ pub(crate) struct Fetcher {
     pub(crate) handler: Arc<dyn Handler>,
     pub(crate) jobs: Sender<Job>,
     pub(crate) outcomes: Sender<Outcome>,
+    /// Rate-limited starts reserved and not yet filled.
+    pub(crate) banked: Banked,
 }
 
 impl Fetcher {
@@ -194,7 +196,7 @@ impl Fetcher {
         queues: &[String],
         want: usize,
         slot: Option<&str>,
-        start_by: Option<Instant>,
+        start_at: Option<Instant>,
         shutdown: &Shutdown,
     ) -> Option<usize> {
         let config = &self.config;
@@ -241,7 +243,7 @@ impl Fetcher {
         let won = claimed.as_ref().map_or(0, |c| c.documents.len());
         if let Some(claimed) = claimed {
             Counters::add(&self.counters.claim_batches, 1);
-            self.dispatch(claimed, slot.map(Arc::<str>::from), start_by);
+            self.dispatch(claimed, slot.map(Arc::<str>::from), start_at);
         }
         Some(won)
     }
@@ -258,30 +260,37 @@ impl Fetcher {
     ) -> Option<Limited> {
         let config = &self.config;
         let mut grant = u32::try_from(want).unwrap_or(u32::MAX);
-        let mut start_by = None;
+        let mut start_at = None;
         if let Some(rate) = control.rate {
-            // Reserved starts must happen within START_WITHIN: only as many
-            // as the threads can start by then at the measured pace.
+            // Reserved starts happen at the reserved instant, or within
+            // START_SLACK after it: only as many as the threads can start
+            // by then at the measured pace, after the jobs they hold.
             let startable = self
                 .pacing()
-                .startable_within(START_WITHIN, self.pace.average())
+                .startable_within(START_LEAD + START_SLACK, self.pace.average())
                 .saturating_sub(self.leases.held());
             grant = grant.min(u32::try_from(startable).unwrap_or(u32::MAX));
             if grant == 0 {
                 return Some(Limited::AtLimit);
             }
-            let taken = retry_until_stopped(shutdown, "taking rate-limited starts", || {
-                self.health.track(take_starts(
-                    &self.queue,
-                    &control.queue,
-                    rate,
-                    grant,
-                    self.queue.clock(),
-                ))
-            })?;
-            Counters::add(&self.counters.limit_round_trips, taken.round_trips);
-            grant = taken.jobs;
-            start_by = Some(Instant::now() + START_WITHIN);
+            let (at, jobs) = if let Some(banked) = self.banked.take(&control.queue, grant) {
+                banked
+            } else {
+                let (taken, at) =
+                    retry_until_stopped(shutdown, "taking rate-limited starts", || {
+                        self.health.track(take_starts(
+                            &self.queue,
+                            &control.queue,
+                            rate,
+                            grant,
+                            self.queue.clock(),
+                        ))
+                    })?;
+                Counters::add(&self.counters.limit_round_trips, taken.round_trips);
+                (at, taken.jobs)
+            };
+            grant = jobs;
+            start_at = Some((at, jobs));
             if grant == 0 {
                 return Some(Limited::AtLimit);
             }
@@ -314,11 +323,24 @@ impl Fetcher {
         }
         let queues = vec![control.queue.clone()];
         let slot = control.concurrency.map(|_| control.queue.as_str());
-        let won = self.claim(claimers, &queues, grant as usize, slot, start_by, shutdown);
-        // Slots the claim did not fill go back (netted into the next take).
-        let unfilled = slots.saturating_sub(u32::try_from(won.unwrap_or(0)).unwrap_or(u32::MAX));
+        let won = self.claim(
+            claimers,
+            &queues,
+            grant as usize,
+            slot,
+            start_at.map(|(at, _)| at),
+            shutdown,
+        );
+        let won_jobs = u32::try_from(won.unwrap_or(0)).unwrap_or(u32::MAX);
+        // Slots the claim did not fill go back (netted into the next take);
+        // starts it did not fill are banked for the next claim.
+        let unfilled = slots.saturating_sub(won_jobs);
         if unfilled > 0 {
             self.slots.free(&control.queue, unfilled);
+        }
+        if let Some((at, starts)) = start_at {
+            self.banked
+                .put(&control.queue, at, starts.saturating_sub(won_jobs));
         }
         won.map(Limited::Claimed)
     }
@@ -358,7 +380,7 @@ impl Fetcher {
 
     /// Turns claimed documents into jobs for the threads; malformed ones and
     /// ones out of attempts go straight to the completer as `failed`.
-    fn dispatch(&self, claimed: Claimed, slot: Option<Arc<str>>, start_by: Option<Instant>) {
+    fn dispatch(&self, claimed: Claimed, slot: Option<Arc<str>>, start_at: Option<Instant>) {
         let Claimed { token, documents } = claimed;
         self.leases.add(token, documents.len());
         Counters::add(&self.counters.claimed, documents.len() as u64);
@@ -397,7 +419,7 @@ impl Fetcher {
                 }
                 Ok(mut job) => {
                     job.slot.clone_from(&slot);
-                    job.start_by = start_by;
+                    job.start_at = start_at;
                     ready.push(job);
                 }
             }

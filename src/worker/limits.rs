@@ -16,19 +16,22 @@
 //! takes its slots back, but only if the entry is unchanged since it read
 //! it.
 //!
-//! **Rate.** The document keeps the reservation times of the last `n`
-//! starts, oldest first. Taking `k` starts at time `t` needs the `k`-th
-//! oldest to be older than `t − (window + margin)`; the new times are
-//! pushed and the array trimmed to `n`, in the same update. A job whose
-//! start was reserved must start within [`START_WITHIN`] or it goes back
-//! unstarted, so its real start lies within the margin of its reservation:
-//! the margin covers that and twice the clock's uncertainty, and no window
-//! of the real clock sees more than `n` starts. (Short windows therefore
-//! run somewhat under `n` per window; the price of exactness.)
+//! **Rate.** The document keeps the times of the last `n` reserved starts,
+//! oldest first. A start is reserved for an instant [`START_LEAD`] ahead
+//! (time enough to claim the job and hand it to a thread), and the job
+//! starts exactly then: its thread waits for the instant, and a job that
+//! cannot start within [`START_SLACK`] after it goes back unstarted. So a
+//! real start lies within the slack (and twice the clock's uncertainty) of
+//! its reserved time. Taking `k` starts for time `t` needs the `k`-th
+//! oldest to be older than `t − (window + margin)`, the margin being that
+//! slack and uncertainty; the new times are pushed and the array trimmed
+//! to `n`, in the same update. No window of the real clock sees more than
+//! `n` starts, and a limit of `n` per window runs at `window / (window +
+//! margin)` of its rate (95 % for `10/1s`).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use mongodb::bson::{doc, Bson, DateTime};
 use mongodb::options::ReturnDocument;
@@ -40,9 +43,14 @@ use crate::queue::Queue;
 use crate::schema::integer;
 use crate::sync::lock;
 
-/// A job whose start was reserved under a rate limit must start within
-/// this long, or it is handed back unstarted.
-pub const START_WITHIN: Duration = Duration::from_millis(500);
+/// A start is reserved for this long ahead: the claim and the hand-over to
+/// a thread happen in between.
+pub const START_LEAD: Duration = Duration::from_millis(200);
+
+/// A job whose start was reserved under a rate limit starts at the reserved
+/// instant, or within this long after it; later, it is handed back
+/// unstarted.
+pub const START_SLACK: Duration = Duration::from_millis(50);
 
 /// Slots this worker holds and slots its finished jobs freed, by queue.
 #[derive(Default)]
@@ -106,6 +114,51 @@ impl Slots {
 }
 
 /// What one take did: how many jobs may be claimed, and the round trips.
+/// A claim using banked starts should have landed by then: they are used
+/// only while the job can still start within [`START_SLACK`] after this.
+const BANK_CLAIM_TIME: Duration = Duration::from_millis(20);
+
+/// Rate-limited starts this worker reserved that its claim did not fill
+/// (it lost jobs to a peer, or found fewer): the next claim of the queue
+/// uses them while their instant's slack lasts, instead of reserving
+/// more. Without it, every start a claim does not fill is a start of the
+/// rate nobody makes.
+#[derive(Default)]
+pub(crate) struct Banked {
+    by_queue: Mutex<HashMap<String, (Instant, u32)>>,
+}
+
+impl Banked {
+    /// Up to `want` banked starts of `queue` still usable, and their instant.
+    pub(crate) fn take(&self, queue: &str, want: u32) -> Option<(Instant, u32)> {
+        let mut by_queue = lock(&self.by_queue);
+        let (at, n) = by_queue.remove(queue)?;
+        if n == 0 || Instant::now() + BANK_CLAIM_TIME > at + START_SLACK {
+            return None;
+        }
+        let used = n.min(want);
+        if n > used {
+            by_queue.insert(queue.to_string(), (at, n - used));
+        }
+        Some((at, used))
+    }
+
+    /// Banks `n` unused starts of `queue` reserved for `at` (replacing
+    /// older ones, which expire first anyway).
+    pub(crate) fn put(&self, queue: &str, at: Instant, n: u32) {
+        if n == 0 {
+            return;
+        }
+        let mut by_queue = lock(&self.by_queue);
+        match by_queue.get_mut(queue) {
+            Some((banked_at, banked)) if *banked_at == at => *banked += n,
+            _ => {
+                by_queue.insert(queue.to_string(), (at, n));
+            }
+        }
+    }
+}
+
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Grant {
     pub(crate) jobs: u32,
@@ -302,20 +355,23 @@ pub(crate) fn reclaim_dead(queue: &Queue, control: &QueueControl, me: &str) -> R
     Ok(reclaimed)
 }
 
-/// Reserves up to `want` starts of `name` under `rate`.
+/// Reserves up to `want` starts of `name` under `rate`, for the instant it
+/// returns (this host's clock, [`START_LEAD`] from now): the jobs start
+/// then, or within [`START_SLACK`].
 pub(crate) fn take_starts(
     queue: &Queue,
     name: &str,
     rate: Rate,
     want: u32,
     clock: &Clock,
-) -> Result<Grant, Error> {
+) -> Result<(Grant, Instant), Error> {
     let collection = queue.controls_collection();
     let uncertainty = clock.uncertainty();
-    // The latest the true time may be now, and the oldest a counted start
-    // may be (see the module docs for the margin).
-    let at = shift_by(clock.now(), uncertainty);
-    let margin = START_WITHIN + uncertainty * 2 + Duration::from_millis(100);
+    // The instant the jobs start, and the latest the true time may be then
+    // (recorded); the oldest a counted start may be (see the module docs).
+    let start = Instant::now() + START_LEAD;
+    let at = shift_by(clock.now(), uncertainty + START_LEAD);
+    let margin = START_SLACK + uncertainty * 2;
     let cutoff =
         DateTime::from_millis(at.timestamp_millis() - (rate.per + margin).as_millis() as i64);
     let mut grant = Grant::default();
@@ -339,7 +395,7 @@ pub(crate) fn take_starts(
         grant.round_trips += 1;
         if result.modified_count == 1 {
             grant.jobs = k;
-            return Ok(grant);
+            return Ok((grant, start));
         }
         let current = collection
             .find_one(doc! {"_id": name})
@@ -357,5 +413,5 @@ pub(crate) fn take_starts(
             });
         k = k.min(u32::try_from(old).unwrap_or(0));
     }
-    Ok(grant)
+    Ok((grant, start))
 }

@@ -82,7 +82,7 @@ use fetcher::Fetcher;
 use health::{Beat, Health};
 use keeper::Keeper;
 use lease::Leases;
-use limits::Slots;
+use limits::{Banked, Slots};
 use metrics::Histogram;
 use outage::retry_until_stopped;
 use outcome::Outcome;
@@ -412,6 +412,7 @@ impl Worker {
             handler: Arc::clone(&self.handler),
             jobs: job_tx,
             outcomes: outcome_tx.clone(),
+            banked: Banked::default(),
         };
         let fetch_stop = shutdown.clone();
         handlers.push(spawn("mongoq-fetcher", move || fetcher.run(&fetch_stop)));

@@ -14,6 +14,7 @@ use crossbeam_channel::{Receiver, Sender};
 
 use super::cancel::Running;
 use super::control::Controls;
+use super::limits::START_SLACK;
 use super::metrics::Histogram;
 use super::outcome::{bounded_error, JobKey, Outcome};
 use super::pacing::PaceMeter;
@@ -43,11 +44,20 @@ impl Runner {
     pub(crate) fn run(self, shutdown: &Shutdown) {
         for job in &self.jobs {
             let key = job.key();
+            if let Some(wait) = job
+                .start_at
+                .and_then(|at| at.checked_duration_since(Instant::now()))
+            {
+                // A reserved start (rate limit): not before its instant.
+                shutdown.sleep(wait);
+            }
             // Stopping, its queue paused since the claim, or its reserved
             // start (rate limit) missed: back to pending, attempt not counted.
             if shutdown.is_requested()
                 || self.controls.is_paused(&job.queue)
-                || job.start_by.is_some_and(|by| Instant::now() > by)
+                || job
+                    .start_at
+                    .is_some_and(|at| Instant::now() > at + START_SLACK)
             {
                 let _ = self.outcomes.send(Outcome::Released { key });
                 continue;
