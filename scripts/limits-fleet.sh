@@ -2,8 +2,8 @@
 # Fleet-wide limits under a backlog (issue 24), on a fresh local test server:
 #   scripts/limits-fleet.sh rate   # --rate 10/1s, 8 workers x 4 threads, 150 jobs of 10 ms
 #   scripts/limits-fleet.sh conc   # --concurrency 8, 3 workers x 8 threads, 400 jobs of 50 ms
-# Each job's start and end are written by the job itself (an --exec shell
-# program) to a ledger; the rate run prints the starts in the first 10 s
+# Each job's start and end are written by the job itself (a --pipe Python
+# handler, one process per thread) to a ledger; the rate run prints the starts in the first 10 s
 # after the first one and the busiest 1 s window, the concurrency run the
 # jobs per second (8 slots of 50 ms allow 160/s) and the most at once.
 set -euo pipefail
@@ -27,9 +27,20 @@ case "$mode" in
 esac
 mongosh --quiet "$MONGODB_URI/distributed_queue" --eval \
   "let d=[]; for (let i=0;i<$jobs;i++) d.push({data:{n:i},status:'pending'}); db.queue.insertMany(d)" >/dev/null
+# A long-lived handler per thread (--pipe, /usr/bin/python3) that sleeps
+# for the job and writes its real start and end: no process per job.
+handler='import json, sys, time
+print(json.dumps({"ready": True}), flush=True)
+for line in sys.stdin:
+    job = json.loads(line)
+    start = time.time_ns()
+    time.sleep(float(sys.argv[2]))
+    with open(sys.argv[1], "a") as ledger:
+        ledger.write(f"{start} {time.time_ns()}\n")
+    print(json.dumps({"id": job["id"], "ok": True}), flush=True)'
 for i in $(seq "$procs"); do
-  RUST_LOG=warn "$bin" work --threads "$threads" --drain --exec sh -c \
-    "s=\$(date +%s%N); sleep $secs; echo \$s \$(date +%s%N) >> $ledger" >"$SERVER_DIR/worker-$i.log" 2>&1 &
+  RUST_LOG=warn "$bin" work --threads "$threads" --drain --pipe /usr/bin/python3 -c "$handler" "$ledger" "$secs" \
+    >"$SERVER_DIR/worker-$i.log" 2>&1 &
   pids+=($!)
 done
 if [ "$mode" = rate ]; then sleep 14; kill -TERM "${pids[@]}"; fi
