@@ -40,10 +40,10 @@ pub const REFRESH: Duration = Duration::from_millis(500);
 /// A worker that finds a job again reads the controls before it claims
 /// (see `Fetcher`), so a pause still holds within a second.
 pub const IDLE_REFRESH: Duration = Duration::from_secs(5);
-/// The heartbeat of an idle worker. Peers count one seen within 5 s, so
-/// they leave an idle worker out of their division (it claims nothing);
-/// it beats again as soon as it works, and is listed late only after 10 s.
-pub const IDLE_HEARTBEAT: Duration = Duration::from_secs(8);
+/// The heartbeat of an idle worker: within the 5 s in which peers count a
+/// worker, so idle peers still agree who they are and which of them leads
+/// each fleet duty (the sweep, the rescue), instead of each doing it alone.
+pub const IDLE_HEARTBEAT: Duration = Duration::from_secs(4);
 
 /// The controls of this worker's queues, as last read.
 #[derive(Default)]
