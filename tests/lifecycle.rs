@@ -396,3 +396,65 @@ fn an_idle_worker_wakes_on_a_change_stream_event_long_before_its_next_poll() {
         worker.log_text()
     );
 }
+
+/// A worker with nothing pending and a change stream open polls only once
+/// per ten poll intervals: every write that makes a job pending rings it.
+/// A delayed job enqueued then rings it too, and from then on it polls
+/// every interval again (a job waits for its `run_at`), so the job runs
+/// soon after its `run_at`, not at the next quiet look (10 s here).
+#[test]
+fn a_quiet_worker_runs_a_delayed_job_enqueued_while_it_waits() {
+    let db = TestDb::new("quiet_delayed");
+    db.run(&["init"]);
+    let mut worker = db.spawn_worker(&["--threads", "1", "--simulate", "0ms..0ms"]);
+    // Long enough to find nothing pending and go quiet (its stream open).
+    std::thread::sleep(Duration::from_secs(3));
+    let enqueued = Instant::now();
+    db.run(&["enqueue", "{}", "--delay", "2s"]);
+    db.wait_for_count(doc! {"status": "completed"}, 1, Duration::from_secs(8));
+    let took = enqueued.elapsed();
+    assert!(
+        took >= Duration::from_secs(2) && took < Duration::from_secs(8),
+        "the delayed job completed {took:?} after it was enqueued"
+    );
+    worker.signal("TERM");
+    assert!(
+        worker.wait(Duration::from_secs(10)).success(),
+        "{}",
+        worker.log_text()
+    );
+}
+
+/// A quiet worker (nothing pending in the queue it may claim, `other`)
+/// whose other queue is paused is woken when that queue is resumed (the
+/// control thread rings it when the controls change), not at its next
+/// quiet look (10 s here): the resume is seen within the idle refresh (5 s).
+#[test]
+fn a_quiet_worker_runs_a_paused_queues_job_once_it_is_resumed() {
+    let db = TestDb::new("quiet_resume");
+    db.run(&["init"]);
+    db.run(&["pause", "default"]);
+    db.run(&["enqueue", "{}"]);
+    let mut worker = db.spawn_worker(&[
+        "--threads",
+        "1",
+        "--queue",
+        "default",
+        "--queue",
+        "other",
+        "--simulate",
+        "0ms..0ms",
+    ]);
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(db.count(doc! {"status": "pending"}), 1, "paused: not run");
+    let resumed = Instant::now();
+    db.run(&["resume", "default"]);
+    db.wait_for_count(doc! {"status": "completed"}, 1, Duration::from_secs(9));
+    assert!(resumed.elapsed() < Duration::from_secs(9));
+    worker.signal("TERM");
+    assert!(
+        worker.wait(Duration::from_secs(10)).success(),
+        "{}",
+        worker.log_text()
+    );
+}

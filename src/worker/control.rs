@@ -128,15 +128,21 @@ pub(crate) struct Control {
 
 impl Control {
     /// Reads the controls, and the live peers that divide the queues with
-    /// this worker (see [`super::share`]).
+    /// this worker (see [`super::share`]). A queue resumed (or a limit changed) wakes an idle fetcher, which may
+    /// be waiting long with nothing pending in the queues it could claim.
     pub(crate) fn refresh(&self) -> Result<(), Error> {
+        let before = self.controls.plan(&self.config.queues);
         refresh(
             &self.queue,
             &self.config.queues,
             &self.controls,
             &self.share,
             &self.counters,
-        )
+        )?;
+        if self.controls.plan(&self.config.queues) != before {
+            self.doorbell.ring();
+        }
+        Ok(())
     }
 
     /// Writes this worker's registry document.

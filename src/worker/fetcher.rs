@@ -38,6 +38,10 @@ use crate::shutdown::Shutdown;
 /// How long a fetcher held back by a limit waits before looking again.
 const AT_LIMIT_PAUSE: Duration = Duration::from_millis(20);
 
+/// With no job pending and a change stream open, an idle worker looks once
+/// per this many poll intervals.
+const QUIET_POLLS: u32 = 10;
+
 /// How long a fetcher whose handler can run nothing waits before looking again.
 const NO_HANDLER_PAUSE: Duration = Duration::from_millis(100);
 
@@ -180,7 +184,18 @@ impl Fetcher {
                 shutdown.request();
                 break;
             }
-            if self.doorbell.wait(idle.peek()) {
+            // No job pending at all and a change stream open: a write that
+            // makes one pending rings, and nothing becomes due as time
+            // passes, so look only now and then (a safety net).
+            let quiet = self.doorbell.watching()
+                && !claimers.is_empty()
+                && claimers.values().all(Claimer::nothing_pending);
+            let wait = if quiet {
+                config.poll_interval * QUIET_POLLS
+            } else {
+                idle.peek()
+            };
+            if self.doorbell.wait(wait) {
                 idle.reset();
             } else {
                 idle.advance();

@@ -16,6 +16,7 @@
 //! fetcher next finds nothing, the watcher opens the stream and rings once,
 //! so a job inserted before the stream opened is claimed by that look.
 
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -30,7 +31,7 @@ use crate::sync::lock;
 /// How long one `getMore` of the stream waits for an event: an idle worker
 /// asks the server this often (events come back at once). Stopping does
 /// not wait for it: the thread is left to end with its `getMore`.
-pub(crate) const AWAIT: Duration = Duration::from_secs(5);
+pub(crate) const AWAIT: Duration = Duration::from_secs(10);
 
 /// How long after the fetcher last found nothing the stream stays open.
 pub(crate) const KEEP_OPEN: Duration = Duration::from_secs(5);
@@ -42,6 +43,8 @@ pub(crate) struct Doorbell {
     state: Mutex<Bell>,
     bell: Condvar,
     wanted: Condvar,
+    /// A change stream is open: every write that makes a job pending rings.
+    watching: AtomicBool,
 }
 
 #[derive(Default)]
@@ -49,12 +52,14 @@ struct Bell {
     rung: bool,
     /// When the fetcher last found nothing to claim.
     idle_at: Option<Instant>,
+    /// The fetcher is waiting for a ring now (however long the wait).
+    waiting: bool,
 }
 
 impl Bell {
     /// The fetcher found nothing within the last [`KEEP_OPEN`].
     fn wanted(&self) -> bool {
-        self.idle_at.is_some_and(|at| at.elapsed() < KEEP_OPEN)
+        self.waiting || self.idle_at.is_some_and(|at| at.elapsed() < KEEP_OPEN)
     }
 }
 
@@ -70,11 +75,13 @@ impl Doorbell {
     pub(crate) fn wait(&self, timeout: Duration) -> bool {
         let mut state = lock(&self.state);
         state.idle_at = Some(Instant::now());
+        state.waiting = true;
         self.wanted.notify_all();
         let (mut state, _) = self
             .bell
             .wait_timeout_while(state, timeout, |state| !state.rung)
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        state.waiting = false;
         state.idle_at = Some(Instant::now());
         std::mem::replace(&mut state.rung, false)
     }
@@ -83,6 +90,12 @@ impl Doorbell {
     /// the worker is idle.
     pub(crate) fn wanted(&self) -> bool {
         lock(&self.state).wanted()
+    }
+
+    /// Whether a change stream is open now, so that a write making a job
+    /// pending rings the bell.
+    pub(crate) fn watching(&self) -> bool {
+        self.watching.load(Relaxed)
     }
 
     /// Waits up to `timeout` for the fetcher to find nothing; returns
@@ -152,6 +165,7 @@ pub(crate) fn watch(queue: &Queue, doorbell: &Doorbell, stop: &Shutdown) {
         log::debug!("watching for new jobs with a change stream");
         reopen.reset();
         // A job inserted before the stream opened made no event: look once.
+        doorbell.watching.store(true, Relaxed);
         doorbell.ring();
         while !stop.is_requested() && doorbell.wanted() {
             match stream.next_if_any() {
@@ -166,6 +180,7 @@ pub(crate) fn watch(queue: &Queue, doorbell: &Doorbell, stop: &Shutdown) {
                 }
             }
         }
+        doorbell.watching.store(false, Relaxed);
         // Dropping the stream closes its cursor on the server.
     }
 }

@@ -6,11 +6,11 @@ use std::time::{Duration, Instant};
 use mongodb::bson::{doc, Bson, Document, RawDocumentBuf};
 
 use super::write::is_number;
-use super::{Claimer, IdKey, WINDOW_BYTES, WINDOW_LIFETIME};
+use super::{Claimer, IdKey, Idle, WINDOW_BYTES, WINDOW_LIFETIME};
 use crate::error::Error;
 use crate::fleet::window::{Key, Published};
-use crate::queue::filters::eligible_in;
-use crate::schema::{fields, integer};
+use crate::queue::filters::{eligible_in, queue_condition};
+use crate::schema::{fields, integer, Status};
 use crate::worker::window::{key_of, key_projection, priority_ranges};
 
 /// While a peer reads the shared window, look for what it published this
@@ -118,7 +118,14 @@ impl Claimer {
         self.window = keys.into();
         self.full = full;
         self.count_own();
-        self.found_nothing = self.window.is_empty();
+        if self.window.is_empty() {
+            if self.idle == Idle::Working {
+                self.idle = Idle::NothingEligible;
+                self.pending_checked_at = None;
+            }
+        } else {
+            self.idle = Idle::Working;
+        }
         self.window_read_at = read_at;
         self.window_checked_at = Instant::now();
         self.contended = 0;
@@ -181,6 +188,23 @@ impl Claimer {
             self.round_trips += self.upkeep.run(&self.queue)?;
         }
         self.any_eligible(Document::new(), "find (any eligible job)")
+    }
+
+    /// Whether any job of these queues is pending, eligible or not (one
+    /// index seek, one `_id` returned).
+    pub(super) fn any_pending(&mut self) -> Result<bool, Error> {
+        let found = self
+            .queue
+            .collection()
+            .find_one(doc! {
+                fields::STATUS: Status::Pending,
+                fields::QUEUE: queue_condition(&self.queues),
+            })
+            .projection(doc! {"_id": 1})
+            .run()
+            .map_err(|e| self.queue.db_error("find (any pending job)", &e))?;
+        self.round_trips += 1;
+        Ok(found.is_some())
     }
 
     /// Whether an eligible job also matching `also` exists: one index seek,

@@ -113,8 +113,11 @@ pub(crate) struct Claimer {
     part_read: (usize, usize),
     /// When the window was last checked for higher priorities.
     window_checked_at: Instant,
-    /// The last window read found nothing eligible.
-    found_nothing: bool,
+    /// What the last look found: work, nothing eligible, or nothing pending
+    /// at all (then only a write can bring work, and writes make events).
+    idle: Idle,
+    /// When the last idle poll asked whether any job is pending at all.
+    pending_checked_at: Option<Instant>,
     /// An idle poll found work since the caller last looked (see
     /// [`Claimer::take_woke`]).
     woke: bool,
@@ -153,7 +156,8 @@ impl Claimer {
             own_left: 0,
             part_read: (0, 1),
             window_checked_at: Instant::now(),
-            found_nothing: false,
+            idle: Idle::Working,
+            pending_checked_at: None,
             woke: false,
             taken: HashSet::new(),
         }
@@ -173,6 +177,14 @@ impl Claimer {
         let claimed = self.claim_with(token, count, window, retrying)?;
         self.unfinished = None;
         Ok(claimed)
+    }
+
+    /// Whether the last look found no job of these queues pending at all
+    /// (not even one waiting for its `run_at`): then nothing becomes
+    /// eligible as time passes, and with a change stream open the worker
+    /// need not poll (see `Fetcher`).
+    pub(crate) fn nothing_pending(&self) -> bool {
+        self.idle == Idle::NothingPending && self.window.is_empty()
     }
 
     /// Whether an idle poll found work (and so nothing was claimed yet):
@@ -202,13 +214,26 @@ impl Claimer {
             if !self.window.is_empty() && !spent && self.aged()? {
                 self.window.clear();
             }
-            if self.window.is_empty() && self.found_nothing && !retrying {
+            if self.window.is_empty() && self.idle != Idle::Working && !retrying {
                 // Idle: one index seek per poll, not a read of every range.
                 if self.anything()? {
                     // Work again: the caller reads the controls first (an
                     // idle worker reads them seldom) and comes back.
-                    self.found_nothing = false;
+                    self.idle = Idle::Working;
                     self.woke = true;
+                } else if self.idle == Idle::NothingPending
+                    || self
+                        .pending_checked_at
+                        .is_none_or(|at| at.elapsed() >= PENDING_CHECK)
+                {
+                    // Known to be empty: a look now follows an event (or
+                    // the long safety wait), so ask again.
+                    self.idle = if self.any_pending()? {
+                        Idle::NothingEligible
+                    } else {
+                        Idle::NothingPending
+                    };
+                    self.pending_checked_at = Some(Instant::now());
                 }
                 return Ok(None);
             }
@@ -316,6 +341,19 @@ impl Claimer {
         self.part_read = part;
     }
 }
+
+/// What a claimer's last look found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Idle {
+    Working,
+    NothingEligible,
+    NothingPending,
+}
+
+/// An idle poll that found nothing eligible while jobs wait for their
+/// `run_at` asks at most this often whether anything is pending at all
+/// (one more index seek).
+const PENDING_CHECK: Duration = Duration::from_secs(10);
 
 /// An `_id` as a set member (`Bson` is not `Hash`): an ObjectId's bytes,
 /// or any other id's extended JSON.
