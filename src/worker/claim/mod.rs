@@ -179,6 +179,39 @@ impl Claimer {
         Ok(claimed)
     }
 
+    /// One idle poll, one index seek in the steady states: with nothing
+    /// pending known, is anything pending now (if not, nothing is eligible
+    /// either); else is anything eligible, and, at most every
+    /// [`PENDING_CHECK`], is anything pending at all.
+    fn idle_poll(&mut self) -> Result<(), Error> {
+        let mut checked = false;
+        if self.idle == Idle::NothingPending {
+            self.pending_checked_at = Some(Instant::now());
+            if !self.any_pending()? {
+                return Ok(());
+            }
+            // Something is pending again: is it eligible yet?
+            self.idle = Idle::NothingEligible;
+            checked = true;
+        }
+        if self.anything()? {
+            // Work again: the caller reads the controls first (an idle
+            // worker reads them seldom) and comes back.
+            self.idle = Idle::Working;
+            self.woke = true;
+        } else if !checked
+            && self
+                .pending_checked_at
+                .is_none_or(|at| at.elapsed() >= PENDING_CHECK)
+        {
+            self.pending_checked_at = Some(Instant::now());
+            if !self.any_pending()? {
+                self.idle = Idle::NothingPending;
+            }
+        }
+        Ok(())
+    }
+
     /// Whether the last look found no job of these queues pending at all
     /// (not even one waiting for its `run_at`): then nothing becomes
     /// eligible as time passes, and with a change stream open the worker
@@ -216,25 +249,7 @@ impl Claimer {
             }
             if self.window.is_empty() && self.idle != Idle::Working && !retrying {
                 // Idle: one index seek per poll, not a read of every range.
-                if self.anything()? {
-                    // Work again: the caller reads the controls first (an
-                    // idle worker reads them seldom) and comes back.
-                    self.idle = Idle::Working;
-                    self.woke = true;
-                } else if self.idle == Idle::NothingPending
-                    || self
-                        .pending_checked_at
-                        .is_none_or(|at| at.elapsed() >= PENDING_CHECK)
-                {
-                    // Known to be empty: a look now follows an event (or
-                    // the long safety wait), so ask again.
-                    self.idle = if self.any_pending()? {
-                        Idle::NothingEligible
-                    } else {
-                        Idle::NothingPending
-                    };
-                    self.pending_checked_at = Some(Instant::now());
-                }
+                self.idle_poll()?;
                 return Ok(None);
             }
             let fresh = if self.window.is_empty() || (spent && self.more_beyond()?) {
