@@ -38,6 +38,10 @@ use crate::shutdown::Shutdown;
 /// How long a fetcher held back by a limit waits before looking again.
 const AT_LIMIT_PAUSE: Duration = Duration::from_millis(20);
 
+/// A draining worker that holds jobs and found nothing eligible looks again
+/// when one of its outcomes lands, or after this long.
+const DRAIN_TAIL_WAIT: Duration = Duration::from_secs(1);
+
 /// With no job pending and a change stream open, an idle worker looks once
 /// per this many poll intervals.
 const QUIET_POLLS: u32 = 10;
@@ -183,6 +187,15 @@ impl Fetcher {
                 log::info!("--drain: no job is eligible and none is running; stopping");
                 shutdown.request();
                 break;
+            }
+            if config.drain && self.leases.held() > 0 {
+                // Draining, nothing eligible, and jobs of its own still
+                // running: what they lead to (a retry, a dependent) comes
+                // with their outcomes, so look again when one lands (or
+                // after a second), not every poll interval.
+                self.leases
+                    .wait_for_release_since(generation, DRAIN_TAIL_WAIT);
+                continue;
             }
             // No job pending at all and a change stream open: a write that
             // makes one pending rings, and nothing becomes due as time
