@@ -36,6 +36,10 @@ ensure_server_py() {
   mkdir -p "$MONGOQ_TOOLS"
   python3 -m venv "$venv"
   "$venv/bin/pip" install --quiet "SecantusDB==$SECANTUS_PY_VERSION"
+  # py-spy (a wheel) lets scripts/test.sh show the server's threads if the
+  # suite hangs; the tests do not need it.
+  "$venv/bin/pip" install --quiet py-spy >/dev/null 2>&1 ||
+    log "py-spy did not install: a hung suite will not show the server's threads"
 }
 
 # Which server a newcomer's demo should use: one already installed, else

@@ -27,6 +27,35 @@ if [ $# -eq 0 ] || [[ "$*" == *package* ]]; then
 fi
 export MONGOQ_MONGOSH="$(command -v mongosh)"
 
+# A suite that hangs must fail within CI's budget and say where: past
+# MONGOQ_SUITE_LIMIT seconds on one server (a clean run takes 2-7 minutes),
+# it prints the server's threads (py-spy, for secantusd-py) and the mongoq
+# processes still running, then stops with an error.
+SUITE_LIMIT="${MONGOQ_SUITE_LIMIT:-1200}"
+run_suite() {
+  "$@" &
+  local suite=$! waited=0
+  while kill -0 "$suite" 2>/dev/null; do
+    sleep 2
+    waited=$((waited + 2))
+    if [ "$waited" -ge "$SUITE_LIMIT" ]; then
+      log "the suite ran past ${SUITE_LIMIT}s on $SERVER_BIN: stopping it (set MONGOQ_SUITE_LIMIT to allow more)"
+      log "mongoq processes still running:"
+      pgrep -af 'target/(debug|release)/mongoq' >&2 || true
+      if [ -x "$MONGOQ_TOOLS/secantus-py/bin/py-spy" ] && [ "$SERVER_BIN" = secantusd-py ]; then
+        log "the server's threads:"
+        "$MONGOQ_TOOLS/secantus-py/bin/py-spy" dump --pid "$SERVER_PID" >&2 || true
+      fi
+      pkill -TERM -P "$suite" 2>/dev/null || true
+      kill -TERM "$suite" 2>/dev/null || true
+      pkill -KILL -f 'target/debug/deps/suite-' 2>/dev/null || true
+      wait "$suite" 2>/dev/null || true
+      return 1
+    fi
+  done
+  wait "$suite"
+}
+
 servers="rs py"
 [ -n "$MONGOQ_TEST_SERVER_SET" ] && servers="$MONGOQ_TEST_SERVER_SET"
 trap stop_server EXIT INT TERM
@@ -42,10 +71,10 @@ for kind in $servers; do
   threads="${MONGOQ_TEST_THREADS:-$([ "$kind" = py ] && echo 2 || echo 4)}"
   log "the suite on $SERVER_BIN ($threads tests at a time)"
   if [ "$first" = yes ]; then
-    cargo test --all-targets -- --test-threads "$threads" "$@"
+    run_suite cargo test --all-targets -- --test-threads "$threads" "$@"
   else
     # Unit tests touch no server: the first run covered them.
-    cargo test --test suite -- --test-threads "$threads" "$@"
+    run_suite cargo test --test suite -- --test-threads "$threads" "$@"
   fi
   if [ -s "$MONGOQ_SKIP_LOG" ]; then
     log "not checked on $SERVER_BIN (each with its reason):"

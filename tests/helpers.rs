@@ -19,6 +19,67 @@ pub fn server_uri() -> String {
     )
 }
 
+/// How long a `mongoq` command a test runs to completion may take: far
+/// more than any needs on a loaded server, so that one that hangs fails
+/// its test with what it printed, instead of holding the suite forever.
+pub const COMMAND_LIMIT: Duration = Duration::from_secs(300);
+
+/// Runs `command` to completion with `input` (if any) on stdin; kills it
+/// and panics, showing what it printed, if it runs longer than `limit`.
+pub fn output_within(command: &mut Command, input: Option<String>, limit: Duration) -> Output {
+    use std::io::{Read, Write};
+    let mut child = command
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let writer = child.stdin.take().map(|mut stdin| {
+        let input = input.unwrap_or_default();
+        std::thread::spawn(move || {
+            // A command that exits early closes its stdin: not our failure.
+            let _ = stdin.write_all(input.as_bytes());
+        })
+    });
+    let drain = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            let _ = pipe.read_to_end(&mut bytes);
+            bytes
+        })
+    };
+    let stdout = drain(Box::new(child.stdout.take().unwrap()));
+    let stderr = drain(Box::new(child.stderr.take().unwrap()));
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "{command:?} ran longer than {limit:?}; it printed:\n{}\n{}",
+                String::from_utf8_lossy(&stdout.join().unwrap()),
+                String::from_utf8_lossy(&stderr.join().unwrap())
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    if let Some(writer) = writer {
+        writer.join().unwrap();
+    }
+    Output {
+        status,
+        stdout: stdout.join().unwrap(),
+        stderr: stderr.join().unwrap(),
+    }
+}
+
 /// One test's own database on the test server, dropped at the end.
 pub struct TestDb {
     pub uri: String,
@@ -80,26 +141,16 @@ impl TestDb {
 
     /// Runs `mongoq ARGS` to completion.
     pub fn run(&self, args: &[&str]) -> Output {
-        self.mongoq().args(args).output().unwrap()
+        output_within(self.mongoq().args(args), None, COMMAND_LIMIT)
     }
 
     /// Runs `mongoq ARGS` with `input` on stdin.
     pub fn run_with_stdin(&self, args: &[&str], input: &str) -> Output {
-        use std::io::Write;
-        let mut child = self
-            .mongoq()
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut stdin = child.stdin.take().unwrap();
-        let input = input.to_string();
-        let writer = std::thread::spawn(move || stdin.write_all(input.as_bytes()));
-        let output = child.wait_with_output().unwrap();
-        writer.join().unwrap().unwrap();
-        output
+        output_within(
+            self.mongoq().args(args),
+            Some(input.to_string()),
+            COMMAND_LIMIT,
+        )
     }
 
     /// Starts `mongoq work ARGS` in the background, logs to a file.
