@@ -40,10 +40,7 @@ pub fn output_within(command: &mut Command, input: Option<String>, limit: Durati
         .unwrap();
     let writer = child.stdin.take().map(|mut stdin| {
         let input = input.unwrap_or_default();
-        std::thread::spawn(move || {
-            // A command that exits early closes its stdin: not our failure.
-            let _ = stdin.write_all(input.as_bytes());
-        })
+        std::thread::spawn(move || stdin.write_all(input.as_bytes()))
     });
     let drain = |mut pipe: Box<dyn Read + Send>| {
         std::thread::spawn(move || {
@@ -54,29 +51,37 @@ pub fn output_within(command: &mut Command, input: Option<String>, limit: Durati
     };
     let stdout = drain(Box::new(child.stdout.take().unwrap()));
     let stderr = drain(Box::new(child.stderr.take().unwrap()));
-    let deadline = Instant::now() + limit;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "{command:?} ran longer than {limit:?}; it printed:\n{}\n{}",
-                String::from_utf8_lossy(&stdout.join().unwrap()),
-                String::from_utf8_lossy(&stderr.join().unwrap())
-            );
-        }
-        std::thread::sleep(Duration::from_millis(10));
+    let Some(status) = exit_within(&mut child, limit) else {
+        panic!(
+            "{command:?} ran longer than {limit:?}; it printed:\n{}\n{}",
+            String::from_utf8_lossy(&stdout.join().unwrap()),
+            String::from_utf8_lossy(&stderr.join().unwrap())
+        );
     };
     if let Some(writer) = writer {
-        writer.join().unwrap();
+        writer.join().unwrap().unwrap();
     }
     Output {
         status,
         stdout: stdout.join().unwrap(),
         stderr: stderr.join().unwrap(),
+    }
+}
+
+/// Waits for `child` to exit; kills it and returns `None` if it has not
+/// within `limit`.
+fn exit_within(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(status);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 
@@ -257,20 +262,12 @@ impl Worker {
 
     /// Waits for exit; panics if it takes longer than `timeout`.
     pub fn wait(&mut self, timeout: Duration) -> std::process::ExitStatus {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                panic!(
-                    "worker did not exit within {timeout:?}; log:\n{}",
-                    self.log_text()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        exit_within(&mut self.child, timeout).unwrap_or_else(|| {
+            panic!(
+                "worker did not exit within {timeout:?}; log:\n{}",
+                self.log_text()
+            )
+        })
     }
 
     /// Waits for exit and asserts it succeeded, showing the log if not.
