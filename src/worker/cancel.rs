@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
-use mongodb::bson::{doc, Bson};
+use mongodb::bson::{doc, oid::ObjectId, Bson};
 
 use super::outcome::JobKey;
 use crate::error::Error;
@@ -101,9 +101,20 @@ impl Running {
 /// Finds this worker's running jobs that an operator cancelled (`mongoq
 /// cancel` sets `cancel_requested`) and marks them `cancelled`, fenced by
 /// owner and status. Returns their ids, so their handlers can be stopped.
-/// Running jobs are few (the workers' holdings), so the scan is small.
-pub(crate) fn drop_cancelled(queue: &Queue, owner: &str) -> Result<Vec<Bson>, Error> {
+/// The look goes by the lease tokens this worker holds (the lease-token
+/// index), so it costs the same however many jobs the fleet is running:
+/// by `status` it would examine every running job on servers that do not
+/// stop at the first index key (about 20 ms with 8,000 running).
+pub(crate) fn drop_cancelled(
+    queue: &Queue,
+    owner: &str,
+    tokens: &[ObjectId],
+) -> Result<Vec<Bson>, Error> {
+    if tokens.is_empty() {
+        return Ok(Vec::new());
+    }
     let requested = doc! {
+        fields::LEASE_TOKEN: {"$in": tokens},
         fields::STATUS: Status::Running,
         fields::LEASE_OWNER: owner,
         fields::CANCEL_REQUESTED: true,

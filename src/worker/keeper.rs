@@ -69,7 +69,10 @@ impl Keeper {
                     Err(error) => log::warn!("could not extend leases (will retry): {error}"),
                 }
                 self.health.beat(Beat::Keeper);
-                match self.health.track(drop_cancelled(&self.queue, &self.owner)) {
+                match self
+                    .health
+                    .track(drop_cancelled(&self.queue, &self.owner, &tokens))
+                {
                     Ok(ids) if !ids.is_empty() => {
                         Counters::add(&self.counters.cancelled, ids.len() as u64);
                         self.running.cancel(&ids, self.handler.as_ref());
