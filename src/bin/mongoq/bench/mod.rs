@@ -38,7 +38,7 @@ pub use flows::FlowRow;
 pub use handlers::HandlerRow;
 pub use render::{render_svg, render_table};
 pub use schedules::ScheduleRow;
-pub use server::{ScaleRow, ServerWorkRow};
+pub use server::{ScaleFloor, ScaleRow, ServerWorkRow};
 
 use peers::{ceiling_loop, completed, find_one_and_update_loop, original_loop};
 use probe::{machine_description, server_description, Monitor};
@@ -152,6 +152,8 @@ pub struct BenchResults {
     pub limits: Vec<LimitRow>,
     pub server_work: Vec<ServerWorkRow>,
     pub scale: Vec<ScaleRow>,
+    /// Section 9's floor: the largest fleet's jobs on collections of their own.
+    pub scale_floor: Option<ScaleFloor>,
     pub handlers: Vec<HandlerRow>,
     pub schedules: Vec<ScheduleRow>,
     /// Section 12.
@@ -195,6 +197,7 @@ pub fn run(config: &BenchConfig, progress: &mut dyn FnMut(&str)) -> Result<Bench
         limits: Vec::new(),
         server_work: Vec::new(),
         scale: Vec::new(),
+        scale_floor: None,
         handlers: Vec::new(),
         schedules: Vec::new(),
         flows: Vec::new(),
@@ -285,7 +288,7 @@ impl Bench<'_> {
             results.server_work = self.server_work(progress)?;
         }
         if wanted("scale") {
-            results.scale = self.scale_out(progress)?;
+            (results.scale, results.scale_floor) = self.scale_out(progress)?;
         }
         if wanted("handlers") {
             results.handlers = self.handlers(progress)?;

@@ -228,6 +228,53 @@ fn server_sections(results: &BenchResults, out: &mut String) {
                 r.drain.run_twice
             );
         }
+        if let Some(floor) = &results.scale_floor {
+            render_floor(out, floor, results.scale.first());
+        }
+    }
+}
+
+/// Section 9's floor: the same jobs on collections of their own.
+fn render_floor(out: &mut String, floor: &super::ScaleFloor, one: Option<&super::ScaleRow>) {
+    use std::fmt::Write;
+    let shown = |v: Option<f64>| v.map_or_else(|| format!("{:>10}", "n/a"), |v| format!("{v:>10.1}"));
+    let cpu = |d: &super::server::Drain| d.server_cpu_us_per_job;
+    let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => format!("{:.2}×", a / b),
+        _ => "-".to_string(),
+    };
+    let _ = writeln!(
+        out,
+        "   the floor: what {} clients at once cost the server, sharing nothing ({} jobs)",
+        floor.processes, floor.jobs
+    );
+    let _ = writeln!(
+        out,
+        "   {:<46} {:>8} {:>10} {:>14}",
+        "", "jobs/s", "srv µs/job", "vs one"
+    );
+    let rows = [
+        ("bare writes, 1 connection", &floor.writes_one, "1".to_string()),
+        (
+            "bare writes, one share per connection",
+            &floor.writes_many,
+            ratio(cpu(&floor.writes_many), cpu(&floor.writes_one)),
+        ),
+        (
+            "mongoq processes, each on its own collection",
+            &floor.mongoq_apart,
+            ratio(cpu(&floor.mongoq_apart), one.and_then(|r| cpu(&r.drain))),
+        ),
+    ];
+    for (name, drain, vs) in rows {
+        let _ = writeln!(
+            out,
+            "   {:<46} {:>8.0} {} {:>14}",
+            name,
+            drain.jobs_per_second,
+            shown(drain.server_cpu_us_per_job),
+            vs
+        );
     }
 }
 

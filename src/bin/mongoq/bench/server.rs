@@ -22,6 +22,9 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Instant;
 
+mod floor;
+pub use floor::ScaleFloor;
+
 use super::probe::{proc_cpu_ticks, Monitor};
 use super::Bench;
 use mongoq::{Shutdown, Worker, WorkerConfig};
@@ -266,9 +269,17 @@ impl Bench<'_> {
     }
 
     /// Section 9: 1, 2, 4 and 8 worker processes on one large backlog.
-    pub(super) fn scale_out(&self, progress: &mut dyn FnMut(&str)) -> Result<Vec<ScaleRow>, Error> {
+    /// Section 9: each fleet size on one backlog, and the floor for the
+    /// largest (the same jobs on collections of their own), interleaved
+    /// over the rounds.
+    pub(super) fn scale_out(
+        &self,
+        progress: &mut dyn FnMut(&str),
+    ) -> Result<(Vec<ScaleRow>, Option<ScaleFloor>), Error> {
         let rounds = self.config.rounds.max(1);
+        let largest = PROCESSES[PROCESSES.len() - 1];
         let mut runs: Vec<Vec<ScaleRow>> = Vec::new();
+        let mut floors: Vec<ScaleFloor> = Vec::new();
         for round in 1..=rounds {
             let mut rows = Vec::new();
             for processes in PROCESSES {
@@ -279,6 +290,10 @@ impl Bench<'_> {
                 rows.push(self.fleet(processes)?);
             }
             runs.push(rows);
+            progress(&format!(
+                "scale-out (round {round}/{rounds}): the floor, {largest} workers on collections of their own"
+            ));
+            floors.push(self.floor(largest)?);
         }
         let mut rows = median_rows(&runs, |rows| ScaleRow {
             drain: Drain::median(&rows.iter().map(|r| &r.drain).collect::<Vec<_>>()),
@@ -291,7 +306,8 @@ impl Bench<'_> {
         for row in &mut rows {
             row.vs_one_process = row.drain.jobs_per_second / one;
         }
-        Ok(rows)
+        let floor = (!floors.is_empty()).then(|| ScaleFloor::median(&floors.iter().collect::<Vec<_>>()));
+        Ok((rows, floor))
     }
 
     /// One drain of the large backlog by `processes` worker processes.
@@ -476,6 +492,12 @@ fn settle(queue: &Queue) -> Result<(usize, u64), Error> {
     let _ = collection.drop().run();
     let _ = queue.controls_collection().drop().run();
     let _ = queue.workers_collection().drop().run();
+    let windows = format!("{}_windows", collection.name());
+    let _ = queue
+        .database()
+        .collection::<Document>(&windows)
+        .drop()
+        .run();
     Ok((done, run_twice))
 }
 
