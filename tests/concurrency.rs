@@ -132,8 +132,9 @@ fn three_workers_of_four_threads_drain_5000_jobs_exactly_once() {
 
 /// Peers read the queue once between them: the one whose turn it is reads
 /// the keys of the next jobs and publishes them in `<collection>_windows`,
-/// and the others claim their parts from there. The window document names
-/// its queues and is left with no reader holding the turn.
+/// one document per part, and the others claim their parts from there. The
+/// window's header names its queues and its parts, holds no ids itself,
+/// and is left with no reader holding the turn.
 #[test]
 fn peers_share_one_read_ahead_window() {
     let db = TestDb::new("shared_window");
@@ -173,5 +174,16 @@ fn peers_share_one_read_ahead_window() {
         "{window}"
     );
     assert!(!window.contains_key("reading_until"), "{window}");
-    assert!(window.get_array("ids").is_ok(), "{window}");
+    assert!(!window.contains_key("ids"), "the header is small: {window}");
+    let parts = window.get("parts").and_then(mongodb::bson::Bson::as_i64);
+    assert!(parts.is_some_and(|n| (1..=4).contains(&n)), "{window}");
+    let written = windows
+        .count_documents(doc! {"_id.window": "default", "token": window.get("token").unwrap()})
+        .run()
+        .unwrap();
+    assert_eq!(
+        Some(written as i64),
+        parts,
+        "one document per part: {window}"
+    );
 }

@@ -1,6 +1,8 @@
-//! The fleet's shared read-ahead window, `<collection>_windows`: one
-//! document per set of queues, holding the `_id`s (and ranks) of the next
-//! eligible jobs in queue order, as one worker read them.
+//! The fleet's shared read-ahead window, `<collection>_windows`: per set of
+//! queues, a small header document (the epoch, the reader's turn, how the
+//! window was divided) and one document per part, holding the `_id`s (and
+//! ranks) of that part's next eligible jobs in queue order, as one worker
+//! read them.
 //!
 //! A read-ahead examines the pending jobs, and on some servers everything
 //! its filter matches whatever its limit, so when each of `n` workers read
@@ -17,7 +19,7 @@
 
 use std::time::Duration;
 
-use mongodb::bson::{doc, Bson, DateTime, Document};
+use mongodb::bson::{doc, oid::ObjectId, Bson, DateTime, Document};
 use mongodb::options::ReturnDocument;
 use mongodb::sync::Collection;
 
@@ -42,14 +44,29 @@ pub(crate) struct Key {
     pub(crate) rank: Bson,
 }
 
-/// A window a worker published.
+/// A part of a window a worker published.
 pub(crate) struct Published {
     pub(crate) epoch: i64,
+    /// The part's keys: all of them belong to `part` of the division.
     pub(crate) keys: Vec<Key>,
+    /// The part (`rank` of `of`) these keys are, by the publisher's count
+    /// of the peers.
+    pub(crate) part: (usize, usize),
     /// The read stopped at its limit: more eligible jobs lie beyond.
     pub(crate) full: bool,
     /// When it was read, on the server's clock.
     pub(crate) read_at: DateTime,
+    /// What names this window's parts (see [`SharedWindow::part`]).
+    pub(crate) token: Bson,
+}
+
+/// A published window's header.
+struct Header {
+    epoch: i64,
+    token: Bson,
+    parts: usize,
+    full: bool,
+    read_at: DateTime,
 }
 
 /// The shared window of one set of queues.
@@ -75,15 +92,43 @@ impl SharedWindow {
         }
     }
 
-    /// The window published after `epoch`, if any (one `_id` lookup).
-    pub(crate) fn newer(&self, epoch: i64) -> Result<Option<Published>, Error> {
+    /// Part `rank` (of the publisher's division; `rank` is taken modulo
+    /// it) of the window published after `epoch`, if any, and the round
+    /// trips made: one `_id` lookup of the header, and one of the part when
+    /// there is a newer window.
+    pub(crate) fn newer(&self, epoch: i64, rank: usize) -> Result<(Option<Published>, u64), Error> {
         let found = self
             .collection
-            .find_one(doc! {"_id": &self.id, "epoch": {"$gt": epoch}, "ids": {"$exists": true}})
-            .projection(doc! {"epoch": 1, "ids": 1, "runs": 1, "full": 1, "read_at": 1})
+            .find_one(doc! {"_id": &self.id, "epoch": {"$gt": epoch}, "token": {"$exists": true}})
+            .projection(doc! {"epoch": 1, "token": 1, "parts": 1, "full": 1, "read_at": 1})
             .run()
             .map_err(|e| self.queue.db_error("find (shared window)", &e))?;
-        Ok(found.and_then(|d| published(&d)))
+        let Some(header) = found.as_ref().and_then(header) else {
+            return Ok((None, 1));
+        };
+        let part = (rank % header.parts, header.parts);
+        // None: a newer window replaced the part in between; look again.
+        let published = self.part(&header.token, part.0)?.map(|keys| Published {
+            epoch: header.epoch,
+            keys,
+            part,
+            full: header.full,
+            read_at: header.read_at,
+            token: header.token,
+        });
+        Ok((published, 2))
+    }
+
+    /// Part `rank` of the window `token` names (one `_id` lookup); `None`
+    /// once a newer window replaced it.
+    pub(crate) fn part(&self, token: &Bson, rank: usize) -> Result<Option<Vec<Key>>, Error> {
+        let found = self
+            .collection
+            .find_one(doc! {"_id": self.part_id(rank), "token": token})
+            .projection(doc! {"ids": 1, "runs": 1})
+            .run()
+            .map_err(|e| self.queue.db_error("find (shared window part)", &e))?;
+        Ok(found.as_ref().and_then(keys))
     }
 
     /// The newest epoch published (0: none), without the window.
@@ -125,26 +170,53 @@ impl SharedWindow {
         }
     }
 
-    /// Publishes what this worker read in its turn; returns the new epoch
-    /// (`None`: its turn had lapsed and a peer took it).
-    pub(crate) fn publish(&self, keys: &[Key], full: bool) -> Result<Option<i64>, Error> {
+    /// Publishes what this worker read in its turn, divided into `parts`
+    /// (each part written first, then the header that names them); returns
+    /// the new epoch (`None`: its turn had lapsed and a peer took it) and
+    /// the round trips made.
+    pub(crate) fn publish(
+        &self,
+        parts: &[Vec<Key>],
+        full: bool,
+    ) -> Result<(Option<i64>, u64), Error> {
+        let token = Bson::ObjectId(ObjectId::new());
+        for (rank, mine) in parts.iter().enumerate() {
+            let ids: Vec<Bson> = mine.iter().map(|k| k.id.clone()).collect();
+            self.collection
+                .update_one(
+                    doc! {"_id": self.part_id(rank)},
+                    doc! {"$set": {"token": &token, "ids": ids, "runs": runs(mine)}},
+                )
+                .upsert(true)
+                .run()
+                .map_err(|e| self.queue.db_error("update (shared window part)", &e))?;
+        }
         let now = self.queue.clock().now();
-        let ids: Vec<Bson> = keys.iter().map(|k| k.id.clone()).collect();
         let updated = self
             .collection
             .find_one_and_update(
                 doc! {"_id": &self.id, "reader": &self.owner},
                 doc! {
-                    "$set": {"ids": ids, "runs": runs(keys), "full": full, "read_at": now},
+                    "$set": {"token": &token, "parts": parts.len() as i64, "full": full, "read_at": now},
                     "$inc": {"epoch": 1_i64},
-                    "$unset": {"reader": "", "reading_until": ""},
+                    // `ids` and `runs`: where an older mongoq kept the window.
+                    "$unset": {"reader": "", "reading_until": "", "ids": "", "runs": ""},
                 },
             )
             .projection(doc! {"epoch": 1})
             .return_document(ReturnDocument::After)
             .run()
             .map_err(|e| self.queue.db_error("update (shared window)", &e))?;
-        Ok(updated.and_then(|d| number(d.get("epoch"))))
+        Ok((
+            updated.and_then(|d| number(d.get("epoch"))),
+            parts.len() as u64 + 1,
+        ))
+    }
+
+    /// The `_id` of part `rank`: a document, so it never equals a window's
+    /// `_id` (a string), whatever the queues are named.
+    fn part_id(&self, rank: usize) -> Document {
+        doc! {"window": &self.id, "part": rank as i64}
     }
 }
 
@@ -182,10 +254,22 @@ fn runs(keys: &[Key]) -> Vec<Document> {
     runs
 }
 
-/// Reads a published window back; `None` for a document it cannot parse
-/// (then it is read again rather than trusted).
-fn published(document: &Document) -> Option<Published> {
-    let epoch = number(document.get("epoch"))?;
+/// Reads a window's header; `None` for one it cannot parse (then the
+/// window is read again rather than trusted).
+fn header(document: &Document) -> Option<Header> {
+    Some(Header {
+        epoch: number(document.get("epoch"))?,
+        token: document.get("token")?.clone(),
+        parts: usize::try_from(number(document.get("parts"))?)
+            .ok()
+            .filter(|&n| n > 0)?,
+        full: document.get_bool("full").unwrap_or(true),
+        read_at: *document.get_datetime("read_at").ok()?,
+    })
+}
+
+/// Reads a part's keys back; `None` for a document it cannot parse.
+fn keys(document: &Document) -> Option<Vec<Key>> {
     let ids = document.get_array("ids").ok()?;
     let mut ranks = Vec::with_capacity(ids.len());
     for run in document.get_array("runs").ok()? {
@@ -197,19 +281,15 @@ fn published(document: &Document) -> Option<Published> {
     if ranks.len() != ids.len() {
         return None;
     }
-    Some(Published {
-        epoch,
-        keys: ids
-            .iter()
+    Some(
+        ids.iter()
             .zip(ranks)
             .map(|(id, rank)| Key {
                 id: id.clone(),
                 rank: rank.clone(),
             })
             .collect(),
-        full: document.get_bool("full").unwrap_or(true),
-        read_at: *document.get_datetime("read_at").ok()?,
-    })
+    )
 }
 
 fn number(value: Option<&Bson>) -> Option<i64> {
@@ -231,17 +311,21 @@ mod tests {
             })
             .collect();
         let document = doc! {
-            "epoch": 3_i64,
             "ids": keys.iter().map(|k| k.id.clone()).collect::<Vec<_>>(),
             "runs": runs(&keys),
-            "full": false,
-            "read_at": DateTime::now(),
         };
         assert_eq!(document.get_array("runs").unwrap().len(), 3);
-        let back = published(&document).expect("parses");
-        assert_eq!(back.epoch, 3);
-        assert_eq!(back.keys, keys);
-        assert!(!back.full);
+        assert_eq!(super::keys(&document).expect("parses"), keys);
+        let short = doc! {"ids": [1, 2], "runs": [{"rank": 0, "n": 3}]};
+        assert!(
+            super::keys(&short).is_none(),
+            "runs that do not cover the ids"
+        );
+        let head = doc! {"epoch": 3_i64, "token": 7, "parts": 0, "read_at": DateTime::now()};
+        assert!(
+            header(&head).is_none(),
+            "a header without parts is not trusted"
+        );
     }
 
     #[test]

@@ -108,7 +108,15 @@ impl Share {
 
 /// Whether the job with this `_id` is in part `rank` of `of`.
 pub(crate) fn owns((rank, of): (usize, usize), id: &Bson) -> bool {
-    of <= 1 || slot(id) % of as u64 == rank as u64
+    part_of(id, of) == rank
+}
+
+/// The part (of `of`) the job with this `_id` is in.
+pub(crate) fn part_of(id: &Bson, of: usize) -> usize {
+    if of <= 1 {
+        return 0;
+    }
+    (slot(id) % of as u64) as usize
 }
 
 /// A hash of an `_id` that every worker computes alike (FNV-1a over the

@@ -11,6 +11,7 @@ use crate::error::Error;
 use crate::fleet::window::{Key, Published};
 use crate::queue::filters::{eligible_in, queue_condition};
 use crate::schema::{fields, integer, Status};
+use crate::worker::share::part_of;
 use crate::worker::window::{key_of, key_projection, priority_ranges};
 
 /// While a peer reads the shared window, look for what it published this
@@ -45,10 +46,13 @@ impl Claimer {
     /// that peer publishes (reading for itself if that takes too long).
     pub(super) fn refill(&mut self, limit: usize) -> Result<(), Error> {
         if self.share.part().1 > 1 {
+            if self.widen()? {
+                return Ok(());
+            }
             let mut waits = 0;
             loop {
-                let newer = self.shared.newer(self.seen)?;
-                self.round_trips += 1;
+                let (newer, trips) = self.shared.newer(self.seen, self.share.part().0)?;
+                self.round_trips += trips;
                 if let Some(published) = newer {
                     self.seen = published.epoch;
                     if self
@@ -67,10 +71,13 @@ impl Claimer {
                     self.round_trips += 1;
                     if turn {
                         let (keys, full) = self.read_keys(limit)?;
-                        let epoch = self.shared.publish(&keys, full)?;
-                        self.round_trips += 1;
+                        let parts = divide(&keys, self.share.part().1);
+                        let (epoch, trips) = self.shared.publish(&parts, full)?;
+                        self.round_trips += trips;
                         self.seen = epoch.unwrap_or(self.seen);
-                        self.fill(keys, full, Instant::now());
+                        // The reader keeps the whole window: its own part
+                        // first, then a share of the others' (see `take`).
+                        self.fill(keys, full, Instant::now(), None);
                         return Ok(());
                     }
                     if waits >= TURN_WAITS {
@@ -83,12 +90,52 @@ impl Claimer {
             log::debug!("a peer's read of the shared window is slow; reading for this worker");
         }
         let (keys, full) = self.read_keys(limit)?;
-        self.fill(keys, full, Instant::now());
+        self.fill(keys, full, Instant::now(), None);
         Ok(())
     }
 
-    /// Takes a window a peer published (the jobs it lists that this worker
-    /// has claimed since are no longer pending and simply lose).
+    /// With this worker's part of a peer's window used up and nothing known
+    /// beyond the window: takes the next peer's part, to claim a share of
+    /// its jobs from the end (its owner works from the head), rather than
+    /// reading the queue again. A read would find the same jobs divided the
+    /// same way, and on servers where a query's price grows with what its
+    /// range ever held, a read at the end of a drain costs what one at its
+    /// start did. Returns whether it took one.
+    fn widen(&mut self) -> Result<bool, Error> {
+        let Some(mut next) = self.next_part.take() else {
+            return Ok(false);
+        };
+        if self.full {
+            return Ok(false);
+        }
+        let epoch = self.shared.epoch()?;
+        self.round_trips += 1;
+        if epoch > self.seen {
+            return Ok(false);
+        }
+        while next.rank != next.own {
+            let rank = next.rank;
+            next.rank = (next.rank + 1) % next.of;
+            let part = self.shared.part(&next.token, rank)?;
+            self.round_trips += 1;
+            match part {
+                Some(keys) if !keys.is_empty() => {
+                    let read_at = next.read_at;
+                    self.fill(keys, false, read_at, None);
+                    self.next_part = Some(next);
+                    return Ok(true);
+                }
+                Some(_) => {}
+                // A newer window replaced it.
+                None => return Ok(false),
+            }
+        }
+        Ok(false)
+    }
+
+    /// Takes this worker's part of a window a peer published (the jobs it
+    /// lists that this worker has claimed since are no longer pending and
+    /// simply lose).
     pub(super) fn adopt(&mut self, published: Published) {
         let age = self
             .queue
@@ -96,6 +143,14 @@ impl Claimer {
             .now()
             .saturating_duration_since(published.read_at);
         let read_at = Instant::now().checked_sub(age).unwrap_or_else(Instant::now);
+        let (own, of) = published.part;
+        let next = NextPart {
+            token: published.token.clone(),
+            own,
+            of,
+            rank: (own + 1) % of,
+            read_at,
+        };
         // The peer read before this worker claimed some of its jobs.
         let taken = std::mem::take(&mut self.taken);
         let keys = if taken.is_empty() {
@@ -107,15 +162,26 @@ impl Claimer {
                 .filter(|k| !taken.contains(&IdKey::of(&k.id)))
                 .collect()
         };
-        self.fill(keys, published.full, read_at);
+        self.fill(keys, published.full, read_at, Some(published.part));
+        self.next_part = Some(next);
     }
 
-    /// Makes `keys` the window. A read this worker made itself is current:
-    /// a job it claimed and handed back since (a pause, say) is listed
-    /// again, rightly, so the set of jobs taken starts over unfiltered.
-    pub(super) fn fill(&mut self, keys: Vec<Key>, full: bool, read_at: Instant) {
+    /// Makes `keys` the window: a whole read (`part` None), or the part of
+    /// a published one that is this worker's. A read this worker made
+    /// itself is current: a job it claimed and handed back since (a pause,
+    /// say) is listed again, rightly, so the set of jobs taken starts over
+    /// unfiltered.
+    pub(super) fn fill(
+        &mut self,
+        keys: Vec<Key>,
+        full: bool,
+        read_at: Instant,
+        part: Option<(usize, usize)>,
+    ) {
         self.taken.clear();
         self.window = keys.into();
+        self.adopted = part;
+        self.next_part = None;
         self.full = full;
         self.count_own();
         if self.window.is_empty() {
@@ -136,7 +202,11 @@ impl Claimer {
     /// a `priority` sorts as 0 without a write to give it one. Returns them
     /// and whether the read stopped at its limit.
     pub(super) fn read_keys(&mut self, limit: usize) -> Result<(Vec<Key>, bool), Error> {
-        self.round_trips += self.upkeep.run(&self.queue)?;
+        // The upkeep's filter ranges over every pending job: one peer of the
+        // fleet runs it, not each that reads.
+        if self.share.leads(UPKEEP) {
+            self.round_trips += self.upkeep.run(&self.queue)?;
+        }
         let mut keys = Vec::new();
         let mut bytes = 0;
         let mut full = false;
@@ -263,5 +333,56 @@ impl Claimer {
             above
         };
         self.any_eligible(above, "find (higher priority)")
+    }
+}
+
+/// `keys` divided into the `of` parts of the peers (see [`part_of`]), each in
+/// queue order.
+fn divide(keys: &[Key], of: usize) -> Vec<Vec<Key>> {
+    let mut parts = vec![Vec::new(); of.max(1)];
+    for key in keys {
+        parts[part_of(&key.id, of)].push(key.clone());
+    }
+    parts
+}
+
+/// The peers' parts of an adopted window that this worker has not yet
+/// helped with (see [`Claimer::widen`]).
+pub(super) struct NextPart {
+    token: Bson,
+    /// This worker's own part, where the round ends, and the division.
+    own: usize,
+    of: usize,
+    /// The next part to take.
+    rank: usize,
+    /// When the window was read.
+    read_at: Instant,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mongodb::bson::oid::ObjectId;
+
+    #[test]
+    fn a_division_puts_every_key_in_its_owners_part_in_queue_order() {
+        let keys: Vec<Key> = (0..1_000)
+            .map(|i| Key {
+                id: Bson::ObjectId(ObjectId::new()),
+                rank: Bson::Int32(i % 3),
+            })
+            .collect();
+        let parts = divide(&keys, 4);
+        assert_eq!(parts.len(), 4);
+        assert_eq!(parts.iter().map(Vec::len).sum::<usize>(), keys.len());
+        for (rank, part) in parts.iter().enumerate() {
+            assert!(part.iter().all(|k| part_of(&k.id, 4) == rank));
+            let positions: Vec<usize> = part
+                .iter()
+                .map(|k| keys.iter().position(|x| x == k).unwrap())
+                .collect();
+            assert!(positions.windows(2).all(|w| w[0] < w[1]), "queue order");
+        }
+        assert_eq!(divide(&keys, 1), vec![keys.clone()], "alone: one part");
     }
 }

@@ -124,6 +124,11 @@ pub(crate) struct Claimer {
     /// The jobs this worker asked for since the window was last filled:
     /// a window a peer read before they were claimed still lists them.
     taken: HashSet<IdKey>,
+    /// The part of a peer's window the window is (all of it this worker's),
+    /// or `None` for a whole read.
+    adopted: Option<(usize, usize)>,
+    /// The peers' parts of the adopted window still to help with.
+    next_part: Option<ahead::NextPart>,
 }
 
 impl Claimer {
@@ -160,6 +165,8 @@ impl Claimer {
             pending_checked_at: None,
             woke: false,
             taken: HashSet::new(),
+            adopted: None,
+            next_part: None,
         }
     }
 
@@ -314,11 +321,12 @@ impl Claimer {
     /// wait for higher ones.
     fn take(&mut self, count: usize) -> Vec<Key> {
         let part = self.share.part();
+        let adopted = self.adopted.is_some();
         if part.1 > 1 && self.own_left > 0 {
             let mut taken = Vec::with_capacity(count.min(self.own_left));
             let mut rest = VecDeque::with_capacity(self.window.len());
             for key in self.window.drain(..) {
-                if taken.len() < count && owns(part, &key.id) {
+                if taken.len() < count && (adopted || owns(part, &key.id)) {
                     taken.push(key);
                 } else {
                     rest.push_back(key);
@@ -352,7 +360,11 @@ impl Claimer {
     /// Counts the jobs of this worker's part in the window.
     fn count_own(&mut self) {
         let part = self.share.part();
-        self.own_left = self.window.iter().filter(|k| owns(part, &k.id)).count();
+        self.own_left = if self.adopted.is_some() {
+            self.window.len()
+        } else {
+            self.window.iter().filter(|k| owns(part, &k.id)).count()
+        };
         self.part_read = part;
     }
 }

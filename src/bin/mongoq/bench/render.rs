@@ -237,7 +237,8 @@ fn server_sections(results: &BenchResults, out: &mut String) {
 /// Section 9's floor: the same jobs on collections of their own.
 fn render_floor(out: &mut String, floor: &super::ScaleFloor, one: Option<&super::ScaleRow>) {
     use std::fmt::Write;
-    let shown = |v: Option<f64>| v.map_or_else(|| format!("{:>10}", "n/a"), |v| format!("{v:>10.1}"));
+    let shown =
+        |v: Option<f64>| v.map_or_else(|| format!("{:>10}", "n/a"), |v| format!("{v:>10.1}"));
     let cpu = |d: &super::server::Drain| d.server_cpu_us_per_job;
     let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
         (Some(a), Some(b)) if b > 0.0 => format!("{:.2}×", a / b),
@@ -254,7 +255,11 @@ fn render_floor(out: &mut String, floor: &super::ScaleFloor, one: Option<&super:
         "", "jobs/s", "srv µs/job", "vs one"
     );
     let rows = [
-        ("bare writes, 1 connection", &floor.writes_one, "1".to_string()),
+        (
+            "bare writes, 1 connection",
+            &floor.writes_one,
+            "1".to_string(),
+        ),
         (
             "bare writes, one share per connection",
             &floor.writes_many,

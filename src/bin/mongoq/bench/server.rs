@@ -306,7 +306,8 @@ impl Bench<'_> {
         for row in &mut rows {
             row.vs_one_process = row.drain.jobs_per_second / one;
         }
-        let floor = (!floors.is_empty()).then(|| ScaleFloor::median(&floors.iter().collect::<Vec<_>>()));
+        let floor =
+            (!floors.is_empty()).then(|| ScaleFloor::median(&floors.iter().collect::<Vec<_>>()));
         Ok((rows, floor))
     }
 
