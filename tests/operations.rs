@@ -878,9 +878,10 @@ fn show_and_cancel_take_any_id_a_producer_used_as_extended_json() {
     assert_eq!(missing.status.code(), Some(1), "{}", stderr(&missing));
 }
 
-/// `mongoq bench --only server,scale` runs the bare loop, mongoq, and 1 to
-/// 8 worker processes on small backlogs, validates every drain (each job
-/// completed once), and writes both charts.
+/// `mongoq bench --only server,scale` runs the bare loop, mongoq, 1 to 8
+/// worker processes, and the floor (8 clients sharing nothing) on small
+/// backlogs, validates every drain (each job completed once), and writes
+/// both charts.
 #[test]
 fn bench_measures_server_work_and_scale_out() {
     let db = TestDb::new("bench_smoke");
@@ -894,6 +895,8 @@ fn bench_measures_server_work_and_scale_out() {
             "400",
             "--small-backlog",
             "200",
+            "--rounds",
+            "1",
         ])
         .arg("--chart")
         .arg(&chart)
@@ -913,6 +916,14 @@ fn bench_measures_server_work_and_scale_out() {
         .map(|l| l.split_whitespace().next().unwrap_or(""))
         .collect();
     assert_eq!(processes, ["1", "2", "4", "8"], "{text}");
+    assert!(text.contains("the floor: what 8 clients at once"), "{text}");
+    for row in [
+        "bare writes, 1 connection",
+        "bare writes, one share per connection",
+        "mongoq processes, each on its own collection",
+    ] {
+        assert!(text.contains(row), "{row}: {text}");
+    }
     let fleet = std::fs::read_to_string(chart.with_extension("fleet.svg")).unwrap();
     assert!(fleet.contains("by worker processes"), "{fleet}");
 }

@@ -246,7 +246,7 @@ fn render_floor(out: &mut String, floor: &super::ScaleFloor, one: Option<&super:
     };
     let _ = writeln!(
         out,
-        "   the floor: what {} clients at once cost the server, sharing nothing ({} jobs)",
+        "\n   the floor: what {} clients at once cost the server, sharing nothing ({} jobs)",
         floor.processes, floor.jobs
     );
     let _ = writeln!(
