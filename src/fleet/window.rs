@@ -99,7 +99,14 @@ impl SharedWindow {
     pub(crate) fn newer(&self, epoch: i64, rank: usize) -> Result<(Option<Published>, u64), Error> {
         let found = self
             .collection
-            .find_one(doc! {"_id": &self.id, "epoch": {"$gt": epoch}, "token": {"$exists": true}})
+            // A header that holds `ids` was written by an older mongoq,
+            // which names no parts: not one to adopt.
+            .find_one(doc! {
+                "_id": &self.id,
+                "epoch": {"$gt": epoch},
+                "token": {"$exists": true},
+                "ids": {"$exists": false},
+            })
             .projection(doc! {"epoch": 1, "token": 1, "parts": 1, "full": 1, "read_at": 1})
             .run()
             .map_err(|e| self.queue.db_error("find (shared window)", &e))?;
