@@ -408,14 +408,7 @@ impl Bench<'_> {
         let children = (0..count)
             .map(|i| self.spawn_worker(queue, threads, &dir.join(format!("{i}.json"))))
             .collect::<Result<Vec<Child>, Error>>()?;
-        for mut child in children {
-            let status = child.wait().map_err(|e| Error::Invalid(e.to_string()))?;
-            if !status.success() {
-                return Err(Error::Invalid(format!(
-                    "a bench worker process exited with {status}"
-                )));
-            }
-        }
+        wait_all(children)?;
         let seconds = started.elapsed().as_secs_f64();
         let server = meter.per_job(queue, n);
         let reports = (0..count)
@@ -454,6 +447,19 @@ impl Bench<'_> {
             .spawn()
             .map_err(|e| Error::Invalid(format!("cannot run {}: {e}", self.config.exe.display())))
     }
+}
+
+/// Waits for every bench worker process; an error if one failed.
+fn wait_all(children: Vec<Child>) -> Result<(), Error> {
+    for mut child in children {
+        let status = child.wait().map_err(|e| Error::Invalid(e.to_string()))?;
+        if !status.success() {
+            return Err(Error::Invalid(format!(
+                "a bench worker process exited with {status}"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Row `i` of every round, combined by `combine` (medians, in practice).

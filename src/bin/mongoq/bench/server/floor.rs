@@ -24,7 +24,7 @@ use mongoq::schema::{fields, Status};
 use mongoq::{Error, Queue};
 use serde::Serialize;
 
-use super::{settle, Bench, Drain, ServerMeter, THREADS_EACH};
+use super::{settle, wait_all, Bench, Drain, ServerMeter, THREADS_EACH};
 
 /// The floor, for one fleet size.
 #[derive(Debug, Clone, Serialize)]
@@ -154,14 +154,7 @@ impl Bench<'_> {
                 self.spawn_worker(queue, THREADS_EACH, &dir.join(format!("{i}.json")))
             })
             .collect::<Result<Vec<_>, Error>>()?;
-        for mut child in children {
-            let status = child.wait().map_err(|e| Error::Invalid(e.to_string()))?;
-            if !status.success() {
-                return Err(Error::Invalid(format!(
-                    "a bench worker process exited with {status}"
-                )));
-            }
-        }
+        wait_all(children)?;
         let seconds = started.elapsed().as_secs_f64();
         let server = meter.per_job(&backlogs[0].0, self.config.jobs);
         let mut round_trips = 0;
