@@ -152,7 +152,8 @@ pub struct BenchResults {
     pub limits: Vec<LimitRow>,
     pub server_work: Vec<ServerWorkRow>,
     pub scale: Vec<ScaleRow>,
-    /// Section 9's floor: the largest fleet's jobs on collections of their own.
+    /// Section 9's floor: what the largest fleet's clients cost the server
+    /// when they share nothing.
     pub scale_floor: Option<ScaleFloor>,
     pub handlers: Vec<HandlerRow>,
     pub schedules: Vec<ScheduleRow>,

@@ -234,7 +234,7 @@ fn server_sections(results: &BenchResults, out: &mut String) {
     }
 }
 
-/// Section 9's floor: the same jobs on collections of their own.
+/// Section 9's floor: the same jobs, by clients that share nothing.
 fn render_floor(out: &mut String, floor: &super::ScaleFloor, one: Option<&super::ScaleRow>) {
     use std::fmt::Write;
     let shown =

@@ -268,10 +268,9 @@ impl Bench<'_> {
         Ok((report, seconds, sent, meter.per_job(queue, jobs)))
     }
 
-    /// Section 9: 1, 2, 4 and 8 worker processes on one large backlog.
-    /// Section 9: each fleet size on one backlog, and the floor for the
-    /// largest (the same jobs on collections of their own), interleaved
-    /// over the rounds.
+    /// Section 9: 1, 2, 4 and 8 worker processes on one large backlog, and
+    /// the floor for the largest (the same jobs, its clients sharing
+    /// nothing), interleaved over the rounds.
     pub(super) fn scale_out(
         &self,
         progress: &mut dyn FnMut(&str),
@@ -291,7 +290,7 @@ impl Bench<'_> {
             }
             runs.push(rows);
             progress(&format!(
-                "scale-out (round {round}/{rounds}): the floor, {largest} workers on collections of their own"
+                "scale-out (round {round}/{rounds}): the floor, {largest} clients sharing nothing"
             ));
             floors.push(self.floor(largest)?);
         }

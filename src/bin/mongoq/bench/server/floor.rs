@@ -1,5 +1,5 @@
-//! Section 9's floor: what the server spends per job when several workers
-//! share *nothing*, each draining a collection of its own.
+//! Section 9's floor: what the server spends per job when several clients
+//! share *nothing*: no job, and for mongoq processes no collection.
 //!
 //! A fleet's server CPU per job against one worker's mixes two costs: what
 //! sharing one backlog costs (reading who takes what, lost claims), which
