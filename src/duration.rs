@@ -61,11 +61,14 @@ pub fn format_duration(duration: Duration) -> String {
     }
 }
 
-/// A `MIN..MAX` range of durations, as `--simulate 1s..5s` takes.
+/// A `MIN..MAX` range of durations, as `--simulate 1s..5s` takes; one
+/// duration (`5ms`) is the range from it to itself.
 pub fn parse_duration_range(text: &str) -> Result<(Duration, Duration), String> {
-    let (low, high) = text
-        .split_once("..")
-        .ok_or_else(|| format!("`{text}` is not a range: write it like 1s..5s"))?;
+    let Some((low, high)) = text.split_once("..") else {
+        let one = parse_duration(text)
+            .map_err(|e| format!("{e} (give one duration like 5ms, or a range like 1s..5s)"))?;
+        return Ok((one, one));
+    };
     let low = parse_duration(low)?;
     let high = parse_duration(high)?;
     if low > high {
@@ -105,7 +108,14 @@ mod tests {
             Ok((Duration::from_secs(1), Duration::from_secs(5)))
         );
         assert!(parse_duration_range("5s..1s").is_err());
-        assert!(parse_duration_range("5s").is_err());
+        assert_eq!(
+            parse_duration_range("5ms"),
+            Ok((Duration::from_millis(5), Duration::from_millis(5)))
+        );
+        assert!(parse_duration_range("5")
+            .unwrap_err()
+            .contains("range like 1s..5s"));
+        assert!(parse_duration_range("1s..").is_err());
     }
 
     #[test]

@@ -199,8 +199,30 @@ pub(crate) fn completed_update(at: DateTime, result: Option<Bson>) -> Document {
     }
 }
 
+/// The update that completes several jobs of one claim at `at`, each with
+/// its own result: one pipeline (MongoDB 4.2+) in which each document picks
+/// its result by the position of its `_id` in `ids` (`results[i]` is the
+/// stored result of `ids[i]`, null for none). Both arrays are `$literal`,
+/// so a result or an id that looks like an expression (`"$x"`, `{$add:
+/// …}`) is stored as written. The filter must match only `ids`: an `_id`
+/// not among them would pick the last result.
+pub(crate) fn completed_pipeline(at: DateTime, ids: &[Bson], results: &[Bson]) -> Vec<Document> {
+    let lease: Vec<String> = unset_lease().keys().cloned().collect();
+    vec![
+        doc! {"$set": {
+            fields::STATUS: Status::Completed,
+            fields::COMPLETED_AT: at,
+            fields::RESULT: {"$arrayElemAt": [
+                {"$literal": results},
+                {"$indexOfArray": [{"$literal": ids}, "$_id"]},
+            ]},
+        }},
+        doc! {"$unset": lease},
+    ]
+}
+
 /// A result as stored: as it is, or a note when it is over the bound.
-fn bounded_result(result: Option<Bson>) -> Bson {
+pub(crate) fn bounded_result(result: Option<Bson>) -> Bson {
     let Some(result) = result else {
         return Bson::Null;
     };

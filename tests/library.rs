@@ -188,3 +188,77 @@ fn a_job_whose_lease_expired_on_its_last_attempt_fails_instead_of_running_again(
         .unwrap()
         .contains("lease expired")));
 }
+
+#[test]
+fn results_are_written_a_claim_at_a_time_each_on_its_own_job_exactly_as_returned() {
+    let db = TestDb::new("lib_results");
+    let queue = db.queue();
+    // Producers' own ids of every kind, some that look like expressions.
+    let ids: Vec<Bson> = vec![
+        Bson::String("$weird".into()),
+        Bson::String("plain".into()),
+        Bson::Int32(7),
+        Bson::Int64(8),
+        Bson::Document(doc! {"k": 1, "x": "$y"}),
+        Bson::ObjectId(mongodb::bson::oid::ObjectId::new()),
+    ];
+    for (n, id) in ids.iter().enumerate() {
+        db.coll()
+            .insert_one(doc! {"_id": id.clone(), "data": n as i32, "status": "pending"})
+            .run()
+            .unwrap();
+    }
+    queue
+        .enqueue_many((100..400).map(Bson::Int32), &EnqueueOptions::default())
+        .unwrap();
+    // What each job returns, by its data: nothing, null, values that a
+    // pipeline would read as expressions, nested documents, arrays, dates,
+    // and one over the size bound.
+    let result_for = |n: i32| -> Option<Bson> {
+        match n % 9 {
+            0 => None,
+            1 => Some(Bson::Null),
+            2 => Some(Bson::String("$status".into())),
+            3 => Some(Bson::Document(doc! {"$add": [1, 2]})),
+            4 => Some(Bson::Document(
+                doc! {"n": n, "nested": {"list": [1, "two", {"three": 3}]}},
+            )),
+            5 => Some(Bson::Array(vec![
+                Bson::Int32(n),
+                Bson::String("$$NOW".into()),
+            ])),
+            6 => Some(Bson::DateTime(mongodb::bson::DateTime::from_millis(
+                1_700_000_000_000 + i64::from(n),
+            ))),
+            7 if n == 106 => Some(Bson::String("x".repeat(300 * 1024))),
+            _ => Some(Bson::Int32(n * 2)),
+        }
+    };
+    let worker = Worker::new(queue.clone(), config(), move |job: &Job| {
+        Ok(result_for(job.data.as_i32().unwrap()))
+    })
+    .unwrap();
+    let report = worker.run(&Shutdown::new());
+    assert_eq!(report.completed, 306, "{report:?}");
+    assert!(
+        report.outcome_writes * 4 < 306,
+        "completions with results are written a claim at a time, not a job at a time: {report:?}"
+    );
+    for job in db.all(doc! {}) {
+        let n = job.get_i32("data").unwrap();
+        assert_eq!(job.get_str("status").unwrap(), "completed", "{job}");
+        assert!(job.get("lease_token").is_none(), "{job}");
+        assert!(job.get_datetime("completed_at").is_ok(), "{job}");
+        let stored = job.get("result").cloned().unwrap_or(Bson::Undefined);
+        let expected = match result_for(n) {
+            None => Bson::Null,
+            Some(Bson::String(text)) if text.len() > 256 * 1024 => {
+                let note = stored.as_str().unwrap_or_default().to_string();
+                assert!(note.contains("result not stored"), "{job}");
+                continue;
+            }
+            Some(value) => value,
+        };
+        assert_eq!(stored, expected, "job {n}: {job}");
+    }
+}

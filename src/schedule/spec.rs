@@ -7,17 +7,23 @@
 //! interval's ticks are `anchor + k × interval`, never "the last run plus
 //! the interval", so they do not drift and a restart does not reset them.
 //!
-//! Daylight saving, in the schedule's zone:
-//! - a wall-clock time that occurs twice (the fall-back hour) ticks once,
-//!   at its first occurrence: a tick whose wall-clock time is not later
-//!   than the previous tick's is skipped;
-//! - a wall-clock time that does not occur (the spring-forward gap) ticks
-//!   at the first instant after the gap.
+//! Daylight saving, in the schedule's zone, as Vixie cron (Debian's `cron`,
+//! the reference cron users know) handles it:
+//! - a **fixed-time** entry (none of its seconds, minute and hour fields
+//!   starts with `*`: `30 2 * * *`, `0,30 2 * * *`, `@daily`) runs at its
+//!   wall-clock times once each: a time that occurs twice (the fall-back
+//!   hour) runs at its first occurrence only, and a time that does not occur
+//!   (the spring-forward gap) runs at the first instant after the gap;
+//! - a **wildcard** entry (its minute or hour field starts with `*`, as in
+//!   `30 * * * *`, `*/15 * * * *` or `@hourly`) follows real time: it runs
+//!   whenever the wall clock shows a matching time, so an hourly job runs
+//!   every hour (25 times on the fall-back day, 23 on the spring-forward
+//!   day) and a time inside the gap is not run.
 
 use std::str::FromStr;
 use std::time::Duration;
 
-use chrono::{DateTime, TimeZone, Utc};
+use chrono::{DateTime, LocalResult, TimeZone, Timelike, Utc};
 use chrono_tz::Tz;
 use croner::parser::{CronParser, Seconds};
 use croner::Cron;
@@ -41,6 +47,8 @@ pub enum Spec {
         expr: String,
         zone: Tz,
         cron: Box<Cron>,
+        /// A fixed-time entry (see the module doc), not a wildcard one.
+        fixed: bool,
     },
     /// Every `interval`, at `anchor + k × interval`.
     Every {
@@ -69,6 +77,7 @@ impl Spec {
             expr: expr.to_string(),
             zone,
             cron: Box::new(cron),
+            fixed: fixed_time(expr),
         })
     }
 
@@ -81,8 +90,9 @@ impl Spec {
     }
 
     /// The first tick strictly after `after`. `last`, the previous tick,
-    /// keeps a repeated wall-clock time (daylight saving's fall-back) from
-    /// ticking twice. `None` when the expression never matches again.
+    /// keeps a fixed-time entry's repeated wall-clock time (daylight
+    /// saving's fall-back) from ticking twice. `None` when the expression
+    /// never matches again.
     pub fn next_after(
         &self,
         after: DateTime<Utc>,
@@ -95,21 +105,23 @@ impl Spec {
                 let k = if since < 0 { 0 } else { since / step + 1 };
                 Some(*anchor + chrono::Duration::milliseconds(k.checked_mul(step)?))
             }
-            Spec::Cron { zone, cron, .. } => {
-                let mut from = after.with_timezone(zone);
-                let floor = last.map(|l| l.with_timezone(zone).naive_local());
-                // A handful of skips covers a whole repeated hour of
-                // per-minute ticks; the bound only guards against a loop.
-                for _ in 0..100_000 {
-                    let next = cron.find_next_occurrence(&from, false).ok()?;
-                    if floor.is_some_and(|floor| next.naive_local() <= floor) {
-                        from = next;
-                        continue;
-                    }
-                    return Some(next.with_timezone(&Utc));
-                }
-                None
-            }
+            // Real time: croner runs a wildcard pattern at both instants of
+            // a repeated wall-clock time and skips one inside a gap.
+            Spec::Cron {
+                zone,
+                cron,
+                fixed: false,
+                ..
+            } => cron
+                .find_next_occurrence(&after.with_timezone(zone), false)
+                .ok()
+                .map(|next| next.with_timezone(&Utc)),
+            Spec::Cron {
+                zone,
+                cron,
+                fixed: true,
+                ..
+            } => next_fixed(cron, *zone, after, last),
         }
     }
 
@@ -141,6 +153,73 @@ impl Spec {
             }
         }
     }
+}
+
+/// Whether a cron expression is a fixed-time entry in Vixie cron's sense:
+/// none of its seconds, minute and hour fields starts with `*` (or `?`).
+/// Of the names, `@hourly` is a wildcard entry and the others are fixed.
+fn fixed_time(expr: &str) -> bool {
+    let fields: Vec<&str> = expr.split_whitespace().collect();
+    let times: &[&str] = match fields.as_slice() {
+        [name] if name.starts_with('@') => return !name.eq_ignore_ascii_case("@hourly"),
+        [minute, hour, _, _, _] => &[minute, hour],
+        [second, minute, hour, _, _, _] | [second, minute, hour, _, _, _, _] => {
+            &[second, minute, hour]
+        }
+        _ => return false,
+    };
+    !times
+        .iter()
+        .any(|f| f.starts_with('*') || f.starts_with('?'))
+}
+
+/// The next tick of a fixed-time entry: the pattern's wall-clock times in
+/// order, each at its first occurrence, one inside a gap at the first
+/// instant after it, and none whose wall-clock time is not later than
+/// `last`'s (a repeated hour runs once).
+fn next_fixed(
+    cron: &Cron,
+    zone: Tz,
+    after: DateTime<Utc>,
+    last: Option<DateTime<Utc>>,
+) -> Option<DateTime<Utc>> {
+    let local = |t: DateTime<Utc>| t.with_timezone(&zone).naive_local();
+    let floor = last.map(local);
+    // The pattern is matched against wall-clock times, which croner walks
+    // as if they were UTC: a clock with no transitions.
+    let mut wall = Utc.from_utc_datetime(&local(after));
+    // A repeated hour of per-second times is 3,600 skips; the bound only
+    // guards against a loop.
+    for _ in 0..100_000 {
+        wall = cron.find_next_occurrence(&wall, false).ok()?;
+        let naive = wall.naive_utc();
+        if floor.is_some_and(|floor| naive <= floor) {
+            continue;
+        }
+        let instant = match zone.from_local_datetime(&naive) {
+            LocalResult::Single(t) | LocalResult::Ambiguous(t, _) => t,
+            LocalResult::None => after_gap(zone, naive)?,
+        };
+        let instant = instant.with_timezone(&Utc);
+        if instant > after {
+            return Some(instant);
+        }
+    }
+    None
+}
+
+/// The first instant after the gap that the wall-clock time `naive` falls
+/// in: zones change their offset on a whole minute, so the first whole
+/// minute that exists again is where the gap ends.
+fn after_gap(zone: Tz, naive: chrono::NaiveDateTime) -> Option<DateTime<Tz>> {
+    let mut minute = naive.with_second(0)?.with_nanosecond(0)?;
+    for _ in 0..24 * 60 {
+        minute += chrono::Duration::minutes(1);
+        if let Some(t) = zone.from_local_datetime(&minute).earliest() {
+            return Some(t);
+        }
+    }
+    None
 }
 
 /// A UTC instant from milliseconds since the epoch (a BSON date's).
@@ -225,59 +304,200 @@ mod tests {
         );
     }
 
+    /// How many ticks fall in `(from, to]`.
+    fn count(spec: &Spec, from: &str, to: &str) -> usize {
+        let (mut last, to) = (at(from), at(to));
+        let mut n = 0;
+        while let Some(next) = spec.next_after(last, Some(last)) {
+            if next > to {
+                break;
+            }
+            n += 1;
+            last = next;
+        }
+        n
+    }
+
+    fn cron(expr: &str, zone: &str) -> Spec {
+        Spec::cron(expr, Some(zone)).unwrap()
+    }
+
     #[test]
-    fn berlin_fall_back_runs_a_repeated_wall_clock_time_once() {
-        // 2026-10-25: 03:00 CEST becomes 02:00 CET; 02:30 occurs twice.
-        let daily = Spec::cron("30 2 * * *", Some("Europe/Berlin")).unwrap();
+    fn fixed_time_entries_are_those_vixie_cron_treats_specially() {
+        for fixed in [
+            "30 2 * * *",
+            "0,30 2 * * *",
+            "30 1-3 * * 1",
+            "0 30 2 * * *",
+            "@daily",
+        ] {
+            assert!(fixed_time(fixed), "{fixed}");
+        }
+        for wildcard in [
+            "30 * * * *",
+            "*/15 * * * *",
+            "*/15 3 * * *",
+            "0 */2 * * *",
+            "@hourly",
+            "*/10 30 2 * * *",
+        ] {
+            assert!(!fixed_time(wildcard), "{wildcard}");
+        }
+    }
+
+    #[test]
+    fn berlin_fall_back_runs_a_fixed_time_once_and_a_wildcard_in_real_time() {
+        // 2026-10-25: 03:00 CEST becomes 02:00 CET at 01:00Z; 02:00-02:59
+        // occurs twice.
+        let daily = cron("30 2 * * *", "Europe/Berlin");
         assert_eq!(
             ticks(&daily, "2026-10-24T12:00:00Z", 2),
             ["2026-10-25T00:30:00+00:00", "2026-10-26T01:30:00+00:00"]
         );
-        // Every 30 minutes: the repeated hour (02:00 and 02:30 again, in
-        // CET) is not run a second time.
-        let half_hourly = Spec::cron("*/30 * * * *", Some("Europe/Berlin")).unwrap();
+        let twice_daily = cron("0,30 2 * * *", "Europe/Berlin");
+        assert_eq!(
+            ticks(&twice_daily, "2026-10-24T23:45:00Z", 3),
+            [
+                "2026-10-25T00:00:00+00:00", // 02:00 CEST
+                "2026-10-25T00:30:00+00:00", // 02:30 CEST, and not again in CET
+                "2026-10-26T01:00:00+00:00",
+            ]
+        );
+        let half_hourly = cron("*/30 * * * *", "Europe/Berlin");
         assert_eq!(
             ticks(&half_hourly, "2026-10-24T23:45:00Z", 5),
             [
                 "2026-10-25T00:00:00+00:00", // 02:00 CEST
                 "2026-10-25T00:30:00+00:00", // 02:30 CEST
-                // 02:00 and 02:30 CET (01:00, 01:30 UTC) are skipped
+                "2026-10-25T01:00:00+00:00", // 02:00 CET
+                "2026-10-25T01:30:00+00:00", // 02:30 CET
                 "2026-10-25T02:00:00+00:00", // 03:00 CET
-                "2026-10-25T02:30:00+00:00",
-                "2026-10-25T03:00:00+00:00",
             ]
         );
+        // The local day has 25 hours, and an hourly job runs in each.
+        let hourly = cron("30 * * * *", "Europe/Berlin");
+        let day = ("2026-10-24T22:00:00Z", "2026-10-25T23:00:00Z");
+        assert_eq!(count(&hourly, day.0, day.1), 25);
+        assert_eq!(count(&cron("@hourly", "Europe/Berlin"), day.0, day.1), 25);
+        // A daily job runs once that day all the same.
+        assert_eq!(count(&daily, day.0, day.1), 1);
     }
 
     #[test]
-    fn berlin_spring_forward_runs_a_skipped_time_right_after_the_gap() {
-        // 2026-03-29: 02:00 CET jumps to 03:00 CEST; 02:30 never occurs.
-        let daily = Spec::cron("30 2 * * *", Some("Europe/Berlin")).unwrap();
+    fn berlin_spring_forward_runs_a_fixed_time_after_the_gap_and_a_wildcard_in_real_time() {
+        // 2026-03-29: 02:00 CET jumps to 03:00 CEST at 01:00Z; 02:00-02:59
+        // never occurs.
+        let daily = cron("30 2 * * *", "Europe/Berlin");
         assert_eq!(
             ticks(&daily, "2026-03-28T12:00:00Z", 2),
             ["2026-03-29T01:00:00+00:00", "2026-03-30T00:30:00+00:00"]
         );
+        // Two skipped times run once, right after the gap.
+        let twice_daily = cron("0,30 2 * * *", "Europe/Berlin");
+        assert_eq!(
+            ticks(&twice_daily, "2026-03-28T12:00:00Z", 3),
+            [
+                "2026-03-29T01:00:00+00:00",
+                "2026-03-30T00:00:00+00:00",
+                "2026-03-30T00:30:00+00:00",
+            ]
+        );
+        let half_hourly = cron("*/30 * * * *", "Europe/Berlin");
+        assert_eq!(
+            ticks(&half_hourly, "2026-03-29T00:15:00Z", 3),
+            [
+                "2026-03-29T00:30:00+00:00", // 01:30 CET
+                "2026-03-29T01:00:00+00:00", // 03:00 CEST: 02:00, 02:30 never were
+                "2026-03-29T01:30:00+00:00",
+            ]
+        );
+        let hourly = cron("30 * * * *", "Europe/Berlin");
+        let day = ("2026-03-28T23:00:00Z", "2026-03-29T22:00:00Z");
+        assert_eq!(count(&hourly, day.0, day.1), 23);
+        assert_eq!(count(&daily, day.0, day.1), 1);
     }
 
     #[test]
     fn new_york_across_both_transitions() {
-        // 2026-03-08: 02:00 EST jumps to 03:00 EDT.
-        let daily = Spec::cron("30 2 * * *", Some("America/New_York")).unwrap();
+        // 2026-03-08: 02:00 EST jumps to 03:00 EDT at 07:00Z.
+        let daily = cron("30 2 * * *", "America/New_York");
         assert_eq!(
             ticks(&daily, "2026-03-07T12:00:00Z", 2),
             ["2026-03-08T07:00:00+00:00", "2026-03-09T06:30:00+00:00"]
         );
-        // 2026-11-01: 02:00 EDT falls back to 01:00 EST; 01:30 occurs twice.
-        let daily = Spec::cron("30 1 * * *", Some("America/New_York")).unwrap();
+        let hourly = cron("30 * * * *", "America/New_York");
+        assert_eq!(
+            count(&hourly, "2026-03-08T05:00:00Z", "2026-03-09T04:00:00Z"),
+            23
+        );
+        assert_eq!(
+            ticks(&hourly, "2026-03-08T06:00:00Z", 2),
+            // 01:30 EST, then 03:30 EDT
+            ["2026-03-08T06:30:00+00:00", "2026-03-08T07:30:00+00:00"]
+        );
+        // 2026-11-01: 02:00 EDT falls back to 01:00 EST at 06:00Z; 01:30
+        // occurs twice.
+        let daily = cron("30 1 * * *", "America/New_York");
         assert_eq!(
             ticks(&daily, "2026-10-31T12:00:00Z", 2),
             ["2026-11-01T05:30:00+00:00", "2026-11-02T06:30:00+00:00"]
         );
+        assert_eq!(
+            ticks(&hourly, "2026-11-01T05:00:00Z", 3),
+            [
+                "2026-11-01T05:30:00+00:00", // 01:30 EDT
+                "2026-11-01T06:30:00+00:00", // 01:30 EST
+                "2026-11-01T07:30:00+00:00", // 02:30 EST
+            ]
+        );
+        assert_eq!(
+            count(&hourly, "2026-11-01T04:00:00Z", "2026-11-02T05:00:00Z"),
+            25
+        );
         // A time outside the transitions is unaffected: 09:00 local.
-        let nine = Spec::cron("0 9 * * *", Some("America/New_York")).unwrap();
+        let nine = cron("0 9 * * *", "America/New_York");
         assert_eq!(
             ticks(&nine, "2026-10-31T20:00:00Z", 2),
             ["2026-11-01T14:00:00+00:00", "2026-11-02T14:00:00+00:00"]
+        );
+    }
+
+    #[test]
+    fn lord_howe_shifts_by_half_an_hour() {
+        // 2026-04-05: 02:00 LHDT (+11) falls back to 01:30 LHST (+10:30) at
+        // 15:00Z on the 4th; 01:30-01:59 occurs twice.
+        let fixed = cron("45 1 * * *", "Australia/Lord_Howe");
+        assert_eq!(
+            ticks(&fixed, "2026-04-04T12:00:00Z", 2),
+            ["2026-04-04T14:45:00+00:00", "2026-04-05T15:15:00+00:00"]
+        );
+        let quarterly = cron("*/15 * * * *", "Australia/Lord_Howe");
+        assert_eq!(
+            ticks(&quarterly, "2026-04-04T14:40:00Z", 4),
+            [
+                "2026-04-04T14:45:00+00:00", // 01:45 LHDT
+                "2026-04-04T15:00:00+00:00", // 01:30 LHST
+                "2026-04-04T15:15:00+00:00", // 01:45 LHST
+                "2026-04-04T15:30:00+00:00", // 02:00 LHST
+            ]
+        );
+        // A 24.5-hour day: every half hour of the wall clock, 01:30 twice.
+        let half_hourly = cron("0,30 * * * *", "Australia/Lord_Howe");
+        assert_eq!(
+            count(&half_hourly, "2026-04-04T13:00:00Z", "2026-04-05T13:30:00Z"),
+            49
+        );
+        // 2026-10-04: 02:00 LHST jumps to 02:30 LHDT at 15:30Z on the 3rd.
+        let fixed = cron("15 2 * * *", "Australia/Lord_Howe");
+        assert_eq!(
+            ticks(&fixed, "2026-10-03T12:00:00Z", 2),
+            ["2026-10-03T15:30:00+00:00", "2026-10-04T15:15:00+00:00"]
+        );
+        // A 23.5-hour day: 02:00 never shows on the wall clock.
+        let half_hourly = cron("*/30 * * * *", "Australia/Lord_Howe");
+        assert_eq!(
+            count(&half_hourly, "2026-10-03T13:30:00Z", "2026-10-04T13:00:00Z"),
+            47
         );
     }
 

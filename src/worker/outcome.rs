@@ -6,25 +6,59 @@
 //! nothing and cannot overwrite the other worker's outcome.
 //!
 //! Writes are **batched**: the [`super::completer`] thread takes every
-//! outcome that is waiting, and sends them as one `update` command with one
-//! statement per job (a documented command that works on standalone servers, replica sets
-//! and sharded clusters, where each statement targets one `_id`). Under load
-//! outcomes pile up while a write is in flight, so batches grow by
-//! themselves; when idle, an outcome is written at once.
+//! outcome that is waiting and writes them together. The outcomes of one
+//! claim that change every job the same way (a completion, with or without
+//! a result, and a hand-back) are one `updateMany` per claim token: a
+//! completion's result rides in a pipeline that gives each job its own, so
+//! a handler that returns something costs the server what one that returns
+//! nothing does. The rest (retries, failures) are one `update` command with
+//! one statement per job (documented commands that work on standalone
+//! servers, replica sets and sharded clusters). Under load outcomes pile up
+//! while a write is in flight, so batches grow by themselves; when idle, an
+//! outcome is written at once.
 
 use std::sync::Arc;
 
 use mongodb::bson::{doc, oid::ObjectId, Bson, DateTime, Document};
+use mongodb::options::UpdateModifications;
 
 use super::oversized::{fail_oversized, is_too_large_code, too_large};
 use crate::error::Error;
 use crate::queue::Queue;
 use crate::schema::{
-    completed_update, count, fenced, fields, id_text, push_error, unset_lease, Status,
+    bounded_result, completed_pipeline, completed_update, count, fenced, fields, id_text,
+    push_error, unset_lease, Status, MAX_RESULT_BYTES,
 };
 
 /// The shared kind of hand-backs (see [`Outcome::shared_kind`]).
 const RELEASED: u8 = 1;
+/// Most jobs one shared completion with results writes: each document
+/// finds its result by the position of its `_id` in the statement's list,
+/// so the server's work grows with the square of this.
+pub(crate) const SHARED_IDS: usize = 128;
+/// Most bytes of results one shared completion carries (the command stays
+/// far below MongoDB's 16 MB).
+pub(crate) const SHARED_RESULT_BYTES: usize = 2 * 1024 * 1024;
+
+/// Outcomes of one claim written by one `updateMany`.
+struct Shared<'a> {
+    kind: u8,
+    token: ObjectId,
+    dependents: bool,
+    members: Vec<&'a Outcome>,
+    /// Each member's result as stored (null for none), in `members`' order.
+    results: Vec<Bson>,
+    /// The results' size, as [`result_bytes`] counts it.
+    bytes: usize,
+}
+
+/// About how many bytes a result adds to a command.
+fn result_bytes(result: &Bson) -> usize {
+    match result {
+        Bson::Null => 1,
+        other => mongodb::bson::to_vec(&doc! {"r": other}).map_or(MAX_RESULT_BYTES, |b| b.len()),
+    }
+}
 
 /// Longest error text stored.
 pub(crate) const MAX_ERROR_BYTES: usize = 4 * 1024;
@@ -142,10 +176,7 @@ impl Outcome {
     /// written with one `updateMany` per claim token; this names the kind.
     fn shared_kind(&self) -> Option<u8> {
         match self {
-            Outcome::Completed {
-                result: None | Some(Bson::Null),
-                ..
-            } => Some(0),
+            Outcome::Completed { .. } => Some(0),
             Outcome::Released { .. } => Some(RELEASED),
             _ => None,
         }
@@ -200,17 +231,12 @@ pub(crate) fn bounded_error(text: String) -> String {
     crate::text::truncate(text, MAX_ERROR_BYTES, "…[truncated]")
 }
 
-/// Writes outcomes in one `update` command per [`MAX_STATEMENTS`]; returns
-/// how many matched (the rest had lost their leases).
-///
-/// Outcomes that write the same thing (a completion without a result, a
-/// hand-back) go as one `updateMany` per claim token, fenced by
-/// `{_id: {$in}, lease_token, status: "running"}`: one cheap round trip for
-/// a whole batch. The rest go as one statement per job.
-pub(crate) fn write(queue: &Queue, worker: &str, outcomes: &[Outcome]) -> Result<u64, Error> {
-    let at = queue.clock().now();
+/// Divides outcomes into shared writes (see [`Shared`]) and single
+/// statements; also returns how many need no write at all (a handler's
+/// transaction wrote them).
+fn divide(outcomes: &[Outcome]) -> (Vec<Shared<'_>>, Vec<&Outcome>, u64) {
     let mut matched = 0;
-    let mut groups: Vec<(u8, ObjectId, bool, Document, Vec<Bson>)> = Vec::new();
+    let mut groups: Vec<Shared> = Vec::new();
     let mut singles: Vec<&Outcome> = Vec::new();
     for outcome in outcomes {
         if matches!(outcome, Outcome::Settled { .. }) {
@@ -223,37 +249,71 @@ pub(crate) fn write(queue: &Queue, worker: &str, outcomes: &[Outcome]) -> Result
             continue;
         };
         let key = outcome.key();
-        match groups.iter_mut().find(|(k, token, dependents, _, _)| {
-            *k == kind && *token == key.token && *dependents == key.dependents
-        }) {
-            Some(group) => group.4.push(key.id.clone()),
-            None => groups.push((
+        let result = match outcome {
+            Outcome::Completed { result, .. } => bounded_result(result.clone()),
+            _ => Bson::Null,
+        };
+        let bytes = result_bytes(&result);
+        let fits = |g: &Shared| {
+            g.kind == kind
+                && g.token == key.token
+                && g.dependents == key.dependents
+                && g.members.len() < SHARED_IDS
+                && g.bytes + bytes <= SHARED_RESULT_BYTES
+        };
+        let index = groups.iter().rposition(fits).unwrap_or_else(|| {
+            groups.push(Shared {
                 kind,
-                key.token,
-                key.dependents,
-                outcome.update(worker, at),
-                vec![key.id.clone()],
-            )),
-        }
+                token: key.token,
+                dependents: key.dependents,
+                members: Vec::new(),
+                results: Vec::new(),
+                bytes: 0,
+            });
+            groups.len() - 1
+        });
+        let group = &mut groups[index];
+        group.members.push(outcome);
+        group.results.push(result);
+        group.bytes += bytes;
     }
-    for (kind, token, dependents, update, ids) in groups {
-        let mut filter = doc! {"_id": {"$in": &ids}, fields::LEASE_TOKEN: token, fields::STATUS: Status::Running};
-        if kind == RELEASED {
+    (groups, singles, matched)
+}
+
+/// Writes outcomes in one `update` command per [`MAX_STATEMENTS`]; returns
+/// how many matched (the rest had lost their leases).
+///
+/// Outcomes of one claim that write the same change (completions, with or
+/// without a result, and hand-backs) go as one `updateMany` per claim token,
+/// fenced by `{_id: {$in}, lease_token, status: "running"}`: one cheap
+/// round trip for a whole batch. Completions that carry results use a
+/// pipeline that picks each job's own ([`completed_pipeline`]), in chunks of
+/// at most [`SHARED_IDS`] jobs and [`SHARED_RESULT_BYTES`] of results. The
+/// rest go as one statement per job.
+pub(crate) fn write(queue: &Queue, worker: &str, outcomes: &[Outcome]) -> Result<u64, Error> {
+    let at = queue.clock().now();
+    let (groups, mut singles, mut matched) = divide(outcomes);
+    for group in groups {
+        let ids: Vec<Bson> = group.members.iter().map(|o| o.key().id.clone()).collect();
+        let mut filter = doc! {"_id": {"$in": &ids}, fields::LEASE_TOKEN: group.token, fields::STATUS: Status::Running};
+        if group.kind == RELEASED {
             filter.insert(fields::CANCEL_REQUESTED, doc! {"$ne": true});
-        } else if !dependents {
+        } else if !group.dependents {
             // A completion: see `JobKey::dependents`.
             filter.insert(fields::HAS_DEPENDENTS, doc! {"$ne": true});
         }
-        let result = queue.collection().update_many(filter, update).run();
-        match result {
+        let update: UpdateModifications = if group.kind == RELEASED {
+            group.members[0].update(worker, at).into()
+        } else if group.results.iter().all(|r| *r == Bson::Null) {
+            completed_update(at, None).into()
+        } else {
+            completed_pipeline(at, &ids, &group.results).into()
+        };
+        match queue.collection().update_many(filter, update).run() {
             Ok(result) => matched += result.matched_count,
             // A job too close to 16 MB stopped the updateMany; write this
             // group one statement per job, where that job alone fails.
-            Err(error) if too_large(&error) => singles.extend(outcomes.iter().filter(|o| {
-                o.shared_kind() == Some(kind)
-                    && o.key().token == token
-                    && o.key().dependents == dependents
-            })),
+            Err(error) if too_large(&error) => singles.extend(group.members),
             Err(error) => return Err(queue.db_error("update (outcomes)", &error)),
         }
     }

@@ -369,8 +369,8 @@ pub struct WorkArgs {
         requires = "metrics_dashboard"
     )]
     pub allow_hosts: Vec<String>,
-    /// Handler: sleep a random time in MIN..MAX, like the original demo [default: 1s..5s]
-    #[arg(long, value_name = "MIN..MAX", value_parser = parse_duration_range, conflicts_with_all = ["exec", "pipe"])]
+    /// Handler: sleep a random time in MIN..MAX (or DUR exactly), like the original demo [default: 1s..5s]
+    #[arg(long, value_name = "MIN..MAX|DUR", value_parser = parse_duration_range, conflicts_with_all = ["exec", "pipe"])]
     pub simulate: Option<(Duration, Duration)>,
     /// Stop a job's --exec or --pipe program that runs longer than this
     /// (TERM to its process group, KILL 500ms later)

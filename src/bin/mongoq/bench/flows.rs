@@ -92,7 +92,8 @@ impl Bench<'_> {
         let queue = self.queue("bench_flows", Some(Arc::clone(&monitor)))?;
         queue.ensure_indexes()?;
         let (dependents, edges) = fill(&queue, shape)?;
-        let (report, seconds, sent, server) = self.drain_here(&queue, &monitor, THREADS, JOBS)?;
+        let (report, seconds, sent, server) =
+            self.drain_here(&queue, &monitor, THREADS, JOBS, false)?;
         let jobs: Vec<Document> = queue
             .collection()
             .find(doc! {})

@@ -206,10 +206,13 @@ impl Bench<'_> {
                 ));
                 rows.push(self.bare(backlog)?);
                 for threads in THREADS {
-                    progress(&format!(
-                        "server work (round {round}/{rounds}): mongoq --threads {threads}, {backlog} backlog"
-                    ));
-                    rows.push(self.in_process(backlog, threads)?);
+                    for results in [false, true] {
+                        let what = if results { ", a result per job" } else { "" };
+                        progress(&format!(
+                            "server work (round {round}/{rounds}): mongoq --threads {threads}{what}, {backlog} backlog"
+                        ));
+                        rows.push(self.in_process(backlog, threads, results)?);
+                    }
                 }
             }
             runs.push(rows);
@@ -221,12 +224,19 @@ impl Bench<'_> {
     }
 
     /// mongoq at default flags in this process, timed from `run` to its
-    /// return (a process's start-up would swamp a 2,000-job drain).
-    fn in_process(&self, backlog: usize, threads: usize) -> Result<ServerWorkRow, Error> {
+    /// return (a process's start-up would swamp a 2,000-job drain). With
+    /// `results`, every job returns a small result (`{"n": data}`), as most
+    /// real handlers do.
+    fn in_process(
+        &self,
+        backlog: usize,
+        threads: usize,
+        results: bool,
+    ) -> Result<ServerWorkRow, Error> {
         let monitor = Arc::new(Monitor::default());
         let queue = self.shell_backlog_with("bench_server", backlog, Some(Arc::clone(&monitor)))?;
         let (report, seconds, sent, server) =
-            self.drain_here(&queue, &monitor, threads, backlog)?;
+            self.drain_here(&queue, &monitor, threads, backlog, results)?;
         let (done, run_twice) = settle(&queue)?;
         if done != backlog || report.completed != backlog as u64 {
             return Err(Error::Invalid(format!(
@@ -235,7 +245,11 @@ impl Bench<'_> {
             )));
         }
         Ok(ServerWorkRow {
-            pattern: "mongoq (default flags)".into(),
+            pattern: if results {
+                "mongoq (default flags), a result per job".into()
+            } else {
+                "mongoq (default flags)".into()
+            },
             backlog,
             threads,
             drain: Drain::new(backlog, seconds, server, sent, run_twice),
@@ -251,13 +265,16 @@ impl Bench<'_> {
         monitor: &Monitor,
         threads: usize,
         jobs: usize,
+        results: bool,
     ) -> Result<(mongoq::Report, f64, u64, ServerWork), Error> {
         let config = WorkerConfig {
             threads,
             drain: true,
             ..WorkerConfig::default()
         };
-        let worker = Worker::new(queue.clone(), config, |_: &mongoq::Job| Ok(None))?;
+        let worker = Worker::new(queue.clone(), config, move |job: &mongoq::Job| {
+            Ok(results.then(|| Bson::Document(doc! {"n": job.data.clone()})))
+        })?;
         monitor.reset();
         let meter = ServerMeter::start(queue, self.config.server_pid);
         let started = Instant::now();
