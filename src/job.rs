@@ -51,6 +51,10 @@ pub struct Job {
     /// Those jobs' statuses and results, in `after` order (see
     /// [`crate::flow::results`]), read when the job was claimed.
     pub deps: Vec<DepResult>,
+    /// Of `after`, the jobs this one counted as completed when they
+    /// finished (`deps_done`, unless failures count as done too): one of
+    /// them found deleted later still completed ([`DepResult::gone`]).
+    pub(crate) completed_deps: Vec<Bson>,
     /// Some waiting job waits on this one: its outcome settles them.
     pub(crate) has_dependents: bool,
 }
@@ -158,6 +162,7 @@ impl Job {
             progress: Arc::default(),
             after,
             deps: Vec::new(),
+            completed_deps: completed_deps(document),
             has_dependents: document.get_bool(fields::HAS_DEPENDENTS) == Ok(true),
         })
     }
@@ -217,6 +222,18 @@ impl Job {
 }
 
 /// "a string (\"high\")", "a date", … for error messages.
+/// A claimed document's `deps_done` when each id in it completed: always,
+/// unless `if_dep_fails: "run"` let failed ones in too.
+fn completed_deps(document: &Document) -> Vec<Bson> {
+    if document.get_str(fields::IF_DEP_FAILS) == Ok("run") {
+        return Vec::new();
+    }
+    document
+        .get_array(fields::DEPS_DONE)
+        .cloned()
+        .unwrap_or_default()
+}
+
 fn describe(value: &Bson) -> String {
     let shown = crate::text::truncate(value.clone().into_relaxed_extjson().to_string(), 60, "…");
     let kind = match value {

@@ -626,3 +626,132 @@ fn operators_see_waiting_counts_a_jobs_flow_and_each_queues_counts() {
         "{mail}"
     );
 }
+
+/// Runs B after A and A2 with a worker in this process whose A2 waits for
+/// `go`; `gone` is called once A completed (while A2 still runs) and must
+/// delete A. Returns B as it ended.
+fn dependent_of_a_deleted_completion(db: &TestDb, gone: impl FnOnce(&Document)) -> Document {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let queue = db.queue();
+    let a = queue
+        .enqueue(Bson::String("a".into()), &EnqueueOptions::default())
+        .unwrap();
+    let a2 = queue
+        .enqueue(Bson::String("a2".into()), &EnqueueOptions::default())
+        .unwrap();
+    let b = queue
+        .enqueue(
+            Bson::String("b".into()),
+            &EnqueueOptions {
+                after: vec![Bson::ObjectId(a), Bson::ObjectId(a2)],
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let go = Arc::new(AtomicBool::new(false));
+    let release = Arc::clone(&go);
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let deps = Arc::clone(&seen);
+    let config = WorkerConfig {
+        threads: 2,
+        drain: true,
+        poll_interval: Duration::from_millis(50),
+        ..WorkerConfig::default()
+    };
+    let worker = Worker::new(queue, config, move |job: &mongoq::Job| {
+        match job.data.as_str() {
+            Some("a") => return Ok(Some(Bson::String("a's result".into()))),
+            Some("a2") => {
+                let deadline = Instant::now() + Duration::from_secs(300);
+                while !release.load(Ordering::SeqCst) && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+            _ => deps.lock().unwrap().extend(job.deps.iter().cloned()),
+        }
+        Ok(None)
+    })
+    .unwrap();
+    let running = std::thread::spawn(move || worker.run(&Shutdown::new()));
+    db.wait_for_count(
+        doc! {"_id": a, "status": "completed"},
+        1,
+        Duration::from_secs(30),
+    );
+    let a_done = db.all(doc! {"_id": a}).remove(0);
+    gone(&a_done);
+    assert_eq!(db.count(doc! {"_id": a}), 0, "A was deleted");
+    assert_eq!(
+        db.count(doc! {"_id": a2, "status": "running"}),
+        1,
+        "A2 still runs"
+    );
+    go.store(true, Ordering::SeqCst);
+    let report = running.join().unwrap();
+    assert_eq!(report.completed, 3, "{report:?}");
+    let b = db.all(doc! {"_id": b}).remove(0);
+    // B's handler saw A as completed, its result gone with it.
+    let seen = seen.lock().unwrap();
+    let seen_a = seen.iter().find(|d| d.id == Bson::ObjectId(a)).unwrap();
+    assert_eq!(seen_a.status, "completed", "{seen:?}");
+    assert!(seen_a.gone && seen_a.result.is_none(), "{seen:?}");
+    let seen_a2 = seen.iter().find(|d| d.id == Bson::ObjectId(a2)).unwrap();
+    assert_eq!(
+        (seen_a2.status.as_str(), seen_a2.gone),
+        ("completed", false)
+    );
+    b
+}
+
+#[test]
+fn a_completed_dependency_purged_while_another_runs_still_counts_as_done() {
+    let db = TestDb::new("flow_purged_dep");
+    let b = dependent_of_a_deleted_completion(&db, |_| {
+        let out = db.run(&["purge", "--status", "completed", "--older-than", "0s"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+    });
+    assert_eq!(b.get_str("status").unwrap(), "completed", "{b}");
+}
+
+#[test]
+fn a_completed_dependency_deleted_by_retention_while_another_runs_still_counts_as_done() {
+    let db = TestDb::new("flow_retained_dep");
+    let out = db.run(&["init", "--retain-completed", "1s"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let b = dependent_of_a_deleted_completion(&db, |a| {
+        // MongoDB's TTL monitor runs about once a minute.
+        let id = a.get("_id").unwrap().clone();
+        db.wait_for_count(doc! {"_id": id}, 0, Duration::from_secs(150));
+    });
+    assert_eq!(b.get_str("status").unwrap(), "completed", "{b}");
+}
+
+#[test]
+fn a_dependency_deleted_before_it_completed_still_cancels_its_dependent() {
+    let db = TestDb::new("flow_deleted_dep");
+    let a = enqueue(&db, r#"{"n": 1}"#, &[]);
+    let b = enqueue(&db, r#"{"n": 2}"#, &["--after", &a]);
+    db.coll()
+        .delete_one(doc! {"_id": ObjectId::parse_str(&a).unwrap()})
+        .run()
+        .unwrap();
+    let ledger = tempfile(&format!("{}.ledger", db.db));
+    // The flow audit finds the deletion within its 30 s.
+    let mut worker = db.spawn_worker(
+        &handler(&ledger, false)
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
+    db.wait_for_count(
+        doc! {"_id": ObjectId::parse_str(&b).unwrap(), "status": "cancelled"},
+        1,
+        Duration::from_secs(90),
+    );
+    crate::helpers::stop_all(std::slice::from_mut(&mut worker));
+    let b = job(&db, &b);
+    assert!(
+        b.get_str("last_error").unwrap().contains("does not exist"),
+        "{b}"
+    );
+}

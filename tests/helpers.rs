@@ -360,11 +360,18 @@ pub struct OwnServer {
     pub port: u16,
     dir: PathBuf,
     extra: Vec<String>,
+    env: Vec<(String, String)>,
     child: Option<Child>,
 }
 
 impl OwnServer {
     pub fn start(name: &str, extra: &[&str]) -> OwnServer {
+        OwnServer::start_with_env(name, extra, &[])
+    }
+
+    /// A server of its own with these environment variables (e.g.
+    /// libfaketime's, to put its clock at a date).
+    pub fn start_with_env(name: &str, extra: &[&str], env: &[(&str, &str)]) -> OwnServer {
         let port = free_port();
         let dir = tempfile(&format!("server-{name}-{}-{port}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -372,6 +379,10 @@ impl OwnServer {
             port,
             dir,
             extra: extra.iter().map(ToString::to_string).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
+                .collect(),
             child: None,
         };
         server.restart();
@@ -387,6 +398,7 @@ impl OwnServer {
             .args(["--port", &self.port.to_string(), "--storage-path"])
             .arg(&self.dir)
             .args(&self.extra)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

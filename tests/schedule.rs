@@ -406,3 +406,76 @@ fn killed_workers_lose_no_tick_and_deleted_jobs_are_not_fired_again() {
     );
     assert!(ticks.len() >= 4, "{ticks:?}");
 }
+
+/// A server whose clock starts at `start` (UTC) and runs on from there.
+fn server_at(name: &str, start: &str) -> crate::helpers::OwnServer {
+    let lib = libfaketime();
+    let at = format!("@{start}");
+    crate::helpers::OwnServer::start_with_env(
+        name,
+        &[],
+        &[
+            ("LD_PRELOAD", lib.as_str()),
+            ("FAKETIME", at.as_str()),
+            ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
+            ("TZ", "UTC"),
+        ],
+    )
+}
+
+/// The ticks (ms since the epoch) of schedule `name` after a worker served
+/// it for `run` on a server whose clock starts at `start`.
+fn ticks_on_a_server_at(start: &str, name: &str, cron: &str, run: Duration) -> Vec<i64> {
+    let mut server = server_at(name, start);
+    let db = TestDb::on(&server.uri(), name);
+    add(&db, &[name, "--cron", cron, "--tz", "Europe/Berlin"]);
+    let worker = db.spawn_worker(&["--threads", "1", "--simulate", "0ms"]);
+    std::thread::sleep(run);
+    stop(vec![worker]);
+    let jobs = jobs_of(&db, name);
+    assert_once_and_never_early(&jobs);
+    let ticks = jobs.iter().map(tick_ms).collect();
+    // secantusd-rs spins a core while its clock is faked: stop it now.
+    server.stop();
+    ticks
+}
+
+fn utc_ms(text: &str) -> i64 {
+    chrono::DateTime::parse_from_rfc3339(text)
+        .unwrap()
+        .timestamp_millis()
+}
+
+#[test]
+fn across_the_fall_back_in_berlin_a_wildcard_schedule_runs_on_real_time() {
+    // 03:00 CEST becomes 02:00 CET at 01:00:00Z. Every 5 s is a wildcard
+    // entry: it goes on through the repeated hour (the ticks before this
+    // change skipped it whole).
+    let ticks = ticks_on_a_server_at(
+        "2026-10-25 00:59:45",
+        "dst_fall",
+        "*/5 * * * * *",
+        Duration::from_secs(25),
+    );
+    let turn = utc_ms("2026-10-25T01:00:00Z");
+    assert!(
+        ticks.iter().any(|&t| t < turn) && ticks.iter().filter(|&&t| t >= turn).count() >= 2,
+        "ticks on both sides of the change: {ticks:?}"
+    );
+    for pair in ticks.windows(2) {
+        assert_eq!(pair[1] - pair[0], 5_000, "none skipped: {ticks:?}");
+    }
+}
+
+#[test]
+fn across_the_spring_gap_in_berlin_a_fixed_time_runs_right_after_it() {
+    // 02:00 CET jumps to 03:00 CEST at 01:00:00Z: 02:30:00 never happens,
+    // and a fixed-time entry for it runs at 03:00:00 CEST.
+    let ticks = ticks_on_a_server_at(
+        "2026-03-29 00:59:50",
+        "dst_spring",
+        "0 30 2 * * *",
+        Duration::from_secs(15),
+    );
+    assert_eq!(ticks, [utc_ms("2026-03-29T01:00:00Z")]);
+}

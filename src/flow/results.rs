@@ -35,10 +35,13 @@ pub struct DepResult {
     pub error: Option<String>,
     /// The result was left out to keep within [`MAX_DEPS_BYTES`].
     pub truncated: bool,
+    /// The dependency completed and its document was deleted since (by
+    /// `mongoq purge`, retention, or by hand): its result went with it.
+    pub gone: bool,
 }
 
 impl DepResult {
-    /// As JSON: `{"id", "status", "result"?, "error"?, "truncated"?}`.
+    /// As JSON: `{"id", "status", "result"?, "error"?, "truncated"?, "gone"?}`.
     pub fn to_json(&self) -> serde_json::Value {
         let mut json = serde_json::json!({
             "id": self.id.clone().into_relaxed_extjson(),
@@ -54,13 +57,22 @@ impl DepResult {
             if self.truncated {
                 fields.insert("truncated".into(), true.into());
             }
+            if self.gone {
+                fields.insert("gone".into(), true.into());
+            }
         }
         json
     }
 }
 
-/// The dependencies' results for each list of `after` ids, in order.
-pub(crate) fn load(queue: &Queue, lists: &[&[Bson]]) -> Result<Vec<Vec<DepResult>>, Error> {
+/// The dependencies' results for each list of `after` ids, in order;
+/// `completed[i]` are the ids of `lists[i]` known to have completed (a
+/// document of one that is gone was deleted after it completed).
+pub(crate) fn load(
+    queue: &Queue,
+    lists: &[&[Bson]],
+    completed: &[&[Bson]],
+) -> Result<Vec<Vec<DepResult>>, Error> {
     let mut wanted: Vec<&Bson> = Vec::new();
     let mut seen = std::collections::HashSet::new();
     for list in lists {
@@ -81,25 +93,34 @@ pub(crate) fn load(queue: &Queue, lists: &[&[Bson]]) -> Result<Vec<Vec<DepResult
     }
     Ok(lists
         .iter()
-        .map(|list| {
+        .zip(completed.iter().chain(std::iter::repeat(&[].as_slice())))
+        .map(|(list, completed)| {
+            let completed: std::collections::HashSet<String> = completed.iter().map(key).collect();
             let mut budget = MAX_DEPS_BYTES;
             list.iter()
-                .map(|id| one(id, found.get(&key(id)), &mut budget))
+                .map(|id| match found.get(&key(id)) {
+                    Some(document) => one(id, document, &mut budget),
+                    None => gone(id, completed.contains(&key(id))),
+                })
                 .collect()
         })
         .collect())
 }
 
-fn one(id: &Bson, document: Option<&Document>, budget: &mut usize) -> DepResult {
-    let Some(document) = document else {
-        return DepResult {
-            id: id.clone(),
-            status: "missing".into(),
-            result: None,
-            error: None,
-            truncated: false,
-        };
-    };
+/// A dependency whose document is not there: deleted after it completed,
+/// or (as far as this job knows) never there.
+fn gone(id: &Bson, completed: bool) -> DepResult {
+    DepResult {
+        id: id.clone(),
+        status: if completed { "completed" } else { "missing" }.into(),
+        result: None,
+        error: None,
+        truncated: false,
+        gone: completed,
+    }
+}
+
+fn one(id: &Bson, document: &Document, budget: &mut usize) -> DepResult {
     let status = document.get_str(fields::STATUS).unwrap_or("?").to_string();
     let error = (status != "completed")
         .then(|| {
@@ -129,5 +150,6 @@ fn one(id: &Bson, document: Option<&Document>, budget: &mut usize) -> DepResult 
         result,
         error,
         truncated,
+        gone: false,
     }
 }

@@ -478,7 +478,11 @@ impl Fetcher {
             return Ok(());
         }
         let lists: Vec<&[Bson]> = jobs.iter().map(|job| job.after.as_slice()).collect();
-        let loaded = crate::flow::results::load(&self.queue, &lists)?;
+        let completed: Vec<&[Bson]> = jobs
+            .iter()
+            .map(|job| job.completed_deps.as_slice())
+            .collect();
+        let loaded = crate::flow::results::load(&self.queue, &lists, &completed)?;
         for (job, deps) in jobs.iter_mut().zip(loaded) {
             job.deps = deps;
         }

@@ -6,23 +6,22 @@
 //! nothing and cannot overwrite the other worker's outcome.
 //!
 //! Writes are **batched**: the [`super::completer`] thread takes every
-//! outcome that is waiting and writes them together. The outcomes of one
-//! claim that change every job the same way (a completion, with or without
-//! a result, and a hand-back) are one `updateMany` per claim token: a
-//! completion's result rides in a pipeline that gives each job its own, so
-//! a handler that returns something costs the server what one that returns
-//! nothing does. The rest (retries, failures) are one `update` command with
-//! one statement per job (documented commands that work on standalone
-//! servers, replica sets and sharded clusters). Under load outcomes pile up
-//! while a write is in flight, so batches grow by themselves; when idle, an
-//! outcome is written at once.
+//! outcome that is waiting and writes them all in one `update` command (a
+//! documented command that works on standalone servers, replica sets and
+//! sharded clusters). The outcomes of one claim that change every job the
+//! same way (a completion, with or without a result, and a hand-back) are
+//! one `multi` statement per claim token: a completion's result rides in a
+//! pipeline that gives each job its own, so a handler that returns
+//! something costs the server about what one that returns nothing does.
+//! The rest (retries, failures) are one statement per job. Under load
+//! outcomes pile up while a write is in flight, so batches grow by
+//! themselves; when idle, an outcome is written at once.
 
 use std::sync::Arc;
 
 use mongodb::bson::{doc, oid::ObjectId, Bson, DateTime, Document};
-use mongodb::options::UpdateModifications;
 
-use super::oversized::{fail_oversized, is_too_large_code, too_large};
+use super::oversized::{fail_oversized, is_too_large_code};
 use crate::error::Error;
 use crate::queue::Queue;
 use crate::schema::{
@@ -32,10 +31,13 @@ use crate::schema::{
 
 /// The shared kind of hand-backs (see [`Outcome::shared_kind`]).
 const RELEASED: u8 = 1;
-/// Most jobs one shared completion with results writes: each document
-/// finds its result by the position of its `_id` in the statement's list,
-/// so the server's work grows with the square of this.
-pub(crate) const SHARED_IDS: usize = 128;
+/// Most jobs one shared statement writes: a completion with results finds
+/// each document's result by the position of its `_id` in the statement's
+/// list, so the server's work per statement grows with the square of this
+/// (on secantusd-rs, 512 a statement cost twice the server CPU per job of
+/// no results, 48 about the same); the statements of a flush still go in
+/// one command.
+pub(crate) const SHARED_IDS: usize = 32;
 /// Most bytes of results one shared completion carries (the command stays
 /// far below MongoDB's 16 MB).
 pub(crate) const SHARED_RESULT_BYTES: usize = 2 * 1024 * 1024;
@@ -280,49 +282,82 @@ fn divide(outcomes: &[Outcome]) -> (Vec<Shared<'_>>, Vec<&Outcome>, u64) {
     (groups, singles, matched)
 }
 
-/// Writes outcomes in one `update` command per [`MAX_STATEMENTS`]; returns
-/// how many matched (the rest had lost their leases).
+/// Writes outcomes in one `update` command per [`MAX_STATEMENTS`]
+/// statements; returns how many matched (the rest had lost their leases).
 ///
 /// Outcomes of one claim that write the same change (completions, with or
-/// without a result, and hand-backs) go as one `updateMany` per claim token,
-/// fenced by `{_id: {$in}, lease_token, status: "running"}`: one cheap
-/// round trip for a whole batch. Completions that carry results use a
-/// pipeline that picks each job's own ([`completed_pipeline`]), in chunks of
-/// at most [`SHARED_IDS`] jobs and [`SHARED_RESULT_BYTES`] of results. The
-/// rest go as one statement per job.
+/// without a result, and hand-backs) are one `multi` statement per claim
+/// token, fenced by `{_id: {$in}, lease_token, status: "running"}`.
+/// Completions that carry results use a pipeline that picks each job's own
+/// ([`completed_pipeline`]), in chunks of at most [`SHARED_IDS`] jobs and
+/// [`SHARED_RESULT_BYTES`] of results. The rest are one statement per job.
+/// All of them go in one command: a flush is one round trip.
 pub(crate) fn write(queue: &Queue, worker: &str, outcomes: &[Outcome]) -> Result<u64, Error> {
     let at = queue.clock().now();
-    let (groups, mut singles, mut matched) = divide(outcomes);
-    for group in groups {
-        let ids: Vec<Bson> = group.members.iter().map(|o| o.key().id.clone()).collect();
-        let mut filter = doc! {"_id": {"$in": &ids}, fields::LEASE_TOKEN: group.token, fields::STATUS: Status::Running};
-        if group.kind == RELEASED {
+    let (groups, singles, mut matched) = divide(outcomes);
+    let mut statements: Vec<(Document, Vec<&Outcome>)> = groups
+        .into_iter()
+        .map(|group| (group.statement(worker, at), group.members))
+        .collect();
+    statements.extend(
+        singles
+            .into_iter()
+            .map(|o| (o.statement(worker, at), vec![o])),
+    );
+    let mut one_by_one = Vec::new();
+    matched += send(queue, &statements, &mut one_by_one)?;
+    if !one_by_one.is_empty() {
+        // A job too close to 16 MB stopped a shared statement; write those
+        // jobs one statement each, where that job alone fails.
+        let statements: Vec<(Document, Vec<&Outcome>)> = one_by_one
+            .into_iter()
+            .map(|o| (o.statement(worker, at), vec![o]))
+            .collect();
+        matched += send(queue, &statements, &mut Vec::new())?;
+    }
+    Ok(matched)
+}
+
+impl Shared<'_> {
+    /// The `multi` update statement that writes every member's outcome.
+    fn statement(&self, worker: &str, at: DateTime) -> Document {
+        let ids: Vec<Bson> = self.members.iter().map(|o| o.key().id.clone()).collect();
+        let mut filter = doc! {"_id": {"$in": &ids}, fields::LEASE_TOKEN: self.token, fields::STATUS: Status::Running};
+        if self.kind == RELEASED {
             filter.insert(fields::CANCEL_REQUESTED, doc! {"$ne": true});
-        } else if !group.dependents {
+        } else if !self.dependents {
             // A completion: see `JobKey::dependents`.
             filter.insert(fields::HAS_DEPENDENTS, doc! {"$ne": true});
         }
-        let update: UpdateModifications = if group.kind == RELEASED {
-            group.members[0].update(worker, at).into()
-        } else if group.results.iter().all(|r| *r == Bson::Null) {
-            completed_update(at, None).into()
+        let update = if self.kind == RELEASED {
+            Bson::Document(self.members[0].update(worker, at))
+        } else if self.results.iter().all(|r| *r == Bson::Null) {
+            Bson::Document(completed_update(at, None))
         } else {
-            completed_pipeline(at, &ids, &group.results).into()
+            completed_pipeline(at, &ids, &self.results)
+                .into_iter()
+                .map(Bson::Document)
+                .collect()
         };
-        match queue.collection().update_many(filter, update).run() {
-            Ok(result) => matched += result.matched_count,
-            // A job too close to 16 MB stopped the updateMany; write this
-            // group one statement per job, where that job alone fails.
-            Err(error) if too_large(&error) => singles.extend(group.members),
-            Err(error) => return Err(queue.db_error("update (outcomes)", &error)),
-        }
+        doc! {"q": filter, "u": update, "multi": true}
     }
-    for chunk in singles.chunks(MAX_STATEMENTS) {
-        let statements: Vec<Document> = chunk.iter().map(|o| o.statement(worker, at)).collect();
+}
+
+/// Sends `statements` (each with the outcomes it writes) in commands of
+/// [`MAX_STATEMENTS`]; returns how many jobs matched. The outcomes of a
+/// shared statement refused as too large go to `one_by_one`.
+fn send<'a>(
+    queue: &Queue,
+    statements: &[(Document, Vec<&'a Outcome>)],
+    one_by_one: &mut Vec<&'a Outcome>,
+) -> Result<u64, Error> {
+    let mut matched = 0;
+    for chunk in statements.chunks(MAX_STATEMENTS) {
+        let updates: Vec<&Document> = chunk.iter().map(|(statement, _)| statement).collect();
         let reply = queue.run_write_command(
             doc! {
                 "update": queue.collection().name(),
-                "updates": statements,
+                "updates": updates,
                 "ordered": false,
             },
             "update (outcomes)",
@@ -331,34 +366,49 @@ pub(crate) fn write(queue: &Queue, worker: &str, outcomes: &[Outcome]) -> Result
         // which fails the whole command and is retried) must not block the
         // completer: fail a job that outgrew 16 MB, log anything else and
         // leave that job to lease expiry.
-        for refused in reply
-            .get_array("writeErrors")
-            .map(Vec::as_slice)
-            .unwrap_or_default()
-        {
-            let Some(refused) = refused.as_document() else {
+        for (index, code, message) in write_errors(&reply) {
+            let Some((statement, members)) = chunk.get(index) else {
                 continue;
             };
-            let index = refused
-                .get_i32("index")
-                .ok()
-                .and_then(|i| usize::try_from(i).ok());
-            let Some(outcome) = index.and_then(|i| chunk.get(i)) else {
-                continue;
-            };
-            let code = refused.get_i32("code").unwrap_or(0);
-            if is_too_large_code(code) {
-                fail_oversized(queue, &outcome.key().id)?;
-                matched += 1;
+            let shared = statement.get_bool("multi") == Ok(true);
+            if is_too_large_code(code) && shared {
+                one_by_one.extend(members.iter().copied());
+            } else if is_too_large_code(code) {
+                for outcome in members {
+                    fail_oversized(queue, &outcome.key().id)?;
+                    matched += 1;
+                }
             } else {
-                log::warn!(
-                    "MongoDB refused the outcome of job {}: {}; it runs again after its lease expires",
-                    id_text(&outcome.key().id),
-                    refused.get_str("errmsg").unwrap_or("no message")
-                );
+                for outcome in members {
+                    log::warn!(
+                        "MongoDB refused the outcome of job {}: {message}; it runs again after its lease expires",
+                        id_text(&outcome.key().id),
+                    );
+                }
             }
         }
         matched += count(reply.get("n"));
     }
     Ok(matched)
+}
+
+/// The `writeErrors` of a write command's reply: each statement's index,
+/// error code and message.
+pub(crate) fn write_errors(reply: &Document) -> Vec<(usize, i32, String)> {
+    reply
+        .get_array("writeErrors")
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .filter_map(Bson::as_document)
+        .filter_map(|refused| {
+            let index = usize::try_from(refused.get_i32("index").ok()?).ok()?;
+            let code = refused.get_i32("code").unwrap_or(0);
+            let message = refused
+                .get_str("errmsg")
+                .unwrap_or("no message")
+                .to_string();
+            Some((index, code, message))
+        })
+        .collect()
 }
