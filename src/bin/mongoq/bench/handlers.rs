@@ -18,6 +18,7 @@ use mongoq::Error;
 use serde::Serialize;
 
 use super::probe::proc_status_kb;
+use super::server::{median_of, ServerMeter};
 use super::Bench;
 
 /// Jobs per row.
@@ -37,6 +38,9 @@ pub struct HandlerRow {
     pub vs_simulate: f64,
     /// The worker's peak resident memory (its handler processes not counted).
     pub worker_rss_mb: f64,
+    /// The server's CPU per job while the worker ran (its start included),
+    /// where `--server-pid` names the server.
+    pub server_cpu_us_per_job: Option<f64>,
 }
 
 /// The Python that starts fastest: the system one (a version manager's
@@ -139,6 +143,7 @@ impl Bench<'_> {
                 let mut rss: Vec<f64> = runs.iter().map(|r| r.worker_rss_mb).collect();
                 rss.sort_by(f64::total_cmp);
                 row.worker_rss_mb = rss[rss.len() / 2];
+                row.server_cpu_us_per_job = median_of(runs.iter().map(|r| r.server_cpu_us_per_job));
                 row
             })
             .collect();
@@ -152,6 +157,7 @@ impl Bench<'_> {
     fn handler_drain(&self, label: &str, flags: &[String]) -> Result<HandlerRow, Error> {
         let queue = self.queue("bench_handlers", None)?;
         Bench::fill(&queue, HANDLER_JOBS)?;
+        let meter = ServerMeter::start(&queue, self.config.server_pid);
         let mut child = Command::new(&self.config.exe)
             .args(["--uri", &self.config.uri, "--db", &self.config.database])
             .args(["--collection", queue.collection().name(), "work"])
@@ -180,6 +186,7 @@ impl Bench<'_> {
             }
             std::thread::sleep(Duration::from_millis(10));
         };
+        let server = meter.per_job(&queue, HANDLER_JOBS);
         let span = drain_span(&queue)?;
         let done = queue
             .collection()
@@ -200,6 +207,7 @@ impl Bench<'_> {
             jobs_per_second: HANDLER_JOBS as f64 / seconds,
             vs_simulate: 1.0,
             worker_rss_mb: peak_kb as f64 / 1024.0,
+            server_cpu_us_per_job: server.cpu_us(),
         })
     }
 }
@@ -242,14 +250,31 @@ pub fn render(rows: &[HandlerRow], out: &mut String) {
     );
     let _ = writeln!(
         out,
-        "   {:<52} {:>8} {:>9} {:>12} {:>12}",
-        "handler", "seconds", "jobs/s", "× simulate", "worker RSS"
+        "   {:<52} {:>8} {:>9} {:>12} {:>12} {:>11}",
+        "handler", "seconds", "jobs/s", "× simulate", "worker RSS", "srv µs/job"
     );
     for r in rows {
+        let cpu = r
+            .server_cpu_us_per_job
+            .map_or_else(|| "n/a".to_string(), |c| format!("{c:.1}"));
         let _ = writeln!(
             out,
-            "   {:<52} {:>8.2} {:>9.0} {:>11.2}× {:>9.1} MB",
-            r.handler, r.seconds, r.jobs_per_second, r.vs_simulate, r.worker_rss_mb
+            "   {:<52} {:>8.2} {:>9.0} {:>11.2}× {:>9.1} MB {:>11}",
+            r.handler, r.seconds, r.jobs_per_second, r.vs_simulate, r.worker_rss_mb, cpu
+        );
+    }
+    let row = |tag: &str| rows.iter().find(|r| r.handler.ends_with(tag));
+    if let (Some(with), Some(without)) = (row("(the helper, with a result)"), row("(the helper)")) {
+        let cpu = with
+            .server_cpu_us_per_job
+            .zip(without.server_cpu_us_per_job)
+            .map_or_else(String::new, |(a, b)| {
+                format!(", {:.2}× its server CPU per job", a / b)
+            });
+        let _ = writeln!(
+            out,
+            "   --pipe Python with a result over without: {:.2}× the drain{cpu}",
+            with.jobs_per_second / without.jobs_per_second
         );
     }
     let ratio = |a: &str, b: &str| {

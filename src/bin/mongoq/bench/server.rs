@@ -160,6 +160,13 @@ pub(super) struct ServerWork {
     docs: Option<f64>,
 }
 
+impl ServerWork {
+    /// The server's CPU per job, in µs, where its process could be read.
+    pub(super) fn cpu_us(&self) -> Option<f64> {
+        self.cpu
+    }
+}
+
 /// `serverStatus`'s `metrics.queryExecutor.{scanned, scannedObjects}`
 /// (index keys and documents examined), where the server reports them.
 fn scanned(queue: &Queue) -> Option<(i64, i64)> {
@@ -498,7 +505,7 @@ pub(super) fn median(values: impl Iterator<Item = f64>) -> f64 {
 }
 
 /// The median of the values present; `None` when none is.
-fn median_of(values: impl Iterator<Item = Option<f64>>) -> Option<f64> {
+pub(super) fn median_of(values: impl Iterator<Item = Option<f64>>) -> Option<f64> {
     let present: Vec<f64> = values.flatten().collect();
     (!present.is_empty()).then(|| median(present.into_iter()))
 }
