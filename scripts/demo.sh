@@ -93,7 +93,10 @@ def handle(job):
 
 serve(handle)
 EOF
-mongoq work --threads 4 --pipe "$python" "$work/handler.py" 2>"$work/worker.log" &
+# The binary itself in the background (not the shell function), so that
+# $! is its pid and SIGTERM reaches it.
+"$MONGOQ_ROOT/target/debug/mongoq" --db "$MONGOQ_DB" work --threads 4 \
+  --pipe "$python" "$work/handler.py" 2>"$work/worker.log" &
 worker=$!
 # The dashboard would show all of this live: `mongoq dashboard` serves it
 # (http://127.0.0.1:8080/ by default).
