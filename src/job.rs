@@ -11,7 +11,6 @@ use std::sync::Arc;
 
 use mongodb::bson::{oid::ObjectId, Bson, Document};
 
-use crate::flow::DepResult;
 use crate::progress::ProgressCell;
 use crate::schema::{fields, id_text, integer};
 
@@ -222,6 +221,50 @@ impl Job {
 }
 
 /// "a string (\"high\")", "a date", … for error messages.
+/// One dependency of a job, as its handler sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DepResult {
+    /// The dependency's `_id`.
+    pub id: Bson,
+    /// Its status when the dependent was claimed: `completed`, or (under
+    /// `if_dep_fails: "run"`) `failed` / `cancelled` / `missing`.
+    pub status: String,
+    /// What its handler returned, if anything (and if it fit).
+    pub result: Option<Bson>,
+    /// Its `last_error`, for one that did not complete.
+    pub error: Option<String>,
+    /// The result was left out to keep within [`crate::flow::results::MAX_DEPS_BYTES`].
+    pub truncated: bool,
+    /// The dependency completed and its document was deleted since (by
+    /// `mongoq purge`, retention, or by hand): its result went with it.
+    pub gone: bool,
+}
+
+impl DepResult {
+    /// As JSON: `{"id", "status", "result"?, "error"?, "truncated"?, "gone"?}`.
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut json = serde_json::json!({
+            "id": self.id.clone().into_relaxed_extjson(),
+            "status": self.status,
+        });
+        if let Some(fields) = json.as_object_mut() {
+            if let Some(result) = &self.result {
+                fields.insert("result".into(), result.clone().into_relaxed_extjson());
+            }
+            if let Some(error) = &self.error {
+                fields.insert("error".into(), error.clone().into());
+            }
+            if self.truncated {
+                fields.insert("truncated".into(), true.into());
+            }
+            if self.gone {
+                fields.insert("gone".into(), true.into());
+            }
+        }
+        json
+    }
+}
+
 /// A claimed document's `deps_done` when each id in it completed: always,
 /// unless `if_dep_fails: "run"` let failed ones in too.
 fn completed_deps(document: &Document) -> Vec<Bson> {

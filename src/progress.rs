@@ -1,6 +1,7 @@
 //! Progress a running job reports (`Job::set_progress`, a pipe handler's
-//! `{"id": …, "progress": 0.4, "note": "…"}` lines), and how it reaches the
-//! job's document.
+//! `{"id": …, "progress": 0.4, "note": "…"}` lines): plain data beside
+//! [`crate::Job`], with no database in it. The keeper writes it
+//! (`worker::lease::keeper`).
 //!
 //! A handler may report progress thousands of times a second; the database
 //! sees at most one write per job per [`PROGRESS_EVERY`]. The handler only
@@ -19,11 +20,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use mongodb::bson::{doc, oid::ObjectId, Bson};
-
-use crate::error::Error;
-use crate::queue::Queue;
-use crate::schema::{fields, Status};
 use crate::sync::lock;
 
 /// The most often one job's progress is written.
@@ -71,42 +67,6 @@ impl ProgressCell {
             None
         }
     }
-}
-
-/// Writes `progress` of attempt `attempt` onto job `id` held under `token`
-/// by `owner`, extending its lease by `lease`. Returns whether the job was
-/// still this worker's to write.
-pub(crate) fn write(
-    queue: &Queue,
-    owner: &str,
-    (id, token): (&Bson, ObjectId),
-    attempt: u32,
-    progress: &Progress,
-    lease: Duration,
-) -> Result<bool, Error> {
-    let clock = queue.clock();
-    let result = queue
-        .collection()
-        .update_one(
-            doc! {
-                "_id": id.clone(),
-                fields::LEASE_TOKEN: token,
-                fields::STATUS: Status::Running,
-                fields::LEASE_OWNER: owner,
-            },
-            doc! {"$set": {
-                fields::PROGRESS: {
-                    "fraction": progress.fraction,
-                    "note": progress.note.clone().map_or(Bson::Null, Bson::String),
-                    "attempt": i64::from(attempt),
-                    "at": clock.now(),
-                },
-                fields::LEASE_UNTIL: clock.after(lease),
-            }},
-        )
-        .run()
-        .map_err(|e| queue.db_error("update (job progress)", &e))?;
-    Ok(result.matched_count == 1)
 }
 
 #[cfg(test)]

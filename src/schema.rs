@@ -282,6 +282,24 @@ pub fn id_text(id: &Bson) -> String {
     }
 }
 
+/// A comparable key of an id (BSON values are not `Hash`), equal for
+/// numbers MongoDB finds equal (`1`, `NumberLong(1)`, `1.0`).
+pub(crate) fn id_key(id: &Bson) -> String {
+    match integer(id) {
+        Some(n) => format!("number {n}"),
+        None => format!("{id:?}"),
+    }
+}
+
+/// How many distinct jobs `after` names: its `deps_total`.
+pub(crate) fn distinct_ids(after: &[Bson]) -> i64 {
+    after
+        .iter()
+        .map(id_key)
+        .collect::<std::collections::HashSet<_>>()
+        .len() as i64
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

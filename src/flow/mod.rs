@@ -43,25 +43,22 @@
 //! - [`graph`]: `enqueue --flow`, a small graph inserted at once;
 //! - [`sweep`]: the thread that backs all of this up.
 
-pub mod graph;
+mod cancel;
+mod graph;
 pub mod link;
 pub mod results;
 pub mod settle;
 pub mod sweep;
 
+pub use crate::job::DepResult;
 pub use crate::queue::enqueue::IfDepFails;
 pub use graph::{Flow, FlowError, FlowStep, InsertedFlow};
 pub use link::{Links, LINKS_SHOWN};
-pub use results::DepResult;
 pub use settle::Settled;
 pub use sweep::Sweeper;
 
 /// Most dependencies one job may wait on.
 pub const MAX_AFTER: usize = 10_000;
 
-/// `{after, status}`, partial on `after` existing: a job's dependents.
-pub const AFTER_INDEX: &str = "mongoq_after";
-/// `{linked, _id}`, partial on `status: "waiting"`: jobs to link, and the audit's pages.
-pub const WAITING_INDEX: &str = "mongoq_waiting";
-/// `{status}`, partial on `has_dependents: true`: finished jobs not yet settled.
-pub const DEPENDENTS_INDEX: &str = "mongoq_dependents";
+/// The flows' indexes, which `mongoq init` creates with the others.
+pub use crate::queue::indexes::{AFTER_INDEX, DEPENDENTS_INDEX, WAITING_INDEX};

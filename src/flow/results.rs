@@ -15,55 +15,12 @@ use mongodb::bson::{doc, Bson, Document};
 
 use super::settle::{key, CHUNK};
 use crate::error::Error;
+use crate::job::DepResult;
 use crate::queue::Queue;
 use crate::schema::fields;
 
 /// Most bytes of dependencies' results one job is handed.
 pub const MAX_DEPS_BYTES: usize = 1024 * 1024;
-
-/// One dependency of a job, as its handler sees it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct DepResult {
-    /// The dependency's `_id`.
-    pub id: Bson,
-    /// Its status when the dependent was claimed: `completed`, or (under
-    /// `if_dep_fails: "run"`) `failed` / `cancelled` / `missing`.
-    pub status: String,
-    /// What its handler returned, if anything (and if it fit).
-    pub result: Option<Bson>,
-    /// Its `last_error`, for one that did not complete.
-    pub error: Option<String>,
-    /// The result was left out to keep within [`MAX_DEPS_BYTES`].
-    pub truncated: bool,
-    /// The dependency completed and its document was deleted since (by
-    /// `mongoq purge`, retention, or by hand): its result went with it.
-    pub gone: bool,
-}
-
-impl DepResult {
-    /// As JSON: `{"id", "status", "result"?, "error"?, "truncated"?, "gone"?}`.
-    pub fn to_json(&self) -> serde_json::Value {
-        let mut json = serde_json::json!({
-            "id": self.id.clone().into_relaxed_extjson(),
-            "status": self.status,
-        });
-        if let Some(fields) = json.as_object_mut() {
-            if let Some(result) = &self.result {
-                fields.insert("result".into(), result.clone().into_relaxed_extjson());
-            }
-            if let Some(error) = &self.error {
-                fields.insert("error".into(), error.clone().into());
-            }
-            if self.truncated {
-                fields.insert("truncated".into(), true.into());
-            }
-            if self.gone {
-                fields.insert("gone".into(), true.into());
-            }
-        }
-        json
-    }
-}
 
 /// The dependencies' results for each list of `after` ids, in order;
 /// `completed[i]` are the ids of `lists[i]` known to have completed (a

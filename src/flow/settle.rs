@@ -117,19 +117,7 @@ impl Settled {
     }
 }
 
-/// A comparable key of an id (BSON values are not `Hash`), equal for
-/// numbers MongoDB finds equal (`1`, `NumberLong(1)`, `1.0`).
-pub(crate) fn key(id: &Bson) -> String {
-    match crate::schema::integer(id) {
-        Some(n) => format!("number {n}"),
-        None => format!("{id:?}"),
-    }
-}
-
-/// How many distinct jobs `after` names: its `deps_total`.
-pub(crate) fn distinct(after: &[Bson]) -> i64 {
-    after.iter().map(key).collect::<HashSet<_>>().len() as i64
-}
+pub(crate) use crate::schema::{distinct_ids as distinct, id_key as key};
 
 /// Releases or cancels the waiting dependents of `finished`, transitively,
 /// then takes `has_dependents` off the finished jobs.

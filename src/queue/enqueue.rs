@@ -187,7 +187,7 @@ pub fn new_job_document(
         document.insert(fields::AFTER, options.after.clone());
         document.insert(
             fields::DEPS_TOTAL,
-            crate::flow::settle::distinct(&options.after),
+            crate::schema::distinct_ids(&options.after),
         );
         if options.if_dep_fails == IfDepFails::Run {
             document.insert(fields::IF_DEP_FAILS, "run");

@@ -10,7 +10,6 @@ use mongodb::IndexModel;
 
 use super::Queue;
 use crate::error::{trim_driver_message, Error};
-use crate::flow;
 use crate::redact::redact_text;
 use crate::schema::{fields, Status};
 
@@ -33,6 +32,12 @@ pub(crate) fn finished_status(text: &str) -> Option<(Status, &'static str)> {
 }
 
 /// The name of the index the claim query uses; `explain` tests look for it.
+/// `{after, status}`, partial on `after` existing: a job's dependents.
+pub const AFTER_INDEX: &str = "mongoq_after";
+/// `{linked, _id}`, partial on `status: "waiting"`: jobs to link, and the audit's pages.
+pub const WAITING_INDEX: &str = "mongoq_waiting";
+/// `{status}`, partial on `has_dependents: true`: finished jobs not yet settled.
+pub const DEPENDENTS_INDEX: &str = "mongoq_dependents";
 pub const CLAIM_INDEX: &str = "mongoq_claim_by_queue";
 /// The claim index of mongoq before named queues (`{status, priority, run_at, _id}`).
 const LEGACY_CLAIM_INDEX: &str = "mongoq_claim";
@@ -79,17 +84,17 @@ impl Queue {
             // never have, so a plain job costs none of them a key.
             partial(
                 doc! {fields::AFTER: 1, fields::STATUS: 1},
-                flow::AFTER_INDEX,
+                AFTER_INDEX,
                 doc! {fields::AFTER: {"$exists": true}},
             ),
             partial(
                 doc! {fields::LINKED: 1, "_id": 1},
-                flow::WAITING_INDEX,
+                WAITING_INDEX,
                 doc! {fields::STATUS: Status::Waiting},
             ),
             partial(
                 doc! {fields::STATUS: 1},
-                flow::DEPENDENTS_INDEX,
+                DEPENDENTS_INDEX,
                 doc! {fields::HAS_DEPENDENTS: true},
             ),
         ];

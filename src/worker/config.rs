@@ -9,7 +9,7 @@ use std::time::Duration;
 use crate::error::Error;
 use crate::queue::validate_queue_name;
 use crate::schema::fields;
-use crate::worker::retry::RetryPolicy;
+use crate::worker::settle::retry::RetryPolicy;
 
 /// The shortest lease a worker accepts: leases are renewed every third of
 /// it, and below a second a renewal's round trip and a loaded server's

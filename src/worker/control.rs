@@ -16,20 +16,20 @@ use std::time::{Duration, Instant};
 
 use mongodb::bson::doc;
 
-use super::cancel::Running;
-use super::config::WorkerConfig;
-use super::health::{Beat, Health};
-use super::lease::Leases;
-use super::limits::{extend_slots, forget, give_back, reclaim_dead, Slots};
-use super::report::Counters;
-use super::share::Share;
 use crate::error::Error;
+use crate::fleet::limits::{extend_slots, forget, give_back, reclaim_dead, Slots};
+use crate::fleet::share::Share;
 use crate::queue::registry::HEARTBEAT;
 use crate::queue::{Queue, QueueControl};
 use crate::shutdown::Shutdown;
 use crate::sync::lock;
+use crate::worker::config::WorkerConfig;
+use crate::worker::health::liveness::{Beat, Health};
+use crate::worker::health::report::Counters;
+use crate::worker::lease::held::Leases;
+use crate::worker::lease::running::Running;
 
-use super::wake::Doorbell;
+use crate::worker::wake::Doorbell;
 
 /// How often the controls (and the peers) are read.
 pub const REFRESH: Duration = Duration::from_millis(500);
@@ -128,7 +128,7 @@ pub(crate) struct Control {
 
 impl Control {
     /// Reads the controls, and the live peers that divide the queues with
-    /// this worker (see [`super::share`]). A queue resumed (or a limit changed) wakes an idle fetcher, which may
+    /// this worker (see [`crate::fleet::share`]). A queue resumed (or a limit changed) wakes an idle fetcher, which may
     /// be waiting long with nothing pending in the queues it could claim.
     pub(crate) fn refresh(&self) -> Result<(), Error> {
         let before = self.controls.plan(&self.config.queues);

@@ -7,12 +7,22 @@
 //!
 //! | thread | file | owns |
 //! |---|---|---|
-//! | fetcher | [`fetcher`] | the [`claim`] window, leases, pacing, doorbell, the job sender |
+//! | fetcher | [`claim::fetcher`] | the [`claim`] window, leases, pacing, doorbell, the job sender |
 //! | handler ×N | [`runner`] | the handler, the retry policy, the running-jobs registry |
-//! | completer | [`completer`] | the outcome receiver, leases, counters |
-//! | keeper | [`keeper`] | leases, the running-jobs registry ([`cancel`]), counters |
+//! | completer | [`settle::completer`] | the outcome receiver, leases, counters |
+//! | keeper | [`lease::keeper`] | leases, the running-jobs registry ([`lease::running`]), counters |
+//! | control | [`control`] | queue controls, the registry heartbeat, concurrency slots |
 //! | watcher | [`wake`] | the doorbell |
+//! | ticker | [`crate::schedule::Ticker`] (started by `mongoq work`) | the due schedules of its queues |
 //! | flows | [`crate::flow::sweep`] | the doorbell (links, settles what a crash left) |
+//!
+//! The stages of a job's life are folders: [`claim`] (finding work: the
+//! read-ahead, the batch claim, the fetcher thread, pacing, unroutable
+//! jobs), [`settle`] (outcomes and their writes, the completer thread,
+//! retries), [`lease`] (what this worker holds, the keeper thread,
+//! extension, rescue, the running-jobs registry) and [`health`] (beats,
+//! counters, metrics). What peers share through the server (the shared
+//! window, the division of a queue, limits) is [`crate::fleet`]'s.
 //!
 //! ```text
 //! fetcher ──claims a batch──▶ bounded channel ──▶ N worker threads ──outcomes──▶ completer
@@ -22,7 +32,7 @@
 //! completer: an outcome of a job with dependents releases them (crate::flow)
 //! ```
 //!
-//! **How much to claim** is decided by [`pacing`]: at most what the threads
+//! **How much to claim** is decided by [`claim::pacing`]: at most what the threads
 //! can start within about [`PREFETCH_HORIZON`].
 //!
 //! **Shutdown** (SIGTERM/SIGINT, or `--drain` finding nothing to do):
@@ -37,29 +47,22 @@
 //!    and the worker returns; anything it could not write is rescued after
 //!    its lease expires.
 
-mod cancel;
+// The stages of a job's life, each a folder; imports between them run one
+// way: claim → settle → lease → health (tests/structure.rs checks it).
 mod claim;
-mod completer;
+mod health;
+mod lease;
+mod settle;
+// The threads and pieces that serve every stage.
 mod config;
 mod control;
-mod fetcher;
-mod health;
-mod keeper;
-mod lease;
-mod limits;
-mod metrics;
 mod monitor;
 mod outage;
-mod outcome;
-mod oversized;
-mod pacing;
-mod report;
-pub mod retry;
 mod runner;
-mod share;
-mod upkeep;
 mod wake;
-mod window;
+
+/// The retry policy (back-off between attempts), as data.
+pub use settle::retry;
 
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -67,33 +70,33 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
 
+pub use claim::pacing::PREFETCH_HORIZON;
 pub use config::{default_worker_id, WorkerConfig, MIN_LEASE};
-pub use health::{DatabaseError, HealthReport};
-pub use metrics::{HANDLER_BUCKETS, ROUND_TRIP_BUCKETS};
+pub use health::liveness::{DatabaseError, HealthReport};
+pub use health::metrics::{HANDLER_BUCKETS, ROUND_TRIP_BUCKETS};
+pub use health::report::Report;
 pub use monitor::{Monitor, STALL_AFTER};
-pub use pacing::PREFETCH_HORIZON;
-pub use report::Report;
-pub use retry::RetryPolicy;
+pub use settle::retry::RetryPolicy;
 
-use cancel::Running;
-use completer::Completer;
+use claim::fetcher::Fetcher;
+use claim::pacing::PaceMeter;
 use control::{Control, Controls};
-use fetcher::Fetcher;
-use health::{Beat, Health};
-use keeper::Keeper;
-use lease::Leases;
-use limits::{Banked, Slots};
-use metrics::Histogram;
+use health::liveness::{Beat, Health};
+use health::metrics::Histogram;
+use health::report::Counters;
+use lease::held::Leases;
+use lease::keeper::Keeper;
+use lease::running::Running;
 use outage::retry_until_stopped;
-use outcome::Outcome;
-use pacing::PaceMeter;
-use report::Counters;
 use runner::Runner;
-use share::Share;
+use settle::completer::Completer;
+use settle::outcome::Outcome;
 use wake::{watch, Doorbell};
 
 use crate::duration::format_duration;
 use crate::error::Error;
+use crate::fleet::limits::{Banked, Slots};
+use crate::fleet::share::Share;
 use crate::flow::Sweeper;
 use crate::handlers::Handler;
 use crate::job::Job;

@@ -7,16 +7,16 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::cancel::Running;
-use super::control::Controls;
-use super::health::{Health, HealthReport};
-use super::lease::Leases;
-use super::metrics::{render, Histogram, Load};
-use super::report::{Counters, Report};
 use crate::error::Error;
 use crate::handlers::Handler;
 use crate::queue::{Queue, Stats};
 use crate::sync::lock;
+use crate::worker::control::Controls;
+use crate::worker::health::liveness::{Health, HealthReport};
+use crate::worker::health::metrics::{render, Histogram, Load};
+use crate::worker::health::report::{Counters, Report};
+use crate::worker::lease::held::Leases;
+use crate::worker::lease::running::Running;
 
 /// A thread that showed no progress for this long is stalled (a driver
 /// call hung on a dead connection, say). Every wait in the worker's loops

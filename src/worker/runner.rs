@@ -12,17 +12,18 @@ use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Sender};
 
-use super::cancel::Running;
-use super::control::Controls;
-use super::limits::START_SLACK;
-use super::metrics::Histogram;
-use super::outcome::{bounded_error, JobKey, Outcome};
-use super::pacing::PaceMeter;
-use super::retry::RetryPolicy;
 use crate::clock::Clock;
+use crate::fleet::limits::START_SLACK;
 use crate::handlers::{Handler, HandlerError};
 use crate::job::Job;
 use crate::shutdown::Shutdown;
+use crate::worker::claim::pacing::PaceMeter;
+use crate::worker::control::Controls;
+use crate::worker::health::metrics::Histogram;
+use crate::worker::lease::held::JobKey;
+use crate::worker::lease::running::Running;
+use crate::worker::settle::outcome::{bounded_error, Outcome};
+use crate::worker::settle::retry::RetryPolicy;
 
 /// One handler thread and what it owns.
 pub(crate) struct Runner {

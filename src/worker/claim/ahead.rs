@@ -8,11 +8,11 @@ use mongodb::bson::{doc, Bson, Document, RawDocumentBuf};
 use super::write::is_number;
 use super::{Claimer, IdKey, Idle, WINDOW_BYTES, WINDOW_LIFETIME};
 use crate::error::Error;
+use crate::fleet::share::part_of;
 use crate::fleet::window::{Key, Published};
 use crate::queue::filters::{eligible_in, queue_condition};
 use crate::schema::{fields, integer, Status};
-use crate::worker::share::part_of;
-use crate::worker::window::{key_of, key_projection, priority_ranges};
+use crate::worker::claim::keys::{key_of, key_projection, priority_ranges};
 
 /// While a peer reads the shared window, look for what it published this
 /// often, at most [`TURN_WAITS`] times before reading for ourselves.

@@ -24,7 +24,7 @@
 //!
 //! That is two round trips per batch plus one read-ahead per several
 //! batches for the whole fleet. Workers that share the queue divide it
-//! ([`super::share`]): each claims its own part of the window first, so they
+//! ([`crate::fleet::share`]): each claims its own part of the window first, so they
 //! seldom collide; when claims keep winning less than half of what they
 //! ask for, the window is stale and is read again rather than fought over.
 //! Every `max_window_age` (at most a second) one worker of the fleet (the
@@ -45,13 +45,17 @@ use std::time::{Duration, Instant};
 
 use mongodb::bson::{oid::ObjectId, Bson, Document};
 
-use super::share::{owns, Share};
-use super::upkeep::Upkeep;
 use crate::error::Error;
+use crate::fleet::share::{owns, Share};
 use crate::fleet::window::{Key, SharedWindow};
 use crate::queue::Queue;
+use unroutable::Upkeep;
 
 mod ahead;
+pub(crate) mod fetcher;
+pub(crate) mod keys;
+pub(crate) mod pacing;
+pub(crate) mod unroutable;
 mod write;
 
 /// A window is read again at least this often, even when no higher

@@ -12,7 +12,7 @@ use crate::error::{server_code_is, Error};
 use crate::fleet::window::Key;
 use crate::queue::filters::{eligible_filter, queue_condition, queue_order};
 use crate::schema::{fields, id_text, Status};
-use crate::worker::oversized::{fail_oversized, too_large};
+use crate::worker::settle::oversized::{fail_oversized, too_large};
 
 /// The server's code for an update operator meeting the wrong type (`$inc`
 /// on an `attempts` that is not a number).

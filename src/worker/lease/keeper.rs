@@ -10,16 +10,20 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::cancel::{drop_cancelled, Running};
-use super::health::{Beat, Health};
-use super::lease::{extend, rescue_expired, Leases};
-use super::report::Counters;
-use super::share::Share;
+use mongodb::bson::{doc, oid::ObjectId, Bson};
+
 use crate::clock::REFRESH;
+use crate::error::Error;
+use crate::fleet::share::Share;
 use crate::handlers::Handler;
-use crate::progress::PROGRESS_EVERY;
+use crate::progress::{Progress, PROGRESS_EVERY};
 use crate::queue::Queue;
+use crate::schema::{fields, Status};
 use crate::shutdown::Shutdown;
+use crate::worker::health::liveness::{Beat, Health};
+use crate::worker::health::report::Counters;
+use crate::worker::lease::held::{extend, rescue_expired, Leases};
+use crate::worker::lease::running::{drop_cancelled, Running};
 
 /// The duty of rescuing expired leases, which one worker of the peers
 /// does for all (see [`Share::leads`]).
@@ -119,7 +123,7 @@ impl Keeper {
     fn write_progress(&self) {
         for (key, attempt, progress) in self.running.unwritten_progress() {
             self.health.beat(Beat::Keeper);
-            let written = self.health.track(crate::progress::write(
+            let written = self.health.track(write_progress(
                 &self.queue,
                 &self.owner,
                 (&key.id, key.token),
@@ -132,4 +136,40 @@ impl Keeper {
             }
         }
     }
+}
+
+/// Writes `progress` of attempt `attempt` onto job `id` held under `token`
+/// by `owner`, extending its lease by `lease`. Returns whether the job was
+/// still this worker's to write.
+fn write_progress(
+    queue: &Queue,
+    owner: &str,
+    (id, token): (&Bson, ObjectId),
+    attempt: u32,
+    progress: &Progress,
+    lease: Duration,
+) -> Result<bool, Error> {
+    let clock = queue.clock();
+    let result = queue
+        .collection()
+        .update_one(
+            doc! {
+                "_id": id.clone(),
+                fields::LEASE_TOKEN: token,
+                fields::STATUS: Status::Running,
+                fields::LEASE_OWNER: owner,
+            },
+            doc! {"$set": {
+                fields::PROGRESS: {
+                    "fraction": progress.fraction,
+                    "note": progress.note.clone().map_or(Bson::Null, Bson::String),
+                    "attempt": i64::from(attempt),
+                    "at": clock.now(),
+                },
+                fields::LEASE_UNTIL: clock.after(lease),
+            }},
+        )
+        .run()
+        .map_err(|e| queue.db_error("update (job progress)", &e))?;
+    Ok(result.matched_count == 1)
 }

@@ -5,7 +5,7 @@
 //! paused, its network cut, and another worker took the job over) matches
 //! nothing and cannot overwrite the other worker's outcome.
 //!
-//! Writes are **batched**: the [`super::completer`] thread takes every
+//! Writes are **batched**: the [`crate::worker::settle::completer`] thread takes every
 //! outcome that is waiting and writes them all in one `update` command (a
 //! documented command that works on standalone servers, replica sets and
 //! sharded clusters). The outcomes of one claim that change every job the
@@ -17,17 +17,16 @@
 //! outcomes pile up while a write is in flight, so batches grow by
 //! themselves; when idle, an outcome is written at once.
 
-use std::sync::Arc;
-
 use mongodb::bson::{doc, oid::ObjectId, Bson, DateTime, Document};
 
-use super::oversized::{fail_oversized, is_too_large_code};
 use crate::error::Error;
 use crate::queue::Queue;
 use crate::schema::{
     bounded_result, completed_pipeline, completed_update, count, fenced, fields, id_text,
     push_error, unset_lease, Status, MAX_RESULT_BYTES,
 };
+use crate::worker::lease::held::JobKey;
+use crate::worker::settle::oversized::{fail_oversized, is_too_large_code};
 
 /// The shared kind of hand-backs (see [`Outcome::shared_kind`]).
 const RELEASED: u8 = 1;
@@ -67,20 +66,6 @@ pub(crate) const MAX_ERROR_BYTES: usize = 4 * 1024;
 /// Most statements in one `update` command (the server allows 100,000).
 pub(crate) const MAX_STATEMENTS: usize = 1_000;
 
-/// Which job, under which claim.
-#[derive(Debug, Clone)]
-pub(crate) struct JobKey {
-    pub(crate) id: Bson,
-    pub(crate) token: ObjectId,
-    /// The limited queue whose concurrency slot the job holds; freed when
-    /// its outcome is written (or lost).
-    pub(crate) slot: Option<Arc<str>>,
-    /// The claimed copy carried `has_dependents`: the outcome settles them
-    /// ([`crate::flow`]). When false, an outcome that ends the job is
-    /// fenced against the flag too, so a flag set after the claim is seen.
-    pub(crate) dependents: bool,
-}
-
 /// What to write for one job.
 #[derive(Debug, Clone)]
 pub(crate) enum Outcome {
@@ -106,18 +91,6 @@ pub(crate) enum Outcome {
     /// The handler completed the job in its own transaction
     /// ([`crate::Job::complete_in`]): nothing more to write.
     Settled { key: JobKey },
-}
-
-impl crate::job::Job {
-    /// The key its outcome is written under.
-    pub(crate) fn key(&self) -> JobKey {
-        JobKey {
-            id: self.id.clone(),
-            token: self.lease_token,
-            slot: self.slot.clone(),
-            dependents: self.has_dependents,
-        }
-    }
 }
 
 impl Outcome {

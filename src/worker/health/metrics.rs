@@ -10,9 +10,9 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
-use super::health::HealthReport;
-use super::report::Report;
 use crate::queue::{QueueControl, Stats};
+use crate::worker::health::liveness::HealthReport;
+use crate::worker::health::report::Report;
 
 /// Upper bounds (seconds) of the handler duration histogram's buckets.
 pub const HANDLER_BUCKETS: [f64; 14] = [

@@ -1,5 +1,5 @@
 //! Leases: what this worker holds, keeping those leases alive, and rescuing
-//! jobs whose leases ran out. The [`super::keeper`] thread runs these.
+//! jobs whose leases ran out. The [`crate::worker::lease::keeper`] thread runs these.
 //!
 //! Every claim gets a fresh `lease_token` (an `ObjectId`); all jobs of one
 //! claim share it. [`Leases`] counts, per token, the jobs this worker still
@@ -14,15 +14,41 @@
 //! claim checks `attempts` against `max_attempts`).
 
 use std::collections::HashMap;
-use std::sync::{Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-use mongodb::bson::{doc, oid::ObjectId};
+use mongodb::bson::{doc, oid::ObjectId, Bson};
 
 use crate::error::Error;
 use crate::queue::Queue;
 use crate::schema::{cancelled_update, fields, push_error, unset_lease, Status};
 use crate::sync::lock;
+
+/// Which job, under which claim.
+#[derive(Debug, Clone)]
+pub(crate) struct JobKey {
+    pub(crate) id: Bson,
+    pub(crate) token: ObjectId,
+    /// The limited queue whose concurrency slot the job holds; freed when
+    /// its outcome is written (or lost).
+    pub(crate) slot: Option<Arc<str>>,
+    /// The claimed copy carried `has_dependents`: the outcome settles them
+    /// ([`crate::flow`]). When false, an outcome that ends the job is
+    /// fenced against the flag too, so a flag set after the claim is seen.
+    pub(crate) dependents: bool,
+}
+
+impl crate::job::Job {
+    /// The key its outcome is written under.
+    pub(crate) fn key(&self) -> JobKey {
+        JobKey {
+            id: self.id.clone(),
+            token: self.lease_token,
+            slot: self.slot.clone(),
+            dependents: self.has_dependents,
+        }
+    }
+}
 
 /// Jobs this worker holds, by claim token.
 #[derive(Default)]

@@ -15,7 +15,6 @@ use std::sync::{Arc, Mutex};
 
 use mongodb::bson::{doc, oid::ObjectId, Bson};
 
-use super::outcome::JobKey;
 use crate::error::Error;
 use crate::handlers::Handler;
 use crate::job::Job;
@@ -23,6 +22,7 @@ use crate::progress::{Progress, ProgressCell};
 use crate::queue::Queue;
 use crate::schema::{cancelled_update, fields, id_text, Status};
 use crate::sync::lock;
+use crate::worker::lease::held::JobKey;
 
 /// One running job as the keeper sees it.
 struct Entry {

@@ -1,5 +1,5 @@
 //! The completer thread: gathers the outcomes the handler threads send,
-//! writes them back fenced and batched (see [`super::outcome`]), and
+//! writes them back fenced and batched (see [`crate::worker::settle::outcome`]), and
 //! releases the leases they held.
 //!
 //! Under load outcomes pile up while a write is in flight, so batches grow
@@ -14,17 +14,17 @@ use std::time::Duration;
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use mongodb::bson::{oid::ObjectId, Bson};
 
-use super::health::{Beat, Health};
-use super::lease::Leases;
-use super::limits::Slots;
-use super::outage::retry_until_stopped;
-use super::outcome::{write, Outcome, MAX_STATEMENTS};
-use super::report::Counters;
-use super::wake::Doorbell;
+use crate::fleet::limits::Slots;
 use crate::flow::settle as flow;
 use crate::queue::Queue;
 use crate::schema::id_text;
 use crate::shutdown::Shutdown;
+use crate::worker::health::liveness::{Beat, Health};
+use crate::worker::health::report::Counters;
+use crate::worker::lease::held::Leases;
+use crate::worker::outage::retry_until_stopped;
+use crate::worker::settle::outcome::{write, Outcome, MAX_STATEMENTS};
+use crate::worker::wake::Doorbell;
 
 /// The completer thread and what it owns.
 pub(crate) struct Completer {
