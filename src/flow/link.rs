@@ -18,6 +18,7 @@ use super::MAX_AFTER;
 use crate::error::Error;
 #[cfg(doc)]
 use crate::queue::enqueue::new_job_document;
+use crate::queue::Documents;
 use crate::queue::Queue;
 use crate::schema::{fields, id_text, Status};
 
@@ -150,8 +151,7 @@ fn flag(queue: &Queue, deps: &[Bson], missing: &mut Vec<Bson>) -> Result<Vec<Fin
             .find(doc! {"_id": {"$in": chunk}})
             .projection(doc! {fields::STATUS: 1, fields::LAST_ERROR: 1})
             .run()
-            .and_then(Iterator::collect::<Result<Vec<_>, _>>)
-            .map_err(|e| queue.db_error("find (flow: link)", &e))?
+            .documents(queue, "find (flow: link)")?
             .into_iter()
             .map(|d| (d.get("_id").map(key).unwrap_or_default(), d))
             .collect();

@@ -36,7 +36,8 @@ use std::collections::HashSet;
 use mongodb::bson::{doc, oid::ObjectId, Bson, Document};
 
 use crate::error::Error;
-use crate::queue::Queue;
+use crate::queue::Documents;
+use crate::queue::{Queue, WriteError};
 use crate::schema::{fields, id_text, Status};
 
 /// Ids per `$in`: well under the 16 MB command limit for any id type.
@@ -271,8 +272,7 @@ fn read_dependents(queue: &Queue, finished: &[Finished]) -> Result<Vec<Dependent
         .find(doc! {fields::AFTER: {"$in": &ids}, fields::STATUS: Status::Waiting})
         .projection(doc! {fields::AFTER: 1, fields::DEPS_DONE: 1, fields::IF_DEP_FAILS: 1})
         .run()
-        .and_then(Iterator::collect::<Result<Vec<Document>, _>>)
-        .map_err(|e| queue.db_error("find (flow: dependents)", &e))?
+        .documents(queue, "find (flow: dependents)")?
         .iter()
         .map(|d| Dependent {
             id: d.get("_id").cloned().unwrap_or(Bson::Null),
@@ -340,13 +340,11 @@ pub(crate) fn write(
         },
         operation,
     )?;
-    if let Some(Bson::Array(errors)) = reply.get("writeErrors") {
-        if let Some(Bson::Document(first)) = errors.first() {
-            return Err(Error::Invalid(format!(
-                "MongoDB refused a flow write ({operation}): {}",
-                first.get_str("errmsg").unwrap_or("no message")
-            )));
-        }
+    if let Some(first) = WriteError::all_in(&reply).first() {
+        return Err(Error::Invalid(format!(
+            "MongoDB refused a flow write ({operation}): {}",
+            first.message
+        )));
     }
     Ok(crate::schema::count(reply.get("n")))
 }

@@ -26,6 +26,7 @@ use super::link::link;
 use super::settle::{key, settle, Ended, Finished, Settled, CHUNK};
 use super::{DEPENDENTS_INDEX, WAITING_INDEX};
 use crate::error::Error;
+use crate::queue::Documents;
 use crate::queue::Queue;
 use crate::schema::{fields, Status};
 use crate::shutdown::Shutdown;
@@ -175,8 +176,7 @@ impl Sweeper {
             .hint(Hint::Name(index.to_string()))
             .limit(PAGE)
             .run()
-            .and_then(Iterator::collect)
-            .map_err(|e| self.queue.db_error("find (flow sweep)", &e))
+            .documents(&self.queue, "find (flow sweep)")
     }
 
     /// One page of linked waiting jobs: their dependencies not yet done
@@ -195,8 +195,7 @@ impl Sweeper {
             .hint(Hint::Name(WAITING_INDEX.to_string()))
             .limit(PAGE)
             .run()
-            .and_then(Iterator::collect)
-            .map_err(|e| self.queue.db_error("find (flow audit)", &e))?;
+            .documents(&self.queue, "find (flow audit)")?;
         self.cursor = if page.len() < PAGE as usize {
             None
         } else {
@@ -228,8 +227,7 @@ impl Sweeper {
                 .find(doc! {"_id": {"$in": chunk}})
                 .projection(doc! {fields::STATUS: 1, fields::LAST_ERROR: 1})
                 .run()
-                .and_then(Iterator::collect)
-                .map_err(|e| self.queue.db_error("find (flow audit)", &e))?;
+                .documents(&self.queue, "find (flow audit)")?;
             let keys: std::collections::HashMap<String, &Document> = found
                 .iter()
                 .map(|d| (d.get("_id").map(key).unwrap_or_default(), d))

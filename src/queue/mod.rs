@@ -241,12 +241,9 @@ impl Queue {
             .map_err(|e| self.db_error(operation, &e))
     }
 
-    /// The `_id`s of the documents `filter` matches.
-    pub(crate) fn find_ids(
-        &self,
-        filter: Document,
-        operation: &'static str,
-    ) -> Result<Vec<Bson>, Error> {
+    /// The `_id`s of the documents `filter` matches (`operation` names the
+    /// query in an error).
+    pub fn find_ids(&self, filter: Document, operation: &'static str) -> Result<Vec<Bson>, Error> {
         self.collection
             .find(filter)
             .projection(doc! {"_id": 1})
@@ -257,5 +254,57 @@ impl Queue {
                     .collect()
             })
             .map_err(|e| self.db_error(operation, &e))
+    }
+}
+
+/// One statement of a write command that the server refused (an entry of
+/// the reply's `writeErrors`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct WriteError {
+    /// The statement's position in the command.
+    pub(crate) index: usize,
+    /// MongoDB's error code (11000: a duplicate key).
+    pub(crate) code: i64,
+    pub(crate) message: String,
+}
+
+impl WriteError {
+    /// Every `writeErrors` entry of a write command's reply.
+    pub(crate) fn all_in(reply: &Document) -> Vec<WriteError> {
+        reply
+            .get_array("writeErrors")
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(Bson::as_document)
+            .filter_map(|refused| {
+                Some(WriteError {
+                    index: usize::try_from(crate::schema::integer(refused.get("index")?)?).ok()?,
+                    code: refused
+                        .get("code")
+                        .and_then(crate::schema::integer)
+                        .unwrap_or(0),
+                    message: refused
+                        .get_str("errmsg")
+                        .unwrap_or("no message")
+                        .to_string(),
+                })
+            })
+            .collect()
+    }
+}
+
+/// Reading a whole cursor: `collection.find(…).run().documents(&queue,
+/// "find (what)")?` instead of collecting and wording the error by hand.
+pub(crate) trait Documents {
+    /// Every document of the cursor, or the first error, worded as
+    /// `operation`'s.
+    fn documents(self, queue: &Queue, operation: &'static str) -> Result<Vec<Document>, Error>;
+}
+
+impl Documents for mongodb::error::Result<mongodb::sync::Cursor<Document>> {
+    fn documents(self, queue: &Queue, operation: &'static str) -> Result<Vec<Document>, Error> {
+        self.and_then(Iterator::collect)
+            .map_err(|e| queue.db_error(operation, &e))
     }
 }

@@ -34,7 +34,7 @@ use super::spec::{utc_millis, Spec};
 use super::store::{spec_of, CatchUp, Schedules};
 use crate::error::Error;
 use crate::queue::enqueue::new_job_document;
-use crate::queue::EnqueueOptions;
+use crate::queue::{EnqueueOptions, WriteError};
 use crate::schema::{fields, Status};
 use crate::text::fnv1a;
 
@@ -279,29 +279,12 @@ impl Schedules {
                 },
                 "insert (scheduled jobs)",
             )?;
-            for error in reply
-                .get_array("writeErrors")
-                .map(Vec::as_slice)
-                .unwrap_or_default()
-            {
-                let Some(error) = error.as_document() else {
-                    continue;
-                };
-                let index = error
-                    .get("index")
-                    .and_then(crate::schema::integer)
-                    .unwrap_or(-1);
-                let code = error
-                    .get("code")
-                    .and_then(crate::schema::integer)
-                    .unwrap_or(0);
-                if let Ok(index) = usize::try_from(index) {
-                    if let Some(slot) = inserted.get_mut(chunk_index * 1_000 + index) {
-                        *slot = false;
-                    }
+            for error in WriteError::all_in(&reply) {
+                if let Some(slot) = inserted.get_mut(chunk_index * 1_000 + error.index) {
+                    *slot = false;
                 }
-                if code != 11_000 {
-                    log::warn!("schedules: a tick's job was refused: {error}");
+                if error.code != 11_000 {
+                    log::warn!("schedules: a tick's job was refused: {}", error.message);
                 }
             }
         }

@@ -16,6 +16,7 @@ use mongodb::IndexModel;
 
 use super::spec::{utc_millis, Spec};
 use crate::error::Error;
+use crate::queue::Documents;
 use crate::queue::Queue;
 use crate::schema::fields;
 
@@ -304,8 +305,7 @@ impl Schedules {
             .find(doc! {})
             .sort(doc! {"_id": 1})
             .run()
-            .and_then(Iterator::collect)
-            .map_err(|e| self.queue.db_error("find (schedules)", &e))?;
+            .documents(&self.queue, "find (schedules)")?;
         let last_jobs: Vec<Bson> = documents
             .iter()
             .filter_map(|d| d.get("last_job").filter(|id| **id != Bson::Null).cloned())

@@ -379,6 +379,15 @@ impl Fetcher {
         if self.leases.held() > 0 {
             return false;
         }
+        // A retry this worker wrote is its own unfinished work: wait until
+        // it is due (the look below then finds it eligible).
+        let retry_due = self
+            .counters
+            .own_retry_due_ms
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if self.queue.clock().passed().timestamp_millis() < retry_due {
+            return false;
+        }
         // An empty claim alone does not prove it: the claim may have lost
         // its whole window to other workers, or failed a job it could not
         // take. Two exact index seeks (one job each), cheaper than one `$or`;

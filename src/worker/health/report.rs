@@ -1,7 +1,7 @@
 //! What a worker did: one set of counters that every thread adds to, and
 //! its snapshot, the [`Report`] that `run` returns and the metrics show.
 
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 
 /// What a worker did, returned when it stops.
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -72,6 +72,9 @@ pub(crate) struct Counters {
     pub(crate) rescued_slots: AtomicU64,
     pub(crate) dependents_released: AtomicU64,
     pub(crate) dependents_cancelled: AtomicU64,
+    /// The latest `run_at` (ms since the epoch, server clock) of a retry
+    /// this worker wrote: a `--drain` worker is not done before it.
+    pub(crate) own_retry_due_ms: AtomicI64,
 }
 
 impl Counters {

@@ -136,6 +136,10 @@ impl Completer {
                     run_at,
                 } => {
                     Counters::add(&counters.retried, 1);
+                    counters.own_retry_due_ms.fetch_max(
+                        run_at.timestamp_millis(),
+                        std::sync::atomic::Ordering::Relaxed,
+                    );
                     log::info!(
                         "job {} attempt {attempt} failed, retry at {}: {error}",
                         id_text(&key.id),

@@ -20,7 +20,7 @@
 use mongodb::bson::{doc, oid::ObjectId, Bson, DateTime, Document};
 
 use crate::error::Error;
-use crate::queue::Queue;
+use crate::queue::{Queue, WriteError};
 use crate::schema::{
     bounded_result, completed_pipeline, completed_update, count, fenced, fields, id_text,
     push_error, unset_lease, Status, MAX_RESULT_BYTES,
@@ -339,7 +339,13 @@ fn send<'a>(
         // which fails the whole command and is retried) must not block the
         // completer: fail a job that outgrew 16 MB, log anything else and
         // leave that job to lease expiry.
-        for (index, code, message) in write_errors(&reply) {
+        for WriteError {
+            index,
+            code,
+            message,
+        } in WriteError::all_in(&reply)
+        {
+            let code = i32::try_from(code).unwrap_or(0);
             let Some((statement, members)) = chunk.get(index) else {
                 continue;
             };
@@ -363,118 +369,4 @@ fn send<'a>(
         matched += count(reply.get("n"));
     }
     Ok(matched)
-}
-
-/// The `writeErrors` of a write command's reply: each statement's index,
-/// error code and message.
-pub(crate) fn write_errors(reply: &Document) -> Vec<(usize, i32, String)> {
-    reply
-        .get_array("writeErrors")
-        .map(Vec::as_slice)
-        .unwrap_or_default()
-        .iter()
-        .filter_map(Bson::as_document)
-        .filter_map(|refused| {
-            let index = usize::try_from(refused.get_i32("index").ok()?).ok()?;
-            let code = refused.get_i32("code").unwrap_or(0);
-            let message = refused
-                .get_str("errmsg")
-                .unwrap_or("no message")
-                .to_string();
-            Some((index, code, message))
-        })
-        .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn completed(token: ObjectId, n: i32, result: Option<Bson>) -> Outcome {
-        Outcome::Completed {
-            key: JobKey {
-                id: Bson::Int32(n),
-                token,
-                slot: None,
-                dependents: false,
-            },
-            result,
-        }
-    }
-
-    #[test]
-    fn completions_of_a_claim_share_statements_of_bounded_size() {
-        let (one, two) = (ObjectId::new(), ObjectId::new());
-        let mut outcomes: Vec<Outcome> = (0..70)
-            .map(|n| completed(one, n, (n % 2 == 0).then(|| Bson::Int32(n))))
-            .collect();
-        outcomes.extend((70..75).map(|n| completed(two, n, None)));
-        outcomes.push(Outcome::Failed {
-            key: JobKey {
-                id: Bson::Int32(99),
-                token: one,
-                slot: None,
-                dependents: false,
-            },
-            attempt: 1,
-            error: "boom".into(),
-        });
-        let (groups, singles, settled) = divide(&outcomes);
-        assert_eq!(settled, 0);
-        assert_eq!(singles.len(), 1, "a failure is a statement of its own");
-        let sizes: Vec<(ObjectId, usize)> =
-            groups.iter().map(|g| (g.token, g.members.len())).collect();
-        assert_eq!(sizes, [(one, 32), (one, 32), (one, 6), (two, 5)]);
-        // Each member's result at its own position, null for none.
-        assert_eq!(groups[0].results[0], Bson::Int32(0));
-        assert_eq!(groups[0].results[1], Bson::Null);
-    }
-
-    #[test]
-    fn big_results_start_a_new_statement() {
-        let token = ObjectId::new();
-        let big = Bson::String("x".repeat(200 * 1024));
-        let outcomes: Vec<Outcome> = (0..12)
-            .map(|n| completed(token, n, Some(big.clone())))
-            .collect();
-        let (groups, _, _) = divide(&outcomes);
-        assert!(
-            groups.len() >= 2,
-            "12 × 200 KiB is over one statement's 2 MiB"
-        );
-        assert!(groups.iter().all(|g| g.bytes <= SHARED_RESULT_BYTES));
-        assert_eq!(groups.iter().map(|g| g.members.len()).sum::<usize>(), 12);
-    }
-
-    #[test]
-    fn the_shared_completion_picks_each_result_by_position_literally() {
-        let ids = [Bson::String("$a".into()), Bson::Int32(2)];
-        let results = [Bson::String("$status".into()), Bson::Null];
-        let stages = completed_pipeline(DateTime::now(), &ids, &results);
-        let set = stages[0].get_document("$set").unwrap();
-        let pick = set.get_document(fields::RESULT).unwrap();
-        let args = pick.get_array("$arrayElemAt").unwrap();
-        assert_eq!(
-            args[0]
-                .as_document()
-                .unwrap()
-                .get_array("$literal")
-                .unwrap(),
-            &results.to_vec()
-        );
-        let index = args[1]
-            .as_document()
-            .unwrap()
-            .get_array("$indexOfArray")
-            .unwrap();
-        assert_eq!(
-            index[0]
-                .as_document()
-                .unwrap()
-                .get_array("$literal")
-                .unwrap(),
-            &ids.to_vec()
-        );
-        assert_eq!(index[1], Bson::String("$_id".into()));
-    }
 }

@@ -93,18 +93,7 @@ impl Bench<'_> {
     fn bare_writes(&self, writers: usize) -> Result<Drain, Error> {
         let jobs = self.config.jobs;
         let queue = self.shell_backlog("bench_floor_writes", jobs)?;
-        let ids: Vec<Bson> = queue
-            .collection()
-            .find(doc! {})
-            .sort(doc! {"_id": 1})
-            .projection(doc! {"_id": 1})
-            .run()
-            .and_then(|cursor| {
-                cursor
-                    .map(|d| d.map(|d| d.get("_id").cloned().unwrap_or(Bson::Null)))
-                    .collect()
-            })
-            .map_err(|e| queue.db_error("find (bench floor ids)", &e))?;
+        let ids: Vec<Bson> = queue.find_ids(doc! {}, "find (bench floor ids)")?;
         let batch = self.config.default_batch;
         let name = queue.collection().name().to_string();
         let meter = ServerMeter::start(&queue, self.config.server_pid);
