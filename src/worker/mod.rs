@@ -522,10 +522,12 @@ impl Worker {
         // then reports lands second, and its fenced write finds the job
         // already handed back.
         for key in running {
-            let _ = outcomes.send(Outcome::Interrupted {
+            let _ = outcomes.send(Outcome::new(
                 key,
-                error: "interrupted: the worker shut down before the job finished (--shutdown-grace ran out)".into(),
-            });
+                settle::outcome::Kind::Interrupted {
+                    error: "interrupted: the worker shut down before the job finished (--shutdown-grace ran out)".into(),
+                },
+            ));
         }
         self.handler.abort();
     }

@@ -22,7 +22,7 @@ use crate::worker::control::Controls;
 use crate::worker::health::metrics::Histogram;
 use crate::worker::lease::held::JobKey;
 use crate::worker::lease::running::Running;
-use crate::worker::settle::outcome::{bounded_error, Outcome};
+use crate::worker::settle::outcome::{bounded_error, Kind, Outcome};
 use crate::worker::settle::retry::RetryPolicy;
 
 /// One handler thread and what it owns.
@@ -60,7 +60,7 @@ impl Runner {
                     .start_at
                     .is_some_and(|at| Instant::now() > at + START_SLACK)
             {
-                let _ = self.outcomes.send(Outcome::Released { key });
+                let _ = self.outcomes.send(Outcome::new(key, Kind::Released));
                 continue;
             }
             self.running.start(self.index, key.clone(), &job);
@@ -71,8 +71,8 @@ impl Runner {
             self.handler_seconds.observe(took);
             self.running.finish(self.index);
             let outcome = match result {
-                Ok(Ok(_)) if job.is_settled() => Outcome::Settled { key },
-                Ok(Ok(result)) => Outcome::Completed { key, result },
+                Ok(Ok(_)) if job.is_settled() => Outcome::new(key, Kind::Settled),
+                Ok(Ok(result)) => Outcome::new(key, Kind::Completed { result }),
                 // The handler had nothing to run it with: back to pending,
                 // attempt not counted.
                 Ok(Err(error)) if error.unstarted => {
@@ -81,7 +81,7 @@ impl Runner {
                         job.id_text(),
                         error.message
                     );
-                    Outcome::Released { key }
+                    Outcome::new(key, Kind::Released)
                 }
                 Ok(Err(error)) => self.failure(&job, key, error),
                 Err(panic) => {
@@ -105,19 +105,23 @@ impl Runner {
     fn failure(&self, job: &Job, key: JobKey, error: HandlerError) -> Outcome {
         let message = bounded_error(error.message);
         if error.permanent || job.attempt >= job.max_attempts {
-            Outcome::Failed {
+            Outcome::new(
                 key,
-                attempt: job.attempt,
-                error: message,
-            }
+                Kind::Failed {
+                    attempt: job.attempt,
+                    error: message,
+                },
+            )
         } else {
             let delay = self.retry.delay_for(job.attempt, &mut rand::rng());
-            Outcome::Retry {
+            Outcome::new(
                 key,
-                attempt: job.attempt,
-                error: message,
-                run_at: self.clock.after(delay),
-            }
+                Kind::Retry {
+                    attempt: job.attempt,
+                    error: message,
+                    run_at: self.clock.after(delay),
+                },
+            )
         }
     }
 }

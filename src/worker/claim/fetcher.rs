@@ -33,7 +33,7 @@ use crate::worker::health::report::Counters;
 use crate::worker::lease::held::JobKey;
 use crate::worker::lease::held::Leases;
 use crate::worker::outage::retry_until_stopped;
-use crate::worker::settle::outcome::Outcome;
+use crate::worker::settle::outcome::{Kind, Outcome};
 use crate::worker::wake::Doorbell;
 
 /// How long a fetcher held back by a limit waits before looking again.
@@ -438,22 +438,26 @@ impl Fetcher {
                 .map_or(1, |n| n as u32);
             match Job::from_document(&document, token, self.config.max_attempts) {
                 Err(malformed) => {
-                    let _ = self.outcomes.send(Outcome::Failed {
+                    let _ = self.outcomes.send(Outcome::new(
                         key,
-                        attempt,
-                        error: malformed.to_string(),
-                    });
+                        Kind::Failed {
+                            attempt,
+                            error: malformed.to_string(),
+                        },
+                    ));
                 }
                 Ok(job) if job.attempt > job.max_attempts => {
                     let error = format!(
                         "attempts exhausted: attempt {} of at most {} was claimed after the previous attempt's lease expired (its worker crashed or stalled; see `errors`)",
                         job.attempt, job.max_attempts
                     );
-                    let _ = self.outcomes.send(Outcome::Failed {
+                    let _ = self.outcomes.send(Outcome::new(
                         key,
-                        attempt: job.attempt,
-                        error,
-                    });
+                        Kind::Failed {
+                            attempt: job.attempt,
+                            error,
+                        },
+                    ));
                 }
                 Ok(mut job) => {
                     job.slot.clone_from(&slot);
@@ -467,16 +471,16 @@ impl Fetcher {
         if let Err(error) = self.attach_deps(&mut ready) {
             log::warn!("reading the results of claimed jobs' dependencies failed ({error}); those jobs go back to pending");
             for job in ready.extract_if(.., |job| !job.after.is_empty()) {
-                let _ = self.outcomes.send(Outcome::Released { key: job.key() });
+                let _ = self.outcomes.send(Outcome::new(job.key(), Kind::Released));
             }
         }
         for job in ready {
             if let Err(returned) = self.jobs.send(job) {
                 // Every handler thread is gone (cannot happen while
                 // the fetcher runs); hand the job back.
-                let _ = self.outcomes.send(Outcome::Released {
-                    key: returned.0.key(),
-                });
+                let _ = self
+                    .outcomes
+                    .send(Outcome::new(returned.0.key(), Kind::Released));
             }
         }
     }

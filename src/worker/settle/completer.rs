@@ -23,7 +23,7 @@ use crate::worker::health::liveness::{Beat, Health};
 use crate::worker::health::report::Counters;
 use crate::worker::lease::held::Leases;
 use crate::worker::outage::retry_until_stopped;
-use crate::worker::settle::outcome::{write, Outcome, MAX_STATEMENTS};
+use crate::worker::settle::outcome::{write, Kind, Outcome, MAX_STATEMENTS};
 use crate::worker::wake::Doorbell;
 
 /// The completer thread and what it owns.
@@ -100,10 +100,7 @@ impl Completer {
             return;
         };
         // Outcomes a handler's transaction already wrote need no round trip.
-        if pending
-            .iter()
-            .any(|o| !matches!(o, Outcome::Settled { .. }))
-        {
+        if pending.iter().any(|o| !o.is_settled()) {
             Counters::add(&counters.outcome_writes, 1);
         }
         let mut lost = (pending.len() as u64).saturating_sub(matched);
@@ -115,7 +112,7 @@ impl Completer {
             let ids: Vec<String> = pending
                 .iter()
                 .take(20)
-                .map(|o| id_text(&o.key().id))
+                .map(|o| id_text(&o.key.id))
                 .collect();
             log::warn!(
                 "{lost} of {} outcomes were not written: their leases were lost (another worker took those jobs over after the lease expired) or an operator cancelled them; batch: {}",
@@ -124,13 +121,13 @@ impl Completer {
             );
         }
         for outcome in pending.drain(..) {
-            match &outcome {
-                Outcome::Completed { key, .. } => {
+            let key = &outcome.key;
+            match &outcome.kind {
+                Kind::Completed { .. } => {
                     Counters::add(&counters.completed, 1);
                     log::debug!("job {} completed", id_text(&key.id));
                 }
-                Outcome::Retry {
-                    key,
+                Kind::Retry {
                     attempt,
                     error,
                     run_at,
@@ -146,36 +143,32 @@ impl Completer {
                         run_at.try_to_rfc3339_string().unwrap_or_default()
                     );
                 }
-                Outcome::Failed {
-                    key,
-                    attempt,
-                    error,
-                } => {
+                Kind::Failed { attempt, error } => {
                     Counters::add(&counters.failed, 1);
                     log::warn!(
                         "job {} failed for good after attempt {attempt}: {error}",
                         id_text(&key.id)
                     );
                 }
-                Outcome::Settled { key } => {
+                Kind::Settled => {
                     Counters::add(&counters.completed, 1);
                     log::debug!(
                         "job {} completed in its handler's transaction",
                         id_text(&key.id)
                     );
                 }
-                Outcome::Released { .. } => {
+                Kind::Released => {
                     Counters::add(&counters.released, 1);
                 }
-                Outcome::Interrupted { key, .. } => {
+                Kind::Interrupted { .. } => {
                     log::warn!(
                         "job {} was interrupted by shutdown and is pending again",
                         id_text(&key.id)
                     );
                 }
             }
-            leases.release(outcome.key().token);
-            if let Some(queue) = &outcome.key().slot {
+            leases.release(outcome.key.token);
+            if let Some(queue) = &outcome.key.slot {
                 slots.free(queue, 1);
             }
         }
@@ -191,10 +184,8 @@ impl Completer {
         if lost > 0 {
             let candidates: Vec<(Bson, ObjectId)> = pending
                 .iter()
-                .filter(|o| {
-                    o.ends_job() && !o.key().dependents && !matches!(o, Outcome::Settled { .. })
-                })
-                .map(|o| (o.key().id.clone(), o.key().token))
+                .filter(|o| o.ends_job() && !o.key.dependents && !o.is_settled())
+                .map(|o| (o.key.id.clone(), o.key.token))
                 .collect();
             let held = if candidates.is_empty() {
                 Ok(Vec::new())
@@ -205,10 +196,9 @@ impl Completer {
                 Ok(held) if !held.is_empty() => {
                     let mut again = Vec::new();
                     for outcome in pending.iter_mut() {
-                        let terminal =
-                            outcome.ends_job() && !matches!(outcome, Outcome::Settled { .. });
-                        if terminal && held.contains(&outcome.key().id) {
-                            outcome.key_mut().dependents = true;
+                        let terminal = outcome.ends_job() && !outcome.is_settled();
+                        if terminal && held.contains(&outcome.key.id) {
+                            outcome.key.dependents = true;
                             again.push(outcome.clone());
                         }
                     }
@@ -223,8 +213,8 @@ impl Completer {
         }
         let ended: Vec<Bson> = pending
             .iter()
-            .filter(|o| o.ends_job() && o.key().dependents)
-            .map(|o| o.key().id.clone())
+            .filter(|o| o.ends_job() && o.key.dependents)
+            .map(|o| o.key.id.clone())
             .collect();
         if ended.is_empty() {
             return recovered;

@@ -28,7 +28,7 @@ use crate::schema::{
 use crate::worker::lease::held::JobKey;
 use crate::worker::settle::oversized::{fail_oversized, is_too_large_code};
 
-/// The shared kind of hand-backs (see [`Outcome::shared_kind`]).
+/// The shared kind of hand-backs (see `Outcome::shared_kind`).
 const RELEASED: u8 = 1;
 /// Most jobs one shared statement writes: a completion with results finds
 /// each document's result by the position of its `_id` in the statement's
@@ -66,48 +66,50 @@ pub(crate) const MAX_ERROR_BYTES: usize = 4 * 1024;
 /// Most statements in one `update` command (the server allows 100,000).
 pub(crate) const MAX_STATEMENTS: usize = 1_000;
 
-/// What to write for one job.
+/// What to write for one job: which job, under which claim, and what
+/// became of its attempt.
 #[derive(Debug, Clone)]
-pub(crate) enum Outcome {
+pub(crate) struct Outcome {
+    pub(crate) key: JobKey,
+    pub(crate) kind: Kind,
+}
+
+/// What became of an attempt.
+#[derive(Debug, Clone)]
+pub(crate) enum Kind {
     /// Ran and succeeded.
-    Completed { key: JobKey, result: Option<Bson> },
+    Completed { result: Option<Bson> },
     /// Failed; runs again at `run_at`.
     Retry {
-        key: JobKey,
         attempt: u32,
         error: String,
         run_at: DateTime,
     },
     /// Failed for good (attempts exhausted, permanent error, malformed).
-    Failed {
-        key: JobKey,
-        attempt: u32,
-        error: String,
-    },
+    Failed { attempt: u32, error: String },
     /// Claimed but never started (shutdown): back to pending, attempt not counted.
-    Released { key: JobKey },
+    Released,
     /// Started but cut off by shutdown: back to pending now, attempt counted.
-    Interrupted { key: JobKey, error: String },
+    Interrupted { error: String },
     /// The handler completed the job in its own transaction
     /// ([`crate::Job::complete_in`]): nothing more to write.
-    Settled { key: JobKey },
+    Settled,
 }
 
 impl Outcome {
-    pub(crate) fn key(&self) -> &JobKey {
-        match self {
-            Outcome::Completed { key, .. }
-            | Outcome::Retry { key, .. }
-            | Outcome::Failed { key, .. }
-            | Outcome::Released { key }
-            | Outcome::Settled { key }
-            | Outcome::Interrupted { key, .. } => key,
-        }
+    /// What became of job `key`'s attempt.
+    pub(crate) fn new(key: JobKey, kind: Kind) -> Outcome {
+        Outcome { key, kind }
+    }
+
+    /// Whether the handler's transaction wrote it already.
+    pub(crate) fn is_settled(&self) -> bool {
+        matches!(self.kind, Kind::Settled)
     }
 
     /// The fenced update statement for this outcome.
     fn statement(&self, worker: &str, at: DateTime) -> Document {
-        let key = self.key();
+        let key = &self.key;
         let mut filter = fenced(&key.id, key.token);
         if self.returns_to_pending() {
             filter.insert(fields::CANCEL_REQUESTED, doc! {"$ne": true});
@@ -123,36 +125,25 @@ impl Outcome {
     /// worker until the keeper marks it `cancelled` (or its lease expires).
     fn returns_to_pending(&self) -> bool {
         matches!(
-            self,
-            Outcome::Retry { .. } | Outcome::Released { .. } | Outcome::Interrupted { .. }
+            self.kind,
+            Kind::Retry { .. } | Kind::Released | Kind::Interrupted { .. }
         )
-    }
-
-    pub(crate) fn key_mut(&mut self) -> &mut JobKey {
-        match self {
-            Outcome::Completed { key, .. }
-            | Outcome::Retry { key, .. }
-            | Outcome::Failed { key, .. }
-            | Outcome::Released { key }
-            | Outcome::Settled { key }
-            | Outcome::Interrupted { key, .. } => key,
-        }
     }
 
     /// Whether this outcome ends the job (its dependents are then settled).
     pub(crate) fn ends_job(&self) -> bool {
         matches!(
-            self,
-            Outcome::Completed { .. } | Outcome::Failed { .. } | Outcome::Settled { .. }
+            self.kind,
+            Kind::Completed { .. } | Kind::Failed { .. } | Kind::Settled
         )
     }
 
     /// Outcomes whose update is the same for every job of a claim can be
     /// written with one `updateMany` per claim token; this names the kind.
     fn shared_kind(&self) -> Option<u8> {
-        match self {
-            Outcome::Completed { .. } => Some(0),
-            Outcome::Released { .. } => Some(RELEASED),
+        match self.kind {
+            Kind::Completed { .. } => Some(0),
+            Kind::Released => Some(RELEASED),
             _ => None,
         }
     }
@@ -165,24 +156,23 @@ impl Outcome {
                 doc! {"attempt": i64::from(attempt), "at": at, "error": error, "worker": worker},
             )
         };
-        match self {
-            Outcome::Completed { result, .. } => completed_update(at, result.clone()),
-            Outcome::Retry {
+        match &self.kind {
+            Kind::Completed { result } => completed_update(at, result.clone()),
+            Kind::Retry {
                 attempt,
                 error,
                 run_at,
-                ..
             } => doc! {
                 "$set": {fields::STATUS: Status::Pending, fields::RUN_AT: *run_at, fields::LAST_ERROR: error},
                 "$unset": unset_lease,
                 "$push": history(*attempt, error),
             },
-            Outcome::Failed { attempt, error, .. } => doc! {
+            Kind::Failed { attempt, error } => doc! {
                 "$set": {fields::STATUS: Status::Failed, fields::FAILED_AT: at, fields::LAST_ERROR: error},
                 "$unset": unset_lease,
                 "$push": history(*attempt, error),
             },
-            Outcome::Released { .. } => {
+            Kind::Released => {
                 let mut unset = unset_lease;
                 unset.insert(fields::STARTED_AT, "");
                 doc! {
@@ -191,8 +181,8 @@ impl Outcome {
                     "$unset": unset,
                 }
             }
-            Outcome::Settled { .. } => doc! {},
-            Outcome::Interrupted { error, .. } => doc! {
+            Kind::Settled => doc! {},
+            Kind::Interrupted { error } => doc! {
                 "$set": {fields::STATUS: Status::Pending, fields::RUN_AT: at, fields::LAST_ERROR: error},
                 "$unset": unset_lease,
                 "$push": history(0, error),
@@ -214,7 +204,7 @@ fn divide(outcomes: &[Outcome]) -> (Vec<Shared<'_>>, Vec<&Outcome>, u64) {
     let mut groups: Vec<Shared> = Vec::new();
     let mut singles: Vec<&Outcome> = Vec::new();
     for outcome in outcomes {
-        if matches!(outcome, Outcome::Settled { .. }) {
+        if outcome.is_settled() {
             // Written by the handler's transaction already.
             matched += 1;
             continue;
@@ -223,9 +213,9 @@ fn divide(outcomes: &[Outcome]) -> (Vec<Shared<'_>>, Vec<&Outcome>, u64) {
             singles.push(outcome);
             continue;
         };
-        let key = outcome.key();
-        let result = match outcome {
-            Outcome::Completed { result, .. } => bounded_result(result.clone()),
+        let key = &outcome.key;
+        let result = match &outcome.kind {
+            Kind::Completed { result } => bounded_result(result.clone()),
             _ => Bson::Null,
         };
         let bytes = result_bytes(&result);
@@ -294,7 +284,7 @@ pub(crate) fn write(queue: &Queue, worker: &str, outcomes: &[Outcome]) -> Result
 impl Shared<'_> {
     /// The `multi` update statement that writes every member's outcome.
     fn statement(&self, worker: &str, at: DateTime) -> Document {
-        let ids: Vec<Bson> = self.members.iter().map(|o| o.key().id.clone()).collect();
+        let ids: Vec<Bson> = self.members.iter().map(|o| o.key.id.clone()).collect();
         let mut filter = doc! {"_id": {"$in": &ids}, fields::LEASE_TOKEN: self.token, fields::STATUS: Status::Running};
         if self.kind == RELEASED {
             filter.insert(fields::CANCEL_REQUESTED, doc! {"$ne": true});
@@ -354,14 +344,14 @@ fn send<'a>(
                 one_by_one.extend(members.iter().copied());
             } else if is_too_large_code(code) {
                 for outcome in members {
-                    fail_oversized(queue, &outcome.key().id)?;
+                    fail_oversized(queue, &outcome.key.id)?;
                     matched += 1;
                 }
             } else {
                 for outcome in members {
                     log::warn!(
                         "MongoDB refused the outcome of job {}: {message}; it runs again after its lease expires",
-                        id_text(&outcome.key().id),
+                        id_text(&outcome.key.id),
                     );
                 }
             }
