@@ -360,3 +360,98 @@ fn send<'a>(
     }
     Ok(matched)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn completed(token: ObjectId, n: i32, result: Option<Bson>) -> Outcome {
+        Outcome::new(
+            JobKey {
+                id: Bson::Int32(n),
+                token,
+                slot: None,
+                dependents: false,
+            },
+            Kind::Completed { result },
+        )
+    }
+
+    #[test]
+    fn completions_of_a_claim_share_statements_of_bounded_size() {
+        let (one, two) = (ObjectId::new(), ObjectId::new());
+        let mut outcomes: Vec<Outcome> = (0..70)
+            .map(|n| completed(one, n, (n % 2 == 0).then(|| Bson::Int32(n))))
+            .collect();
+        outcomes.extend((70..75).map(|n| completed(two, n, None)));
+        outcomes.push(Outcome::new(
+            JobKey {
+                id: Bson::Int32(99),
+                token: one,
+                slot: None,
+                dependents: false,
+            },
+            Kind::Failed {
+                attempt: 1,
+                error: "boom".into(),
+            },
+        ));
+        let (groups, singles, settled) = divide(&outcomes);
+        assert_eq!(settled, 0);
+        assert_eq!(singles.len(), 1, "a failure is a statement of its own");
+        let sizes: Vec<(ObjectId, usize)> =
+            groups.iter().map(|g| (g.token, g.members.len())).collect();
+        assert_eq!(sizes, [(one, 32), (one, 32), (one, 6), (two, 5)]);
+        // Each member's result at its own position, null for none.
+        assert_eq!(groups[0].results[0], Bson::Int32(0));
+        assert_eq!(groups[0].results[1], Bson::Null);
+    }
+
+    #[test]
+    fn big_results_start_a_new_statement() {
+        let token = ObjectId::new();
+        let big = Bson::String("x".repeat(200 * 1024));
+        let outcomes: Vec<Outcome> = (0..12)
+            .map(|n| completed(token, n, Some(big.clone())))
+            .collect();
+        let (groups, _, _) = divide(&outcomes);
+        assert!(
+            groups.len() >= 2,
+            "12 × 200 KiB is over one statement's 2 MiB"
+        );
+        assert!(groups.iter().all(|g| g.bytes <= SHARED_RESULT_BYTES));
+        assert_eq!(groups.iter().map(|g| g.members.len()).sum::<usize>(), 12);
+    }
+
+    #[test]
+    fn the_shared_completion_picks_each_result_by_position_literally() {
+        let ids = [Bson::String("$a".into()), Bson::Int32(2)];
+        let results = [Bson::String("$status".into()), Bson::Null];
+        let stages = completed_pipeline(DateTime::now(), &ids, &results);
+        let set = stages[0].get_document("$set").unwrap();
+        let pick = set.get_document(fields::RESULT).unwrap();
+        let args = pick.get_array("$arrayElemAt").unwrap();
+        assert_eq!(
+            args[0]
+                .as_document()
+                .unwrap()
+                .get_array("$literal")
+                .unwrap(),
+            &results.to_vec()
+        );
+        let index = args[1]
+            .as_document()
+            .unwrap()
+            .get_array("$indexOfArray")
+            .unwrap();
+        assert_eq!(
+            index[0]
+                .as_document()
+                .unwrap()
+                .get_array("$literal")
+                .unwrap(),
+            &ids.to_vec()
+        );
+        assert_eq!(index[1], Bson::String("$_id".into()));
+    }
+}
