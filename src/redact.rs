@@ -131,12 +131,23 @@ mod tests {
             #![proptest_config(ProptestConfig::with_cases(crate::fuzz_cases() / 10))]
 
             /// Connection strings of any shape go through the driver's
-            /// parser (and mongoq's own check before it) without a panic.
+            /// parser (and mongoq's own check before it) without a panic:
+            /// only a `mongodb://` or `mongodb+srv://` string is accepted,
+            /// anything else is refused with a message that says why.
             #[test]
             fn any_connection_string_is_accepted_or_refused(
                 text in "mongodb(\\+srv)?://[ -~é%]{0,30}(/[ -~]{0,10})?(\\?[ -~]{0,20})?|\\PC{0,30}",
             ) {
-                let _ = crate::Queue::connect(&crate::QueueConfig::new(text));
+                match crate::Queue::connect(&crate::QueueConfig::new(text.clone())) {
+                    Ok(_) => prop_assert!(
+                        text.starts_with("mongodb://") || text.starts_with("mongodb+srv://"),
+                        "accepted {text:?}"
+                    ),
+                    Err(error) => prop_assert!(
+                        error.to_string().len() > 10,
+                        "refused {text:?} without a reason: {error}"
+                    ),
+                }
             }
         }
     }

@@ -1,8 +1,11 @@
-//! The command line: init, enqueue, stats, and every way to hold it wrong.
+//! The command line: init, enqueue, stats, every way to hold it wrong, and
+//! the shell completions and man page that describe it.
+
+use std::process::Command;
 
 use mongodb::bson::{doc, Bson};
 
-use crate::helpers::{int, stderr, stdout, TestDb};
+use crate::helpers::{int, stderr, stdout, tempfile, TestDb};
 
 #[test]
 fn init_creates_the_queue_indexes_and_is_idempotent() {
@@ -338,4 +341,74 @@ fn database_errors_are_one_line_without_driver_dumps() {
         );
         assert!(!message.contains("hunter2"), "{message}");
     }
+}
+
+#[test]
+fn completions_and_the_man_page_cover_every_command() {
+    let commands = [
+        "init",
+        "enqueue",
+        "work",
+        "stats",
+        "show",
+        "cancel",
+        "retry-failed",
+        "purge",
+        "bench",
+        "completions",
+    ];
+    for shell in ["bash", "zsh", "fish"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_mongoq"))
+            .args(["completions", shell])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        let script = stdout(&out);
+        for command in commands {
+            assert!(
+                script.contains(command),
+                "{shell} completion lacks {command}"
+            );
+        }
+        assert!(
+            script.contains("metrics-addr"),
+            "{shell} completion lacks work's flags"
+        );
+    }
+    let bash = Command::new(env!("CARGO_BIN_EXE_mongoq"))
+        .args(["completions", "bash"])
+        .output()
+        .unwrap();
+    let path = tempfile("mongoq.bash");
+    std::fs::write(&path, &bash.stdout).unwrap();
+    let syntax = Command::new("bash").arg("-n").arg(&path).output().unwrap();
+    assert!(syntax.status.success(), "bash -n: {}", stderr(&syntax));
+
+    let out = Command::new(env!("CARGO_BIN_EXE_mongoq"))
+        .arg("man")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let page = stdout(&out);
+    assert!(
+        page.starts_with(".ie") || page.contains(".TH mongoq 1"),
+        "{page}"
+    );
+    for command in commands {
+        let heading = format!(".SH \"MONGOQ {}\"", command.to_uppercase());
+        assert!(page.contains(&heading), "man page lacks {heading}");
+    }
+    for flag in [
+        "metrics\\-addr",
+        "retain\\-completed",
+        "unique\\-key",
+        "older\\-than",
+    ] {
+        assert!(page.contains(flag), "man page lacks --{flag}");
+    }
+    let bad = Command::new(env!("CARGO_BIN_EXE_mongoq"))
+        .args(["completions", "tcsh"])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
 }

@@ -535,7 +535,7 @@ fn chromium() -> Option<String> {
         return Some(path);
     }
     if let Ok(reason) = std::env::var("MONGOQ_SKIP_BROWSER") {
-        eprintln!("SKIPPED the browser test: {reason}");
+        crate::helpers::not_checked("dashboard: the pages in a real browser", &reason);
         return None;
     }
     panic!("MONGOQ_CHROMIUM is not set: run the suite with scripts/test.sh, which finds or installs chromium (or sets MONGOQ_SKIP_BROWSER with the reason it cannot)");

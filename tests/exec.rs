@@ -7,10 +7,7 @@ use mongodb::bson::{doc, Bson};
 use crate::helpers::{int, tempfile, TestDb};
 
 fn drain(db: &TestDb, args: &[&str]) {
-    let mut all = vec!["--drain", "--threads", "2", "--max-attempts", "1"];
-    all.extend_from_slice(args);
-    db.spawn_worker(&all)
-        .expect_success(Duration::from_secs(60));
+    db.drain(args);
 }
 
 #[test]

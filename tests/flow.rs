@@ -39,19 +39,16 @@ fn runs(ledger: &std::path::Path) -> HashMap<String, usize> {
 }
 
 fn drain(db: &TestDb, handler: &[String], extra: &[&str]) {
-    let mut args: Vec<&str> = vec!["--drain", "--threads", "3", "--max-attempts", "1"];
+    let mut args: Vec<&str> = vec!["--threads", "3"];
     args.extend_from_slice(extra);
     args.extend(handler.iter().map(String::as_str));
-    db.spawn_worker(&args)
-        .expect_success(Duration::from_secs(120));
+    db.drain(&args);
 }
 
 fn enqueue(db: &TestDb, json: &str, extra: &[&str]) -> String {
-    let mut args = vec!["enqueue", json];
+    let mut args = vec![json];
     args.extend_from_slice(extra);
-    let out = db.run(&args);
-    assert!(out.status.success(), "{}", stderr(&out));
-    stdout(&out).trim().to_string()
+    db.enqueue(&args)
 }
 
 fn job(db: &TestDb, id: &str) -> Document {

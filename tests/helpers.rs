@@ -209,6 +209,45 @@ impl TestDb {
         assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), n.to_string());
     }
 
+    /// `mongoq enqueue ARGS…` (a JSON document and flags): asserts that it
+    /// succeeded and returns what it printed, trimmed (the job's id).
+    pub fn enqueue(&self, args: &[&str]) -> String {
+        let mut all = vec!["enqueue"];
+        all.extend_from_slice(args);
+        let out = self.run(&all);
+        assert!(out.status.success(), "enqueue failed: {}", stderr(&out));
+        stdout(&out).trim().to_string()
+    }
+
+    /// `mongoq enqueue --quiet` of these documents, one JSON line each.
+    pub fn enqueue_json(&self, data: &[serde_json::Value]) {
+        let input: String = data.iter().map(|d| format!("{d}\n")).collect();
+        let out = self.run_with_stdin(&["enqueue", "--quiet"], &input);
+        assert!(out.status.success(), "enqueue failed: {}", stderr(&out));
+        assert_eq!(stdout(&out).trim(), data.len().to_string());
+    }
+
+    /// `mongoq work --drain ARGS…`, with `--threads 2 --max-attempts 1`
+    /// unless `args` set them; waits for it to exit 0 (within 120 s) and
+    /// returns it, for its log.
+    pub fn drain(&self, args: &[&str]) -> Worker {
+        self.drain_with_env(args, &[])
+    }
+
+    /// [`TestDb::drain`] with these environment variables for the worker.
+    pub fn drain_with_env(&self, args: &[&str], env: &[(&str, &str)]) -> Worker {
+        let mut all = vec!["--drain"];
+        for (flag, default) in [("--threads", "2"), ("--max-attempts", "1")] {
+            if !args.contains(&flag) {
+                all.extend([flag, default]);
+            }
+        }
+        all.extend_from_slice(args);
+        let mut worker = self.spawn_worker_with_env(&all, env);
+        worker.expect_success(Duration::from_secs(120));
+        worker
+    }
+
     /// Waits until `filter` matches `n` documents; panics with the counts by
     /// status if it does not within `timeout`.
     pub fn wait_for_count(&self, filter: Document, n: u64, timeout: Duration) {
@@ -458,4 +497,16 @@ pub fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// An `ObjectId` from the hex a command printed.
+pub fn oid(text: &str) -> mongodb::bson::oid::ObjectId {
+    mongodb::bson::oid::ObjectId::parse_str(text).unwrap_or_else(|_| panic!("not an id: {text}"))
+}
+
+/// The instant `seconds` ago, by this host's clock.
+pub fn ago(seconds: i64) -> mongodb::bson::DateTime {
+    mongodb::bson::DateTime::from_millis(
+        mongodb::bson::DateTime::now().timestamp_millis() - seconds * 1000,
+    )
 }

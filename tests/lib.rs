@@ -7,6 +7,8 @@
 
 mod helpers;
 
+mod admin;
+mod bench;
 mod cli;
 mod clock;
 mod concurrency;
@@ -19,11 +21,12 @@ mod library;
 mod lifecycle;
 mod malformed;
 mod mongosh;
-mod operations;
 mod package;
 mod pipe;
+mod queues;
 mod schedule;
 mod security;
+mod service;
 mod siege;
 mod structure;
 mod transactions;

@@ -40,28 +40,14 @@ fn worker(db: &TestDb, args: &[&str]) -> Worker {
     db.spawn_worker_with_env(args, &[("PYTHONPATH", &helper_dir())])
 }
 
-/// Drains with 2 threads and 1 attempt unless `args` say otherwise.
+/// Drains with 2 threads and 1 attempt unless `args` say otherwise, with
+/// the helper on `PYTHONPATH`.
 fn drain(db: &TestDb, args: &[&str]) -> Worker {
-    let mut all = vec!["--drain"];
-    for (flag, default) in [("--threads", "2"), ("--max-attempts", "1")] {
-        if !args.contains(&flag) {
-            all.extend([flag, default]);
-        }
-    }
-    all.extend_from_slice(args);
-    let mut worker = worker(db, &all);
-    worker.expect_success(Duration::from_secs(120));
-    worker
+    db.drain_with_env(args, &[("PYTHONPATH", &helper_dir())])
 }
 
 fn enqueue(db: &TestDb, data: &[serde_json::Value]) {
-    let input: String = data.iter().map(|d| format!("{d}\n")).collect();
-    let out = db.run_with_stdin(&["enqueue", "--quiet"], &input);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    db.enqueue_json(data);
 }
 
 /// Every job ended (completed or failed with a reason), none is left

@@ -42,6 +42,10 @@
 //! - [`results`]: the dependencies' results a dependent's handler sees;
 //! - [`graph`]: `enqueue --flow`, a small graph inserted at once;
 //! - [`sweep`]: the thread that backs all of this up.
+//!
+//! It may import `queue`, `job` and `schema`, never `worker`: the worker
+//! calls into flows (its completer settles, its sweeper thread runs), not
+//! the other way round.
 
 mod cancel;
 mod graph;

@@ -7,6 +7,9 @@
 //! Handlers run on several threads at once, so they are `Send + Sync` and
 //! take `&self`. A handler that panics fails that attempt only: the worker
 //! catches the panic and keeps its thread.
+//!
+//! It may import `job` and the shared helpers, never `queue` or `worker`:
+//! a handler sees a job, not the database.
 
 use mongodb::bson::Bson;
 

@@ -6,6 +6,11 @@
 //! [`Queue`] is what producers and tools use; the worker borrows its
 //! collection for claims and outcome writes. Every driver error leaves the
 //! queue through [`Queue::db_error`], which redacts the password.
+//!
+//! The room below every other: it may import `job`, `schema`, `clock` and
+//! the shared helpers, never `flow`, `schedule`, `fleet` or `worker` (a
+//! thing that needs those, such as a cancel that settles dependents, lives
+//! with them).
 
 pub mod admin;
 pub mod control;

@@ -6,6 +6,9 @@
 //! - [`firing`]: the look every worker takes about once a second, where
 //!   the insert of a tick's job (a deterministic `_id`) is the election;
 //! - [`ticker`]: the thread that takes those looks, and its counts.
+//!
+//! It may import `queue`, `schema` and `clock`, never `worker` or `flow`:
+//! `mongoq work` starts a ticker beside the worker.
 
 pub mod firing;
 pub mod spec;

@@ -24,6 +24,8 @@
 //! and the process is replaced. `--pipe-max-jobs N` recycles a process
 //! after N jobs, between jobs. Stopping closes each process's stdin (its
 //! cue to exit), then ends what is left of its group.
+//!
+//! It is part of [`crate::handlers`] and imports what that room may.
 
 mod conversation;
 mod pool;

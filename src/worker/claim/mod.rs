@@ -38,6 +38,9 @@
 //! Retrying a claim after a lost reply is safe: the retry reuses the token,
 //! the documents the lost attempt took no longer match `pending`, and the
 //! read back returns everything held under the token.
+//!
+//! A stage of [`crate::worker`]: it may import the later stages (`settle`,
+//! `lease`, `health`), the fleet and the queue; no other stage imports it.
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
