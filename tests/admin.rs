@@ -42,7 +42,7 @@ fn cancel_stops_a_pending_job_from_running_and_refuses_finished_ones() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stdout(&out).contains("will not run"));
     let mut worker = db.spawn_worker(&["--drain", "--simulate", "0ms..0ms"]);
-    assert!(worker.wait(Duration::from_secs(30)).success());
+    worker.expect_success(Duration::from_secs(30));
     let job = db
         .coll()
         .find_one(doc! {"_id": oid(&cancelled)})
@@ -107,7 +107,7 @@ fn cancel_drops_a_running_job_at_its_next_lease_extension() {
         worker.log_text()
     );
     worker.signal("TERM");
-    assert!(worker.wait(Duration::from_secs(30)).success());
+    worker.expect_success(Duration::from_secs(30));
 }
 
 #[test]
@@ -161,7 +161,7 @@ fn retry_failed_by_id_all_or_age_gives_fresh_attempts() {
     assert_eq!(out.status.code(), Some(2), "a selection is required");
 
     let mut worker = db.spawn_worker(&["--drain", "--simulate", "0ms..0ms"]);
-    assert!(worker.wait(Duration::from_secs(30)).success());
+    worker.expect_success(Duration::from_secs(30));
     assert_eq!(db.count(doc! {"status": "completed", "attempts": 1}), 3);
 }
 
@@ -226,7 +226,7 @@ fn retention_deletes_finished_jobs_by_ttl_and_never_pending_ones() {
 
     db.enqueue(&["{}"]);
     let mut worker = db.spawn_worker(&["--drain", "--simulate", "0ms..0ms"]);
-    assert!(worker.wait(Duration::from_secs(30)).success());
+    worker.expect_success(Duration::from_secs(30));
     db.coll()
         .insert_many([
             doc! {"data": "old failure", "status": "failed", "failed_at": ago(3600)},

@@ -237,11 +237,7 @@ fn a_slow_clocked_worker_that_dies_is_rescued_only_after_its_lease() {
         ],
     );
     db.wait_for_count(doc! {"status": "completed"}, 1, Duration::from_secs(60));
-    assert!(
-        fast.wait(Duration::from_secs(30)).success(),
-        "{}",
-        fast.log_text()
-    );
+    fast.expect_success(Duration::from_secs(30));
     assert!(
         killed_at.elapsed() >= Duration::from_millis(500),
         "the rescue took time: the lease had time left"

@@ -96,11 +96,7 @@ fn three_workers_of_four_threads_drain_5000_jobs_exactly_once() {
         })
         .collect();
     for worker in &mut workers {
-        assert!(
-            worker.wait(Duration::from_secs(300)).success(),
-            "{}",
-            worker.log_text()
-        );
+        worker.expect_success(Duration::from_secs(300));
     }
     let text = std::fs::read_to_string(&ledger).unwrap();
     let mut runs: HashMap<&str, usize> = HashMap::new();

@@ -694,5 +694,5 @@ fn a_real_browser_shows_the_fleet_registry_and_paused_queues() {
     let (_, page) = get(&format!("{}/queues", read_only.base));
     assert!(!page.contains("<button>"), "{page}");
     worker.signal("TERM");
-    assert!(worker.wait(Duration::from_secs(30)).success());
+    worker.expect_success(Duration::from_secs(30));
 }

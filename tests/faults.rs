@@ -137,8 +137,7 @@ fn the_database_restarting_mid_run_delays_jobs_and_loses_none() {
         worker.log_text()
     );
     server.restart();
-    let status = worker.wait(Duration::from_secs(180));
-    assert!(status.success(), "{}", worker.log_text());
+    worker.expect_success(Duration::from_secs(180));
     let log = worker.log_text();
     assert!(log.contains("retrying in"), "the outage is logged: {log}");
     assert!(
@@ -212,11 +211,7 @@ fn a_network_cut_longer_than_the_lease_cannot_overwrite_the_takeover() {
         "-c",
         "echo '\"other\"'",
     ]);
-    assert!(
-        other.wait(Duration::from_secs(30)).success(),
-        "{}",
-        other.log_text()
-    );
+    other.expect_success(Duration::from_secs(30));
     let done = db.coll().find_one(doc! {}).run().unwrap().unwrap();
     assert_eq!(
         done.get("result"),
@@ -246,11 +241,7 @@ fn a_network_cut_longer_than_the_lease_cannot_overwrite_the_takeover() {
     assert_eq!(after.get("completed_at"), done.get("completed_at"));
     // Once reconnected it is an ordinary worker again: it stops cleanly.
     cut_off.signal("TERM");
-    assert!(
-        cut_off.wait(Duration::from_secs(60)).success(),
-        "{}",
-        cut_off.log_text()
-    );
+    cut_off.expect_success(Duration::from_secs(60));
 }
 
 #[test]
@@ -282,11 +273,7 @@ fn workers_killed_again_and_again_lose_no_job() {
         victim.wait(Duration::from_secs(5));
     }
     survivor.signal("TERM");
-    assert!(
-        survivor.wait(Duration::from_secs(30)).success(),
-        "{}",
-        survivor.log_text()
-    );
+    survivor.expect_success(Duration::from_secs(30));
     // The finisher is never killed: a long lease keeps a loaded server's
     // slow extension from letting its own jobs be rescued (and run twice).
     let mut finisher = db.spawn_worker(&[
@@ -300,11 +287,7 @@ fn workers_killed_again_and_again_lose_no_job() {
         "-c",
         record.as_str(),
     ]);
-    assert!(
-        finisher.wait(Duration::from_secs(180)).success(),
-        "{}",
-        finisher.log_text()
-    );
+    finisher.expect_success(Duration::from_secs(180));
     assert_eq!(
         db.count(doc! {"status": "completed"}),
         2_000,
@@ -348,11 +331,7 @@ fn a_standalone_server_without_change_streams_is_polled() {
     db.enqueue_many(5, &[]);
     db.wait_for_count(doc! {"status": "completed"}, 25, Duration::from_secs(60));
     worker.signal("TERM");
-    assert!(
-        worker.wait(Duration::from_secs(60)).success(),
-        "{}",
-        worker.log_text()
-    );
+    worker.expect_success(Duration::from_secs(60));
     assert!(
         worker
             .log_text()

@@ -63,11 +63,7 @@ fn stop(workers: &mut [Worker]) {
         worker.signal("TERM");
     }
     for worker in workers.iter_mut() {
-        assert!(
-            worker.wait(Duration::from_secs(60)).success(),
-            "{}",
-            worker.log_text()
-        );
+        worker.expect_success(Duration::from_secs(60));
     }
 }
 
@@ -302,11 +298,7 @@ fn slots_of_a_killed_worker_come_back_after_its_lease() {
         "--simulate",
         "0ms..0ms",
     ]);
-    assert!(
-        heir.wait(Duration::from_secs(90)).success(),
-        "{}",
-        heir.log_text()
-    );
+    heir.expect_success(Duration::from_secs(90));
     assert!(
         killed.elapsed() >= Duration::from_secs(1),
         "slots came back only after the lease"
@@ -376,7 +368,7 @@ fn workers_lists_exactly_the_live_workers() {
     assert_eq!(list[0]["queues"][0], "default", "{out}");
     // A clean stop leaves the registry.
     workers[1].signal("TERM");
-    assert!(workers[1].wait(Duration::from_secs(30)).success());
+    workers[1].expect_success(Duration::from_secs(30));
     assert_eq!(
         listed(&db),
         vec![(ids[0].clone(), false), (ids[2].clone(), false)]
@@ -430,5 +422,5 @@ fn enqueue_wait_prints_the_result_or_the_error_or_times_out() {
     assert!(stderr(&slow).contains("stays queued"), "{}", stderr(&slow));
     assert_eq!(db.count(doc! {"queue": "nobody", "status": "pending"}), 1);
     worker.signal("TERM");
-    assert!(worker.wait(Duration::from_secs(30)).success());
+    worker.expect_success(Duration::from_secs(30));
 }

@@ -399,7 +399,7 @@ fn a_worker_killed_between_a_completion_and_the_release_leaves_nothing_stuck() {
     );
     assert!(started.elapsed() < Duration::from_secs(10));
     worker.signal("TERM");
-    assert!(worker.wait(Duration::from_secs(30)).success());
+    worker.expect_success(Duration::from_secs(30));
     let log = worker.log_text();
     assert!(
         log.contains("flow sweep settles") || log.contains("flow audit found"),
@@ -435,7 +435,7 @@ fn a_dependency_flagged_after_its_claim_still_releases_at_its_completion() {
         "released {gap} ms after the completion (by the completer, not the 2 s sweep)"
     );
     worker.signal("TERM");
-    assert!(worker.wait(Duration::from_secs(30)).success());
+    worker.expect_success(Duration::from_secs(30));
 }
 
 #[test]
@@ -468,7 +468,7 @@ fn a_plain_document_from_a_producer_waits_and_is_released() {
         );
     }
     worker.signal("TERM");
-    assert!(worker.wait(Duration::from_secs(30)).success());
+    worker.expect_success(Duration::from_secs(30));
     let orphan = &db.all(doc! {"_id": "orphan"})[0];
     assert!(
         orphan

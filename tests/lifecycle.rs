@@ -21,11 +21,7 @@ fn enqueue_work_completed_with_result() {
         "-c",
         "echo '{\"answer\": 42}'",
     ]);
-    assert!(
-        worker.wait(Duration::from_secs(30)).success(),
-        "{}",
-        worker.log_text()
-    );
+    worker.expect_success(Duration::from_secs(30));
     let job = db.coll().find_one(doc! {}).run().unwrap().unwrap();
     assert_eq!(job.get_str("status").unwrap(), "completed", "{job}");
     assert_eq!(job.get_document("result").unwrap(), &doc! {"answer": 42});
@@ -59,7 +55,7 @@ fn a_failing_handler_retries_with_growing_delays_then_fails_with_its_errors() {
     ]);
     db.wait_for_count(doc! {"status": "failed"}, 1, Duration::from_secs(30));
     worker.signal("TERM");
-    assert!(worker.wait(Duration::from_secs(10)).success());
+    worker.expect_success(Duration::from_secs(10));
     let job = db.coll().find_one(doc! {}).run().unwrap().unwrap();
     assert_eq!(int(&job, "attempts"), 4);
     assert!(
@@ -109,7 +105,7 @@ fn higher_priority_runs_first() {
         "--simulate",
         "20ms..20ms",
     ]);
-    assert!(worker.wait(Duration::from_secs(30)).success());
+    worker.expect_success(Duration::from_secs(30));
     let mut jobs = db.all(doc! {"status": "completed"});
     jobs.sort_by_key(|j| j.get_datetime("completed_at").unwrap().timestamp_millis());
     let order: Vec<&str> = jobs.iter().map(|j| j.get_str("data").unwrap()).collect();
@@ -138,7 +134,7 @@ fn a_job_without_priority_runs_as_priority_0_and_is_not_rewritten() {
         "--simulate",
         "20ms..20ms",
     ]);
-    assert!(worker.wait(Duration::from_secs(30)).success());
+    worker.expect_success(Duration::from_secs(30));
     let mut jobs = db.all(doc! {"status": "completed"});
     jobs.sort_by_key(|j| j.get_datetime("completed_at").unwrap().timestamp_millis());
     let order: Vec<&str> = jobs.iter().map(|j| j.get_str("data").unwrap()).collect();
@@ -219,8 +215,7 @@ fn sigterm_past_the_grace_period_hands_running_jobs_back() {
     db.wait_for_count(doc! {"status": "running"}, 2, Duration::from_secs(30));
     worker.signal("TERM");
     let started = Instant::now();
-    let status = worker.wait(Duration::from_secs(15));
-    assert!(status.success(), "{}", worker.log_text());
+    worker.expect_success(Duration::from_secs(15));
     assert!(
         started.elapsed() < Duration::from_secs(8),
         "took {:?}",
@@ -285,11 +280,7 @@ fn kill_9_mid_run_and_every_job_still_completes_via_lease_expiry() {
         "--simulate",
         "10ms..10ms",
     ]);
-    assert!(
-        rescuer.wait(Duration::from_secs(60)).success(),
-        "{}",
-        rescuer.log_text()
-    );
+    rescuer.expect_success(Duration::from_secs(60));
     assert_eq!(
         db.count(doc! {"status": "completed"}),
         30,
@@ -344,8 +335,7 @@ fn a_worker_whose_lease_was_taken_over_cannot_write_its_outcome() {
         "-c",
         "echo '\"fresh\"'",
     ]);
-    let fresh_status = fresh.wait(Duration::from_secs(30));
-    assert!(fresh_status.success(), "{}", fresh.log_text());
+    fresh.expect_success(Duration::from_secs(30));
     let done = db.coll().find_one(doc! {}).run().unwrap().unwrap();
     assert_eq!(done.get("result"), Some(&Bson::String("fresh".into())));
     stale.signal("CONT");
@@ -368,7 +358,7 @@ fn a_worker_whose_lease_was_taken_over_cannot_write_its_outcome() {
     assert_eq!(after.get("completed_at"), done.get("completed_at"));
     assert_eq!(after.get_str("status").unwrap(), "completed");
     stale.signal("TERM");
-    assert!(stale.wait(Duration::from_secs(10)).success());
+    stale.expect_success(Duration::from_secs(10));
 }
 
 #[test]
@@ -390,11 +380,7 @@ fn an_idle_worker_wakes_on_a_change_stream_event_long_before_its_next_poll() {
     db.wait_for_count(doc! {"status": "completed"}, 1, Duration::from_secs(4));
     assert!(enqueued.elapsed() < Duration::from_secs(4));
     worker.signal("TERM");
-    assert!(
-        worker.wait(Duration::from_secs(10)).success(),
-        "{}",
-        worker.log_text()
-    );
+    worker.expect_success(Duration::from_secs(10));
 }
 
 /// A worker with nothing pending and a change stream open polls only once
@@ -418,11 +404,7 @@ fn a_quiet_worker_runs_a_delayed_job_enqueued_while_it_waits() {
         "the delayed job completed {took:?} after it was enqueued"
     );
     worker.signal("TERM");
-    assert!(
-        worker.wait(Duration::from_secs(10)).success(),
-        "{}",
-        worker.log_text()
-    );
+    worker.expect_success(Duration::from_secs(10));
 }
 
 /// A quiet worker (nothing pending in the queue it may claim, `other`)
@@ -452,9 +434,5 @@ fn a_quiet_worker_runs_a_paused_queues_job_once_it_is_resumed() {
     db.wait_for_count(doc! {"status": "completed"}, 1, Duration::from_secs(9));
     assert!(resumed.elapsed() < Duration::from_secs(9));
     worker.signal("TERM");
-    assert!(
-        worker.wait(Duration::from_secs(10)).success(),
-        "{}",
-        worker.log_text()
-    );
+    worker.expect_success(Duration::from_secs(10));
 }

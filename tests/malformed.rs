@@ -49,11 +49,7 @@ fn malformed_documents_fail_with_a_reason_while_good_jobs_flow() {
     db.run(&["enqueue", r#"{"same": true}"#]);
     db.enqueue_many(50, &[]);
     let mut worker = db.spawn_worker(&["--drain", "--threads", "2", "--simulate", "0ms..0ms"]);
-    assert!(
-        worker.wait(Duration::from_secs(60)).success(),
-        "{}",
-        worker.log_text()
-    );
+    worker.expect_success(Duration::from_secs(60));
     assert_eq!(db.count(doc! {"status": "completed"}), 52);
     assert_eq!(db.count(doc! {"data.same": true, "status": "completed"}), 2);
     assert_eq!(db.count(doc! {"status": "failed"}), bad.len() as u64);
@@ -98,11 +94,7 @@ fn a_job_too_close_to_16_mb_fails_and_the_rest_keep_flowing() {
         .unwrap();
     db.enqueue_many(20, &[]);
     let mut worker = db.spawn_worker(&["--drain", "--threads", "2", "--simulate", "0ms..0ms"]);
-    assert!(
-        worker.wait(Duration::from_secs(120)).success(),
-        "{}",
-        worker.log_text()
-    );
+    worker.expect_success(Duration::from_secs(120));
     assert_eq!(
         db.count(doc! {"status": "completed"}),
         20,

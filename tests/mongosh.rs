@@ -28,11 +28,7 @@ fn documents_inserted_by_mongosh_run() {
     );
     assert_eq!(db.count(doc! {"status": "pending"}), 20);
     let mut worker = db.spawn_worker(&["--drain", "--threads", "2", "--simulate", "0ms..5ms"]);
-    assert!(
-        worker.wait(Duration::from_secs(60)).success(),
-        "{}",
-        worker.log_text()
-    );
+    worker.expect_success(Duration::from_secs(60));
     assert_eq!(
         db.count(doc! {"status": "completed", "attempts": 1}),
         20,
@@ -59,7 +55,7 @@ fn the_enqueue_script_inserts_jobs_with_mongosh() {
     );
     assert_eq!(db.count(doc! {"status": "pending", "priority": 3}), 2);
     let mut worker = db.spawn_worker(&["--drain", "--simulate", "0ms..0ms"]);
-    assert!(worker.wait(Duration::from_secs(60)).success());
+    worker.expect_success(Duration::from_secs(60));
     assert_eq!(db.count(doc! {"status": "completed"}), 2);
 }
 
@@ -129,7 +125,7 @@ fn the_enqueue_script_covers_bulk_delayed_queued_and_unique_jobs() {
         1
     );
     let mut worker = db.spawn_worker(&["--drain", "--queue", "emails", "--simulate", "0ms..0ms"]);
-    assert!(worker.wait(Duration::from_secs(60)).success());
+    worker.expect_success(Duration::from_secs(60));
     assert_eq!(db.count(doc! {"queue": "emails", "status": "completed"}), 1);
     assert_eq!(db.count(doc! {"status": "pending"}), 3, "delayed jobs wait");
 }

@@ -197,7 +197,7 @@ fn progress_is_stored_on_the_running_job() {
     assert!((progress.get_f64("fraction").unwrap() - 0.5).abs() < 1e-9);
     assert_eq!(progress.get_str("note").unwrap(), "half way");
     assert_eq!(int(&progress, "attempt"), 1);
-    assert!(worker.wait(Duration::from_secs(60)).success());
+    worker.expect_success(Duration::from_secs(60));
     let out = db.run(&["show", &first_id(&db)]);
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("half way"),
@@ -387,7 +387,7 @@ fn a_process_that_exits_after_answering_is_replaced_and_the_next_job_runs() {
     );
     db.wait_for_count(doc! {"status": "completed"}, 2, Duration::from_secs(30));
     worker.signal("TERM");
-    assert!(worker.wait(Duration::from_secs(30)).success());
+    worker.expect_success(Duration::from_secs(30));
     let jobs = assert_accounted(&db, &runs, 2);
     for job in &jobs {
         assert_eq!(job.get_str("status").unwrap(), "completed", "{job}");
@@ -489,7 +489,7 @@ fn a_program_that_never_starts_burns_no_attempt_and_healthz_says_so() {
         );
     }
     worker.signal("TERM");
-    assert!(worker.wait(Duration::from_secs(30)).success());
+    worker.expect_success(Duration::from_secs(30));
     let log = worker.log_text();
     assert!(
         log.contains("could not start") && log.contains("before its handshake"),
@@ -633,7 +633,7 @@ fn cancel_and_shutdown_end_the_whole_process_group() {
     // SIGTERM: the running job outlives the 1 s grace; the worker exits
     // and takes the whole group with it.
     worker.signal("TERM");
-    assert!(worker.wait(Duration::from_secs(30)).success());
+    worker.expect_success(Duration::from_secs(30));
     let all = std::fs::read_to_string(&pids).unwrap();
     for pid in all.split_whitespace() {
         assert!(

@@ -26,11 +26,7 @@ fn named_queues_each_worker_pool_takes_only_its_own_jobs() {
         .unwrap();
     // `cat` hands the job's JSON back as its result.
     let mut emails = db.spawn_worker(&["--drain", "--queue", "emails", "--exec", "cat"]);
-    assert!(
-        emails.wait(Duration::from_secs(30)).success(),
-        "{}",
-        emails.log_text()
-    );
+    emails.expect_success(Duration::from_secs(30));
     assert_eq!(db.count(doc! {"queue": "emails", "status": "completed"}), 6);
     assert_eq!(
         db.count(doc! {"queue": "emails", "result.queue": "emails"}),
@@ -42,7 +38,7 @@ fn named_queues_each_worker_pool_takes_only_its_own_jobs() {
     assert_eq!(db.count(doc! {"queue": null, "status": "pending"}), 5);
     // Without --queue a worker takes the default queue only.
     let mut default = db.spawn_worker(&["--drain", "--simulate", "0ms..0ms"]);
-    assert!(default.wait(Duration::from_secs(30)).success());
+    default.expect_success(Duration::from_secs(30));
     assert_eq!(db.count(doc! {"queue": null, "status": "completed"}), 5);
     assert_eq!(db.count(doc! {"queue": "images", "status": "pending"}), 5);
     // Several queues in one pool.
@@ -55,7 +51,7 @@ fn named_queues_each_worker_pool_takes_only_its_own_jobs() {
         "--simulate",
         "0ms..0ms",
     ]);
-    assert!(both.wait(Duration::from_secs(30)).success());
+    both.expect_success(Duration::from_secs(30));
     assert_eq!(db.count(doc! {"queue": "images", "status": "completed"}), 5);
     // The unroutable document was failed with the reason, not left forever.
     let bad = db
@@ -137,7 +133,7 @@ fn unique_key_allows_one_pending_or_running_job_per_key() {
     );
 
     let mut worker = db.spawn_worker(&["--drain", "--simulate", "0ms..0ms"]);
-    assert!(worker.wait(Duration::from_secs(30)).success());
+    worker.expect_success(Duration::from_secs(30));
     assert_eq!(
         db.count(doc! {"unique_key": "invoice-42", "status": "completed"}),
         1

@@ -44,11 +44,7 @@ fn a_least_privilege_user_on_an_auth_server_runs_the_queue_and_bad_credentials_a
     );
     db.enqueue_many(30, &[]);
     let mut worker = db.spawn_worker(&["--drain", "--threads", "2", "--simulate", "0ms..0ms"]);
-    assert!(
-        worker.wait(Duration::from_secs(60)).success(),
-        "{}",
-        worker.log_text()
-    );
+    worker.expect_success(Duration::from_secs(60));
     assert_eq!(db.count(doc! {"status": "completed"}), 30);
     let stats = db.run(&["stats"]);
     assert!(stats.status.success(), "{}", stderr(&stats));
@@ -84,11 +80,7 @@ fn a_least_privilege_user_on_an_auth_server_runs_the_queue_and_bad_credentials_a
     };
     std::thread::sleep(Duration::from_millis(1_500));
     denied.signal("TERM");
-    assert!(
-        denied.wait(Duration::from_secs(20)).success(),
-        "{}",
-        denied.log_text()
-    );
+    denied.expect_success(Duration::from_secs(20));
     let log = denied.log_text();
     assert!(
         log.contains("not authorized") && log.contains("readWrite"),
@@ -195,11 +187,7 @@ fn tls_from_the_uri() {
     let db = TestDb::on(&uri, "tls");
     db.enqueue_many(10, &[]);
     let mut worker = db.spawn_worker(&["--drain", "--simulate", "0ms..0ms"]);
-    assert!(
-        worker.wait(Duration::from_secs(60)).success(),
-        "{}",
-        worker.log_text()
-    );
+    worker.expect_success(Duration::from_secs(60));
     assert_eq!(db.count(doc! {"status": "completed"}), 10);
     // Without trusting the certificate, the connection is refused clearly.
     let untrusted = db

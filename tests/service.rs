@@ -134,7 +134,7 @@ fn metrics_and_health_are_served_over_http_and_report_outages() {
         std::thread::sleep(Duration::from_millis(200));
     }
     worker.signal("TERM");
-    assert!(worker.wait(Duration::from_secs(30)).success());
+    worker.expect_success(Duration::from_secs(30));
 
     // A taken port is a clear start-up error.
     let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -312,5 +312,5 @@ fn the_worker_can_serve_the_dashboard_read_only_beside_its_metrics() {
         .1
         .contains("mongoq_jobs_completed_total 1"));
     worker.signal("TERM");
-    assert!(worker.wait(Duration::from_secs(30)).success());
+    worker.expect_success(Duration::from_secs(30));
 }

@@ -221,14 +221,13 @@ impl Queue {
         };
         let mut statuses: HashMap<String, String> = HashMap::new();
         for chunk in after.chunks(CHUNK) {
-            let cursor = self
+            for found in self
                 .collection()
                 .find(doc! {"_id": {"$in": chunk}})
                 .projection(doc! {fields::STATUS: 1})
                 .run()
-                .map_err(|e| self.db_error("find (flow)", &e))?;
-            for found in cursor {
-                let found = found.map_err(|e| self.db_error("find (flow)", &e))?;
+                .documents(self, "find (flow)")?
+            {
                 statuses.insert(
                     found.get("_id").map(key).unwrap_or_default(),
                     found.get_str(fields::STATUS).unwrap_or("?").to_string(),
@@ -249,15 +248,14 @@ impl Queue {
         // (partial on `after` existing: only jobs of flows are in it).
         let id = job.get("_id").cloned().unwrap_or(Bson::Null);
         let mut dependents = Vec::new();
-        let cursor = self
+        for found in self
             .collection()
             .find(doc! {fields::AFTER: &id})
             .projection(doc! {fields::STATUS: 1})
             .limit(LINKS_SHOWN)
             .run()
-            .map_err(|e| self.db_error("find (flow)", &e))?;
-        for found in cursor {
-            let found = found.map_err(|e| self.db_error("find (flow)", &e))?;
+            .documents(self, "find (flow)")?
+        {
             dependents.push((
                 found.get("_id").cloned().unwrap_or(Bson::Null),
                 found.get_str(fields::STATUS).unwrap_or("?").to_string(),

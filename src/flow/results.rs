@@ -16,6 +16,7 @@ use mongodb::bson::{doc, Bson, Document};
 use super::settle::{key, CHUNK};
 use crate::error::Error;
 use crate::job::DepResult;
+use crate::queue::Documents;
 use crate::queue::Queue;
 use crate::schema::fields;
 
@@ -37,14 +38,13 @@ pub(crate) fn load(
     }
     let mut found: HashMap<String, Document> = HashMap::new();
     for chunk in wanted.chunks(CHUNK) {
-        let cursor = queue
+        for document in queue
             .collection()
             .find(doc! {"_id": {"$in": chunk}})
             .projection(doc! {fields::STATUS: 1, fields::RESULT: 1, fields::LAST_ERROR: 1})
             .run()
-            .map_err(|e| queue.db_error("find (flow: results)", &e))?;
-        for document in cursor {
-            let document = document.map_err(|e| queue.db_error("find (flow: results)", &e))?;
+            .documents(queue, "find (flow: results)")?
+        {
             found.insert(document.get("_id").map(key).unwrap_or_default(), document);
         }
     }

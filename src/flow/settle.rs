@@ -356,14 +356,13 @@ pub(crate) fn write(
 pub(crate) fn settle_ids(queue: &Queue, ids: &[Bson]) -> Result<Settled, Error> {
     let mut finished = Vec::new();
     for chunk in ids.chunks(CHUNK) {
-        let cursor = queue
+        for job in queue
             .collection()
             .find(doc! {"_id": {"$in": chunk}, fields::HAS_DEPENDENTS: true})
             .projection(doc! {fields::STATUS: 1, fields::LAST_ERROR: 1})
             .run()
-            .map_err(|e| queue.db_error("find (flow: finished)", &e))?;
-        for job in cursor {
-            let job = job.map_err(|e| queue.db_error("find (flow: finished)", &e))?;
+            .documents(queue, "find (flow: finished)")?
+        {
             if let (Some(id), Some(ended)) = (job.get("_id"), Ended::of_document(&job)) {
                 finished.push(Finished {
                     id: id.clone(),
@@ -387,7 +386,7 @@ pub(crate) fn held_back(
     for chunk in candidates.chunks(CHUNK) {
         let ids: Vec<&Bson> = chunk.iter().map(|(id, _)| id).collect();
         let tokens: Vec<ObjectId> = chunk.iter().map(|(_, token)| *token).collect();
-        let cursor = queue
+        for job in queue
             .collection()
             .find(doc! {
                 "_id": {"$in": ids},
@@ -397,9 +396,8 @@ pub(crate) fn held_back(
             })
             .projection(doc! {fields::LEASE_TOKEN: 1})
             .run()
-            .map_err(|e| queue.db_error("find (flow: held back)", &e))?;
-        for job in cursor {
-            let job = job.map_err(|e| queue.db_error("find (flow: held back)", &e))?;
+            .documents(queue, "find (flow: held back)")?
+        {
             let (Some(id), Ok(token)) = (job.get("_id"), job.get_object_id(fields::LEASE_TOKEN))
             else {
                 continue;

@@ -11,6 +11,7 @@ use mongodb::bson::{doc, Bson};
 use serde::Serialize;
 
 use super::filters::{eligible_filter, queue_condition};
+use super::Documents;
 use super::Queue;
 use crate::error::Error;
 use crate::schema::{count, fields, Status};
@@ -48,12 +49,11 @@ impl Queue {
         .collect();
         let pipeline =
             vec![doc! {"$group": {"_id": format!("${}", fields::STATUS), "n": {"$sum": 1}}}];
-        let cursor = collection
+        for group in collection
             .aggregate(pipeline)
             .run()
-            .map_err(|e| self.db_error("aggregate", &e))?;
-        for group in cursor {
-            let group = group.map_err(|e| self.db_error("aggregate", &e))?;
+            .documents(self, "aggregate")?
+        {
             let status = match group.get("_id") {
                 Some(Bson::String(status)) => status.clone(),
                 Some(Bson::Null) | None => "(no status)".to_string(),
