@@ -150,8 +150,10 @@ fn peers_share_one_read_ahead_window() {
             ])
         })
         .collect();
+    // Alone it drains in 25-35 s on secantusd-py; beside the suite's bench
+    // test it has taken over 120 s there.
     for worker in &mut workers {
-        worker.expect_success(Duration::from_secs(120));
+        worker.expect_success(Duration::from_secs(300));
     }
     assert_eq!(db.count(doc! {"status": "completed", "attempts": 1}), 4_000);
     let windows = db

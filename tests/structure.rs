@@ -206,25 +206,7 @@ fn cycles_in(base: &Path, files: &[PathBuf]) -> Vec<String> {
             .collect();
         graph.entry(from).or_default().extend(to);
     }
-    let mut cycles = Vec::new();
-    for start in graph.keys() {
-        // Depth-first search for a path back to `start`.
-        let mut stack = vec![(start.clone(), vec![start.clone()])];
-        let mut seen = BTreeSet::new();
-        while let Some((node, path)) = stack.pop() {
-            for next in graph.get(&node).into_iter().flatten() {
-                if next == start {
-                    let names: Vec<String> = path.iter().map(|m| m.join("::")).collect();
-                    cycles.push(format!("{} -> {}", names.join(" -> "), start.join("::")));
-                } else if seen.insert(next.clone()) {
-                    let mut longer = path.clone();
-                    longer.push(next.clone());
-                    stack.push((next.clone(), longer));
-                }
-            }
-        }
-    }
-    cycles
+    loops(&graph)
 }
 
 /// The edges between rooms: each module counts as the room it belongs to,
@@ -251,7 +233,8 @@ fn room_edges(
     graph
 }
 
-/// Every loop in `graph`, each as `a -> b -> a`.
+/// Every loop in `graph`, each as `a -> b -> a` (a depth-first search from
+/// each node for a path back to it).
 fn loops(graph: &BTreeMap<Vec<String>, BTreeSet<Vec<String>>>) -> Vec<String> {
     let mut cycles = Vec::new();
     for start in graph.keys() {
