@@ -8,7 +8,6 @@
 mod helpers;
 
 mod admin;
-mod bench;
 mod cli;
 mod clock;
 mod concurrency;
@@ -22,6 +21,7 @@ mod lifecycle;
 mod malformed;
 mod mongosh;
 mod package;
+mod perf;
 mod pipe;
 mod queues;
 mod schedule;

@@ -298,7 +298,7 @@ fn released(now: mongodb::bson::DateTime) -> Document {
 /// their own: the next round.
 fn cancelled_with_dependents(queue: &Queue, failed: &[&Finished]) -> Result<Vec<Finished>, Error> {
     let ids: Vec<&Bson> = failed.iter().map(|f| &f.id).collect();
-    let cursor = queue
+    let documents = queue
         .collection()
         .find(doc! {
             fields::AFTER: {"$in": ids},
@@ -307,10 +307,9 @@ fn cancelled_with_dependents(queue: &Queue, failed: &[&Finished]) -> Result<Vec<
         })
         .projection(doc! {fields::LAST_ERROR: 1})
         .run()
-        .map_err(|e| queue.db_error("find (flow: cancelled)", &e))?;
+        .documents(queue, "find (flow: cancelled)")?;
     let mut next = Vec::new();
-    for job in cursor {
-        let job = job.map_err(|e| queue.db_error("find (flow: cancelled)", &e))?;
+    for job in documents {
         if let Some(id) = job.get("_id") {
             next.push(Finished {
                 id: id.clone(),

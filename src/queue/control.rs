@@ -21,6 +21,7 @@ use std::time::Duration;
 use mongodb::bson::{doc, Bson, DateTime, Document};
 use mongodb::sync::Collection;
 
+use super::Documents;
 use super::Queue;
 use crate::error::Error;
 use crate::schema::integer;
@@ -179,15 +180,14 @@ impl Queue {
     }
 
     fn read_controls(&self, filter: Document) -> Result<Vec<QueueControl>, Error> {
-        let cursor = self
+        let documents = self
             .controls_collection()
             .find(filter)
             .sort(doc! {"_id": 1})
             .run()
-            .map_err(|e| self.db_error("find (queue controls)", &e))?;
+            .documents(self, "find (queue controls)")?;
         let mut controls = Vec::new();
-        for document in cursor {
-            let document = document.map_err(|e| self.db_error("find (queue controls)", &e))?;
+        for document in documents {
             controls.extend(QueueControl::from_document(&document));
         }
         Ok(controls)

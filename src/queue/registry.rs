@@ -11,6 +11,7 @@ use mongodb::options::IndexOptions;
 use mongodb::sync::Collection;
 use mongodb::IndexModel;
 
+use super::Documents;
 use super::Queue;
 use crate::error::Error;
 use crate::schema::integer;
@@ -110,15 +111,14 @@ impl Queue {
     /// Every worker in the registry, live ones and late ones, by id.
     pub fn workers(&self) -> Result<Vec<WorkerInfo>, Error> {
         let now = self.now().timestamp_millis();
-        let cursor = self
+        let documents = self
             .workers_collection()
             .find(doc! {})
             .sort(doc! {"_id": 1})
             .run()
-            .map_err(|e| self.db_error("find (workers)", &e))?;
+            .documents(self, "find (workers)")?;
         let mut workers = Vec::new();
-        for document in cursor {
-            let document = document.map_err(|e| self.db_error("find (workers)", &e))?;
+        for document in documents {
             workers.extend(WorkerInfo::from_document(&document, now));
         }
         Ok(workers)
@@ -129,15 +129,14 @@ impl Queue {
     /// with).
     pub(crate) fn peers(&self, queues: &[String], within: Duration) -> Result<Vec<String>, Error> {
         let same_queues = doc! {"$all": queues, "$size": queues.len() as i64};
-        let cursor = self
+        let documents = self
             .workers_collection()
             .find(doc! {"queues": same_queues, "last_seen": {"$gte": self.clock().ago(within)}})
             .projection(doc! {"_id": 1})
             .run()
-            .map_err(|e| self.db_error("find (peers)", &e))?;
+            .documents(self, "find (peers)")?;
         let mut peers = Vec::new();
-        for document in cursor {
-            let document = document.map_err(|e| self.db_error("find (peers)", &e))?;
+        for document in documents {
             if let Ok(id) = document.get_str("_id") {
                 peers.push(id.to_string());
             }

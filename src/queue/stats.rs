@@ -122,14 +122,13 @@ impl Queue {
             "_id": {"q": format!("${}", fields::QUEUE), "s": format!("${}", fields::STATUS)},
             "n": {"$sum": 1},
         }}];
-        let cursor = self
+        let documents = self
             .collection()
             .aggregate(pipeline)
             .run()
-            .map_err(|e| self.db_error("aggregate", &e))?;
+            .documents(self, "aggregate")?;
         let mut counts: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
-        for group in cursor {
-            let group = group.map_err(|e| self.db_error("aggregate", &e))?;
+        for group in documents {
             let key = group.get_document("_id").ok();
             let queue = key
                 .and_then(|k| k.get_str("q").ok())

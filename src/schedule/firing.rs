@@ -34,6 +34,7 @@ use super::spec::{utc_millis, Spec};
 use super::store::{spec_of, CatchUp, Schedules};
 use crate::error::Error;
 use crate::queue::enqueue::new_job_document;
+use crate::queue::Documents;
 use crate::queue::{EnqueueOptions, WriteError};
 use crate::schema::{fields, Status};
 use crate::text::fnv1a;
@@ -112,7 +113,7 @@ impl Schedules {
         let now = self.queue.clock().passed();
         let now_ms = now.timestamp_millis();
         let horizon = DateTime::from_millis(now_ms + LOOK_IDLE.as_millis() as i64);
-        let cursor = self
+        let documents = self
             .collection()
             .find(doc! {
                 "queue": {"$in": queues},
@@ -122,15 +123,14 @@ impl Schedules {
             .sort(doc! {"next_tick": 1})
             .limit(MAX_PER_LOOK)
             .run()
-            .map_err(|e| self.queue.db_error("find (due schedules)", &e))?;
+            .documents(&self.queue, "find (due schedules)")?;
         // The earliest instant a look is wanted again (server time, ms):
         // the next tick among these schedules, or when a peer's becomes late.
         let mut wake = now_ms + LOOK_IDLE.as_millis() as i64;
         let fired_at = self.queue.now();
         let mut plans = Vec::new();
         let mut batch: Vec<Document> = Vec::new();
-        for document in cursor {
-            let document = document.map_err(|e| self.queue.db_error("find (due schedules)", &e))?;
+        for document in documents {
             let name = document.get_str("_id").unwrap_or_default().to_string();
             let next = document
                 .get_datetime("next_tick")

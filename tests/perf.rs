@@ -1,4 +1,6 @@
 //! `mongoq bench` measures what it says on a real server (a short run).
+//! Its module sorts after `concurrency`, so that on the slower test server
+//! its eight worker processes do not run beside the concurrency tests.
 
 use std::process::Command;
 
