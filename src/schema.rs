@@ -223,16 +223,23 @@ pub(crate) fn completed_pipeline(at: DateTime, ids: &[Bson], results: &[Bson]) -
 
 /// A result as stored: as it is, or a note when it is over the bound.
 pub(crate) fn bounded_result(result: Option<Bson>) -> Bson {
+    sized_result(result).0
+}
+
+/// [`bounded_result`], with about how many bytes it adds to a command
+/// (measured once: an outcome write batches results by size).
+pub(crate) fn sized_result(result: Option<Bson>) -> (Bson, usize) {
     let Some(result) = result else {
-        return Bson::Null;
+        return (Bson::Null, 1);
     };
     let size = mongodb::bson::to_vec(&doc! {"r": &result}).map_or(usize::MAX, |bytes| bytes.len());
     if size > MAX_RESULT_BYTES {
-        Bson::String(format!(
-            "[result not stored: {size} bytes is over the {MAX_RESULT_BYTES}-byte limit]"
-        ))
+        let note =
+            format!("[result not stored: {size} bytes is over the {MAX_RESULT_BYTES}-byte limit]");
+        let bytes = note.len() + 16;
+        (Bson::String(note), bytes)
     } else {
-        result
+        (result, size)
     }
 }
 

@@ -15,7 +15,7 @@ use mongodb::bson::{doc, Bson, Document};
 
 use super::settle::{key, CHUNK};
 use crate::error::Error;
-use crate::job::DepResult;
+use crate::job::{DepResult, Job};
 use crate::queue::Documents;
 use crate::queue::Queue;
 use crate::schema::fields;
@@ -23,17 +23,14 @@ use crate::schema::fields;
 /// Most bytes of dependencies' results one job is handed.
 pub const MAX_DEPS_BYTES: usize = 1024 * 1024;
 
-/// The dependencies' results for each list of `after` ids, in order;
-/// `completed[i]` are the ids of `lists[i]` known to have completed (a
-/// document of one that is gone was deleted after it completed).
-pub(crate) fn load(
-    queue: &Queue,
-    lists: &[&[Bson]],
-    completed: &[&[Bson]],
-) -> Result<Vec<Vec<DepResult>>, Error> {
+/// Each job's dependencies' results, in `after` order. A dependency whose
+/// document is gone but which the job counted as completed
+/// (`Job::completed_deps`) was deleted after it completed.
+pub(crate) fn load(queue: &Queue, jobs: &[Job]) -> Result<Vec<Vec<DepResult>>, Error> {
+    let lists: Vec<&[Bson]> = jobs.iter().map(|job| job.after.as_slice()).collect();
     let mut wanted: Vec<&Bson> = Vec::new();
     let mut seen = std::collections::HashSet::new();
-    for list in lists {
+    for list in &lists {
         wanted.extend(list.iter().filter(|id| seen.insert(key(id))));
     }
     let mut found: HashMap<String, Document> = HashMap::new();
@@ -50,9 +47,10 @@ pub(crate) fn load(
     }
     Ok(lists
         .iter()
-        .zip(completed.iter().chain(std::iter::repeat(&[].as_slice())))
-        .map(|(list, completed)| {
-            let completed: std::collections::HashSet<String> = completed.iter().map(key).collect();
+        .zip(jobs)
+        .map(|(list, job)| {
+            let completed: std::collections::HashSet<String> =
+                job.completed_deps.iter().map(key).collect();
             let mut budget = MAX_DEPS_BYTES;
             list.iter()
                 .map(|id| match found.get(&key(id)) {

@@ -491,12 +491,7 @@ impl Fetcher {
         if jobs.iter().all(|job| job.after.is_empty()) {
             return Ok(());
         }
-        let lists: Vec<&[Bson]> = jobs.iter().map(|job| job.after.as_slice()).collect();
-        let completed: Vec<&[Bson]> = jobs
-            .iter()
-            .map(|job| job.completed_deps.as_slice())
-            .collect();
-        let loaded = crate::flow::results::load(&self.queue, &lists, &completed)?;
+        let loaded = crate::flow::results::load(&self.queue, jobs)?;
         for (job, deps) in jobs.iter_mut().zip(loaded) {
             job.deps = deps;
         }

@@ -22,8 +22,8 @@ use mongodb::bson::{doc, oid::ObjectId, Bson, DateTime, Document};
 use crate::error::Error;
 use crate::queue::{Queue, WriteError};
 use crate::schema::{
-    bounded_result, completed_pipeline, completed_update, count, fenced, fields, id_text,
-    push_error, unset_lease, Status, MAX_RESULT_BYTES,
+    completed_pipeline, completed_update, count, fenced, fields, id_text, push_error, sized_result,
+    unset_lease, Status,
 };
 use crate::worker::lease::held::JobKey;
 use crate::worker::settle::oversized::{fail_oversized, is_too_large_code};
@@ -49,16 +49,8 @@ struct Shared<'a> {
     members: Vec<&'a Outcome>,
     /// Each member's result as stored (null for none), in `members`' order.
     results: Vec<Bson>,
-    /// The results' size, as [`result_bytes`] counts it.
+    /// The results' size, as [`crate::schema::sized_result`] counts it.
     bytes: usize,
-}
-
-/// About how many bytes a result adds to a command.
-fn result_bytes(result: &Bson) -> usize {
-    match result {
-        Bson::Null => 1,
-        other => mongodb::bson::to_vec(&doc! {"r": other}).map_or(MAX_RESULT_BYTES, |b| b.len()),
-    }
 }
 
 /// Longest error text stored.
@@ -214,11 +206,10 @@ fn divide(outcomes: &[Outcome]) -> (Vec<Shared<'_>>, Vec<&Outcome>, u64) {
             continue;
         };
         let key = &outcome.key;
-        let result = match &outcome.kind {
-            Kind::Completed { result } => bounded_result(result.clone()),
-            _ => Bson::Null,
+        let (result, bytes) = match &outcome.kind {
+            Kind::Completed { result } => sized_result(result.clone()),
+            _ => (Bson::Null, 1),
         };
-        let bytes = result_bytes(&result);
         let fits = |g: &Shared| {
             g.kind == kind
                 && g.token == key.token
