@@ -22,6 +22,7 @@ mod malformed;
 mod mongosh;
 mod package;
 mod perf;
+mod python;
 mod pipe;
 mod queues;
 mod schedule;

@@ -1,0 +1,52 @@
+"""mongoq for Python: enqueue jobs (the producer client) and handle them
+(the ``--pipe`` helper), in one package.
+
+Producer (needs ``pymongo``)::
+
+    from mongoq import Queue
+
+    q = Queue("mongodb://localhost:27017")          # distributed_queue.queue
+    job = q.enqueue({"to": "ada@example.com"}, queue="emails")
+    print(q.wait(job, timeout=30))                  # its result, or JobFailed
+
+Handler (standard library only), run by ``mongoq work --pipe python3 handler.py``::
+
+    from mongoq import serve
+
+    def handle(job):
+        return {"sent": job["data"]["to"]}
+
+    serve(handle)
+
+Importing ``mongoq`` or ``mongoq.handler`` never imports pymongo: the
+client's names (``Queue``, ``InsertedFlow``) load it on first use, so a
+handler runs where pymongo is not installed.
+"""
+
+from typing import Any
+
+from .errors import DuplicateJob, InvalidJob, JobFailed, JobNotFound, MongoqError, WaitTimeout
+from .handler import Permanent, __version__, progress, serve
+
+__all__ = [
+    "Queue",
+    "InsertedFlow",
+    "MongoqError",
+    "InvalidJob",
+    "DuplicateJob",
+    "JobNotFound",
+    "JobFailed",
+    "WaitTimeout",
+    "serve",
+    "progress",
+    "Permanent",
+    "__version__",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("Queue", "InsertedFlow"):
+        from . import client
+
+        return getattr(client, name)
+    raise AttributeError("module 'mongoq' has no attribute %r" % name)

@@ -1,0 +1,121 @@
+"""Write a mongoq ``--pipe`` handler in Python: one process, many jobs.
+
+    from mongoq import serve, progress, Permanent   # or: from mongoq_handler import ...
+
+    def handle(job):
+        if "url" not in job["data"]:
+            raise Permanent("no url in the job")   # failed now, no retry
+        progress(0.5, "fetching")
+        return {"length": len(job["data"]["url"])}  # the job's result
+
+    serve(handle)
+
+Run it with ``mongoq work --pipe /usr/bin/python3 handler.py``. ``serve``
+says ``{"ready": true}`` once the module is imported (so a handler that
+cannot start never costs a job an attempt), then calls ``handle(job)`` for
+each job line on stdin and writes one answer per job on stdout:
+
+- what ``handle`` returns becomes the job's ``result`` (it must be JSON);
+- ``Permanent(...)`` fails the job without a retry;
+- any other exception fails this attempt (retried with back-off), with the
+  exception as ``last_error`` and its traceback on stderr;
+- ``progress(fraction, note)`` reports how far the job got (0.0 to 1.0);
+  mongoq stores the latest on the job about once a second.
+
+stdout carries only the protocol: ``serve`` moves ``sys.stdout`` and file
+descriptor 1 to stderr before anything runs, so a stray ``print()`` (or a
+subprocess, or a C library writing to fd 1) ends up in mongoq's log, tagged
+with the job, instead of corrupting an answer. Standard library only,
+Python 3.8 or newer.
+"""
+
+import json
+import os
+import sys
+import traceback
+
+__all__ = ["serve", "progress", "Permanent"]
+__version__ = "0.2.0"
+
+
+class Permanent(Exception):
+    """Raise it from ``handle`` to fail the job now, without a retry."""
+
+
+_protocol = None  # the real stdout's descriptor, once serve() has taken it
+_current_id = None  # the id of the job being handled
+
+
+def _send(message):
+    data = (json.dumps(message, allow_nan=False, separators=(",", ":")) + "\n").encode()
+    # One write per message, straight to the descriptor (no buffer to
+    # flush); a blocking pipe takes it whole, the loop covers a signal.
+    while data:
+        written = os.write(_protocol, data)
+        data = data[written:]
+
+
+def progress(fraction, note=None):
+    """Report how far the current job got: ``fraction`` from 0.0 to 1.0."""
+    if _protocol is None or _current_id is None:
+        raise RuntimeError("progress() is for use inside a handler run by serve()")
+    fraction = min(1.0, max(0.0, float(fraction)))
+    if fraction != fraction:  # NaN is not JSON
+        return
+    message = {"id": _current_id, "progress": fraction}
+    if note is not None:
+        message["note"] = str(note)
+    _send(message)
+
+
+def _answer(job_id, handle, job):
+    try:
+        result = handle(job)
+    except Permanent as error:
+        return {"id": job_id, "ok": False, "error": str(error) or "Permanent", "retry": False}
+    except Exception as error:  # noqa: BLE001 - every failure is reported
+        traceback.print_exc(file=sys.stderr)
+        return {
+            "id": job_id,
+            "ok": False,
+            "error": "%s: %s" % (type(error).__name__, error),
+            "retry": True,
+        }
+    return {"id": job_id, "ok": True, "result": result}
+
+
+def _send_answer(answer):
+    try:
+        _send(answer)
+    except (TypeError, ValueError) as error:
+        # What handle() returned is not JSON (or holds NaN): the job fails
+        # for good, since running it again returns the same.
+        _send({
+            "id": answer["id"],
+            "ok": False,
+            "error": ("the handler's result is not JSON (%s): %r" % (error, answer.get("result")))[:500],
+            "retry": False,
+        })
+
+
+def serve(handle, stdin=None):
+    """Run ``handle(job)`` for each job mongoq sends, until stdin closes."""
+    global _protocol, _current_id
+    # The protocol keeps the real stdout on a descriptor of its own; fd 1
+    # and sys.stdout become stderr, so nothing else can write answers.
+    sys.stdout.flush()
+    _protocol = os.dup(1)
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    source = stdin if stdin is not None else sys.stdin.buffer
+    _send({"ready": True})
+    for line in iter(source.readline, b""):
+        line = line.strip()
+        if not line:
+            continue
+        job = json.loads(line)
+        _current_id = job.get("id")
+        try:
+            _send_answer(_answer(_current_id, handle, job))
+        finally:
+            _current_id = None
