@@ -161,3 +161,16 @@ ensure_python_client() {
   fi
   export MONGOQ_PYTHON="$venv/bin/python"
 }
+
+# Debian's pymongo for /usr/bin/python3 (python3-pymongo, 3.11 on Debian 12),
+# so a test runs the client as a host installed from the .deb would. Without
+# root apt-get that test says it was not checked, with the reason.
+ensure_debian_pymongo() {
+  if /usr/bin/python3 -c 'import pymongo' 2>/dev/null; then return 0; fi
+  if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    log "installing Debian's python3-pymongo for the client's test on /usr/bin/python3"
+    apt-get install -y -qq python3-pymongo >/dev/null 2>&1 ||
+      { apt-get update -qq && apt-get install -y -qq python3-pymongo >/dev/null 2>&1; } ||
+      log "python3-pymongo did not install: that test will say it was not checked"
+  fi
+}

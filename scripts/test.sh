@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # The one test command: installs what the tests need when it is missing
 # (the test servers, mongosh, faketime for the clock-skew tests, cargo-deb,
-# chromium for the dashboard's browser test), builds the Debian package,
-# then runs the whole suite against each test server in turn, secantusd-rs
-# and then secantusd-py, each started on a free port with its own data
-# directory and stopped on every exit path. Checks a server cannot take are
+# chromium for the dashboard's browser test, pymongo for the Python client's
+# tests), builds the Debian package, then runs the whole suite against each
+# test server in turn, secantusd-rs and then secantusd-py, each started on a
+# free port with its own data directory and stopped on every exit path. Checks a server cannot take are
 # listed at the end of its run, with the reason; none is skipped silently.
 #
 #   scripts/test.sh                        # everything, on both servers
@@ -21,6 +21,8 @@ cd "$MONGOQ_ROOT"
 ensure_mongosh
 ensure_faketime
 ensure_chromium
+ensure_python_client
+ensure_debian_pymongo
 command -v systemd-analyze >/dev/null 2>&1 || apt-get install -y -qq systemd >/dev/null
 # The package test inspects the .deb this builds (a release build; minutes
 # the first time, incremental after).

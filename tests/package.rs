@@ -205,3 +205,64 @@ fn both_units_verify_and_run_the_packaged_binary() {
     );
     let _ = std::fs::remove_dir_all(&root);
 }
+
+#[test]
+fn debians_python_imports_the_packaged_client_and_helper() {
+    let deb = deb();
+    let root = tempfile(&format!("deb-python-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    let out = Command::new("dpkg-deb")
+        .arg("--extract")
+        .arg(&deb)
+        .arg(&root)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    for example in ["handler.py", "producer.py"] {
+        assert!(
+            root.join("usr/share/doc/mongoq/examples").join(example).is_file(),
+            "{example} is in /usr/share/doc/mongoq/examples"
+        );
+    }
+    // Debian's /usr/bin/python3, isolated (-I: no PYTHONPATH, no user
+    // site), with the extracted root's dist-packages directory searched
+    // just before its own: the module is found where the package put it,
+    // the directory Python searches once the package is installed (its own
+    // stays on the path, for Debian's pymongo if installed).
+    let dist = "/usr/lib/python3/dist-packages";
+    let check = format!(
+        r#"import sys, py_compile
+sys.path.insert(sys.path.index({dist:?}), {root:?} + {dist:?})
+import mongoq, mongoq_handler, mongoq.handler
+assert mongoq.__file__.startswith({root:?}), mongoq.__file__
+assert mongoq_handler.serve is mongoq.serve
+for example in ("handler.py", "producer.py"):
+    py_compile.compile({root:?} + "/usr/share/doc/mongoq/examples/" + example, doraise=True)
+try:
+    import pymongo
+except ImportError:
+    try:
+        mongoq.Queue
+        raise SystemExit("mongoq.Queue loaded without pymongo")
+    except ImportError as error:
+        assert "apt install python3-pymongo" in str(error), error
+    print("helper ok; client needs pymongo")
+else:
+    assert mongoq.Queue.__module__ == "mongoq.client"
+    print("helper ok; client ok")
+"#,
+        root = root.display().to_string()
+    );
+    let out = Command::new("/usr/bin/python3")
+        .args(["-I", "-B", "-c", &check])
+        .output()
+        .expect("Debian's /usr/bin/python3 runs");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    assert!(stdout(&out).starts_with("helper ok"), "{}", stdout(&out));
+    let _ = std::fs::remove_dir_all(&root);
+}

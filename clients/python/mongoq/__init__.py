@@ -46,7 +46,15 @@ __all__ = [
 
 def __getattr__(name: str) -> Any:
     if name in ("Queue", "InsertedFlow"):
-        from . import client
-
+        try:
+            from . import client
+        except ImportError as missing:
+            if missing.name not in ("pymongo", "bson"):
+                raise
+            raise ImportError(
+                "mongoq.%s needs pymongo: `apt install python3-pymongo` (Debian's /usr/bin/python3) "
+                "or `pip install pymongo`; the --pipe helper (mongoq.serve) does not" % name,
+                name=missing.name,
+            ) from None
         return getattr(client, name)
     raise AttributeError("module 'mongoq' has no attribute %r" % name)
