@@ -220,7 +220,9 @@ fn debians_python_imports_the_packaged_client_and_helper() {
     assert!(out.status.success(), "{}", stderr(&out));
     for example in ["handler.py", "producer.py"] {
         assert!(
-            root.join("usr/share/doc/mongoq/examples").join(example).is_file(),
+            root.join("usr/share/doc/mongoq/examples")
+                .join(example)
+                .is_file(),
             "{example} is in /usr/share/doc/mongoq/examples"
         );
     }
@@ -257,12 +259,7 @@ else:
         .args(["-I", "-B", "-c", &check])
         .output()
         .expect("Debian's /usr/bin/python3 runs");
-    assert!(
-        out.status.success(),
-        "{}{}",
-        stdout(&out),
-        stderr(&out)
-    );
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
     assert!(stdout(&out).starts_with("helper ok"), "{}", stdout(&out));
     let _ = std::fs::remove_dir_all(&root);
 }

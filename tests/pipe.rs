@@ -712,9 +712,13 @@ fn the_python_helper_installs_with_pip_and_serves_from_a_virtualenv() {
     let _ = std::fs::remove_dir_all(&source);
     let _ = std::fs::remove_dir_all(&venv);
     std::fs::create_dir_all(&source).unwrap();
-    for file in ["pyproject.toml", "README.md", "mongoq_handler.py"] {
-        std::fs::copy(format!("{}/{file}", helper_dir()), source.join(file)).unwrap();
-    }
+    let copied = std::process::Command::new("cp")
+        .args(["-r", &format!("{}/.", helper_dir())])
+        .arg(&source)
+        .status()
+        .unwrap();
+    assert!(copied.success(), "cp -r clients/python");
+    let _ = std::fs::remove_dir_all(source.join("build"));
     let run = |program: &str, args: &[&str]| {
         std::process::Command::new(program)
             .args(args)
@@ -747,6 +751,20 @@ fn the_python_helper_installs_with_pip_and_serves_from_a_virtualenv() {
         &db,
         "installed.py",
         "from mongoq_handler import serve\nserve(lambda job: {\"doubled\": job[\"data\"][\"n\"] * 2})\n",
+    );
+    // The same distribution holds the producer client, with pymongo.
+    let client = run(
+        &venv.join("bin/python").display().to_string(),
+        &[
+            "-c",
+            "import mongoq, mongoq.client; assert mongoq.Queue is mongoq.client.Queue; print(mongoq.__version__)",
+        ],
+    );
+    assert!(
+        client.status.success() && String::from_utf8_lossy(&client.stdout).trim() == "0.2.0",
+        "the installed client: {}{}",
+        String::from_utf8_lossy(&client.stdout),
+        String::from_utf8_lossy(&client.stderr)
     );
     enqueue(&db, &[serde_json::json!({"n": 21})]);
     let python = venv.join("bin/python").display().to_string();

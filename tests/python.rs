@@ -60,7 +60,10 @@ fn run_python(db: &TestDb, name: &str, body: &str) -> String {
 
 /// The JSON object the script printed last.
 fn printed(output: &str) -> serde_json::Value {
-    let line = output.lines().last().expect("the script printed its answer");
+    let line = output
+        .lines()
+        .last()
+        .expect("the script printed its answer");
     serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {output}"))
 }
 
@@ -87,11 +90,9 @@ fn labelled(value: &Bson, labels: &HashMap<ObjectId, String>) -> Bson {
                 .cloned()
                 .unwrap_or_else(|| format!("unlabelled id {id}")),
         ),
-        Bson::String(text) => Bson::String(
-            labels
-                .iter()
-                .fold(text.clone(), |t, (id, label)| t.replace(&id.to_hex(), label)),
-        ),
+        Bson::String(text) => Bson::String(labels.iter().fold(text.clone(), |t, (id, label)| {
+            t.replace(&id.to_hex(), label)
+        })),
         Bson::Array(items) => Bson::Array(items.iter().map(|v| labelled(v, labels)).collect()),
         Bson::Document(document) => Bson::Document(
             document
@@ -219,7 +220,15 @@ fn the_client_and_the_cli_write_the_same_documents() {
     enqueue("cancelled", &[data, "--after", &failed_hex]);
     let lines = "{\"line\": \"one\"}\n{\"line\": \"two\"}\n";
     let out = cli.run_with_stdin(
-        &["enqueue", "--queue", "bulk", "--priority", "-2", "--max-attempts", "9"],
+        &[
+            "enqueue",
+            "--queue",
+            "bulk",
+            "--priority",
+            "-2",
+            "--max-attempts",
+            "9",
+        ],
         lines,
     );
     assert!(out.status.success(), "{}", stderr(&out));
@@ -358,7 +367,15 @@ fn a_python_producer_and_a_python_handler_run_jobs_end_to_end() {
     let handler = handler(&db, &runs);
     let python = python();
     let mut worker = db.spawn_worker_with_env(
-        &["--threads", "3", "--max-attempts", "2", "--pipe", &python, &handler],
+        &[
+            "--threads",
+            "3",
+            "--max-attempts",
+            "2",
+            "--pipe",
+            &python,
+            &handler,
+        ],
         &[("PYTHONPATH", &client_dir())],
     );
     let answer = printed(&run_python(
@@ -537,7 +554,11 @@ print(json.dumps({"aborted": str(aborted), "committed": [str(i) for i in committ
 "#,
     ));
     let aborted = oid(answer["aborted"].as_str().unwrap());
-    assert_eq!(db.count(doc! {"_id": aborted}), 0, "the aborted job is not there");
+    assert_eq!(
+        db.count(doc! {"_id": aborted}),
+        0,
+        "the aborted job is not there"
+    );
     let committed: Vec<ObjectId> = answer["committed"]
         .as_array()
         .unwrap()
@@ -609,5 +630,44 @@ fn the_python_unit_tests_pass() {
     );
     let said = format!("{}{}", stdout(&out), stderr(&out));
     assert!(out.status.success(), "{said}");
-    assert!(said.contains("OK") && !said.contains("Ran 0 tests"), "{said}");
+    assert!(
+        said.contains("OK") && !said.contains("Ran 0 tests"),
+        "{said}"
+    );
+}
+
+/// `mongoq bench --only python` runs the client shipped in the binary
+/// against a raw `insert_many`, both inserting every job (the script
+/// checks the count), and prints section 13.
+#[test]
+fn the_bench_compares_enqueue_many_with_a_raw_insert_many() {
+    let db = TestDb::new("py_bench");
+    let chart = tempfile(&format!("{}-chart.svg", db.db));
+    let out = output_within(
+        Command::new(env!("CARGO_BIN_EXE_mongoq"))
+            .args(["--uri", &db.uri, "bench", "--bench-db", &db.db])
+            .args(["--only", "python", "--rounds", "1", "--chart"])
+            .arg(&chart)
+            .env("MONGOQ_PYTHON", python()),
+        None,
+        COMMAND_LIMIT,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains("13. python: 10000 jobs"), "{text}");
+    for row in [
+        "insert_many of the documents",
+        "Queue.enqueue_many of the data",
+    ] {
+        let line = text
+            .lines()
+            .find(|l| l.contains(row))
+            .unwrap_or_else(|| panic!("no row `{row}`: {text}"));
+        let ratio: f64 = line
+            .split_whitespace()
+            .last()
+            .and_then(|r| r.trim_end_matches('×').parse().ok())
+            .unwrap_or_else(|| panic!("no ratio in `{line}`"));
+        assert!(ratio > 0.0, "{line}");
+    }
 }

@@ -23,6 +23,7 @@ producer that writes plain documents (``mongosh``, a shell script):
 """
 
 import datetime
+import itertools
 import os
 import time
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
@@ -34,14 +35,20 @@ from pymongo.errors import DuplicateKeyError, OperationFailure, PyMongoError
 
 from . import _documents
 from ._clock import ServerClock
+from ._ids import new_ids
 from ._documents import InvalidJob, Options, awaited, check_flow, id_key, id_value
 from .errors import DuplicateJob, JobFailed, JobNotFound, MongoqError, WaitTimeout
 
 __all__ = ["Queue", "InsertedFlow"]
 
 DEFAULT_URI = "mongodb://localhost:27017"
-#: Jobs per insert round trip, as ``mongoq enqueue`` batches them.
-BATCH = 1_000
+#: Jobs per ``insert_many`` call of ``enqueue_many`` (pymongo splits a call
+#: into messages of at most 48 MB itself): 10,000 in one call took 0.78x the
+#: time of ten calls of 1,000 on the test server, and memory stays at one
+#: batch of an iterator however long it is.
+BATCH = 10_000
+#: Jobs per insert of a flow (at most 10,000 jobs in all).
+FLOW_BATCH = 1_000
 #: Ids per ``$in`` while linking (well under the 16 MB command limit).
 _CHUNK = 5_000
 _FINISHED = ["completed", "failed", "cancelled"]
@@ -179,7 +186,7 @@ class Queue:
     ) -> List[ObjectId]:
         """Inserts one job per item of ``data``, all with the same options
         (those of :meth:`enqueue` but ``unique_key``, which is for one job),
-        1,000 per round trip; returns their ids in order.
+        10,000 per ``insert_many``; returns their ids in order.
 
         Batches are inserted in order: if one fails, the batches before it
         are in (their ids are on the exception as ``enqueued``) and nothing
@@ -189,7 +196,7 @@ class Queue:
             delay, run_at, queue=queue, priority=priority, max_attempts=max_attempts,
             after=after, if_dep_fails=if_dep_fails,
         )
-        now = self.now()
+        make = options.maker(self.now())
         ids: List[ObjectId] = []
         batch: List[Dict[str, Any]] = []
 
@@ -208,15 +215,15 @@ class Queue:
                 raise
             batch.clear()
 
-        for item in data:
-            job_id = ObjectId()
-            ids.append(job_id)
-            batch.append(options.document(job_id, item, now))
-            if len(batch) == BATCH:
-                flush()
-        if batch:
+        items = iter(data)
+        while True:
+            chunk = list(itertools.islice(items, BATCH))
+            if not chunk:
+                return ids
+            chunk_ids = new_ids(len(chunk))
+            ids.extend(chunk_ids)
+            batch.extend(map(make, chunk_ids, chunk))
             flush()
-        return ids
 
     def _insert_waiting(self, documents: List[Dict[str, Any]], session: Any) -> None:
         """Inserts jobs with ``after`` and links them as ``mongoq enqueue``
@@ -358,8 +365,8 @@ class Queue:
                 document["has_dependents"] = True
             documents.append(document)
         inserted = 0
-        for start in range(0, len(documents), BATCH):
-            chunk = documents[start : start + BATCH]
+        for start in range(0, len(documents), FLOW_BATCH):
+            chunk = documents[start : start + FLOW_BATCH]
             try:
                 self.collection.insert_many(chunk)
             except InvalidDocument as error:

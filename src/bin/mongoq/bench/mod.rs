@@ -14,6 +14,7 @@ mod flows;
 mod handlers;
 mod peers;
 mod probe;
+mod python;
 mod render;
 mod scenarios;
 mod schedules;
@@ -36,6 +37,7 @@ use std::time::{Duration, Instant};
 pub use bars::render_fleet_svg;
 pub use flows::FlowRow;
 pub use handlers::HandlerRow;
+pub use python::PythonRow;
 pub use render::{render_svg, render_table};
 pub use schedules::ScheduleRow;
 pub use server::{ScaleFloor, ScaleRow, ServerWorkRow};
@@ -159,6 +161,8 @@ pub struct BenchResults {
     pub schedules: Vec<ScheduleRow>,
     /// Section 12.
     pub flows: Vec<FlowRow>,
+    /// Section 13: the Python client's enqueue.
+    pub python: Vec<PythonRow>,
 }
 
 /// What a fleet-wide limit costs: one drain per mode.
@@ -202,6 +206,7 @@ pub fn run(config: &BenchConfig, progress: &mut dyn FnMut(&str)) -> Result<Bench
         handlers: Vec::new(),
         schedules: Vec::new(),
         flows: Vec::new(),
+        python: Vec::new(),
     };
     let wanted = |section: &str| config.only.is_empty() || config.only.iter().any(|s| s == section);
     bench.sections_before_drain(&wanted, &mut results, progress)?;
@@ -275,7 +280,7 @@ pub fn run(config: &BenchConfig, progress: &mut dyn FnMut(&str)) -> Result<Bench
 }
 
 impl Bench<'_> {
-    /// Sections 7 to 12, each when wanted.
+    /// Sections 7 to 13, each when wanted.
     fn sections_before_drain(
         &self,
         wanted: &dyn Fn(&str) -> bool,
@@ -299,6 +304,9 @@ impl Bench<'_> {
         }
         if wanted("flows") {
             results.flows = self.flows(progress)?;
+        }
+        if wanted("python") {
+            results.python = self.python(progress)?;
         }
         Ok(())
     }

@@ -143,6 +143,7 @@ pub fn render_table(results: &BenchResults) -> String {
     super::handlers::render(&results.handlers, &mut out);
     super::schedules::render(&results.schedules, &mut out);
     super::flows::render(&results.flows, &mut out);
+    super::python::render(&results.python, &mut out);
     out
 }
 
