@@ -146,18 +146,20 @@ stop_server() {
   fi
 }
 
-# A Python with pymongo for the Python client's tests and bench row, in a
-# virtual environment of its own under $MONGOQ_TOOLS (never the system
-# Python; seconds). Exports MONGOQ_PYTHON. The tests put clients/python on
-# PYTHONPATH, so they run the checkout's client, not an installed one.
+# A Python with pymongo (and mypy, which checks the package's types) for the
+# Python client's tests and bench row, in a virtual environment of its own
+# under $MONGOQ_TOOLS (never the system Python; seconds). Exports
+# MONGOQ_PYTHON. The tests put clients/python on PYTHONPATH, so they run the
+# checkout's client, not an installed one.
 PYMONGO_VERSION="4.20.1"
+MYPY_VERSION="2.4.1"
 ensure_python_client() {
   local venv="$MONGOQ_TOOLS/python-client"
-  if ! "$venv/bin/python" -c "import pymongo, sys; sys.exit(pymongo.version != '$PYMONGO_VERSION')" 2>/dev/null; then
-    log "installing pymongo $PYMONGO_VERSION for the Python client's tests (into $venv; seconds)"
+  if ! "$venv/bin/python" -c "import pymongo, mypy.version, sys; sys.exit(pymongo.version != '$PYMONGO_VERSION' or mypy.version.__version__ != '$MYPY_VERSION')" 2>/dev/null; then
+    log "installing pymongo $PYMONGO_VERSION and mypy $MYPY_VERSION for the Python client's tests (into $venv; seconds)"
     mkdir -p "$MONGOQ_TOOLS"
     python3 -m venv "$venv"
-    "$venv/bin/pip" install --quiet "pymongo==$PYMONGO_VERSION"
+    "$venv/bin/pip" install --quiet "pymongo==$PYMONGO_VERSION" "mypy==$MYPY_VERSION"
   fi
   export MONGOQ_PYTHON="$venv/bin/python"
 }

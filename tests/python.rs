@@ -671,3 +671,19 @@ fn the_bench_compares_enqueue_many_with_a_raw_insert_many() {
         assert!(ratio > 0.0, "{line}");
     }
 }
+
+/// The package's annotations hold (`mypy --strict`), so `py.typed` tells
+/// users' type checkers the truth.
+#[test]
+fn the_python_package_type_checks_strictly() {
+    let out = output_within(
+        Command::new(python())
+            .args(["-m", "mypy", "--strict", "--no-incremental", "mongoq"])
+            .current_dir(client_dir()),
+        None,
+        COMMAND_LIMIT,
+    );
+    let said = format!("{}{}", stdout(&out), stderr(&out));
+    assert!(out.status.success(), "{said}");
+    assert!(said.contains("Success: no issues found"), "{said}");
+}

@@ -13,27 +13,35 @@ import os
 import struct
 import threading
 import time
+from typing import Iterator, List, Optional
 
 from bson.objectid import ObjectId
 
-_lock = threading.Lock()
-_state = {"pid": None, "random": b"", "counter": itertools.count()}
+
+class _Source:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.pid: Optional[int] = None
+        self.random = b""
+        self.counter: Iterator[int] = itertools.count()
+
+    def renew_after_fork(self) -> None:
+        with self.lock:
+            if self.pid != os.getpid():
+                self.random = os.urandom(5)
+                self.counter = itertools.count(int.from_bytes(os.urandom(3), "big"))
+                self.pid = os.getpid()
 
 
-def _fresh() -> None:
-    _state["pid"] = os.getpid()
-    _state["random"] = os.urandom(5)
-    _state["counter"] = itertools.count(int.from_bytes(os.urandom(3), "big"))
+_source = _Source()
 
 
-def new_ids(n: int) -> list:
+def new_ids(n: int) -> List[ObjectId]:
     """``n`` new ObjectIds, in increasing order within a second."""
-    if _state["pid"] != os.getpid():
-        with _lock:
-            if _state["pid"] != os.getpid():
-                _fresh()
-    head = struct.pack(">I", int(time.time()) & 0xFFFFFFFF) + _state["random"]
-    counter = _state["counter"]
+    if _source.pid != os.getpid():
+        _source.renew_after_fork()
+    head = struct.pack(">I", int(time.time()) & 0xFFFFFFFF) + _source.random
+    counter = _source.counter
     # next() of itertools.count is atomic under the GIL: two threads never
     # take the same value.
     return [ObjectId(head + (next(counter) & 0xFFFFFF).to_bytes(3, "big")) for _ in range(n)]

@@ -36,8 +36,8 @@ from pymongo.errors import DuplicateKeyError, OperationFailure, PyMongoError
 from . import _documents
 from ._clock import ServerClock
 from ._ids import new_ids
-from ._documents import InvalidJob, Options, awaited, check_flow, id_key, id_value
-from .errors import DuplicateJob, JobFailed, JobNotFound, MongoqError, WaitTimeout
+from ._documents import Options, awaited, check_flow, id_key, id_value
+from .errors import DuplicateJob, InvalidJob, JobFailed, JobNotFound, MongoqError, WaitTimeout
 
 __all__ = ["Queue", "InsertedFlow"]
 
@@ -84,7 +84,7 @@ class Queue:
         db: str = "distributed_queue",
         collection: str = "queue",
         *,
-        client: Optional[MongoClient] = None,
+        client: "Optional[MongoClient[Dict[str, Any]]]" = None,
         **client_options: Any,
     ) -> None:
         if client is None:
@@ -262,7 +262,7 @@ class Queue:
         """Flags the dependencies of ``documents`` that have not finished,
         then reads them all; returns the finished ones (status and
         last_error) and the missing ones (``None``), by id key."""
-        seen = {}
+        seen: Dict[bytes, Any] = {}
         for document in documents:
             for dep in document["after"]:
                 seen.setdefault(id_key(dep), dep)

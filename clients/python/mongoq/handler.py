@@ -33,6 +33,7 @@ import json
 import os
 import sys
 import traceback
+from typing import IO, Any, Callable, Dict, Optional
 
 __all__ = ["serve", "progress", "Permanent"]
 __version__ = "0.2.0"
@@ -42,11 +43,13 @@ class Permanent(Exception):
     """Raise it from ``handle`` to fail the job now, without a retry."""
 
 
-_protocol = None  # the real stdout's descriptor, once serve() has taken it
-_current_id = None  # the id of the job being handled
+_protocol: Optional[int] = None  # the real stdout's descriptor, once serve() has taken it
+_current_id: Any = None  # the id of the job being handled
 
 
-def _send(message):
+def _send(message: Dict[str, Any]) -> None:
+    if _protocol is None:
+        raise RuntimeError("the protocol is not open: call serve(handle) first")
     data = (json.dumps(message, allow_nan=False, separators=(",", ":")) + "\n").encode()
     # One write per message, straight to the descriptor (no buffer to
     # flush); a blocking pipe takes it whole, the loop covers a signal.
@@ -55,7 +58,7 @@ def _send(message):
         data = data[written:]
 
 
-def progress(fraction, note=None):
+def progress(fraction: float, note: Optional[str] = None) -> None:
     """Report how far the current job got: ``fraction`` from 0.0 to 1.0."""
     if _protocol is None or _current_id is None:
         raise RuntimeError("progress() is for use inside a handler run by serve()")
@@ -68,7 +71,7 @@ def progress(fraction, note=None):
     _send(message)
 
 
-def _answer(job_id, handle, job):
+def _answer(job_id: Any, handle: Callable[[Dict[str, Any]], Any], job: Dict[str, Any]) -> Dict[str, Any]:
     try:
         result = handle(job)
     except Permanent as error:
@@ -84,7 +87,7 @@ def _answer(job_id, handle, job):
     return {"id": job_id, "ok": True, "result": result}
 
 
-def _send_answer(answer):
+def _send_answer(answer: Dict[str, Any]) -> None:
     try:
         _send(answer)
     except (TypeError, ValueError) as error:
@@ -98,7 +101,7 @@ def _send_answer(answer):
         })
 
 
-def serve(handle, stdin=None):
+def serve(handle: Callable[[Dict[str, Any]], Any], stdin: Optional[IO[bytes]] = None) -> None:
     """Run ``handle(job)`` for each job mongoq sends, until stdin closes."""
     global _protocol, _current_id
     # The protocol keeps the real stdout on a descriptor of its own; fd 1
