@@ -25,6 +25,8 @@ pub struct Job {
     pub attempt: u32,
     /// Attempts allowed before the job fails for good.
     pub max_attempts: u32,
+    /// How many times a handler snoozed it before (`snoozes`; 0 if never).
+    pub snoozes: u32,
     /// Priority it was claimed with.
     pub priority: i64,
     /// The fencing token of the claim that holds it.
@@ -151,6 +153,12 @@ impl Job {
             data,
             attempt,
             max_attempts,
+            // Written by workers only; anything but a count reads as none.
+            snoozes: document
+                .get(fields::SNOOZES)
+                .and_then(integer)
+                .and_then(|n| u32::try_from(n).ok())
+                .unwrap_or(0),
             priority,
             lease_token,
             queue,
@@ -188,7 +196,8 @@ impl Job {
     /// `{"id": …, "attempt": n, "max_attempts": n, "priority": n, "data": …}`,
     /// in relaxed extended JSON (dates as `{"$date": …}`, ids as `{"$oid": …}`);
     /// a job that waited for others also has `deps`: `[{id, status, result,
-    /// error, truncated}]` ([`DepResult::to_json`]).
+    /// error, truncated}]` ([`DepResult::to_json`]); a job snoozed before has
+    /// `snoozes`: how many times.
     pub fn to_json(&self) -> serde_json::Value {
         let mut json = serde_json::json!({
             "id": self.id.clone().into_relaxed_extjson(),
@@ -198,6 +207,11 @@ impl Job {
             "queue": self.queue,
             "data": self.data.clone().into_relaxed_extjson(),
         });
+        if self.snoozes > 0 {
+            if let Some(fields) = json.as_object_mut() {
+                fields.insert("snoozes".into(), self.snoozes.into());
+            }
+        }
         if !self.after.is_empty() {
             if let Some(fields) = json.as_object_mut() {
                 let deps: Vec<serde_json::Value> =

@@ -22,6 +22,8 @@ pub mod fields {
     pub const MAX_ATTEMPTS: &str = "max_attempts";
     /// How many times the job has been claimed.
     pub const ATTEMPTS: &str = "attempts";
+    /// How many times a handler snoozed the job ("not now"; no attempt charged).
+    pub const SNOOZES: &str = "snoozes";
     /// The worker that holds the running job.
     pub const LEASE_OWNER: &str = "lease_owner";
     /// The fencing token of the claim that holds the running job.

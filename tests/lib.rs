@@ -20,6 +20,7 @@ mod library;
 mod lifecycle;
 mod malformed;
 mod mongosh;
+mod not_now;
 mod package;
 mod perf;
 mod pipe;

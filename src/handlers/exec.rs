@@ -5,7 +5,10 @@
 //! and no shell is involved, so data such as `; rm -rf /` stays data.
 //! Exit 0 is success and stdout becomes `result` (parsed as JSON when it is
 //! JSON); any other exit is a failure whose stderr tail becomes
-//! `last_error`. Output is read as it comes and kept only up to a bound, so a
+//! `last_error`. Exit 75 (`EX_TEMPFAIL`, "try again later") with a JSON
+//! object on stdout says how long: `{"snooze": SECONDS}` runs the job again
+//! then without charging the attempt, `{"retry_after": SECONDS}` is a
+//! failure whose next attempt waits that long instead of the back-off. Output is read as it comes and kept only up to a bound, so a
 //! program that writes gigabytes neither blocks on a full pipe nor grows
 //! the worker's memory.
 //!
@@ -136,11 +139,15 @@ impl ExecHandler {
         } else {
             let tail = String::from_utf8_lossy(&err.bytes).trim().to_string();
             let how = describe_exit(status);
-            Err(HandlerError::retry(if tail.is_empty() {
+            let failed = HandlerError::retry(if tail.is_empty() {
                 format!("`{}` {how}", self.program.display())
             } else {
                 format!("`{}` {how}: {tail}", self.program.display())
-            }))
+            });
+            Err(match status.code() {
+                Some(TEMPFAIL) => not_now(failed, &out.bytes),
+                _ => failed,
+            })
         }
     }
 
@@ -299,6 +306,38 @@ fn read_bounded(source: Option<impl Read>, limit: usize, tail: bool, into: &Mute
     }
 }
 
+/// The exit status that says "not now" (sysexits.h's `EX_TEMPFAIL`).
+pub const TEMPFAIL: i32 = 75;
+
+/// What an exit 75 asks for, from the JSON object on stdout: a snooze, a
+/// failure with its own wait, or (without either) a plain failure whose
+/// message says what was missing.
+fn not_now(failed: HandlerError, stdout: &[u8]) -> HandlerError {
+    let answer: Option<serde_json::Map<String, serde_json::Value>> =
+        serde_json::from_slice(stdout).ok();
+    let seconds = |field: &str| {
+        answer
+            .as_ref()
+            .and_then(|a| a.get(field))
+            .and_then(serde_json::Value::as_f64)
+            .filter(|s| (0.0..=super::pipe::protocol::MAX_WAIT_SECONDS).contains(s))
+            .map(Duration::from_secs_f64)
+    };
+    if let Some(delay) = seconds("snooze") {
+        return HandlerError::snooze(delay);
+    }
+    if let Some(delay) = seconds("retry_after") {
+        return failed.after(delay);
+    }
+    HandlerError {
+        message: format!(
+            "{} (exit 75 asks for a wait: print {{\"snooze\": SECONDS}} or {{\"retry_after\": SECONDS}} on stdout; retried after the back-off)",
+            failed.message
+        ),
+        ..failed
+    }
+}
+
 /// JSON stdout becomes structured `result`; other text is kept as a string;
 /// output past the bound is noted rather than silently cut.
 fn result_from_stdout(out: &Captured) -> Bson {
@@ -324,6 +363,31 @@ fn result_from_stdout(out: &Captured) -> Bson {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn exit_75_says_how_long_on_stdout() {
+        let failed = || HandlerError::retry("`job.sh` exited with status 75");
+        let snooze = not_now(failed(), br#"{"snooze": 30}"#);
+        assert_eq!(snooze.snooze, Some(Duration::from_secs(30)));
+        let after = not_now(failed(), b"{\"retry_after\": 2.5}\n");
+        assert_eq!(after.retry_after, Some(Duration::from_millis(2500)));
+        assert_eq!(after.snooze, None);
+        assert_eq!(after.message, failed().message);
+        for unclear in [
+            &b"later"[..],
+            b"{\"snooze\": \"30s\"}",
+            b"{\"snooze\": -1}",
+            b"",
+        ] {
+            let plain = not_now(failed(), unclear);
+            assert_eq!((plain.snooze, plain.retry_after), (None, None));
+            assert!(
+                plain.message.contains("exit 75 asks for a wait"),
+                "{}",
+                plain.message
+            );
+        }
+    }
 
     #[test]
     fn bounded_reads_keep_head_or_tail() {

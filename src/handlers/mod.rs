@@ -24,7 +24,13 @@ pub use exec::ExecHandler;
 pub use pipe::{PipeConfig, PipeHandler};
 pub use simulate::SimulateHandler;
 
-/// Why an attempt failed.
+/// Why an attempt did not complete: a failure, or "not now".
+///
+/// Besides the message, a handler may say how long to wait: a
+/// [`HandlerError::snooze`] runs the job again after a while without
+/// charging the attempt (a resource is not ready yet); a failure with
+/// [`HandlerError::after`] waits that long instead of the exponential
+/// back-off (an HTTP `Retry-After`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HandlerError {
     /// Becomes `last_error` and an entry of `errors`.
@@ -34,24 +40,34 @@ pub struct HandlerError {
     /// When true the job was never started (the handler had nothing to run
     /// it with): it goes back to `pending` and the attempt is not counted.
     pub unstarted: bool,
+    /// A failure's next attempt waits this long instead of the back-off.
+    pub retry_after: Option<std::time::Duration>,
+    /// Not a failure: run the job again this long from now (on the
+    /// server's clock), the attempt not charged, `snoozes` counted.
+    pub snooze: Option<std::time::Duration>,
 }
 
 impl HandlerError {
-    /// A failure worth retrying (the usual case).
-    pub fn retry(message: impl Into<String>) -> HandlerError {
+    fn new(message: String) -> HandlerError {
         HandlerError {
-            message: message.into(),
+            message,
             permanent: false,
             unstarted: false,
+            retry_after: None,
+            snooze: None,
         }
+    }
+
+    /// A failure worth retrying (the usual case).
+    pub fn retry(message: impl Into<String>) -> HandlerError {
+        HandlerError::new(message.into())
     }
 
     /// A failure that no retry can fix (bad input, say).
     pub fn permanent(message: impl Into<String>) -> HandlerError {
         HandlerError {
-            message: message.into(),
             permanent: true,
-            unstarted: false,
+            ..HandlerError::new(message.into())
         }
     }
 
@@ -59,10 +75,31 @@ impl HandlerError {
     /// process is alive): it is handed back, its attempt not counted.
     pub fn unstarted(message: impl Into<String>) -> HandlerError {
         HandlerError {
-            message: message.into(),
-            permanent: false,
             unstarted: true,
+            ..HandlerError::new(message.into())
         }
+    }
+
+    /// "Not now": the job goes back to `pending` until `delay` from now,
+    /// its attempt not charged and its `snoozes` counted. A job snoozed
+    /// more often than the worker's `--max-snoozes` fails, with the reason.
+    pub fn snooze(delay: std::time::Duration) -> HandlerError {
+        HandlerError {
+            snooze: Some(delay),
+            ..HandlerError::new(format!(
+                "snoozed for {}",
+                crate::duration::format_duration(delay)
+            ))
+        }
+    }
+
+    /// This failure's next attempt waits `delay` (say, from an HTTP
+    /// `Retry-After`) instead of the exponential back-off:
+    /// `HandlerError::retry("429 from the API").after(wait)`.
+    #[must_use]
+    pub fn after(mut self, delay: std::time::Duration) -> HandlerError {
+        self.retry_after = Some(delay);
+        self
     }
 }
 

@@ -16,6 +16,11 @@ use crate::worker::settle::retry::RetryPolicy;
 /// pauses eat most of the margin.
 pub const MIN_LEASE: Duration = Duration::from_secs(1);
 
+/// Snoozes a job may take by default: enough for a handler that waits on
+/// a resource for hours at a sensible snooze, few enough that a handler
+/// that snoozes every job forever by mistake shows up as failed jobs.
+pub const DEFAULT_MAX_SNOOZES: u32 = 100;
+
 /// How a worker runs. Build with [`WorkerConfig::default`] and adjust.
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
@@ -29,6 +34,9 @@ pub struct WorkerConfig {
     pub poll_interval: Duration,
     /// Attempts before `failed`, for jobs that set none.
     pub max_attempts: u32,
+    /// Snoozes a job may take ("not now" from its handler, no attempt
+    /// charged); one more fails it, with the reason.
+    pub max_snoozes: u32,
     /// How long running jobs get to finish after a stop signal.
     pub shutdown_grace: Duration,
     /// This worker's name in `lease_owner` and logs.
@@ -53,6 +61,7 @@ impl Default for WorkerConfig {
             lease: Duration::from_secs(60),
             poll_interval: Duration::from_secs(1),
             max_attempts: 5,
+            max_snoozes: DEFAULT_MAX_SNOOZES,
             shutdown_grace: Duration::from_secs(30),
             worker_id: default_worker_id(),
             drain: false,

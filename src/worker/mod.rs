@@ -71,7 +71,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Sender;
 
 pub use claim::pacing::PREFETCH_HORIZON;
-pub use config::{default_worker_id, WorkerConfig, MIN_LEASE};
+pub use config::{default_worker_id, WorkerConfig, DEFAULT_MAX_SNOOZES, MIN_LEASE};
 pub use health::liveness::{DatabaseError, HealthReport};
 pub use health::metrics::{HANDLER_BUCKETS, ROUND_TRIP_BUCKETS};
 pub use health::report::Report;
@@ -384,6 +384,7 @@ impl Worker {
                     index,
                     handler: Arc::clone(&self.handler),
                     retry: config.retry,
+                    max_snoozes: config.max_snoozes,
                     clock: self.queue.clock_handle(),
                     running: Arc::clone(&parts.running),
                     controls: Arc::clone(&parts.controls),

@@ -31,6 +31,8 @@ pub(crate) struct Runner {
     pub(crate) index: usize,
     pub(crate) handler: Arc<dyn Handler>,
     pub(crate) retry: RetryPolicy,
+    /// Snoozes a job may take; one more fails it.
+    pub(crate) max_snoozes: u32,
     pub(crate) clock: Arc<Clock>,
     pub(crate) running: Arc<Running>,
     pub(crate) controls: Arc<Controls>,
@@ -83,6 +85,7 @@ impl Runner {
                     );
                     Outcome::new(key, Kind::Released)
                 }
+                Ok(Err(error)) if error.snooze.is_some() => self.snoozed(&job, key, &error),
                 Ok(Err(error)) => self.failure(&job, key, error),
                 Err(panic) => {
                     let message = panic
@@ -101,7 +104,34 @@ impl Runner {
         }
     }
 
-    /// A failed attempt: retried later with backoff, or failed for good.
+    /// "Not now": pending again after the snooze on the server's clock,
+    /// the attempt not charged; failed once the job is out of snoozes.
+    fn snoozed(&self, job: &Job, key: JobKey, error: &HandlerError) -> Outcome {
+        let delay = error.snooze.unwrap_or_default();
+        if job.snoozes >= self.max_snoozes {
+            return Outcome::new(
+                key,
+                Kind::Failed {
+                    attempt: job.attempt,
+                    error: format!(
+                        "snoozed {} times, the most this worker allows (--max-snoozes {}); its handler asked for {} more",
+                        job.snoozes,
+                        self.max_snoozes,
+                        crate::duration::format_duration(delay)
+                    ),
+                },
+            );
+        }
+        Outcome::new(
+            key,
+            Kind::Snoozed {
+                run_at: self.clock.after(delay),
+            },
+        )
+    }
+
+    /// A failed attempt: retried later (after the back-off, or after the
+    /// wait the handler asked for), or failed for good.
     fn failure(&self, job: &Job, key: JobKey, error: HandlerError) -> Outcome {
         let message = bounded_error(error.message);
         if error.permanent || job.attempt >= job.max_attempts {
@@ -113,7 +143,9 @@ impl Runner {
                 },
             )
         } else {
-            let delay = self.retry.delay_for(job.attempt, &mut rand::rng());
+            let delay = error
+                .retry_after
+                .unwrap_or_else(|| self.retry.delay_for(job.attempt, &mut rand::rng()));
             Outcome::new(
                 key,
                 Kind::Retry {

@@ -26,7 +26,7 @@ handler runs where pymongo is not installed.
 from typing import Any
 
 from .errors import DuplicateJob, InvalidJob, JobFailed, JobNotFound, MongoqError, WaitTimeout
-from .handler import Permanent, __version__, progress, serve
+from .handler import Permanent, Retry, Snooze, __version__, progress, serve
 
 __all__ = [
     "Queue",
@@ -40,6 +40,8 @@ __all__ = [
     "serve",
     "progress",
     "Permanent",
+    "Snooze",
+    "Retry",
     "__version__",
 ]
 

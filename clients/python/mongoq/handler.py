@@ -17,6 +17,10 @@ each job line on stdin and writes one answer per job on stdout:
 
 - what ``handle`` returns becomes the job's ``result`` (it must be JSON);
 - ``Permanent(...)`` fails the job without a retry;
+- ``Snooze(seconds)`` says "not now": the job runs again that many seconds
+  from now (on the server's clock), its attempt not charged;
+- ``Retry(message, after=seconds)`` fails this attempt and waits that long
+  for the next one instead of the back-off (an HTTP ``Retry-After``);
 - any other exception fails this attempt (retried with back-off), with the
   exception as ``last_error`` and its traceback on stderr;
 - ``progress(fraction, note)`` reports how far the job got (0.0 to 1.0);
@@ -35,12 +39,39 @@ import sys
 import traceback
 from typing import IO, Any, Callable, Dict, Optional
 
-__all__ = ["serve", "progress", "Permanent"]
+__all__ = ["serve", "progress", "Permanent", "Snooze", "Retry"]
 __version__ = "0.2.0"
 
 
 class Permanent(Exception):
     """Raise it from ``handle`` to fail the job now, without a retry."""
+
+
+def _seconds(value: float, what: str) -> float:
+    seconds = float(value)
+    if not 0 <= seconds <= 365 * 86400:
+        raise ValueError("%s must be 0 to a year of seconds, not %r" % (what, value))
+    return seconds
+
+
+class Snooze(Exception):
+    """Raise ``Snooze(seconds)`` from ``handle`` for "not now": the job runs
+    again that many seconds from now, its attempt not charged (a worker
+    fails a job snoozed more than its ``--max-snoozes``)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = _seconds(seconds, "Snooze(seconds)")
+        super().__init__("snoozed for %gs" % self.seconds)
+
+
+class Retry(Exception):
+    """Raise ``Retry(message, after=seconds)`` from ``handle`` to fail this
+    attempt and wait ``after`` seconds for the next (say, an HTTP
+    ``Retry-After``) instead of the exponential back-off."""
+
+    def __init__(self, message: str, after: Optional[float] = None) -> None:
+        self.after = None if after is None else _seconds(after, "Retry(after=)")
+        super().__init__(message)
 
 
 _protocol: Optional[int] = None  # the real stdout's descriptor, once serve() has taken it
@@ -76,6 +107,13 @@ def _answer(job_id: Any, handle: Callable[[Dict[str, Any]], Any], job: Dict[str,
         result = handle(job)
     except Permanent as error:
         return {"id": job_id, "ok": False, "error": str(error) or "Permanent", "retry": False}
+    except Snooze as snooze:
+        return {"id": job_id, "snooze": snooze.seconds}
+    except Retry as error:
+        answer = {"id": job_id, "ok": False, "error": str(error) or "Retry", "retry": True}
+        if error.after is not None:
+            answer["retry_after"] = error.after
+        return answer
     except Exception as error:  # noqa: BLE001 - every failure is reported
         traceback.print_exc(file=sys.stderr)
         return {

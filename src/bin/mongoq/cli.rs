@@ -334,6 +334,10 @@ pub struct WorkArgs {
     /// Attempts before a job is marked failed (jobs may set their own)
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_attempts: u32,
+    /// Snoozes a job may take (its handler said "not now", no attempt
+    /// charged); one more fails it, with the reason
+    #[arg(long, default_value_t = mongoq::worker::DEFAULT_MAX_SNOOZES, value_name = "N")]
+    pub max_snoozes: u32,
     /// Delay before the first retry; doubles each attempt, with jitter
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     pub backoff_base: Duration,

@@ -152,12 +152,26 @@ impl Pool {
                 Message::Done { result, .. } => {
                     return Ending::Answered(Ok(Some(result_bson(result))));
                 }
-                Message::Failed { error, retry, .. } => {
-                    return Ending::Answered(Err(if retry {
+                Message::Failed {
+                    error,
+                    retry,
+                    retry_after,
+                    ..
+                } => {
+                    let mut failed = if retry {
                         HandlerError::retry(error)
                     } else {
                         HandlerError::permanent(error)
-                    }));
+                    };
+                    if let Some(seconds) = retry_after {
+                        failed = failed.after(std::time::Duration::from_secs_f64(seconds));
+                    }
+                    return Ending::Answered(Err(failed));
+                }
+                Message::Snooze { seconds, .. } => {
+                    return Ending::Answered(Err(HandlerError::snooze(
+                        std::time::Duration::from_secs_f64(seconds),
+                    )));
                 }
                 Message::Ready => unreachable!("the handshake has no id"),
             }

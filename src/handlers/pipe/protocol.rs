@@ -12,8 +12,11 @@
 //!   `--timeout`).
 //! - handler → worker, per job: any number of
 //!   `{"id": …, "progress": 0.0–1.0, "note": "…"}`, then exactly one answer,
-//!   `{"id": …, "ok": true, "result": …}` or
-//!   `{"id": …, "ok": false, "error": "…", "retry": true|false}`.
+//!   `{"id": …, "ok": true, "result": …}`,
+//!   `{"id": …, "ok": false, "error": "…", "retry": true|false}` (with
+//!   `"retry_after": SECONDS` to wait that long for the next attempt instead
+//!   of the back-off), or `{"id": …, "snooze": SECONDS}` ("not now": run it
+//!   again then, the attempt not charged).
 //!
 //! Every line on stdout must be one of these; anything else (text, an
 //! answer for another job, `NaN`, a line over [`MAX_LINE`]) is a violation:
@@ -41,12 +44,17 @@ pub enum Message {
     },
     /// The job with this id succeeded with `result` (null when absent).
     Done { id: Value, result: Value },
-    /// The job with this id failed; `retry: false` fails it for good.
+    /// The job with this id failed; `retry: false` fails it for good;
+    /// `retry_after` (seconds) replaces the back-off before the next attempt.
     Failed {
         id: Value,
         error: String,
         retry: bool,
+        retry_after: Option<f64>,
     },
+    /// The job with this id is to run again `seconds` from now, its attempt
+    /// not charged.
+    Snooze { id: Value, seconds: f64 },
 }
 
 impl Message {
@@ -56,7 +64,8 @@ impl Message {
             Message::Ready => None,
             Message::Progress { id, .. }
             | Message::Done { id, .. }
-            | Message::Failed { id, .. } => Some(id),
+            | Message::Failed { id, .. }
+            | Message::Snooze { id, .. } => Some(id),
         }
     }
 }
@@ -153,6 +162,18 @@ pub fn parse(line: &[u8]) -> Result<Message, Violation> {
     if let Some(progress) = object.get("progress") {
         return progress_message(id, progress, &object, line);
     }
+    if let Some(seconds) = object.get("snooze") {
+        if object.contains_key("ok") {
+            return Err(Violation::new(
+                "an answer is `ok` or `snooze`, not both (a snooze is not a failure)",
+                line,
+            ));
+        }
+        return Ok(Message::Snooze {
+            id,
+            seconds: seconds_of("snooze", seconds, line)?,
+        });
+    }
     match object.get("ok") {
         Some(Value::Bool(true)) => Ok(Message::Done {
             id,
@@ -173,7 +194,16 @@ pub fn parse(line: &[u8]) -> Result<Message, Violation> {
                     return Err(Violation::new("`retry` must be true or false", line));
                 }
             };
-            Ok(Message::Failed { id, error, retry })
+            let retry_after = match object.get("retry_after") {
+                None | Some(Value::Null) => None,
+                Some(value) => Some(seconds_of("retry_after", value, line)?),
+            };
+            Ok(Message::Failed {
+                id,
+                error,
+                retry,
+                retry_after,
+            })
         }
         Some(_) => Err(Violation::new("`ok` must be true or false", line)),
         None => Err(Violation::new(
@@ -181,6 +211,25 @@ pub fn parse(line: &[u8]) -> Result<Message, Violation> {
             line,
         )),
     }
+}
+
+/// The longest wait an answer may ask for (a year): anything longer is a
+/// unit mistake (milliseconds given as seconds), not a plan.
+pub const MAX_WAIT_SECONDS: f64 = 365.0 * 86_400.0;
+
+/// A wait in seconds, as `snooze` and `retry_after` give it.
+fn seconds_of(field: &str, value: &Value, line: &[u8]) -> Result<f64, Violation> {
+    value
+        .as_f64()
+        .filter(|s| (0.0..=MAX_WAIT_SECONDS).contains(s))
+        .ok_or_else(|| {
+            Violation::new(
+                format!(
+                    "`{field}` must be a number of seconds from 0 to {MAX_WAIT_SECONDS} (a year)"
+                ),
+                line,
+            )
+        })
 }
 
 fn progress_message(
@@ -236,7 +285,8 @@ mod tests {
             Message::Failed {
                 id: json!(7),
                 error: "boom".into(),
-                retry: false
+                retry: false,
+                retry_after: None,
             }
         );
         assert_eq!(
@@ -244,7 +294,24 @@ mod tests {
             Message::Failed {
                 id: json!(7),
                 error: "the handler reported a failure without an error".into(),
-                retry: true
+                retry: true,
+                retry_after: None,
+            }
+        );
+        assert_eq!(
+            ok(r#"{"id": 7, "ok": false, "error": "429", "retry_after": 2.5}"#),
+            Message::Failed {
+                id: json!(7),
+                error: "429".into(),
+                retry: true,
+                retry_after: Some(2.5),
+            }
+        );
+        assert_eq!(
+            ok(r#"{"id": 7, "snooze": 30}"#),
+            Message::Snooze {
+                id: json!(7),
+                seconds: 30.0
             }
         );
         assert_eq!(
@@ -276,6 +343,20 @@ mod tests {
             .reason
             .contains("`retry`"));
         assert!(bad(r#"{"id": 1}"#).reason.contains("an answer"));
+        for wait in [r#""30s""#, "-1", "1e12", "null"] {
+            assert!(
+                bad(&format!(r#"{{"id": 1, "snooze": {wait}}}"#))
+                    .reason
+                    .contains("`snooze` must be a number of seconds"),
+                "{wait}"
+            );
+        }
+        assert!(bad(r#"{"id": 1, "ok": false, "retry_after": "soon"}"#)
+            .reason
+            .contains("`retry_after`"));
+        assert!(bad(r#"{"id": 1, "ok": true, "snooze": 1}"#)
+            .reason
+            .contains("not both"));
         assert!(bad(r#"{"ready": false}"#).reason.contains("handshake"));
         assert_eq!(bad("").quote, "(an empty line)");
     }

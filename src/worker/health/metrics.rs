@@ -78,7 +78,7 @@ pub(crate) struct Load {
 }
 
 /// The counters: name, help, value.
-fn counter_rows(c: &Report) -> [(&'static str, &'static str, u64); 13] {
+fn counter_rows(c: &Report) -> [(&'static str, &'static str, u64); 14] {
     [
         (
             "mongoq_jobs_claimed_total",
@@ -99,6 +99,11 @@ fn counter_rows(c: &Report) -> [(&'static str, &'static str, u64); 13] {
             "mongoq_jobs_failed_total",
             "Jobs that failed for good (attempts exhausted, permanent errors, malformed).",
             c.failed,
+        ),
+        (
+            "mongoq_jobs_snoozed_total",
+            "Attempts whose handler snoozed the job (run again later, attempt not charged).",
+            c.snoozed,
         ),
         (
             "mongoq_jobs_released_total",

@@ -14,6 +14,8 @@ pub struct Report {
     pub retried: u64,
     /// Jobs that failed for good (including malformed ones).
     pub failed: u64,
+    /// Attempts whose handler said "not now" (snoozed; attempt not charged).
+    pub snoozed: u64,
     /// Jobs handed back unstarted at shutdown.
     pub released: u64,
     /// Outcomes not written because the lease had been lost.
@@ -57,6 +59,7 @@ pub(crate) struct Counters {
     pub(crate) completed: AtomicU64,
     pub(crate) retried: AtomicU64,
     pub(crate) failed: AtomicU64,
+    pub(crate) snoozed: AtomicU64,
     pub(crate) released: AtomicU64,
     pub(crate) lost: AtomicU64,
     pub(crate) rescued: AtomicU64,
@@ -91,6 +94,7 @@ impl Counters {
             completed: read(&self.completed),
             retried: read(&self.retried),
             failed: read(&self.failed),
+            snoozed: read(&self.snoozed),
             released: read(&self.released),
             lost: read(&self.lost),
             rescued: read(&self.rescued),

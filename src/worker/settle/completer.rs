@@ -143,6 +143,18 @@ impl Completer {
                         run_at.try_to_rfc3339_string().unwrap_or_default()
                     );
                 }
+                Kind::Snoozed { run_at } => {
+                    Counters::add(&counters.snoozed, 1);
+                    counters.own_retry_due_ms.fetch_max(
+                        run_at.timestamp_millis(),
+                        std::sync::atomic::Ordering::Relaxed,
+                    );
+                    log::debug!(
+                        "job {} snoozed until {}",
+                        id_text(&key.id),
+                        run_at.try_to_rfc3339_string().unwrap_or_default()
+                    );
+                }
                 Kind::Failed { attempt, error } => {
                     Counters::add(&counters.failed, 1);
                     log::warn!(

@@ -79,6 +79,9 @@ pub(crate) enum Kind {
     },
     /// Failed for good (attempts exhausted, permanent error, malformed).
     Failed { attempt: u32, error: String },
+    /// The handler said "not now": pending again at `run_at`, the attempt
+    /// not charged, `snoozes` counted.
+    Snoozed { run_at: DateTime },
     /// Claimed but never started (shutdown): back to pending, attempt not counted.
     Released,
     /// Started but cut off by shutdown: back to pending now, attempt counted.
@@ -118,7 +121,7 @@ impl Outcome {
     fn returns_to_pending(&self) -> bool {
         matches!(
             self.kind,
-            Kind::Retry { .. } | Kind::Released | Kind::Interrupted { .. }
+            Kind::Retry { .. } | Kind::Snoozed { .. } | Kind::Released | Kind::Interrupted { .. }
         )
     }
 
@@ -164,6 +167,15 @@ impl Outcome {
                 "$unset": unset_lease,
                 "$push": history(*attempt, error),
             },
+            Kind::Snoozed { run_at } => {
+                let mut unset = unset_lease;
+                unset.insert(fields::STARTED_AT, "");
+                doc! {
+                    "$set": {fields::STATUS: Status::Pending, fields::RUN_AT: *run_at},
+                    "$inc": {fields::ATTEMPTS: -1, fields::SNOOZES: 1},
+                    "$unset": unset,
+                }
+            }
             Kind::Released => {
                 let mut unset = unset_lease;
                 unset.insert(fields::STARTED_AT, "");

@@ -26,6 +26,7 @@ fn worker_config(args: &WorkArgs) -> WorkerConfig {
         lease: args.lease,
         poll_interval: args.poll_interval,
         max_attempts: args.max_attempts,
+        max_snoozes: args.max_snoozes,
         shutdown_grace: args.shutdown_grace,
         worker_id: args.worker_id.clone().unwrap_or(defaults.worker_id),
         drain: args.drain,

@@ -1,0 +1,268 @@
+//! Handlers that say "not now" (issue 33): a snooze runs the job again
+//! later without charging an attempt, and a failure may carry how long to
+//! wait for its next attempt, through each handler kind: a `--pipe` Python
+//! handler (`raise Snooze(…)`, `raise Retry(…, after=…)`), an `--exec`
+//! program (exit 75 with a JSON object on stdout) and a Rust closure.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use mongodb::bson::{doc, Bson, Document};
+use mongoq::{HandlerError, Shutdown, Worker, WorkerConfig};
+
+use crate::helpers::{int, tempfile, TestDb};
+
+fn python() -> &'static str {
+    if Path::new("/usr/bin/python3").exists() {
+        "/usr/bin/python3"
+    } else {
+        "python3"
+    }
+}
+
+fn helper_dir() -> String {
+    format!("{}/clients/python", env!("CARGO_MANIFEST_DIR"))
+}
+
+fn write_script(db: &TestDb, name: &str, body: &str) -> String {
+    let path = tempfile(&format!("{}-{name}", db.db));
+    std::fs::write(&path, body).unwrap();
+    path.display().to_string()
+}
+
+fn millis(job: &Document, field: &str) -> i64 {
+    job.get_datetime(field)
+        .unwrap_or_else(|_| panic!("{field} is a date: {job}"))
+        .timestamp_millis()
+}
+
+#[test]
+fn a_python_handler_snoozes_every_job_once_and_no_attempt_is_charged() {
+    let db = TestDb::new("snooze_pipe");
+    let runs = tempfile(&format!("{}-runs", db.db));
+    let handler = write_script(
+        &db,
+        "snooze.py",
+        &format!(
+            r#"from mongoq import serve, Snooze
+
+def handle(job):
+    if job.get("snoozes", 0) == 0:
+        raise Snooze(1.5)
+    with open({runs:?}, "a") as f:
+        f.write(job["id"]["$oid"] + "\n")
+    return {{"attempt": job["attempt"], "snoozes": job["snoozes"]}}
+
+serve(handle)
+"#,
+            runs = runs.display().to_string()
+        ),
+    );
+    let data: Vec<serde_json::Value> = (0..40).map(|n| serde_json::json!({"n": n})).collect();
+    db.enqueue_json(&data);
+    let worker = db.drain_with_env(
+        &["--threads", "3", "--pipe", python(), &handler],
+        &[("PYTHONPATH", &helper_dir())],
+    );
+    let log = worker.log_text();
+    let jobs = db.all(doc! {});
+    assert_eq!(jobs.len(), 40, "no job lost or added");
+    let ran = std::fs::read_to_string(&runs).unwrap();
+    for job in &jobs {
+        assert_eq!(job.get_str("status"), Ok("completed"), "{job}\n{log}");
+        assert_eq!(
+            int(job, "attempts"),
+            1,
+            "the snooze charged no attempt: {job}"
+        );
+        assert_eq!(int(job, "snoozes"), 1, "{job}");
+        let result = job.get_document("result").unwrap();
+        assert_eq!(
+            (int(result, "attempt"), int(result, "snoozes")),
+            (1, 1),
+            "the handler saw its snooze: {job}"
+        );
+        // run_at is where the snooze put it (the claim leaves it): the run
+        // that completed started after it, on the server's clock.
+        assert!(
+            millis(job, "started_at") >= millis(job, "run_at"),
+            "started before its snooze ended: {job}"
+        );
+        assert!(
+            millis(job, "run_at")
+                - job
+                    .get_object_id("_id")
+                    .unwrap()
+                    .timestamp()
+                    .timestamp_millis()
+                >= 1_000,
+            "the snooze pushed run_at by its 1.5 s: {job}"
+        );
+        let id = job.get_object_id("_id").unwrap().to_hex();
+        assert_eq!(
+            ran.lines().filter(|l| *l == id).count(),
+            1,
+            "ran once: {job}"
+        );
+    }
+}
+
+#[test]
+fn a_job_past_max_snoozes_fails_with_the_reason_and_exec_snoozes_with_exit_75() {
+    let db = TestDb::new("snooze_cap");
+    let script = write_script(
+        &db,
+        "snooze.sh",
+        "#!/bin/sh\necho '{\"snooze\": 0.05}'\nexit 75\n",
+    );
+    db.enqueue(&["{\"n\": 1}"]);
+    let worker = db.drain(&[
+        "--max-snoozes",
+        "3",
+        "--poll-interval",
+        "50ms",
+        "--exec",
+        "/bin/sh",
+        &script,
+    ]);
+    let job = &db.all(doc! {})[0];
+    assert_eq!(
+        job.get_str("status"),
+        Ok("failed"),
+        "{job}\n{}",
+        worker.log_text()
+    );
+    assert_eq!(int(job, "snoozes"), 3, "{job}");
+    assert_eq!(int(job, "attempts"), 1, "snoozes charged no attempt: {job}");
+    let error = job.get_str("last_error").unwrap();
+    assert!(
+        error.contains("snoozed 3 times") && error.contains("--max-snoozes 3"),
+        "{error}"
+    );
+}
+
+/// The next attempt starts `retry_after` after the failure, not after the
+/// exponential back-off (here 1 h), within 100 ms.
+#[test]
+fn retry_after_replaces_the_back_off_and_is_honoured_within_100ms() {
+    let db = TestDb::new("retry_after");
+    let handler = write_script(
+        &db,
+        "retry_after.py",
+        r#"from mongoq import serve, Retry
+
+def handle(job):
+    if job["attempt"] == 1:
+        raise Retry("429 Too Many Requests", after=2)
+    return {"attempt": job["attempt"]}
+
+serve(handle)
+"#,
+    );
+    let exec = write_script(
+        &db,
+        "retry_after.sh",
+        "#!/bin/sh\nif [ \"$MONGOQ_ATTEMPT\" = 1 ]; then echo '{\"retry_after\": 2}'; echo 'rate limited' >&2; exit 75; fi\necho '{\"ok\": 1}'\n",
+    );
+    for (kind, handler_args) in [
+        ("pipe", vec!["--pipe", python(), &handler]),
+        ("exec", vec!["--exec", "/bin/sh", &exec]),
+    ] {
+        db.coll().delete_many(doc! {}).run().unwrap();
+        db.enqueue(&["{\"n\": 1}"]);
+        let mut args = vec![
+            "--threads",
+            "1",
+            "--max-attempts",
+            "3",
+            "--backoff-base",
+            "1h",
+            "--poll-interval",
+            "20ms",
+            "--no-change-stream",
+        ];
+        args.extend(handler_args);
+        let mut worker = db.spawn_worker_with_env(&args, &[("PYTHONPATH", &helper_dir())]);
+        db.wait_for_count(doc! {"status": "completed"}, 1, Duration::from_secs(60));
+        worker.signal("TERM");
+        worker.expect_success(Duration::from_secs(30));
+        let job = &db.all(doc! {})[0];
+        assert_eq!(int(job, "attempts"), 2, "{kind}: {job}");
+        let failed_at = match job.get_array("errors").unwrap().first() {
+            Some(Bson::Document(entry)) => millis(entry, "at"),
+            other => panic!("{kind}: no error history: {other:?} in {job}"),
+        };
+        assert!(
+            job.get_array("errors").unwrap()[0]
+                .as_document()
+                .unwrap()
+                .get_str("error")
+                .unwrap()
+                .contains(if kind == "pipe" {
+                    "429"
+                } else {
+                    "rate limited"
+                }),
+            "{kind}: {job}"
+        );
+        let run_at = millis(job, "run_at");
+        let started = millis(job, "started_at");
+        let wait = run_at - failed_at;
+        assert!(
+            (1_950..=2_050).contains(&wait),
+            "{kind}: the retry was set {wait} ms after the failure, not 2 s: {job}"
+        );
+        assert!(
+            (0..=100).contains(&(started - run_at)),
+            "{kind}: the retry started {} ms after its run_at: {job}",
+            started - run_at
+        );
+    }
+}
+
+/// The Rust API: `HandlerError::snooze` and `.after`.
+#[test]
+fn a_rust_handler_snoozes_and_retries_after() {
+    let db = TestDb::new("snooze_rust");
+    let queue = db.queue();
+    queue.ensure_indexes().unwrap();
+    for n in 0..10 {
+        queue
+            .enqueue(Bson::Int64(n), &mongoq::EnqueueOptions::default())
+            .unwrap();
+    }
+    let runs = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&runs);
+    let config = WorkerConfig {
+        threads: 2,
+        drain: true,
+        poll_interval: Duration::from_millis(50),
+        ..WorkerConfig::default()
+    };
+    let worker = Worker::new(queue, config, move |job: &mongoq::Job| {
+        counted.fetch_add(1, Ordering::SeqCst);
+        match (job.snoozes, job.attempt) {
+            (0, _) => Err(HandlerError::snooze(Duration::from_millis(200))),
+            (_, 1) => {
+                Err(HandlerError::retry("503 from upstream").after(Duration::from_millis(300)))
+            }
+            _ => Ok(None),
+        }
+    })
+    .unwrap();
+    let report = worker.run(&Shutdown::new());
+    assert_eq!(report.snoozed, 10, "{report:?}");
+    assert_eq!(report.retried, 10, "{report:?}");
+    assert_eq!(report.completed, 10, "{report:?}");
+    assert_eq!(runs.load(Ordering::SeqCst), 30);
+    for job in db.all(doc! {}) {
+        assert_eq!(job.get_str("status"), Ok("completed"), "{job}");
+        assert_eq!(
+            (int(&job, "attempts"), int(&job, "snoozes")),
+            (2, 1),
+            "{job}"
+        );
+    }
+}
