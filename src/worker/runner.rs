@@ -122,12 +122,7 @@ impl Runner {
                 },
             );
         }
-        Outcome::new(
-            key,
-            Kind::Snoozed {
-                run_at: self.clock.after(delay),
-            },
-        )
+        Outcome::new(key, Kind::Snoozed { delay })
     }
 
     /// A failed attempt: retried later (after the back-off, or after the

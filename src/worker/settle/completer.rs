@@ -143,16 +143,18 @@ impl Completer {
                         run_at.try_to_rfc3339_string().unwrap_or_default()
                     );
                 }
-                Kind::Snoozed { run_at } => {
+                Kind::Snoozed { delay } => {
                     Counters::add(&counters.snoozed, 1);
-                    counters.own_retry_due_ms.fetch_max(
-                        run_at.timestamp_millis(),
-                        std::sync::atomic::Ordering::Relaxed,
-                    );
+                    // Now is after the write's instant: a `--drain` worker
+                    // waits at least until the snooze it wrote is due.
+                    let due = crate::clock::shift_by(queue.clock().now(), *delay);
+                    counters
+                        .own_retry_due_ms
+                        .fetch_max(due.timestamp_millis(), std::sync::atomic::Ordering::Relaxed);
                     log::debug!(
-                        "job {} snoozed until {}",
+                        "job {} snoozed for {}",
                         id_text(&key.id),
-                        run_at.try_to_rfc3339_string().unwrap_or_default()
+                        crate::duration::format_duration(*delay)
                     );
                 }
                 Kind::Failed { attempt, error } => {

@@ -30,6 +30,8 @@ use crate::worker::settle::oversized::{fail_oversized, is_too_large_code};
 
 /// The shared kind of hand-backs (see `Outcome::shared_kind`).
 const RELEASED: u8 = 1;
+/// The shared kind of snoozes (of one delay: see `Shared::delay`).
+const SNOOZED: u8 = 2;
 /// Most jobs one shared statement writes: a completion with results finds
 /// each document's result by the position of its `_id` in the statement's
 /// list, so the server's work per statement grows with the square of this
@@ -46,6 +48,9 @@ struct Shared<'a> {
     kind: u8,
     token: ObjectId,
     dependents: bool,
+    /// Snoozes: the delay every member asked for (their `run_at` is the
+    /// write's instant plus it, so one statement writes them all).
+    delay: std::time::Duration,
     members: Vec<&'a Outcome>,
     /// Each member's result as stored (null for none), in `members`' order.
     results: Vec<Bson>,
@@ -79,9 +84,10 @@ pub(crate) enum Kind {
     },
     /// Failed for good (attempts exhausted, permanent error, malformed).
     Failed { attempt: u32, error: String },
-    /// The handler said "not now": pending again at `run_at`, the attempt
-    /// not charged, `snoozes` counted.
-    Snoozed { run_at: DateTime },
+    /// The handler said "not now": pending again `delay` after the write
+    /// (on the server's clock), the attempt not charged, `snoozes` counted.
+    /// The snoozes of one claim with one delay are one statement.
+    Snoozed { delay: std::time::Duration },
     /// Claimed but never started (shutdown): back to pending, attempt not counted.
     Released,
     /// Started but cut off by shutdown: back to pending now, attempt counted.
@@ -139,6 +145,7 @@ impl Outcome {
         match self.kind {
             Kind::Completed { .. } => Some(0),
             Kind::Released => Some(RELEASED),
+            Kind::Snoozed { .. } => Some(SNOOZED),
             _ => None,
         }
     }
@@ -167,11 +174,11 @@ impl Outcome {
                 "$unset": unset_lease,
                 "$push": history(*attempt, error),
             },
-            Kind::Snoozed { run_at } => {
+            Kind::Snoozed { delay } => {
                 let mut unset = unset_lease;
                 unset.insert(fields::STARTED_AT, "");
                 doc! {
-                    "$set": {fields::STATUS: Status::Pending, fields::RUN_AT: *run_at},
+                    "$set": {fields::STATUS: Status::Pending, fields::RUN_AT: crate::clock::shift_by(at, *delay)},
                     "$inc": {fields::ATTEMPTS: -1, fields::SNOOZES: 1},
                     "$unset": unset,
                 }
@@ -222,8 +229,13 @@ fn divide(outcomes: &[Outcome]) -> (Vec<Shared<'_>>, Vec<&Outcome>, u64) {
             Kind::Completed { result } => sized_result(result.clone()),
             _ => (Bson::Null, 1),
         };
+        let delay = match outcome.kind {
+            Kind::Snoozed { delay } => delay,
+            _ => std::time::Duration::ZERO,
+        };
         let fits = |g: &Shared| {
             g.kind == kind
+                && g.delay == delay
                 && g.token == key.token
                 && g.dependents == key.dependents
                 && g.members.len() < SHARED_IDS
@@ -234,6 +246,7 @@ fn divide(outcomes: &[Outcome]) -> (Vec<Shared<'_>>, Vec<&Outcome>, u64) {
                 kind,
                 token: key.token,
                 dependents: key.dependents,
+                delay,
                 members: Vec::new(),
                 results: Vec::new(),
                 bytes: 0,
@@ -289,13 +302,13 @@ impl Shared<'_> {
     fn statement(&self, worker: &str, at: DateTime) -> Document {
         let ids: Vec<Bson> = self.members.iter().map(|o| o.key.id.clone()).collect();
         let mut filter = doc! {"_id": {"$in": &ids}, fields::LEASE_TOKEN: self.token, fields::STATUS: Status::Running};
-        if self.kind == RELEASED {
+        if self.kind == RELEASED || self.kind == SNOOZED {
             filter.insert(fields::CANCEL_REQUESTED, doc! {"$ne": true});
         } else if !self.dependents {
             // A completion: see `JobKey::dependents`.
             filter.insert(fields::HAS_DEPENDENTS, doc! {"$ne": true});
         }
-        let update = if self.kind == RELEASED {
+        let update = if self.kind == RELEASED || self.kind == SNOOZED {
             Bson::Document(self.members[0].update(worker, at))
         } else if self.results.iter().all(|r| *r == Bson::Null) {
             Bson::Document(completed_update(at, None))

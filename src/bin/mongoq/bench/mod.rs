@@ -19,6 +19,7 @@ mod render;
 mod scenarios;
 mod schedules;
 mod server;
+mod snooze;
 
 use mongodb::bson::{doc, oid::ObjectId, Bson, DateTime};
 use mongodb::event::EventHandler;
@@ -41,6 +42,7 @@ pub use python::PythonRow;
 pub use render::{render_svg, render_table};
 pub use schedules::ScheduleRow;
 pub use server::{ScaleFloor, ScaleRow, ServerWorkRow};
+pub use snooze::SnoozeRow;
 
 use peers::{ceiling_loop, completed, find_one_and_update_loop, original_loop};
 use probe::{machine_description, server_description, Monitor};
@@ -163,6 +165,8 @@ pub struct BenchResults {
     pub flows: Vec<FlowRow>,
     /// Section 13: the Python client's enqueue.
     pub python: Vec<PythonRow>,
+    /// Section 14: a snooze against a failed attempt.
+    pub snooze: Vec<SnoozeRow>,
 }
 
 /// What a fleet-wide limit costs: one drain per mode.
@@ -207,6 +211,7 @@ pub fn run(config: &BenchConfig, progress: &mut dyn FnMut(&str)) -> Result<Bench
         schedules: Vec::new(),
         flows: Vec::new(),
         python: Vec::new(),
+        snooze: Vec::new(),
     };
     let wanted = |section: &str| config.only.is_empty() || config.only.iter().any(|s| s == section);
     bench.sections_before_drain(&wanted, &mut results, progress)?;
@@ -280,7 +285,7 @@ pub fn run(config: &BenchConfig, progress: &mut dyn FnMut(&str)) -> Result<Bench
 }
 
 impl Bench<'_> {
-    /// Sections 7 to 13, each when wanted.
+    /// Sections 7 to 14, each when wanted.
     fn sections_before_drain(
         &self,
         wanted: &dyn Fn(&str) -> bool,
@@ -307,6 +312,9 @@ impl Bench<'_> {
         }
         if wanted("python") {
             results.python = self.python(progress)?;
+        }
+        if wanted("snooze") {
+            results.snooze = self.snooze(progress)?;
         }
         Ok(())
     }

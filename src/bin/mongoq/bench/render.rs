@@ -144,6 +144,7 @@ pub fn render_table(results: &BenchResults) -> String {
     super::schedules::render(&results.schedules, &mut out);
     super::flows::render(&results.flows, &mut out);
     super::python::render(&results.python, &mut out);
+    super::snooze::render(&results.snooze, &mut out);
     out
 }
 
