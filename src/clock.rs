@@ -169,6 +169,12 @@ impl Clock {
         shift(self.now(), -(duration.as_millis() as i64))
     }
 
+    /// The latest the server's time may be now: now plus the uncertainty.
+    /// Expiry compares with this, so an expired job is never judged alive.
+    pub fn latest(&self) -> DateTime {
+        self.after(self.uncertainty())
+    }
+
     /// The latest time that has certainly passed on the server: now minus
     /// the uncertainty. Eligibility and lease expiry compare with this, so
     /// neither is ever judged early.

@@ -27,6 +27,8 @@ pub struct Job {
     pub max_attempts: u32,
     /// How many times a handler snoozed it before (`snoozes`; 0 if never).
     pub snoozes: u32,
+    /// Not started by then, it never starts (see [`crate::expiry`]).
+    pub expires_at: Option<mongodb::bson::DateTime>,
     /// Priority it was claimed with.
     pub priority: i64,
     /// The fencing token of the claim that holds it.
@@ -58,6 +60,18 @@ pub struct Job {
     pub(crate) completed_deps: Vec<Bson>,
     /// Some waiting job waits on this one: its outcome settles them.
     pub(crate) has_dependents: bool,
+}
+
+/// A document's `expires_at`: none, a date, or a reason it cannot run.
+fn expires_at_of(document: &Document) -> Result<Option<mongodb::bson::DateTime>, Malformed> {
+    match document.get(fields::EXPIRES_AT) {
+        None | Some(Bson::Null) => Ok(None),
+        Some(Bson::DateTime(at)) => Ok(Some(*at)),
+        Some(value) => Err(Malformed(format!(
+            "`expires_at` must be a date (e.g. ISODate(\"2026-01-01T00:00:00Z\") in mongosh), but it is {}",
+            describe(value)
+        ))),
+    }
 }
 
 /// Why a claimed document cannot run. The text becomes `last_error`.
@@ -99,6 +113,7 @@ impl Job {
                 )))
             }
         }
+        let expires_at = expires_at_of(document)?;
         let max_attempts = match document.get(fields::MAX_ATTEMPTS) {
             None | Some(Bson::Null) => default_max_attempts,
             Some(value) => match integer(value) {
@@ -159,6 +174,7 @@ impl Job {
                 .and_then(integer)
                 .and_then(|n| u32::try_from(n).ok())
                 .unwrap_or(0),
+            expires_at,
             priority,
             lease_token,
             queue,

@@ -43,6 +43,7 @@ pub mod backoff;
 pub mod clock;
 pub mod duration;
 pub mod error;
+pub mod expiry;
 pub mod job;
 pub mod progress;
 pub mod redact;

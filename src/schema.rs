@@ -24,6 +24,10 @@ pub mod fields {
     pub const ATTEMPTS: &str = "attempts";
     /// How many times a handler snoozed the job ("not now"; no attempt charged).
     pub const SNOOZES: &str = "snoozes";
+    /// Not started by then, never started: the job ends `cancelled`.
+    pub const EXPIRES_AT: &str = "expires_at";
+    /// On a job cancelled because it expired (`true`).
+    pub const EXPIRED: &str = "expired";
     /// The worker that holds the running job.
     pub const LEASE_OWNER: &str = "lease_owner";
     /// The fencing token of the claim that holds the running job.

@@ -277,7 +277,9 @@ fn the_bench_compares_a_snooze_with_a_failed_attempt() {
     let out = crate::helpers::output_within(
         std::process::Command::new(env!("CARGO_BIN_EXE_mongoq"))
             .args(["--uri", &db.uri, "bench", "--bench-db", &db.db])
-            .args(["--only", "snooze", "--rounds", "1", "--chart"])
+            .args([
+                "--only", "snooze", "--rounds", "1", "--jobs", "400", "--chart",
+            ])
             .arg(&chart),
         None,
         crate::helpers::COMMAND_LIMIT,
@@ -288,8 +290,178 @@ fn the_bench_compares_a_snooze_with_a_failed_attempt() {
         "{}{text}",
         crate::helpers::stderr(&out)
     );
-    assert!(text.contains("14. snooze: 2000 no-op jobs"), "{text}");
+    assert!(text.contains("14. snooze: 400 no-op jobs"), "{text}");
     for row in ["plain jobs", "half snoozed once", "half failed once"] {
         assert!(text.contains(row), "{row}: {text}");
     }
+}
+
+fn report_of(path: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// Expiry: a job of a paused queue that expires never starts and ends
+/// `cancelled` with the reason, its dependent is cancelled naming it, a
+/// producer's plain document already expired is ended too, and a job with
+/// time to spare runs; `stats` and the worker's report count them.
+#[test]
+fn an_expired_job_never_starts_and_ends_cancelled_with_the_reason() {
+    let db = TestDb::new("expiry");
+    db.queue().ensure_indexes().unwrap();
+    let runs = tempfile(&format!("{}-runs", db.db));
+    let script = write_script(
+        &db,
+        "run.sh",
+        &format!("#!/bin/sh\necho \"$MONGOQ_JOB_ID\" >> {}\n", runs.display()),
+    );
+    let paused = db.run(&["pause", "slow"]);
+    assert!(
+        paused.status.success(),
+        "{}",
+        crate::helpers::stderr(&paused)
+    );
+    let expiring = db.enqueue(&["{\"n\": 1}", "--queue", "slow", "--expires-in", "2s"]);
+    let dependent_id = db.enqueue(&["{\"n\": 2}", "--queue", "slow", "--after", &expiring]);
+    let unexpiring = db.enqueue(&["{\"n\": 3}", "--queue", "slow"]);
+    let plain = db
+        .coll()
+        .insert_one(doc! {"data": 4, "status": "pending", "expires_at": crate::helpers::ago(5)})
+        .run()
+        .unwrap()
+        .inserted_id;
+    let spare = db.enqueue(&["{\"n\": 5}", "--expires-in", "1h"]);
+    let report = tempfile(&format!("{}-report.json", db.db));
+    let report_arg = report.display().to_string();
+    let mut worker = db.spawn_worker(&[
+        "--queue",
+        "slow",
+        "--queue",
+        "default",
+        "--threads",
+        "2",
+        "--report",
+        &report_arg,
+        "--exec",
+        "/bin/sh",
+        &script,
+    ]);
+    let oid = crate::helpers::oid;
+    db.wait_for_count(doc! {"expired": true}, 2, Duration::from_secs(60));
+    db.wait_for_count(
+        doc! {"_id": oid(&dependent_id), "status": "cancelled"},
+        1,
+        Duration::from_secs(60),
+    );
+    db.wait_for_count(
+        doc! {"_id": oid(&spare), "status": "completed"},
+        1,
+        Duration::from_secs(60),
+    );
+    let stats = db.run(&["stats", "--json"]);
+    worker.signal("TERM");
+    worker.expect_success(Duration::from_secs(30));
+    let ran = std::fs::read_to_string(&runs).unwrap_or_default();
+    assert_eq!(
+        ran.lines().collect::<Vec<_>>(),
+        [spare.as_str()],
+        "only spare ran"
+    );
+    let job = |id: &Bson| db.all(doc! {"_id": id}).remove(0);
+    for expired in [Bson::ObjectId(oid(&expiring)), plain] {
+        let job = job(&expired);
+        assert_eq!(job.get_str("status"), Ok("cancelled"), "{job}");
+        assert_eq!(job.get_bool("expired"), Ok(true), "{job}");
+        assert!(job.get_datetime("cancelled_at").is_ok(), "{job}");
+        assert!(
+            job.get_str("last_error")
+                .unwrap()
+                .starts_with("expired: not started by its expires_at 20"),
+            "{job}"
+        );
+        assert_eq!(
+            job.get("attempts")
+                .and_then(mongoq::schema::integer)
+                .unwrap_or(0),
+            0,
+            "{job}"
+        );
+        assert!(
+            millis(&job, "cancelled_at") >= millis(&job, "expires_at"),
+            "not cancelled before it expired: {job}"
+        );
+    }
+    let dependent = job(&Bson::ObjectId(oid(&dependent_id)));
+    assert!(
+        dependent.get_str("last_error").unwrap().contains(&expiring)
+            && dependent.get_str("last_error").unwrap().contains("expired"),
+        "the dependent names its expired dependency: {dependent}"
+    );
+    assert_eq!(
+        job(&Bson::ObjectId(oid(&unexpiring))).get_str("status"),
+        Ok("pending")
+    );
+    let stats: serde_json::Value = serde_json::from_str(&crate::helpers::stdout(&stats)).unwrap();
+    assert_eq!(stats["expired"], 2, "{stats}");
+    assert_eq!(report_of(&report)["expired"], 2);
+}
+
+/// By the server's clock: a worker whose wall clock is an hour behind
+/// (libfaketime) never starts a job that expired a second ago by the
+/// server's, though by its own clock the job has an hour left.
+#[test]
+fn a_worker_whose_clock_is_behind_never_starts_an_expired_job() {
+    let db = TestDb::new("expiry_skew");
+    db.queue().ensure_indexes().unwrap();
+    let runs = tempfile(&format!("{}-runs", db.db));
+    let script = write_script(
+        &db,
+        "run.sh",
+        &format!("#!/bin/sh\necho \"$MONGOQ_JOB_ID\" >> {}\n", runs.display()),
+    );
+    let expired = db
+        .coll()
+        .insert_one(doc! {"data": 1, "status": "pending", "expires_at": crate::helpers::ago(1)})
+        .run()
+        .unwrap()
+        .inserted_id;
+    db.enqueue(&["{\"n\": 2}"]);
+    let log = tempfile(&format!("{}-skewed.log", db.db));
+    let mut worker = crate::helpers::Worker {
+        child: std::process::Command::new(env!("CARGO_BIN_EXE_mongoq"))
+            .env("LD_PRELOAD", crate::clock::libfaketime())
+            .env("FAKETIME", "-3600s")
+            .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
+            .env("MONGODB_URI", &db.uri)
+            .env("RUST_LOG", "info")
+            .args([
+                "--db",
+                &db.db,
+                "work",
+                "--threads",
+                "1",
+                "--exec",
+                "/bin/sh",
+                &script,
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+        log,
+    };
+    db.wait_for_count(doc! {"status": "completed"}, 1, Duration::from_secs(60));
+    db.wait_for_count(
+        doc! {"_id": &expired, "expired": true},
+        1,
+        Duration::from_secs(60),
+    );
+    worker.signal("TERM");
+    worker.expect_success(Duration::from_secs(30));
+    let ran = std::fs::read_to_string(&runs).unwrap();
+    assert_eq!(ran.lines().count(), 1, "only the live job ran: {ran}");
+    let text = match &expired {
+        Bson::ObjectId(id) => id.to_hex(),
+        other => panic!("{other:?}"),
+    };
+    assert!(!ran.contains(&text), "the expired job ran: {ran}");
 }

@@ -107,9 +107,11 @@ fn labelled(value: &Bson, labels: &HashMap<ObjectId, String>) -> Bson {
 /// Asserts the two writers stored the same document for `what`: the same
 /// fields, each with the same value and BSON type, ids compared by label;
 /// `_id` and the server-stamped instants aside, and `run_at` within 5 s
-/// where it was computed from "now" (equal where the producer gave it).
+/// where it was computed from "now" (equal where the producer gave it), and
+/// `expires_at` likewise where `--expires-in` computed it.
 fn assert_same(what: &str, cli: &Document, py: &Document, labels: &HashMap<ObjectId, String>) {
     const STAMPED: [&str; 2] = ["released_at", "cancelled_at"];
+    let label = what;
     let keys = |d: &Document| -> Vec<String> {
         let mut k: Vec<String> = d.keys().cloned().collect();
         k.sort();
@@ -132,13 +134,13 @@ fn assert_same(what: &str, cli: &Document, py: &Document, labels: &HashMap<Objec
             );
             continue;
         }
-        if field == "run_at" {
+        if field == "run_at" || (field == "expires_at" && label == "delayed") {
             let (Bson::DateTime(a), Bson::DateTime(b)) = (value, other) else {
-                panic!("{what}: run_at is a date in both: {value} / {other}");
+                panic!("{what}: {field} is a date in both: {value} / {other}");
             };
             assert!(
                 (a.timestamp_millis() - b.timestamp_millis()).abs() < 5_000,
-                "{what}: run_at {a} / {b}"
+                "{what}: {field} {a} / {b}"
             );
             continue;
         }
@@ -181,9 +183,22 @@ fn the_client_and_the_cli_write_the_same_documents() {
             "4",
             "--unique-key",
             "order-1",
+            "--expires-at",
+            "2031-01-01T00:00:00Z",
         ],
     );
-    enqueue("delayed", &[data, "--delay", "1h", "--priority", "-3"]);
+    enqueue(
+        "delayed",
+        &[
+            data,
+            "--delay",
+            "1h",
+            "--priority",
+            "-3",
+            "--expires-in",
+            "2h",
+        ],
+    );
     enqueue("plain", &[data]);
     let dep_pending = enqueue("dep_pending", &[data]);
     let dep_done = enqueue("dep_done", &[data]);
@@ -274,8 +289,9 @@ q = Queue(os.environ["MONGODB_URI"], db=os.environ["DB"])
 data = json.loads({data:?})
 ids = {{}}
 ids["every_option"] = q.enqueue(data, queue="emails", priority=7,
-    run_at=datetime.datetime(2030, 1, 1, tzinfo=datetime.timezone.utc), max_attempts=4, unique_key="order-1")
-ids["delayed"] = q.enqueue(data, delay=3600, priority=-3)
+    run_at=datetime.datetime(2030, 1, 1, tzinfo=datetime.timezone.utc), max_attempts=4, unique_key="order-1",
+    expires_at=datetime.datetime(2031, 1, 1, tzinfo=datetime.timezone.utc))
+ids["delayed"] = q.enqueue(data, delay=3600, priority=-3, expires_in=datetime.timedelta(hours=2))
 ids["plain"] = q.enqueue(data)
 for name in ("dep_pending", "dep_done", "dep_failed"):
     ids[name] = q.enqueue(data)
@@ -513,7 +529,7 @@ from mongoq import Queue
 print(json.dumps(Queue(os.environ["MONGODB_URI"], db=os.environ["DB"]).stats()))
 "#,
     ));
-    for field in ["counts", "eligible", "paused", "scheduled"] {
+    for field in ["counts", "eligible", "paused", "scheduled", "expired"] {
         assert_eq!(cli[field], py[field], "{field}: cli {cli} / py {py}");
     }
 }

@@ -51,6 +51,8 @@ pub struct Sweeper {
     last_audit: Option<Instant>,
     /// The last look found jobs to link or settle.
     found: bool,
+    /// Told how many expired jobs each look cancelled.
+    on_expired: Box<dyn Fn(u64) + Send>,
 }
 
 impl Sweeper {
@@ -61,7 +63,15 @@ impl Sweeper {
             cursor: None,
             last_audit: None,
             found: false,
+            on_expired: Box::new(|_| {}),
         }
+    }
+
+    /// Calls `count` with the number of expired jobs each look cancels.
+    #[must_use]
+    pub fn on_expired(mut self, count: impl Fn(u64) + Send + 'static) -> Sweeper {
+        self.on_expired = Box::new(count);
+        self
     }
 
     /// Sweeps until `stop`: every [`SWEEP_EVERY`] while looks find work,
@@ -106,9 +116,24 @@ impl Sweeper {
         }
     }
 
-    /// One look: link, settle, and the audit when it is due.
+    /// One look: cancel expired jobs (see [`crate::expiry`]), link,
+    /// settle, and the audit when it is due.
     pub fn pass(&mut self) -> Result<Settled, Error> {
         let mut total = Settled::default();
+        let expired = crate::expiry::cancel_expired(&self.queue, self.queue.clock().passed())?;
+        if expired.count > 0 {
+            log::info!("the sweep cancelled {} expired jobs", expired.count);
+            (self.on_expired)(expired.count);
+            let ended: Vec<Finished> = expired
+                .with_dependents
+                .into_iter()
+                .map(|(id, reason)| Finished {
+                    id,
+                    ended: Ended::Cancelled(reason),
+                })
+                .collect();
+            total.add(settle(&self.queue, ended)?);
+        }
         let unlinked = self.find(
             doc! {fields::STATUS: Status::Waiting, fields::LINKED: {"$exists": false}},
             doc! {fields::AFTER: 1, fields::IF_DEP_FAILS: 1, fields::DEPS_TOTAL: 1, fields::UNIQUE_KEY: 1},
@@ -139,7 +164,7 @@ impl Sweeper {
             doc! {fields::STATUS: 1, fields::LAST_ERROR: 1},
             DEPENDENTS_INDEX,
         )?;
-        self.found = !unlinked.is_empty() || !flagged.is_empty();
+        self.found = expired.count > 0 || !unlinked.is_empty() || !flagged.is_empty();
         if !flagged.is_empty() {
             let finished: Vec<Finished> = flagged
                 .iter()

@@ -59,6 +59,9 @@ pub struct EnqueueOptions {
     pub after: Vec<Bson>,
     /// What a dependency that fails or is cancelled does to this job.
     pub if_dep_fails: IfDepFails,
+    /// Not started by then (the server's clock), it never starts: it ends
+    /// `cancelled` with `expired: true` and a reason naming the expiry.
+    pub expires_at: Option<DateTime>,
 }
 
 impl Queue {
@@ -182,6 +185,9 @@ pub fn new_job_document(
     }
     if let Some(key) = &options.unique_key {
         document.insert(fields::UNIQUE_KEY, key.clone());
+    }
+    if let Some(at) = options.expires_at {
+        document.insert(fields::EXPIRES_AT, at);
     }
     if !options.after.is_empty() {
         document.insert(fields::AFTER, options.after.clone());

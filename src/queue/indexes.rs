@@ -38,6 +38,8 @@ pub const AFTER_INDEX: &str = "mongoq_after";
 pub const WAITING_INDEX: &str = "mongoq_waiting";
 /// `{status}`, partial on `has_dependents: true`: finished jobs not yet settled.
 pub const DEPENDENTS_INDEX: &str = "mongoq_dependents";
+/// Pending jobs with an expiry, for the sweep that cancels expired ones.
+pub const EXPIRY_INDEX: &str = "mongoq_expiry";
 pub const CLAIM_INDEX: &str = "mongoq_claim_by_queue";
 /// The claim index of mongoq before named queues (`{status, priority, run_at, _id}`).
 const LEGACY_CLAIM_INDEX: &str = "mongoq_claim";
@@ -60,6 +62,8 @@ impl Queue {
     /// - `mongoq_lease_expiry` `{status, lease_until}`: rescuing expired leases.
     /// - `mongoq_after`, `mongoq_waiting`, `mongoq_dependents`: flows (see
     ///   [`crate::flow`]), each partial on a field plain jobs never have.
+    /// - `mongoq_expiry` `{status, expires_at}`, partial on `expires_at`:
+    ///   the sweep that cancels expired jobs (see [`crate::expiry`]).
     pub fn ensure_indexes(&self) -> Result<Vec<String>, Error> {
         let named = |name: &str| IndexOptions::builder().name(name.to_string()).build();
         let models = vec![
@@ -96,6 +100,12 @@ impl Queue {
                 doc! {fields::STATUS: 1},
                 DEPENDENTS_INDEX,
                 doc! {fields::HAS_DEPENDENTS: true},
+            ),
+            // Expiry (crate::expiry): only jobs that have one.
+            partial(
+                doc! {fields::STATUS: 1, fields::EXPIRES_AT: 1},
+                EXPIRY_INDEX,
+                doc! {fields::EXPIRES_AT: {"$exists": true}},
             ),
         ];
         self.collection

@@ -31,6 +31,8 @@ pub struct Stats {
     pub scheduled: u64,
     /// How long the oldest eligible job has been eligible, in seconds.
     pub oldest_eligible_age_seconds: Option<f64>,
+    /// Cancelled jobs that expired before they started (`expired: true`).
+    pub expired: u64,
 }
 
 impl Queue {
@@ -47,8 +49,13 @@ impl Queue {
         .iter()
         .map(|status| (status.as_str().to_string(), 0))
         .collect();
-        let pipeline =
-            vec![doc! {"$group": {"_id": format!("${}", fields::STATUS), "n": {"$sum": 1}}}];
+        // Expired jobs are counted in the same pass over the documents.
+        let pipeline = vec![doc! {"$group": {
+            "_id": format!("${}", fields::STATUS),
+            "n": {"$sum": 1},
+            "expired": {"$sum": {"$cond": [{"$eq": [format!("${}", fields::EXPIRED), true]}, 1, 0]}},
+        }}];
+        let mut expired = 0;
         for group in collection
             .aggregate(pipeline)
             .run()
@@ -61,6 +68,7 @@ impl Queue {
             };
             let n = count(group.get("n"));
             *counts.entry(status).or_insert(0) += n;
+            expired += count(group.get("expired"));
         }
         let now = self.now();
         // A paused queue's jobs are not eligible: no worker takes them.
@@ -110,6 +118,7 @@ impl Queue {
             paused,
             scheduled: pending.saturating_sub(eligible + paused),
             oldest_eligible_age_seconds,
+            expired,
         })
     }
 }

@@ -329,7 +329,9 @@ impl Worker {
 
     /// The flow sweep's thread (only the peer that leads the duty sweeps); it rings the doorbell when it released jobs.
     fn start_flows(&self, stop: &Shutdown) -> JoinHandle<()> {
-        let sweeper = Sweeper::new(self.queue.clone());
+        let counters = Arc::clone(&self.parts.counters);
+        let sweeper = Sweeper::new(self.queue.clone())
+            .on_expired(move |n| Counters::add(&counters.expired, n));
         let doorbell = Arc::clone(&self.parts.doorbell);
         let share = Arc::clone(&self.parts.share);
         let stop = stop.clone();

@@ -65,6 +65,13 @@ impl Runner {
                 let _ = self.outcomes.send(Outcome::new(key, Kind::Released));
                 continue;
             }
+            // Expired while it waited in the channel: it never starts.
+            if let Some(expires_at) = job.expires_at.filter(|at| *at <= self.clock.latest()) {
+                let _ = self
+                    .outcomes
+                    .send(Outcome::new(key, Kind::Expired { expires_at }));
+                continue;
+            }
             self.running.start(self.index, key.clone(), &job);
             let started = Instant::now();
             let result = catch_unwind(AssertUnwindSafe(|| self.handler.handle(&job)));

@@ -108,8 +108,10 @@ class Options:
         unique_key: Optional[str] = None,
         after: Optional[Sequence[Any]] = None,
         if_dep_fails: Optional[str] = None,
+        expires_at: Optional[datetime.datetime] = None,
     ) -> None:
         self.queue = None if queue is None else check_queue_name(queue)
+        self.expires_at = None if expires_at is None else utc(expires_at, "expires_at")
         self.priority = _int64(priority, "priority")
         self.run_at = None if run_at is None else utc(run_at)
         self.max_attempts = _max_attempts(max_attempts)
@@ -157,6 +159,8 @@ class Options:
             tail["queue"] = self.queue
         if self.unique_key is not None:
             tail["unique_key"] = self.unique_key
+        if self.expires_at is not None:
+            tail["expires_at"] = self.expires_at
         if self.after:
             # One list for every document: the insert only reads it.
             tail["after"] = list(self.after)

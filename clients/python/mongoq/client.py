@@ -104,12 +104,18 @@ class Queue:
         """The server's clock now (UTC), which every ``run_at`` is compared with."""
         return self._clock.now()
 
-    def _options(self, delay: Any, run_at: Any, **options: Any) -> Options:
+    def _options(
+        self, delay: Any, run_at: Any, expires_in: Any = None, expires_at: Any = None, **options: Any
+    ) -> Options:
         if delay is not None and run_at is not None:
             raise InvalidJob("give delay or run_at, not both")
+        if expires_in is not None and expires_at is not None:
+            raise InvalidJob("give expires_in or expires_at, not both")
         if delay is not None:
             run_at = self.now() + datetime.timedelta(seconds=_documents.seconds(delay, "delay"))
-        return Options(run_at=run_at, **options)
+        if expires_in is not None:
+            expires_at = self.now() + datetime.timedelta(seconds=_documents.seconds(expires_in, "expires_in"))
+        return Options(run_at=run_at, expires_at=expires_at, **options)
 
     # ------------------------------------------------------------------
     # Enqueueing
@@ -126,6 +132,8 @@ class Queue:
         unique_key: Optional[str] = None,
         after: Optional[Sequence[Any]] = None,
         if_dep_fails: Optional[str] = None,
+        expires_in: Any = None,
+        expires_at: Optional[datetime.datetime] = None,
         session: Any = None,
     ) -> ObjectId:
         """Inserts one job and returns its ``_id``.
@@ -143,12 +151,15 @@ class Queue:
           released when all completed); ``if_dep_fails="run"`` runs it even
           if one fails or is cancelled (default ``"cancel"``). A dependency
           that does not exist raises :class:`InvalidJob` and nothing stays.
+        - ``expires_in`` (seconds or a ``timedelta``, on the server's clock)
+          or ``expires_at`` (a ``datetime``): not started by then, it never
+          starts; it ends ``cancelled`` with ``expired: True`` and the reason.
         - ``session``: a ``ClientSession`` of this client; inside a
           transaction the job exists only if it commits.
         """
         options = self._options(
-            delay, run_at, queue=queue, priority=priority, max_attempts=max_attempts,
-            unique_key=unique_key, after=after, if_dep_fails=if_dep_fails,
+            delay, run_at, expires_in, expires_at, queue=queue, priority=priority,
+            max_attempts=max_attempts, unique_key=unique_key, after=after, if_dep_fails=if_dep_fails,
         )
         job_id = ObjectId()
         document = options.document(job_id, data, self.now())
@@ -182,6 +193,8 @@ class Queue:
         max_attempts: Optional[int] = None,
         after: Optional[Sequence[Any]] = None,
         if_dep_fails: Optional[str] = None,
+        expires_in: Any = None,
+        expires_at: Optional[datetime.datetime] = None,
         session: Any = None,
     ) -> List[ObjectId]:
         """Inserts one job per item of ``data``, all with the same options
@@ -193,8 +206,8 @@ class Queue:
         after it was sent.
         """
         options = self._options(
-            delay, run_at, queue=queue, priority=priority, max_attempts=max_attempts,
-            after=after, if_dep_fails=if_dep_fails,
+            delay, run_at, expires_in, expires_at, queue=queue, priority=priority,
+            max_attempts=max_attempts, after=after, if_dep_fails=if_dep_fails,
         )
         make = options.maker(self.now())
         ids: List[ObjectId] = []
@@ -488,13 +501,21 @@ class Queue:
         (always with waiting, pending, running, completed, failed),
         ``eligible`` (pending, due, in a queue not paused), ``paused``
         (pending and due, in a paused queue), ``scheduled`` (pending, not
-        yet due) and ``oldest_eligible_age_seconds``. Counted by the server.
+        yet due), ``oldest_eligible_age_seconds`` and ``expired`` (cancelled
+        because they expired before they started). Counted by the server.
         """
         counts = {s: 0 for s in ("waiting", "pending", "running", "completed", "failed")}
-        for group in self.collection.aggregate([{"$group": {"_id": "$status", "n": {"$sum": 1}}}]):
+        expired = 0
+        pipeline = [{"$group": {
+            "_id": "$status",
+            "n": {"$sum": 1},
+            "expired": {"$sum": {"$cond": [{"$eq": ["$expired", True]}, 1, 0]}},
+        }}]
+        for group in self.collection.aggregate(pipeline):
             status = group["_id"]
             name = status if isinstance(status, str) else "(no status)" if status is None else "(status %r)" % status
             counts[name] = counts.get(name, 0) + int(group["n"])
+            expired += int(group["expired"])
         now = self.now()
         eligible_now: Dict[str, Any] = {"status": "pending", "run_at": {"$not": {"$gt": now}}}
         paused_queues = [c["_id"] for c in self._controls.find({"paused": True}, {"_id": 1})]
@@ -519,6 +540,7 @@ class Queue:
             "paused": paused,
             "scheduled": max(0, counts["pending"] - eligible - paused),
             "oldest_eligible_age_seconds": age,
+            "expired": expired,
         }
 
 

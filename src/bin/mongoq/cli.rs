@@ -287,6 +287,14 @@ pub struct EnqueueArgs {
     /// Attempts before the job is marked failed (default: the worker's)
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_attempts: Option<u32>,
+    /// Never start the job if it has not started this long from now (e.g.
+    /// 10m): it ends cancelled, with the reason
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, conflicts_with = "expires_at")]
+    pub expires_in: Option<Duration>,
+    /// Never start the job after this time (RFC 3339): it ends cancelled,
+    /// with the reason
+    #[arg(long, value_name = "TIME")]
+    pub expires_at: Option<String>,
     /// Put the job(s) in this named queue [default: the default queue]
     #[arg(long)]
     pub queue: Option<String>,

@@ -93,6 +93,11 @@ impl Claimer {
         let mut filter = doc! {"_id": id.into()};
         filter.extend(eligible_filter(self.queue.clock().passed()));
         filter.insert(fields::QUEUE, queue_condition(&self.queues));
+        // An expired job is never claimed (see crate::expiry).
+        filter.insert(
+            fields::EXPIRES_AT,
+            crate::expiry::alive_condition(self.queue.clock().latest()),
+        );
         filter
     }
 

@@ -78,7 +78,7 @@ pub(crate) struct Load {
 }
 
 /// The counters: name, help, value.
-fn counter_rows(c: &Report) -> [(&'static str, &'static str, u64); 14] {
+fn counter_rows(c: &Report) -> [(&'static str, &'static str, u64); 15] {
     [
         (
             "mongoq_jobs_claimed_total",
@@ -104,6 +104,11 @@ fn counter_rows(c: &Report) -> [(&'static str, &'static str, u64); 14] {
             "mongoq_jobs_snoozed_total",
             "Attempts whose handler snoozed the job (run again later, attempt not charged).",
             c.snoozed,
+        ),
+        (
+            "mongoq_jobs_expired_total",
+            "Jobs this worker ended because they expired before they started (claimed, or by its sweep).",
+            c.expired,
         ),
         (
             "mongoq_jobs_released_total",
@@ -219,6 +224,11 @@ pub(crate) fn render(
                 "mongoq_queue_scheduled_jobs",
                 "Pending jobs whose run_at is in the future.",
                 stats.scheduled as f64,
+            ),
+            (
+                "mongoq_queue_expired_jobs",
+                "Cancelled jobs in the collection that expired before they started (expires_at).",
+                stats.expired as f64,
             ),
             (
                 "mongoq_queue_oldest_eligible_age_seconds",

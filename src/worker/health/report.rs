@@ -16,6 +16,9 @@ pub struct Report {
     pub failed: u64,
     /// Attempts whose handler said "not now" (snoozed; attempt not charged).
     pub snoozed: u64,
+    /// Jobs that expired before they started (claimed ones this worker
+    /// ended, and those its sweep cancelled).
+    pub expired: u64,
     /// Jobs handed back unstarted at shutdown.
     pub released: u64,
     /// Outcomes not written because the lease had been lost.
@@ -60,6 +63,7 @@ pub(crate) struct Counters {
     pub(crate) retried: AtomicU64,
     pub(crate) failed: AtomicU64,
     pub(crate) snoozed: AtomicU64,
+    pub(crate) expired: AtomicU64,
     pub(crate) released: AtomicU64,
     pub(crate) lost: AtomicU64,
     pub(crate) rescued: AtomicU64,
@@ -95,6 +99,7 @@ impl Counters {
             retried: read(&self.retried),
             failed: read(&self.failed),
             snoozed: read(&self.snoozed),
+            expired: read(&self.expired),
             released: read(&self.released),
             lost: read(&self.lost),
             rescued: read(&self.rescued),

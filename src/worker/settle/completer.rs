@@ -121,66 +121,7 @@ impl Completer {
             );
         }
         for outcome in pending.drain(..) {
-            let key = &outcome.key;
-            match &outcome.kind {
-                Kind::Completed { .. } => {
-                    Counters::add(&counters.completed, 1);
-                    log::debug!("job {} completed", id_text(&key.id));
-                }
-                Kind::Retry {
-                    attempt,
-                    error,
-                    run_at,
-                } => {
-                    Counters::add(&counters.retried, 1);
-                    counters.own_retry_due_ms.fetch_max(
-                        run_at.timestamp_millis(),
-                        std::sync::atomic::Ordering::Relaxed,
-                    );
-                    log::info!(
-                        "job {} attempt {attempt} failed, retry at {}: {error}",
-                        id_text(&key.id),
-                        run_at.try_to_rfc3339_string().unwrap_or_default()
-                    );
-                }
-                Kind::Snoozed { delay } => {
-                    Counters::add(&counters.snoozed, 1);
-                    // Now is after the write's instant: a `--drain` worker
-                    // waits at least until the snooze it wrote is due.
-                    let due = crate::clock::shift_by(queue.clock().now(), *delay);
-                    counters
-                        .own_retry_due_ms
-                        .fetch_max(due.timestamp_millis(), std::sync::atomic::Ordering::Relaxed);
-                    log::debug!(
-                        "job {} snoozed for {}",
-                        id_text(&key.id),
-                        crate::duration::format_duration(*delay)
-                    );
-                }
-                Kind::Failed { attempt, error } => {
-                    Counters::add(&counters.failed, 1);
-                    log::warn!(
-                        "job {} failed for good after attempt {attempt}: {error}",
-                        id_text(&key.id)
-                    );
-                }
-                Kind::Settled => {
-                    Counters::add(&counters.completed, 1);
-                    log::debug!(
-                        "job {} completed in its handler's transaction",
-                        id_text(&key.id)
-                    );
-                }
-                Kind::Released => {
-                    Counters::add(&counters.released, 1);
-                }
-                Kind::Interrupted { .. } => {
-                    log::warn!(
-                        "job {} was interrupted by shutdown and is pending again",
-                        id_text(&key.id)
-                    );
-                }
-            }
+            record(queue, counters, &outcome);
             leases.release(outcome.key.token);
             if let Some(queue) = &outcome.key.slot {
                 slots.free(queue, 1);
@@ -247,5 +188,77 @@ impl Completer {
             ),
         }
         recovered
+    }
+}
+
+/// Counts and logs what became of one attempt, once its outcome is written.
+fn record(queue: &Queue, counters: &Counters, outcome: &Outcome) {
+    let key = &outcome.key;
+    match &outcome.kind {
+        Kind::Completed { .. } => {
+            Counters::add(&counters.completed, 1);
+            log::debug!("job {} completed", id_text(&key.id));
+        }
+        Kind::Retry {
+            attempt,
+            error,
+            run_at,
+        } => {
+            Counters::add(&counters.retried, 1);
+            counters.own_retry_due_ms.fetch_max(
+                run_at.timestamp_millis(),
+                std::sync::atomic::Ordering::Relaxed,
+            );
+            log::info!(
+                "job {} attempt {attempt} failed, retry at {}: {error}",
+                id_text(&key.id),
+                run_at.try_to_rfc3339_string().unwrap_or_default()
+            );
+        }
+        Kind::Snoozed { delay } => {
+            Counters::add(&counters.snoozed, 1);
+            // Now is after the write's instant: a `--drain` worker
+            // waits at least until the snooze it wrote is due.
+            let due = crate::clock::shift_by(queue.clock().now(), *delay);
+            counters
+                .own_retry_due_ms
+                .fetch_max(due.timestamp_millis(), std::sync::atomic::Ordering::Relaxed);
+            log::debug!(
+                "job {} snoozed for {}",
+                id_text(&key.id),
+                crate::duration::format_duration(*delay)
+            );
+        }
+        Kind::Failed { attempt, error } => {
+            Counters::add(&counters.failed, 1);
+            log::warn!(
+                "job {} failed for good after attempt {attempt}: {error}",
+                id_text(&key.id)
+            );
+        }
+        Kind::Settled => {
+            Counters::add(&counters.completed, 1);
+            log::debug!(
+                "job {} completed in its handler's transaction",
+                id_text(&key.id)
+            );
+        }
+        Kind::Released => {
+            Counters::add(&counters.released, 1);
+        }
+        Kind::Expired { expires_at } => {
+            Counters::add(&counters.expired, 1);
+            log::info!(
+                "job {} {}",
+                id_text(&key.id),
+                crate::expiry::reason(*expires_at)
+            );
+        }
+        Kind::Interrupted { .. } => {
+            log::warn!(
+                "job {} was interrupted by shutdown and is pending again",
+                id_text(&key.id)
+            );
+        }
     }
 }

@@ -88,6 +88,9 @@ pub(crate) enum Kind {
     /// (on the server's clock), the attempt not charged, `snoozes` counted.
     /// The snoozes of one claim with one delay are one statement.
     Snoozed { delay: std::time::Duration },
+    /// Claimed but expired before it started: `cancelled`, `expired`, the
+    /// attempt not counted.
+    Expired { expires_at: DateTime },
     /// Claimed but never started (shutdown): back to pending, attempt not counted.
     Released,
     /// Started but cut off by shutdown: back to pending now, attempt counted.
@@ -135,7 +138,7 @@ impl Outcome {
     pub(crate) fn ends_job(&self) -> bool {
         matches!(
             self.kind,
-            Kind::Completed { .. } | Kind::Failed { .. } | Kind::Settled
+            Kind::Completed { .. } | Kind::Failed { .. } | Kind::Expired { .. } | Kind::Settled
         )
     }
 
@@ -180,6 +183,20 @@ impl Outcome {
                 doc! {
                     "$set": {fields::STATUS: Status::Pending, fields::RUN_AT: crate::clock::shift_by(at, *delay)},
                     "$inc": {fields::ATTEMPTS: -1, fields::SNOOZES: 1},
+                    "$unset": unset,
+                }
+            }
+            Kind::Expired { expires_at } => {
+                let mut unset = unset_lease;
+                unset.insert(fields::STARTED_AT, "");
+                doc! {
+                    "$set": {
+                        fields::STATUS: Status::Cancelled,
+                        fields::CANCELLED_AT: at,
+                        fields::EXPIRED: true,
+                        fields::LAST_ERROR: crate::expiry::reason(*expires_at),
+                    },
+                    "$inc": {fields::ATTEMPTS: -1},
                     "$unset": unset,
                 }
             }

@@ -21,7 +21,7 @@ use serde::Serialize;
 use super::server::{median, median_rows, Drain, ServerMeter};
 use super::Bench;
 
-/// Jobs per drain.
+/// Jobs per drain (fewer when `--jobs` asks for fewer).
 pub const JOBS: usize = 2_000;
 const THREADS: usize = 2;
 
@@ -86,10 +86,11 @@ impl Bench<'_> {
     }
 
     fn snooze_drain(&self, mode: Mode) -> Result<SnoozeRow, Error> {
+        let jobs = self.config.jobs.clamp(2, JOBS);
         let queue = self.queue("bench_snooze", None)?;
         queue.ensure_indexes()?;
         queue.enqueue_many(
-            (0..JOBS).map(|n| mongodb::bson::Bson::Int64(n as i64)),
+            (0..jobs).map(|n| mongodb::bson::Bson::Int64(n as i64)),
             &mongoq::EnqueueOptions::default(),
         )?;
         let config = WorkerConfig {
@@ -113,7 +114,7 @@ impl Bench<'_> {
         let started = Instant::now();
         let report = worker.run(&Shutdown::new());
         let seconds = started.elapsed().as_secs_f64();
-        let server = meter.per_job(&queue, JOBS);
+        let server = meter.per_job(&queue, jobs);
         let done = count(&queue, doc! {fields::STATUS: "completed"})?;
         let snoozed = count(&queue, doc! {fields::SNOOZES: 1})?;
         let _ = queue.collection().drop().run();
@@ -123,19 +124,19 @@ impl Bench<'_> {
             Mode::Snoozed => snoozed,
             Mode::Failed => report.retried as usize,
         };
-        if done != JOBS || (mode != Mode::Plain && not_now != JOBS / 2) {
+        if done != jobs || (mode != Mode::Plain && not_now != jobs / 2) {
             return Err(Error::Invalid(format!(
-                "bench snooze drain ({}) completed {done} of {JOBS} jobs with {not_now} of {} snoozes or failures: the run is not valid",
+                "bench snooze drain ({}) completed {done} of {jobs} jobs with {not_now} of {} snoozes or failures: the run is not valid",
                 mode.name(),
-                JOBS / 2
+                jobs / 2
             )));
         }
         let round_trips = report.claim_round_trips + report.outcome_writes;
         Ok(SnoozeRow {
             mode: mode.name().into(),
-            jobs: JOBS,
+            jobs,
             not_now,
-            drain: Drain::new(JOBS, seconds, server, round_trips, 0),
+            drain: Drain::new(jobs, seconds, server, round_trips, 0),
             extra_server_us_each: None,
         })
     }
@@ -158,7 +159,8 @@ pub fn render(rows: &[SnoozeRow], out: &mut String) {
     }
     let _ = writeln!(
         out,
-        "\n14. snooze: {JOBS} no-op jobs drained by one worker ({THREADS} threads), in this process"
+        "\n14. snooze: {} no-op jobs drained by one worker ({THREADS} threads), in this process",
+        rows[0].jobs
     );
     let _ = writeln!(
         out,

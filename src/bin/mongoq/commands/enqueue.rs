@@ -29,6 +29,16 @@ fn enqueue_options(queue: &Queue, args: &EnqueueArgs) -> Result<EnqueueOptions, 
     if let Some(queue) = &args.queue {
         mongoq::queue::validate_queue_name(queue).map_err(|e| usage(format!("--queue: {e}")))?;
     }
+    let expires_at = match (&args.expires_at, args.expires_in) {
+        (Some(text), _) => Some(DateTime::parse_rfc3339_str(text).map_err(|e| {
+            usage(format!(
+                "--expires-at `{text}` is not an RFC 3339 time such as 2026-12-01T09:00:00Z: {e}"
+            ))
+        })?),
+        // Counted on the server's clock, which the claim compares it with.
+        (None, Some(within)) => Some(queue.clock_after(within)),
+        (None, None) => None,
+    };
     let if_dep_fails = match &args.if_dep_fails {
         Some(choice) => IfDepFails::parse(choice).map_err(|e| usage(e.to_string()))?,
         None => IfDepFails::Cancel,
@@ -41,6 +51,7 @@ fn enqueue_options(queue: &Queue, args: &EnqueueArgs) -> Result<EnqueueOptions, 
         unique_key: args.unique_key.clone(),
         after: args.after.iter().map(|id| id_value(id)).collect(),
         if_dep_fails,
+        expires_at,
     })
 }
 

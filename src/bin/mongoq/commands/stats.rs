@@ -84,6 +84,12 @@ pub fn render_stats(
                 "  {status:<10} {count:>10}{rate}  (eligible now {}{paused}, scheduled later {})",
                 stats.eligible, stats.scheduled
             );
+        } else if status == "cancelled" && stats.expired > 0 {
+            let _ = writeln!(
+                out,
+                "  {status:<10} {count:>10}{rate}  (expired before they started {})",
+                stats.expired
+            );
         } else if status == "waiting" && *count > 0 {
             let _ = writeln!(
                 out,
