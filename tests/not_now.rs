@@ -465,3 +465,149 @@ fn a_worker_whose_clock_is_behind_never_starts_an_expired_job() {
     };
     assert!(!ran.contains(&text), "the expired job ran: {ran}");
 }
+
+/// Reads the handler's log: each job's start (wall seconds, same host as
+/// the server), and the instant the handler asked for the pause.
+fn starts_and_pause(log: &Path) -> (Vec<f64>, f64) {
+    let text = std::fs::read_to_string(log).unwrap();
+    let mut starts = Vec::new();
+    let mut pause = None;
+    for line in text.lines() {
+        let mut words = line.split_whitespace();
+        match (
+            words.next(),
+            words.next().and_then(|t| t.parse::<f64>().ok()),
+        ) {
+            (Some("start"), Some(at)) => starts.push(at),
+            (Some("pause"), Some(at)) => pause = Some(at),
+            _ => {}
+        }
+    }
+    starts.sort_by(f64::total_cmp);
+    (starts, pause.expect("the handler paused the queue"))
+}
+
+/// A handler's pause of 3 s stops every start of its queue on 3 workers
+/// for 3 s (±0.2 s), then they go on; `stats`, `/metrics` and the
+/// dashboard show it while it holds; the job that asked runs again after
+/// it, its attempt not charged.
+#[test]
+fn a_handlers_pause_stops_its_queue_on_every_worker_for_its_time() {
+    let db = TestDb::new("handler_pause");
+    db.queue().ensure_indexes().unwrap();
+    let log = tempfile(&format!("{}-starts", db.db));
+    let handler = write_script(
+        &db,
+        "pause.py",
+        &format!(
+            r#"import time
+from mongoq import serve, PauseQueue
+
+def handle(job):
+    with open({log:?}, "a") as f:
+        f.write("start %.4f %s\n" % (time.time(), job["id"]["$oid"]))
+    if job["data"].get("kind") == "pause" and job.get("snoozes", 0) == 0:
+        with open({log:?}, "a") as f:
+            f.write("pause %.4f\n" % time.time())
+        raise PauseQueue(3, "429 Too Many Requests from the mail API")
+    time.sleep(0.03)
+    return {{"n": job["data"].get("n")}}
+
+serve(handle)
+"#,
+            log = log.display().to_string()
+        ),
+    );
+    let mut data: Vec<serde_json::Value> = (0..300).map(|n| serde_json::json!({"n": n})).collect();
+    data.insert(40, serde_json::json!({"kind": "pause"}));
+    db.enqueue_json(&data);
+    let port = crate::helpers::free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut workers: Vec<crate::helpers::Worker> = (0..3)
+        .map(|n| {
+            let mut args = vec!["--threads", "2", "--poll-interval", "100ms"];
+            if n == 0 {
+                args.extend(["--metrics-addr", &addr, "--metrics-dashboard"]);
+            }
+            args.extend(["--pipe", python(), &handler]);
+            db.spawn_worker_with_env(&args, &[("PYTHONPATH", &helper_dir())])
+        })
+        .collect();
+    // While the pause holds: what the operator sees.
+    let controls = db.database().collection::<Document>("queue_queues");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while controls
+        .count_documents(doc! {"paused_until": {"$exists": true}})
+        .run()
+        .unwrap()
+        == 0
+    {
+        assert!(std::time::Instant::now() < deadline, "no pause was written");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let stats = crate::helpers::stdout(&db.run(&["stats"]));
+    assert!(
+        stats.contains("PAUSED by a handler until") && stats.contains("429 Too Many Requests"),
+        "{stats}"
+    );
+    // A worker reads the controls every 100 ms while busy.
+    let shows = |metrics: &str| {
+        metrics.contains("mongoq_queue_paused{queue=\"default\"} 1")
+            && metrics.contains("mongoq_queue_paused_until_seconds{queue=\"default\"}")
+    };
+    let mut metrics = String::new();
+    for _ in 0..20 {
+        metrics = crate::dashboard::get(&format!("http://{addr}/metrics")).1;
+        if shows(&metrics) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(shows(&metrics), "{metrics}");
+    let (_, page) = crate::dashboard::get(&format!("http://{addr}/queues"));
+    assert!(page.contains("paused by a handler"), "{page}");
+    db.wait_for_count(doc! {"status": "completed"}, 301, Duration::from_secs(120));
+    crate::helpers::stop_all(&mut workers);
+    let (starts, pause) = starts_and_pause(&log);
+    let during: Vec<f64> = starts
+        .iter()
+        .copied()
+        .filter(|at| *at > pause + 0.2 && *at < pause + 2.8)
+        .collect();
+    assert!(
+        during.is_empty(),
+        "{} starts during the pause (at {:?} s after it)",
+        during.len(),
+        during.iter().map(|at| at - pause).collect::<Vec<_>>()
+    );
+    let resumed = starts
+        .iter()
+        .copied()
+        .find(|at| *at > pause + 0.2)
+        .expect("jobs started after the pause");
+    let last_before = starts
+        .iter()
+        .copied()
+        .filter(|at| *at <= pause + 0.2)
+        .fold(f64::MIN, f64::max);
+    eprintln!(
+        "handler pause of 3 s: last start {:+.3} s from it, first after {:+.3} s",
+        last_before - pause,
+        resumed - pause
+    );
+    assert!(
+        (pause + 2.8..=pause + 3.2).contains(&resumed),
+        "the first start after the pause came {:.3} s after it",
+        resumed - pause
+    );
+    let paused_job = db.all(doc! {"data.kind": "pause"}).remove(0);
+    assert_eq!(
+        (int(&paused_job, "attempts"), int(&paused_job, "snoozes")),
+        (1, 1),
+        "{paused_job}"
+    );
+    assert!(millis(&paused_job, "started_at") >= millis(&paused_job, "run_at"));
+    for job in db.all(doc! {}) {
+        assert_eq!(job.get_str("status"), Ok("completed"), "{job}");
+    }
+}

@@ -6,6 +6,6 @@ the same function). Standard library only: importing this never imports
 pymongo.
 """
 
-from mongoq.handler import Permanent, Retry, Snooze, __version__, progress, serve
+from mongoq.handler import PauseQueue, Permanent, Retry, Snooze, __version__, progress, serve
 
-__all__ = ["serve", "progress", "Permanent", "Snooze", "Retry", "__version__"]
+__all__ = ["serve", "progress", "Permanent", "Snooze", "Retry", "PauseQueue", "__version__"]

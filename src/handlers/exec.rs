@@ -8,7 +8,9 @@
 //! `last_error`. Exit 75 (`EX_TEMPFAIL`, "try again later") with a JSON
 //! object on stdout says how long: `{"snooze": SECONDS}` runs the job again
 //! then without charging the attempt, `{"retry_after": SECONDS}` is a
-//! failure whose next attempt waits that long instead of the back-off. Output is read as it comes and kept only up to a bound, so a
+//! failure whose next attempt waits that long instead of the back-off, and
+//! `{"pause": SECONDS, "reason": "…"}` pauses the job's queue fleet-wide
+//! that long (the job runs again when it ends). Output is read as it comes and kept only up to a bound, so a
 //! program that writes gigabytes neither blocks on a full pipe nor grows
 //! the worker's memory.
 //!
@@ -323,6 +325,14 @@ fn not_now(failed: HandlerError, stdout: &[u8]) -> HandlerError {
             .filter(|s| (0.0..=super::pipe::protocol::MAX_WAIT_SECONDS).contains(s))
             .map(Duration::from_secs_f64)
     };
+    if let Some(delay) = seconds("pause") {
+        let reason = answer
+            .as_ref()
+            .and_then(|a| a.get("reason"))
+            .and_then(serde_json::Value::as_str)
+            .map_or_else(|| failed.message.clone(), String::from);
+        return HandlerError::pause_queue(delay, reason);
+    }
     if let Some(delay) = seconds("snooze") {
         return HandlerError::snooze(delay);
     }
@@ -331,7 +341,7 @@ fn not_now(failed: HandlerError, stdout: &[u8]) -> HandlerError {
     }
     HandlerError {
         message: format!(
-            "{} (exit 75 asks for a wait: print {{\"snooze\": SECONDS}} or {{\"retry_after\": SECONDS}} on stdout; retried after the back-off)",
+            "{} (exit 75 asks for a wait: print {{\"snooze\": SECONDS}}, {{\"retry_after\": SECONDS}} or {{\"pause\": SECONDS}} on stdout; retried after the back-off)",
             failed.message
         ),
         ..failed
@@ -369,6 +379,9 @@ mod tests {
         let failed = || HandlerError::retry("`job.sh` exited with status 75");
         let snooze = not_now(failed(), br#"{"snooze": 30}"#);
         assert_eq!(snooze.snooze, Some(Duration::from_secs(30)));
+        let pause = not_now(failed(), br#"{"pause": 3, "reason": "429"}"#);
+        assert!(pause.pause_queue && pause.snooze == Some(Duration::from_secs(3)));
+        assert_eq!(pause.message, "429");
         let after = not_now(failed(), b"{\"retry_after\": 2.5}\n");
         assert_eq!(after.retry_after, Some(Duration::from_millis(2500)));
         assert_eq!(after.snooze, None);

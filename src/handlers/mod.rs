@@ -45,6 +45,9 @@ pub struct HandlerError {
     /// Not a failure: run the job again this long from now (on the
     /// server's clock), the attempt not charged, `snoozes` counted.
     pub snooze: Option<std::time::Duration>,
+    /// With a snooze: pause the job's whole queue fleet-wide as long (a
+    /// remote API said "back off"); the job runs again when it ends.
+    pub pause_queue: bool,
 }
 
 impl HandlerError {
@@ -55,6 +58,7 @@ impl HandlerError {
             unstarted: false,
             retry_after: None,
             snooze: None,
+            pause_queue: false,
         }
     }
 
@@ -90,6 +94,18 @@ impl HandlerError {
                 "snoozed for {}",
                 crate::duration::format_duration(delay)
             ))
+        }
+    }
+
+    /// "Back off": no worker starts another job of this job's queue for
+    /// `delay` (fleet-wide, on the server's clock), and this job runs again
+    /// when the pause ends, its attempt not charged (a snooze, counted as
+    /// one). `reason` is shown by `stats`, the dashboard and `/metrics`.
+    pub fn pause_queue(delay: std::time::Duration, reason: impl Into<String>) -> HandlerError {
+        HandlerError {
+            snooze: Some(delay),
+            pause_queue: true,
+            ..HandlerError::new(reason.into())
         }
     }
 

@@ -6,6 +6,7 @@
 //! ```text
 //! { _id: "emails",
 //!   paused: true, reason: "provider outage", paused_at: <date>,
+//!   paused_until: <date>, until_reason: "429 from the API",  // a handler's pause
 //!   concurrency: 5, in_use: 3,                  // slots: limit, taken
 //!   holders: { "<worker>": { n: 2, until: <date> } },
 //!   rate: { n: 100, per_ms: 60000 },
@@ -87,6 +88,11 @@ pub struct QueueControl {
     pub reason: Option<String>,
     /// When it was paused (server time, ms since the epoch).
     pub paused_at: Option<i64>,
+    /// A handler paused it until then (server time, ms since the epoch):
+    /// no worker starts its jobs before; it ends by itself.
+    pub paused_until: Option<i64>,
+    /// What the handler that paused it said.
+    pub until_reason: Option<String>,
     /// At most this many of its jobs run at once, fleet-wide.
     pub concurrency: Option<u32>,
     /// Concurrency slots taken now (running or claimed jobs).
@@ -98,6 +104,19 @@ pub struct QueueControl {
 }
 
 impl QueueControl {
+    /// Whether workers may not start its jobs at `now_ms` (server time):
+    /// an operator's pause, or a handler's that has not ended.
+    pub fn is_paused_at(&self, now_ms: i64) -> bool {
+        self.paused || self.paused_until.is_some_and(|until| until > now_ms)
+    }
+
+    /// A handler's pause that has not ended at `now_ms`: until when, and why.
+    pub fn handler_pause_at(&self, now_ms: i64) -> Option<(i64, &str)> {
+        self.paused_until
+            .filter(|until| *until > now_ms)
+            .map(|until| (until, self.until_reason.as_deref().unwrap_or("")))
+    }
+
     /// Whether this queue has a limit (so claims must take slots or starts).
     pub fn is_limited(&self) -> bool {
         self.concurrency.is_some() || self.rate.is_some()
@@ -141,6 +160,11 @@ impl QueueControl {
                 .get_datetime("paused_at")
                 .ok()
                 .map(|at| at.timestamp_millis()),
+            paused_until: document
+                .get_datetime("paused_until")
+                .ok()
+                .map(|at| at.timestamp_millis()),
+            until_reason: document.get_str("until_reason").ok().map(String::from),
             concurrency: number("concurrency"),
             in_use: number("in_use").unwrap_or(0),
             rate,
@@ -206,12 +230,28 @@ impl Queue {
         self.update_control(queue, doc! {"$set": set}, "update (pause)")
     }
 
+    /// Pauses `queue` fleet-wide until `until` (server time), as a handler
+    /// asks when a remote API says "back off": a later pause extends it, an
+    /// earlier one changes nothing. It ends by itself; `resume` ends it
+    /// early.
+    pub fn pause_until(&self, queue: &str, until: DateTime, reason: &str) -> Result<(), Error> {
+        super::validate_queue_name(queue)?;
+        self.update_control(
+            queue,
+            doc! {
+                "$max": {"paused_until": until},
+                "$set": {"until_reason": crate::text::prefix(reason, 500)},
+            },
+            "update (pause until)",
+        )
+    }
+
     /// Lets workers start jobs of `queue` again.
     pub fn resume(&self, queue: &str) -> Result<(), Error> {
         super::validate_queue_name(queue)?;
         self.update_control(
             queue,
-            doc! {"$set": {"paused": false}, "$unset": {"reason": "", "paused_at": ""}},
+            doc! {"$set": {"paused": false}, "$unset": {"reason": "", "paused_at": "", "paused_until": "", "until_reason": ""}},
             "update (resume)",
         )
     }

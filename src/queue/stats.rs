@@ -75,7 +75,7 @@ impl Queue {
         let paused_queues: Vec<String> = self
             .controls()?
             .into_iter()
-            .filter(|control| control.paused)
+            .filter(|control| control.is_paused_at(now.timestamp_millis()))
             .map(|control| control.queue)
             .collect();
         let mut eligible_now = eligible_filter(now);

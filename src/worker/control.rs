@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use mongodb::bson::doc;
+use mongodb::bson::{doc, DateTime};
 
 use crate::error::Error;
 use crate::fleet::limits::{extend_slots, forget, give_back, reclaim_dead, Slots};
@@ -33,6 +33,10 @@ use crate::worker::wake::Doorbell;
 
 /// How often the controls (and the peers) are read.
 pub const REFRESH: Duration = Duration::from_millis(500);
+/// Between refreshes, a busy worker reads its queues' controls alone this
+/// often (one `_id` lookup), so a pause a peer's handler asked for stops
+/// its starts within about this long.
+pub const PAUSE_LOOK: Duration = Duration::from_millis(100);
 
 /// While the worker is idle (it found nothing to claim within the last few
 /// seconds) the controls and peers are read this seldom, and the heartbeat
@@ -53,6 +57,10 @@ pub(crate) struct Controls {
     loaded: AtomicBool,
     /// When they were last read.
     read_at: Mutex<Option<Instant>>,
+    /// Pauses this worker's handlers asked for (queue → until, in server
+    /// ms, and when the completer wrote it), held until a read that began
+    /// after the write brings it back.
+    local: Mutex<HashMap<String, (i64, Option<Instant>)>>,
 }
 
 /// What the fetcher may claim now.
@@ -65,7 +73,11 @@ pub(crate) struct Plan {
 }
 
 impl Controls {
-    fn set(&self, controls: Vec<QueueControl>) {
+    /// The controls as read by a read that began at `read_started`: a
+    /// handler's pause written before then is in them, and no longer held
+    /// locally.
+    fn set(&self, controls: Vec<QueueControl>, read_started: Instant) {
+        lock(&self.local).retain(|_, (_, written)| written.is_none_or(|at| at >= read_started));
         let by_queue = controls.into_iter().map(|c| (c.queue.clone(), c)).collect();
         *self
             .by_queue
@@ -86,18 +98,70 @@ impl Controls {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Whether jobs of `queue` may not start now.
-    pub(crate) fn is_paused(&self, queue: &str) -> bool {
-        self.read().get(queue).is_some_and(|c| c.paused)
+    /// Whether jobs of `queue` may not start at `now` (server time).
+    pub(crate) fn is_paused(&self, queue: &str, now: DateTime) -> bool {
+        self.holds(queue, self.read().get(queue), now.timestamp_millis())
     }
 
-    /// Which of `queues` to claim from, and how.
-    pub(crate) fn plan(&self, queues: &[String]) -> Plan {
+    /// A handler of this worker paused `queue` until `until`: this worker
+    /// starts none of its jobs from now on, before the write reaches the
+    /// peers (and until its own reads bring the pause back).
+    pub(crate) fn pause_locally(&self, queue: &str, until: DateTime) {
+        let mut local = lock(&self.local);
+        let until = until.timestamp_millis();
+        let entry = local.entry(queue.to_string()).or_insert((until, None));
+        if entry.0 <= until {
+            *entry = (until, None);
+        }
+    }
+
+    /// The completer wrote the pause of `queue`: the next read that begins
+    /// from now on has it.
+    pub(crate) fn pause_written(&self, queue: &str) {
+        if let Some(entry) = lock(&self.local).get_mut(queue) {
+            entry.1 = Some(Instant::now());
+        }
+    }
+
+    /// Until when this worker's own handlers paused `queue`, as far as it
+    /// knows before its write is read back.
+    fn local_until(&self, queue: &str) -> Option<i64> {
+        lock(&self.local).get(queue).map(|(until, _)| *until)
+    }
+
+    /// Whether `control` (or this worker's own pause of `queue`) holds at
+    /// `now_ms`.
+    fn holds(&self, queue: &str, control: Option<&QueueControl>, now_ms: i64) -> bool {
+        control.is_some_and(|c| c.is_paused_at(now_ms))
+            || self.local_until(queue).is_some_and(|until| until > now_ms)
+    }
+
+    /// How long until the first handler's pause of `queues` ends (after
+    /// `now`, server time), if one holds: an idle fetcher looks then.
+    pub(crate) fn resumes_in(&self, queues: &[String], now: DateTime) -> Option<Duration> {
+        let now = now.timestamp_millis();
+        let by_queue = self.read();
+        queues
+            .iter()
+            .filter_map(|q| {
+                let read = by_queue
+                    .get(q)
+                    .and_then(|c| c.handler_pause_at(now))
+                    .map(|(u, _)| u);
+                read.max(self.local_until(q)).filter(|until| *until > now)
+            })
+            .map(|until| Duration::from_millis((until - now).unsigned_abs()))
+            .min()
+    }
+
+    /// Which of `queues` to claim from at `now` (server time), and how.
+    pub(crate) fn plan(&self, queues: &[String], now: DateTime) -> Plan {
+        let now = now.timestamp_millis();
         let by_queue = self.read();
         let mut plan = Plan::default();
         for name in queues {
             match by_queue.get(name) {
-                Some(control) if control.paused => {}
+                _ if self.holds(name, by_queue.get(name), now) => {}
                 Some(control) if control.is_limited() => plan.limited.push(control.clone()),
                 _ => plan.open.push(name.clone()),
             }
@@ -105,8 +169,20 @@ impl Controls {
         plan
     }
 
+    /// Every control as this worker knows it (its handlers' own pauses
+    /// included), for its metrics.
     pub(crate) fn all(&self) -> Vec<QueueControl> {
-        self.read().values().cloned().collect()
+        let mut all: HashMap<String, QueueControl> = self.read().clone();
+        for (queue, (until, _)) in lock(&self.local).iter() {
+            let control = all.entry(queue.clone()).or_insert_with(|| QueueControl {
+                queue: queue.clone(),
+                ..QueueControl::default()
+            });
+            if control.paused_until.is_none_or(|known| known < *until) {
+                control.paused_until = Some(*until);
+            }
+        }
+        all.into_values().collect()
     }
 }
 
@@ -131,7 +207,7 @@ impl Control {
     /// this worker (see [`crate::fleet::share`]). A queue resumed (or a limit changed) wakes an idle fetcher, which may
     /// be waiting long with nothing pending in the queues it could claim.
     pub(crate) fn refresh(&self) -> Result<(), Error> {
-        let before = self.controls.plan(&self.config.queues);
+        let before = self.controls.plan(&self.config.queues, self.queue.now());
         refresh(
             &self.queue,
             &self.config.queues,
@@ -139,7 +215,7 @@ impl Control {
             &self.share,
             &self.counters,
         )?;
-        if self.controls.plan(&self.config.queues) != before {
+        if self.controls.plan(&self.config.queues, self.queue.now()) != before {
             self.doorbell.ring();
         }
         Ok(())
@@ -209,7 +285,7 @@ impl Control {
             if !idle {
                 next_heartbeat = next_heartbeat.min(Instant::now() + HEARTBEAT);
             }
-            if stop.sleep(REFRESH) {
+            if self.wait_looking(stop, idle) {
                 break;
             }
         }
@@ -225,6 +301,36 @@ impl Control {
             log::warn!(
                 "could not remove this worker from the registry (its entry expires): {error}"
             );
+        }
+    }
+
+    /// Waits [`REFRESH`]; a busy worker reads its controls every
+    /// [`PAUSE_LOOK`] meanwhile. True when stopping.
+    fn wait_looking(&self, stop: &Shutdown, idle: bool) -> bool {
+        let until = Instant::now() + REFRESH;
+        loop {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            if stop.sleep(left.min(PAUSE_LOOK)) {
+                return true;
+            }
+            if idle || Instant::now() >= until {
+                continue;
+            }
+            let before = self.controls.plan(&self.config.queues, self.queue.now());
+            let read_started = Instant::now();
+            match self.queue.controls_of(&self.config.queues) {
+                Ok(controls) => {
+                    self.controls.set(controls, read_started);
+                    Counters::add(&self.counters.control_round_trips, 1);
+                    if self.controls.plan(&self.config.queues, self.queue.now()) != before {
+                        self.doorbell.ring();
+                    }
+                }
+                Err(error) => log::debug!("could not read the queue controls: {error}"),
+            }
         }
     }
 
@@ -251,7 +357,8 @@ pub(crate) fn refresh(
     share: &Share,
     counters: &Counters,
 ) -> Result<(), Error> {
-    controls.set(queue.controls_of(queues)?);
+    let read_started = Instant::now();
+    controls.set(queue.controls_of(queues)?, read_started);
     Counters::add(&counters.control_round_trips, 1);
     let trips = share.refresh(queue)?;
     Counters::add(&counters.control_round_trips, trips);

@@ -340,6 +340,21 @@ impl Worker {
         })
     }
 
+    /// The completer thread's state.
+    fn completer(&self) -> Completer {
+        let parts = &self.parts;
+        Completer {
+            queue: self.queue.clone(),
+            worker: self.config.worker_id.clone(),
+            leases: Arc::clone(&parts.leases),
+            counters: Arc::clone(&parts.counters),
+            health: Arc::clone(&parts.health),
+            slots: Arc::clone(&parts.slots),
+            doorbell: Arc::clone(&parts.doorbell),
+            controls: Arc::clone(&parts.controls),
+        }
+    }
+
     fn start(&self, shutdown: &Shutdown, control: Control) -> Threads {
         let config = &self.config;
         let parts = &self.parts;
@@ -366,15 +381,7 @@ impl Worker {
         let stop = keeper_stop.clone();
         let keeper = spawn("mongoq-keeper", move || keeper.run(&stop));
 
-        let completer = Completer {
-            queue: self.queue.clone(),
-            worker: config.worker_id.clone(),
-            leases: Arc::clone(&parts.leases),
-            counters: Arc::clone(&parts.counters),
-            health: Arc::clone(&parts.health),
-            slots: Arc::clone(&parts.slots),
-            doorbell: Arc::clone(&parts.doorbell),
-        };
+        let completer = self.completer();
         let stop = hard_stop.clone();
         let completer = spawn("mongoq-completer", move || {
             completer.run(&outcome_rx, &stop);

@@ -86,7 +86,20 @@ impl Monitor {
             &self.claim_seconds,
             &self.health(),
             depth.as_ref(),
-            &self.controls.all(),
+            &self.controls_now(),
         )
+    }
+
+    /// The controls of this worker's queues, handlers' pauses that ended
+    /// taken off.
+    fn controls_now(&self) -> Vec<crate::queue::QueueControl> {
+        let now = self.queue.clock().now().timestamp_millis();
+        let mut controls = self.controls.all();
+        for control in &mut controls {
+            if control.paused_until.is_some_and(|until| until <= now) {
+                control.paused_until = None;
+            }
+        }
+        controls
     }
 }

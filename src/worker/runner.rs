@@ -57,7 +57,7 @@ impl Runner {
             // Stopping, its queue paused since the claim, or its reserved
             // start (rate limit) missed: back to pending, attempt not counted.
             if shutdown.is_requested()
-                || self.controls.is_paused(&job.queue)
+                || self.controls.is_paused(&job.queue, self.clock.now())
                 || job
                     .start_at
                     .is_some_and(|at| Instant::now() > at + START_SLACK)
@@ -129,7 +129,14 @@ impl Runner {
                 },
             );
         }
-        Outcome::new(key, Kind::Snoozed { delay })
+        let pause = error.pause_queue.then(|| {
+            // This worker starts none of the queue's jobs from now on; the
+            // completer writes the pause for the peers.
+            self.controls
+                .pause_locally(&job.queue, self.clock.after(delay));
+            (job.queue.clone(), error.message.clone())
+        });
+        Outcome::new(key, Kind::Snoozed { delay, pause })
     }
 
     /// A failed attempt: retried later (after the back-off, or after the

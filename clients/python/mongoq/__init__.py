@@ -26,7 +26,7 @@ handler runs where pymongo is not installed.
 from typing import Any
 
 from .errors import DuplicateJob, InvalidJob, JobFailed, JobNotFound, MongoqError, WaitTimeout
-from .handler import Permanent, Retry, Snooze, __version__, progress, serve
+from .handler import PauseQueue, Permanent, Retry, Snooze, __version__, progress, serve
 
 __all__ = [
     "Queue",
@@ -42,6 +42,7 @@ __all__ = [
     "Permanent",
     "Snooze",
     "Retry",
+    "PauseQueue",
     "__version__",
 ]
 

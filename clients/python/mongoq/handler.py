@@ -21,6 +21,8 @@ each job line on stdin and writes one answer per job on stdout:
   from now (on the server's clock), its attempt not charged;
 - ``Retry(message, after=seconds)`` fails this attempt and waits that long
   for the next one instead of the back-off (an HTTP ``Retry-After``);
+- ``PauseQueue(seconds, reason)`` says "back off": no worker starts a job of
+  this job's queue for that long, and this job runs again when it ends;
 - any other exception fails this attempt (retried with back-off), with the
   exception as ``last_error`` and its traceback on stderr;
 - ``progress(fraction, note)`` reports how far the job got (0.0 to 1.0);
@@ -39,7 +41,7 @@ import sys
 import traceback
 from typing import IO, Any, Callable, Dict, Optional
 
-__all__ = ["serve", "progress", "Permanent", "Snooze", "Retry"]
+__all__ = ["serve", "progress", "Permanent", "Snooze", "Retry", "PauseQueue"]
 __version__ = "0.2.0"
 
 
@@ -62,6 +64,19 @@ class Snooze(Exception):
     def __init__(self, seconds: float) -> None:
         self.seconds = _seconds(seconds, "Snooze(seconds)")
         super().__init__("snoozed for %gs" % self.seconds)
+
+
+class PauseQueue(Exception):
+    """Raise ``PauseQueue(seconds, reason)`` from ``handle`` when a remote
+    API says "back off" (an HTTP 429): no worker starts another job of this
+    job's queue for ``seconds`` (fleet-wide), and this job runs again when
+    the pause ends, its attempt not charged. ``mongoq stats``, the dashboard
+    and ``/metrics`` show the pause, its end and ``reason``."""
+
+    def __init__(self, seconds: float, reason: str = "paused by its handler") -> None:
+        self.seconds = _seconds(seconds, "PauseQueue(seconds)")
+        self.reason = str(reason)
+        super().__init__(self.reason)
 
 
 class Retry(Exception):
@@ -109,6 +124,8 @@ def _answer(job_id: Any, handle: Callable[[Dict[str, Any]], Any], job: Dict[str,
         return {"id": job_id, "ok": False, "error": str(error) or "Permanent", "retry": False}
     except Snooze as snooze:
         return {"id": job_id, "snooze": snooze.seconds}
+    except PauseQueue as pause:
+        return {"id": job_id, "pause": pause.seconds, "reason": pause.reason}
     except Retry as error:
         answer = {"id": job_id, "ok": False, "error": str(error) or "Retry", "retry": True}
         if error.after is not None:

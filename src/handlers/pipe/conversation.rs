@@ -168,6 +168,14 @@ impl Pool {
                     }
                     return Ending::Answered(Err(failed));
                 }
+                Message::Pause {
+                    seconds, reason, ..
+                } => {
+                    return Ending::Answered(Err(HandlerError::pause_queue(
+                        std::time::Duration::from_secs_f64(seconds),
+                        reason,
+                    )));
+                }
                 Message::Snooze { seconds, .. } => {
                     return Ending::Answered(Err(HandlerError::snooze(
                         std::time::Duration::from_secs_f64(seconds),

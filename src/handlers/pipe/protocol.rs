@@ -15,8 +15,10 @@
 //!   `{"id": …, "ok": true, "result": …}`,
 //!   `{"id": …, "ok": false, "error": "…", "retry": true|false}` (with
 //!   `"retry_after": SECONDS` to wait that long for the next attempt instead
-//!   of the back-off), or `{"id": …, "snooze": SECONDS}` ("not now": run it
-//!   again then, the attempt not charged).
+//!   of the back-off), `{"id": …, "snooze": SECONDS}` ("not now": run it
+//!   again then, the attempt not charged), or `{"id": …, "pause": SECONDS,
+//!   "reason": "…"}` ("back off": no worker starts a job of this queue for
+//!   that long, and this one runs again when the pause ends).
 //!
 //! Every line on stdout must be one of these; anything else (text, an
 //! answer for another job, `NaN`, a line over [`MAX_LINE`]) is a violation:
@@ -55,6 +57,13 @@ pub enum Message {
     /// The job with this id is to run again `seconds` from now, its attempt
     /// not charged.
     Snooze { id: Value, seconds: f64 },
+    /// Its queue is to start nothing for `seconds`, fleet-wide, and the job
+    /// runs again when that ends.
+    Pause {
+        id: Value,
+        seconds: f64,
+        reason: String,
+    },
 }
 
 impl Message {
@@ -65,7 +74,8 @@ impl Message {
             Message::Progress { id, .. }
             | Message::Done { id, .. }
             | Message::Failed { id, .. }
-            | Message::Snooze { id, .. } => Some(id),
+            | Message::Snooze { id, .. }
+            | Message::Pause { id, .. } => Some(id),
         }
     }
 }
@@ -161,6 +171,24 @@ pub fn parse(line: &[u8]) -> Result<Message, Violation> {
     })?;
     if let Some(progress) = object.get("progress") {
         return progress_message(id, progress, &object, line);
+    }
+    if let Some(seconds) = object.get("pause") {
+        if object.contains_key("ok") || object.contains_key("snooze") {
+            return Err(Violation::new(
+                "an answer is `ok`, `snooze` or `pause`, one of them",
+                line,
+            ));
+        }
+        let reason = match object.get("reason") {
+            Some(Value::String(text)) => text.clone(),
+            None | Some(Value::Null) => "paused by its handler".into(),
+            Some(other) => other.to_string(),
+        };
+        return Ok(Message::Pause {
+            id,
+            seconds: seconds_of("pause", seconds, line)?,
+            reason,
+        });
     }
     if let Some(seconds) = object.get("snooze") {
         if object.contains_key("ok") {
@@ -305,6 +333,14 @@ mod tests {
                 error: "429".into(),
                 retry: true,
                 retry_after: Some(2.5),
+            }
+        );
+        assert_eq!(
+            ok(r#"{"id": 7, "pause": 3, "reason": "429"}"#),
+            Message::Pause {
+                id: json!(7),
+                seconds: 3.0,
+                reason: "429".into()
             }
         );
         assert_eq!(

@@ -122,7 +122,7 @@ impl Fetcher {
                 }
                 Decision::Claim(want) => want,
             };
-            let plan = self.controls.plan(&config.queues);
+            let plan = self.controls.plan(&config.queues, self.queue.now());
             let generation = self.leases.generation();
             let mut won = 0;
             let mut stopped = false;
@@ -204,17 +204,25 @@ impl Fetcher {
             let quiet = self.doorbell.watching()
                 && !claimers.is_empty()
                 && claimers.values().all(Claimer::nothing_pending);
-            let wait = if quiet {
+            let wait = self.until_resumed(if quiet {
                 config.poll_interval * QUIET_POLLS
             } else {
                 idle.peek()
-            };
+            });
             if self.doorbell.wait(wait) {
                 idle.reset();
             } else {
                 idle.advance();
             }
         }
+    }
+
+    /// `wait`, or less when a handler's pause of one of its queues ends
+    /// sooner (it ends by itself: look again the moment it does).
+    fn until_resumed(&self, wait: Duration) -> Duration {
+        self.controls
+            .resumes_in(&self.config.queues, self.queue.now())
+            .map_or(wait, |resume| wait.min(resume + Duration::from_millis(1)))
     }
 
     /// Claims up to `want` jobs of `queues` and dispatches them; `None`

@@ -254,13 +254,20 @@ pub(crate) fn render(
 
 /// The controls of this worker's queues, one gauge family each, labelled
 /// by queue.
+/// A handler's pause that ended has no `paused_until` here (the monitor
+/// takes it off).
 fn render_controls(out: &mut String, controls: &[QueueControl]) {
     type Value = fn(&QueueControl) -> Option<f64>;
-    let families: [(&str, &str, Value); 4] = [
+    let families: [(&str, &str, Value); 5] = [
         (
             "mongoq_queue_paused",
-            "1 when the queue is paused fleet-wide.",
-            |c| Some(f64::from(u8::from(c.paused))),
+            "1 when the queue is paused fleet-wide (by an operator, or by a handler until mongoq_queue_paused_until_seconds).",
+            |c| Some(f64::from(u8::from(c.paused || c.paused_until.is_some()))),
+        ),
+        (
+            "mongoq_queue_paused_until_seconds",
+            "When a handler's pause of the queue ends (Unix seconds, server time), while one holds.",
+            |c| c.paused_until.map(|until| until as f64 / 1000.0),
         ),
         (
             "mongoq_queue_concurrency_limit",

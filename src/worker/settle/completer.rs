@@ -39,6 +39,8 @@ pub(crate) struct Completer {
     /// Rung when an outcome released waiting jobs, so this worker's
     /// fetcher looks for them at once.
     pub(crate) doorbell: Arc<Doorbell>,
+    /// Told when a handler's pause is written.
+    pub(crate) controls: Arc<crate::worker::control::Controls>,
 }
 
 impl Completer {
@@ -89,9 +91,25 @@ impl Completer {
             health,
             slots,
             doorbell: _,
+            controls,
         } = self;
         if pending.is_empty() {
             return;
+        }
+        // A handler's pause goes out before its job's snooze: the peers
+        // stop starting the queue's jobs as soon as they can read it.
+        for (name, until, reason) in pauses(queue, pending) {
+            let written = retry_until_stopped(stop, "writing a handler's pause", || {
+                health.track(queue.pause_until(&name, until, &reason))
+            });
+            if written.is_none() {
+                return;
+            }
+            controls.pause_written(&name);
+            log::info!(
+                "queue {name} paused until {} by a handler: {reason}",
+                until.try_to_rfc3339_string().unwrap_or_default()
+            );
         }
         let Some(matched) = retry_until_stopped(stop, "writing job outcomes", || {
             self.health.beat(Beat::Completer);
@@ -215,7 +233,7 @@ fn record(queue: &Queue, counters: &Counters, outcome: &Outcome) {
                 run_at.try_to_rfc3339_string().unwrap_or_default()
             );
         }
-        Kind::Snoozed { delay } => {
+        Kind::Snoozed { delay, .. } => {
             Counters::add(&counters.snoozed, 1);
             // Now is after the write's instant: a `--drain` worker
             // waits at least until the snooze it wrote is due.
@@ -261,4 +279,26 @@ fn record(queue: &Queue, counters: &Counters, outcome: &Outcome) {
             );
         }
     }
+}
+
+/// The pauses handlers asked for among `pending`: one per queue, the
+/// latest end (the write's instant plus the delay, as the snooze's).
+fn pauses(queue: &Queue, pending: &[Outcome]) -> Vec<(String, mongodb::bson::DateTime, String)> {
+    let mut by_queue: Vec<(String, mongodb::bson::DateTime, String)> = Vec::new();
+    let now = queue.clock().now();
+    for outcome in pending {
+        if let Kind::Snoozed {
+            delay,
+            pause: Some((name, reason)),
+        } = &outcome.kind
+        {
+            let until = crate::clock::shift_by(now, *delay);
+            match by_queue.iter_mut().find(|(known, ..)| known == name) {
+                Some(entry) if entry.1 < until => *entry = (name.clone(), until, reason.clone()),
+                Some(_) => {}
+                None => by_queue.push((name.clone(), until, reason.clone())),
+            }
+        }
+    }
+    by_queue
 }

@@ -87,7 +87,12 @@ pub(crate) enum Kind {
     /// The handler said "not now": pending again `delay` after the write
     /// (on the server's clock), the attempt not charged, `snoozes` counted.
     /// The snoozes of one claim with one delay are one statement.
-    Snoozed { delay: std::time::Duration },
+    Snoozed {
+        delay: std::time::Duration,
+        /// The handler paused this queue as long, saying why: the
+        /// completer writes the pause before the outcome.
+        pause: Option<(String, String)>,
+    },
     /// Claimed but expired before it started: `cancelled`, `expired`, the
     /// attempt not counted.
     Expired { expires_at: DateTime },
@@ -177,7 +182,7 @@ impl Outcome {
                 "$unset": unset_lease,
                 "$push": history(*attempt, error),
             },
-            Kind::Snoozed { delay } => {
+            Kind::Snoozed { delay, .. } => {
                 let mut unset = unset_lease;
                 unset.insert(fields::STARTED_AT, "");
                 doc! {
@@ -247,7 +252,7 @@ fn divide(outcomes: &[Outcome]) -> (Vec<Shared<'_>>, Vec<&Outcome>, u64) {
             _ => (Bson::Null, 1),
         };
         let delay = match outcome.kind {
-            Kind::Snoozed { delay } => delay,
+            Kind::Snoozed { delay, .. } => delay,
             _ => std::time::Duration::ZERO,
         };
         let fits = |g: &Shared| {

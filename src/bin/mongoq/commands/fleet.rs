@@ -84,7 +84,7 @@ pub fn limit(queue: &Queue, args: &LimitArgs) -> Result<ExitCode, CommandError> 
         if args.json {
             json(&controls);
         } else {
-            print!("{}", render_controls(&controls));
+            print!("{}", render_controls(&controls, queue.now()));
         }
         return Ok(ExitCode::SUCCESS);
     };
@@ -107,7 +107,7 @@ pub fn limit(queue: &Queue, args: &LimitArgs) -> Result<ExitCode, CommandError> 
 }
 
 /// The controlled queues as a table (also used by `stats`).
-pub fn render_controls(controls: &[QueueControl]) -> String {
+pub fn render_controls(controls: &[QueueControl], now: mongoq::bson::DateTime) -> String {
     use std::fmt::Write as _;
     let mut out = String::new();
     if controls.is_empty() {
@@ -121,6 +121,17 @@ pub fn render_controls(controls: &[QueueControl]) -> String {
                 Some(reason) => format!("PAUSED ({reason})"),
                 None => "PAUSED".to_string(),
             });
+        }
+        if let Some((until, reason)) = c.handler_pause_at(now.timestamp_millis()) {
+            let left =
+                std::time::Duration::from_millis((until - now.timestamp_millis()).unsigned_abs());
+            parts.push(format!(
+                "PAUSED by a handler until {} ({} from now): {reason}",
+                mongoq::bson::DateTime::from_millis(until)
+                    .try_to_rfc3339_string()
+                    .unwrap_or_default(),
+                mongoq::duration::format_duration(left)
+            ));
         }
         if let Some(limit) = c.concurrency {
             parts.push(format!("concurrency {}/{limit} in use", c.in_use));

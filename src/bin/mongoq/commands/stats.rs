@@ -29,7 +29,10 @@ pub fn stats(queue: &Queue, args: &StatsArgs) -> Result<ExitCode, CommandError> 
     }
     print!("{}", render_stats(queue, &stats, None));
     if !controls.is_empty() {
-        print!("queues\n{}", super::fleet::render_controls(&controls));
+        print!(
+            "queues\n{}",
+            super::fleet::render_controls(&controls, queue.now())
+        );
     }
     if !schedules.is_empty() {
         println!("schedules");

@@ -19,6 +19,7 @@ impl Dashboard {
     pub(super) fn queues(&self, request: &Request) -> Result<Response, Error> {
         let controls = self.queue.controls()?;
         let counts = self.queue.counts_by_queue()?;
+        let now = self.queue.now().timestamp_millis();
         let mut body = String::new();
         if let Some(done) = request.param("done") {
             let _ = write!(body, "<p class=notice>{}</p>", esc(done));
@@ -55,7 +56,16 @@ impl Dashboard {
                     );
                 }
                 let paused = control.is_some_and(|c| c.paused);
-                let state = if paused {
+                let handler_pause = control.and_then(|c| c.handler_pause_at(now));
+                let state = if let (false, Some((until, reason))) = (paused, handler_pause) {
+                    format!(
+                        "<b class=err>paused by a handler</b> until <span class=until>{}</span> ({})",
+                        esc(&mongoq::bson::DateTime::from_millis(until)
+                            .try_to_rfc3339_string()
+                            .unwrap_or_default()),
+                        esc(reason)
+                    )
+                } else if paused {
                     format!(
                         "<b class=err>paused</b>{}",
                         control
