@@ -28,6 +28,9 @@ pub mod fields {
     pub const EXPIRES_AT: &str = "expires_at";
     /// On a job cancelled because it expired (`true`).
     pub const EXPIRED: &str = "expired";
+    /// On a job kept by `enqueue --throttle`: enqueues of its key until
+    /// then are dropped.
+    pub const THROTTLE_UNTIL: &str = "throttle_until";
     /// The worker that holds the running job.
     pub const LEASE_OWNER: &str = "lease_owner";
     /// The fencing token of the claim that holds the running job.

@@ -611,3 +611,140 @@ serve(handle)
         assert_eq!(job.get_str("status"), Ok("completed"), "{job}");
     }
 }
+
+/// Debounce: 1,000 enqueues of one key in a burst (`mongoq enqueue
+/// --unique-key K --debounce 1s`, one process each, as a shell script
+/// fires them) run exactly once, with the last data, after the burst.
+#[test]
+fn a_burst_of_debounced_enqueues_runs_once_with_the_last_data() {
+    let db = TestDb::new("debounce");
+    db.queue().ensure_indexes().unwrap();
+    let runs = tempfile(&format!("{}-runs", db.db));
+    let script = write_script(
+        &db,
+        "run.sh",
+        &format!(
+            "#!/bin/sh\ncat >> {}\necho >> {}\n",
+            runs.display(),
+            runs.display()
+        ),
+    );
+    let mut worker = db.spawn_worker(&[
+        "--threads",
+        "2",
+        "--poll-interval",
+        "100ms",
+        "--exec",
+        "/bin/sh",
+        &script,
+    ]);
+    let burst = format!(
+        r#"i=1; while [ $i -le 1000 ]; do "$MONGOQ" --db "$DB" enqueue --unique-key burst --debounce 1s "{{\"n\": $i}}" >/dev/null 2>>"$ERRORS" || exit 1; i=$((i+1)); done"#
+    );
+    let errors = tempfile(&format!("{}-burst-errors", db.db));
+    let out = crate::helpers::output_within(
+        std::process::Command::new("/bin/sh")
+            .args(["-c", &burst])
+            .env("MONGOQ", env!("CARGO_BIN_EXE_mongoq"))
+            .env("MONGODB_URI", &db.uri)
+            .env("DB", &db.db)
+            .env("ERRORS", &errors),
+        None,
+        crate::helpers::COMMAND_LIMIT,
+    );
+    assert!(
+        out.status.success(),
+        "the burst failed: {}",
+        std::fs::read_to_string(&errors).unwrap_or_default()
+    );
+    db.wait_for_count(doc! {"status": "completed"}, 1, Duration::from_secs(60));
+    // Time for a second run, if there were one to come.
+    std::thread::sleep(Duration::from_millis(1_500));
+    worker.signal("TERM");
+    worker.expect_success(Duration::from_secs(30));
+    let jobs = db.all(doc! {});
+    assert_eq!(jobs.len(), 1, "one job for the whole burst: {jobs:?}");
+    let job = &jobs[0];
+    assert_eq!(int(job.get_document("data").unwrap(), "n"), 1000, "{job}");
+    assert!(
+        millis(job, "started_at") >= millis(job, "run_at"),
+        "it started {} ms before the burst's last enqueue + 1 s: {job}",
+        millis(job, "run_at") - millis(job, "started_at")
+    );
+    let ran = std::fs::read_to_string(&runs).unwrap();
+    assert_eq!(
+        ran.lines().filter(|l| !l.trim().is_empty()).count(),
+        1,
+        "{ran}"
+    );
+    assert!(ran.contains("\"n\":1000"), "the last data ran: {ran}");
+}
+
+/// Throttle: the first enqueue of a key is kept, the rest are dropped for
+/// the window (the command says so, prints the kept job's id, exits 0),
+/// also once the kept job has completed; after the window one is kept again.
+#[test]
+fn throttle_keeps_the_first_and_drops_the_rest_for_its_window() {
+    let db = TestDb::new("throttle");
+    db.queue().ensure_indexes().unwrap();
+    let mut worker = db.spawn_worker(&[
+        "--threads",
+        "1",
+        "--poll-interval",
+        "50ms",
+        "--simulate",
+        "1ms",
+    ]);
+    let enqueue = |n: u32| {
+        let out = db.run(&[
+            "enqueue",
+            "--unique-key",
+            "report",
+            "--throttle",
+            "3s",
+            &format!("{{\"n\": {n}}}"),
+        ]);
+        assert!(out.status.success(), "{}", crate::helpers::stderr(&out));
+        (
+            crate::helpers::stdout(&out).trim().to_string(),
+            crate::helpers::stderr(&out),
+        )
+    };
+    let started = std::time::Instant::now();
+    let (first, said) = enqueue(1);
+    assert!(said.contains("throttle: enqueued job"), "{said}");
+    let (second, said) = enqueue(2);
+    assert_eq!(second, first, "the kept job's id");
+    assert!(
+        said.contains("throttle: dropped") && said.contains(&first),
+        "{said}"
+    );
+    db.wait_for_count(doc! {"status": "completed"}, 1, Duration::from_secs(30));
+    if started.elapsed() < Duration::from_millis(2_500) {
+        let (third, said) = enqueue(3);
+        assert_eq!(third, first, "dropped after the kept job completed: {said}");
+    }
+    if crate::helpers::server_kind() == "rs" {
+        crate::helpers::not_checked(
+            "not_now::throttle: a new window keeps a new job",
+            "this server keeps a document in a partial index after an update takes it out of the filter (MongoDB removes it), so a completed job still holds its unique_key; see RELIABILITY.md",
+        );
+        worker.signal("TERM");
+        worker.expect_success(Duration::from_secs(30));
+        return;
+    }
+    std::thread::sleep(
+        Duration::from_secs(3).saturating_sub(started.elapsed()) + Duration::from_millis(300),
+    );
+    let (fourth, said) = enqueue(4);
+    assert_ne!(fourth, first, "a new window keeps a new job: {said}");
+    db.wait_for_count(doc! {"status": "completed"}, 2, Duration::from_secs(30));
+    worker.signal("TERM");
+    worker.expect_success(Duration::from_secs(30));
+    let kept: Vec<i64> = db
+        .all(doc! {})
+        .iter()
+        .map(|j| int(j.get_document("data").unwrap(), "n"))
+        .collect();
+    assert_eq!(kept, [1, 4], "only the first of each window");
+}

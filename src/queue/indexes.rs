@@ -40,6 +40,8 @@ pub const WAITING_INDEX: &str = "mongoq_waiting";
 pub const DEPENDENTS_INDEX: &str = "mongoq_dependents";
 /// Pending jobs with an expiry, for the sweep that cancels expired ones.
 pub const EXPIRY_INDEX: &str = "mongoq_expiry";
+/// Jobs kept by `--throttle`, by key and window.
+const THROTTLE_INDEX: &str = "mongoq_throttle";
 pub const CLAIM_INDEX: &str = "mongoq_claim_by_queue";
 /// The claim index of mongoq before named queues (`{status, priority, run_at, _id}`).
 const LEGACY_CLAIM_INDEX: &str = "mongoq_claim";
@@ -64,6 +66,8 @@ impl Queue {
     ///   [`crate::flow`]), each partial on a field plain jobs never have.
     /// - `mongoq_expiry` `{status, expires_at}`, partial on `expires_at`:
     ///   the sweep that cancels expired jobs (see [`crate::expiry`]).
+    /// - `mongoq_throttle` `{unique_key, throttle_until}`, partial on
+    ///   `throttle_until`: `enqueue --throttle` (see [`super::debounce`]).
     pub fn ensure_indexes(&self) -> Result<Vec<String>, Error> {
         let named = |name: &str| IndexOptions::builder().name(name.to_string()).build();
         let models = vec![
@@ -100,6 +104,12 @@ impl Queue {
                 doc! {fields::STATUS: 1},
                 DEPENDENTS_INDEX,
                 doc! {fields::HAS_DEPENDENTS: true},
+            ),
+            // Throttle (queue::debounce): only the jobs it kept.
+            partial(
+                doc! {fields::UNIQUE_KEY: 1, fields::THROTTLE_UNTIL: 1},
+                THROTTLE_INDEX,
+                doc! {fields::THROTTLE_UNTIL: {"$exists": true}},
             ),
             // Expiry (crate::expiry): only jobs that have one.
             partial(

@@ -14,6 +14,7 @@
 
 pub mod admin;
 pub mod control;
+pub mod debounce;
 pub mod enqueue;
 pub mod filters;
 pub mod indexes;
@@ -24,6 +25,7 @@ pub mod wait;
 
 pub use admin::{Cancel, Retried, RetrySelection};
 pub use control::{QueueControl, Rate};
+pub use debounce::{Debounced, Throttled};
 pub use enqueue::EnqueueOptions;
 pub use filters::validate_queue_name;
 pub use indexes::{Retention, CLAIM_INDEX, UNIQUE_INDEX};

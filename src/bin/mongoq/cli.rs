@@ -301,6 +301,14 @@ pub struct EnqueueArgs {
     /// Refuse the job when a pending or running job has this key (single job only)
     #[arg(long, requires = "json")]
     pub unique_key: Option<String>,
+    /// With --unique-key: the last of a burst runs, once, this long after
+    /// the burst (replaces the pending job's data and pushes its start)
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, requires = "unique_key", conflicts_with_all = ["throttle", "delay", "run_at", "wait"])]
+    pub debounce: Option<Duration>,
+    /// With --unique-key: the first runs, and enqueues of the key are
+    /// dropped for this long after it
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, requires = "unique_key", conflicts_with = "wait")]
+    pub throttle: Option<Duration>,
     /// Print only the number of jobs enqueued, not their ids
     #[arg(long, short)]
     pub quiet: bool,

@@ -55,6 +55,66 @@ fn enqueue_options(queue: &Queue, args: &EnqueueArgs) -> Result<EnqueueOptions, 
     })
 }
 
+/// `--debounce`: prints the id of the job that holds the data (stdout) and
+/// what became of it (stderr).
+fn debounce(
+    queue: &Queue,
+    data: Bson,
+    options: &EnqueueOptions,
+    window: std::time::Duration,
+    quiet: bool,
+) -> Result<ExitCode, CommandError> {
+    let window_text = mongoq::duration::format_duration(window);
+    let id = match queue.enqueue_debounced(data, options, window)? {
+        mongoq::queue::Debounced::Inserted(id) => {
+            eprintln!("mongoq: debounce: enqueued job {}; it runs in {window_text} unless another enqueue of its key comes first", id.to_hex());
+            id.to_hex()
+        }
+        mongoq::queue::Debounced::Replaced(id) => {
+            let id = mongoq::schema::id_text(&id);
+            eprintln!("mongoq: debounce: replaced the data of pending job {id}; it runs in {window_text} unless another enqueue of its key comes first");
+            id
+        }
+    };
+    println!("{}", if quiet { "1".to_string() } else { id });
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `--throttle`: prints the id of the job kept (stdout) and whether this
+/// enqueue was it or was dropped (stderr); exits 0 either way.
+fn throttle(
+    queue: &Queue,
+    data: Bson,
+    options: &EnqueueOptions,
+    window: std::time::Duration,
+    quiet: bool,
+) -> Result<ExitCode, CommandError> {
+    let (id, kept) = match queue.enqueue_throttled(data, options, window)? {
+        mongoq::queue::Throttled::Kept(id) => {
+            eprintln!(
+                "mongoq: throttle: enqueued job {}; enqueues of its key are dropped for {}",
+                id.to_hex(),
+                mongoq::duration::format_duration(window)
+            );
+            (id.to_hex(), true)
+        }
+        mongoq::queue::Throttled::Dropped(id) => {
+            let id = mongoq::schema::id_text(&id);
+            eprintln!("mongoq: throttle: dropped; job {id} of this key was kept and its window has not passed");
+            (id, false)
+        }
+    };
+    println!(
+        "{}",
+        if quiet {
+            u8::from(kept).to_string()
+        } else {
+            id
+        }
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
 pub(crate) fn parse_data(text: &str) -> Result<Bson, String> {
     let value: serde_json::Value =
         serde_json::from_str(text).map_err(|e| format!("not valid JSON ({e})"))?;
@@ -122,6 +182,12 @@ pub fn enqueue(queue: &Queue, args: &EnqueueArgs) -> Result<ExitCode, CommandErr
     let options = enqueue_options(queue, args)?;
     if let Some(json) = &args.json {
         let data = parse_data(json).map_err(|reason| bad_input(format!("the job data is {reason}; pass one JSON value, e.g. '{{\"to\": \"ada@example.com\"}}'")))?;
+        if let Some(window) = args.debounce {
+            return debounce(queue, data, &options, window, args.quiet);
+        }
+        if let Some(window) = args.throttle {
+            return throttle(queue, data, &options, window, args.quiet);
+        }
         let id = match queue.enqueue(data, &options) {
             Ok(id) => id,
             Err(duplicate @ mongoq::Error::Duplicate { .. }) => {
