@@ -638,13 +638,11 @@ fn a_burst_of_debounced_enqueues_runs_once_with_the_last_data() {
         "/bin/sh",
         &script,
     ]);
-    let burst = format!(
-        r#"i=1; while [ $i -le 1000 ]; do "$MONGOQ" --db "$DB" enqueue --unique-key burst --debounce 1s "{{\"n\": $i}}" >/dev/null 2>>"$ERRORS" || exit 1; i=$((i+1)); done"#
-    );
+    let burst = r#"i=1; while [ $i -le 1000 ]; do "$MONGOQ" --db "$DB" enqueue --unique-key burst --debounce 1s "{\"n\": $i}" >/dev/null 2>>"$ERRORS" || exit 1; i=$((i+1)); done"#;
     let errors = tempfile(&format!("{}-burst-errors", db.db));
     let out = crate::helpers::output_within(
         std::process::Command::new("/bin/sh")
-            .args(["-c", &burst])
+            .args(["-c", burst])
             .env("MONGOQ", env!("CARGO_BIN_EXE_mongoq"))
             .env("MONGODB_URI", &db.uri)
             .env("DB", &db.db)
