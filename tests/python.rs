@@ -134,7 +134,10 @@ fn assert_same(what: &str, cli: &Document, py: &Document, labels: &HashMap<Objec
             );
             continue;
         }
-        if field == "run_at" || (field == "expires_at" && label == "delayed") {
+        if field == "run_at"
+            || field == "throttle_until"
+            || (field == "expires_at" && label == "delayed")
+        {
             let (Bson::DateTime(a), Bson::DateTime(b)) = (value, other) else {
                 panic!("{what}: {field} is a date in both: {value} / {other}");
             };
@@ -200,6 +203,30 @@ fn the_client_and_the_cli_write_the_same_documents() {
         ],
     );
     enqueue("plain", &[data]);
+    enqueue(
+        "debounced",
+        &[
+            data,
+            "--unique-key",
+            "deb-1",
+            "--debounce",
+            "1h",
+            "--queue",
+            "q2",
+        ],
+    );
+    enqueue(
+        "throttled",
+        &[
+            data,
+            "--unique-key",
+            "thr-1",
+            "--throttle",
+            "1h",
+            "--priority",
+            "3",
+        ],
+    );
     let dep_pending = enqueue("dep_pending", &[data]);
     let dep_done = enqueue("dep_done", &[data]);
     let dep_failed = enqueue("dep_failed", &[data]);
@@ -293,6 +320,12 @@ ids["every_option"] = q.enqueue(data, queue="emails", priority=7,
     expires_at=datetime.datetime(2031, 1, 1, tzinfo=datetime.timezone.utc))
 ids["delayed"] = q.enqueue(data, delay=3600, priority=-3, expires_in=datetime.timedelta(hours=2))
 ids["plain"] = q.enqueue(data)
+deb = q.debounce(data, "deb-1", 3600, queue="q2")
+assert not deb.replaced and q.debounce(data, "deb-1", 3600, queue="q2") == (deb.id, True)
+ids["debounced"] = deb.id
+thr = q.throttle(data, "thr-1", 3600, priority=3)
+assert thr.kept and q.throttle(data, "thr-1", 3600, priority=3) == (thr.id, False)
+ids["throttled"] = thr.id
 for name in ("dep_pending", "dep_done", "dep_failed"):
     ids[name] = q.enqueue(data)
 q.collection.update_one({{"_id": ids["dep_done"]}}, {{"$set": {{"status": "completed", "last_error": "card declined"}}}})
@@ -330,7 +363,7 @@ print(json.dumps({{k: str(v) for k, v in ids.items()}}))
         assert_same(&label, &job(&cli, id), &job(&py, *py_id), &labels);
         compared += 1;
     }
-    assert_eq!(compared, 14, "every scenario compared");
+    assert_eq!(compared, 16, "every scenario compared");
     // The scenarios did what they name, in both (so the comparison is of
     // documents that mean something).
     let py_job = |label: &str| job(&py, py_ids[label]);

@@ -31,6 +31,8 @@ from .handler import PauseQueue, Permanent, Retry, Snooze, __version__, progress
 __all__ = [
     "Queue",
     "InsertedFlow",
+    "Debounced",
+    "Throttled",
     "MongoqError",
     "InvalidJob",
     "DuplicateJob",
@@ -48,7 +50,7 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("Queue", "InsertedFlow"):
+    if name in ("Queue", "InsertedFlow", "Debounced", "Throttled"):
         try:
             from . import client
         except ImportError as missing:

@@ -26,7 +26,7 @@ import datetime
 import itertools
 import os
 import time
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
+from typing import Any, Dict, Iterable, List, Mapping, NamedTuple, Optional, Sequence
 
 from bson.errors import InvalidDocument
 from bson.objectid import ObjectId
@@ -39,7 +39,26 @@ from ._ids import new_ids
 from ._documents import Options, awaited, check_flow, id_key, id_value
 from .errors import DuplicateJob, InvalidJob, JobFailed, JobNotFound, MongoqError, WaitTimeout
 
-__all__ = ["Queue", "InsertedFlow"]
+__all__ = ["Queue", "InsertedFlow", "Debounced", "Throttled"]
+
+#: Rounds an enqueue of a key goes when racing other enqueues of it.
+_ROUNDS = 20
+
+
+class Debounced(NamedTuple):
+    """What :meth:`Queue.debounce` did: the job holding the data, and
+    whether it replaced a pending job's data (else it inserted one)."""
+
+    id: Any
+    replaced: bool
+
+
+class Throttled(NamedTuple):
+    """What :meth:`Queue.throttle` did: the job kept, and whether this
+    enqueue was it (else it was dropped)."""
+
+    id: Any
+    kept: bool
 
 DEFAULT_URI = "mongodb://localhost:27017"
 #: Jobs per ``insert_many`` call of ``enqueue_many`` (pymongo splits a call
@@ -181,6 +200,72 @@ class Queue:
         except InvalidDocument as error:
             raise InvalidJob("the job's data cannot be stored as BSON: %s; nothing was enqueued" % error) from None
         return job_id
+
+    def debounce(self, data: Any, unique_key: str, seconds: Any, **options: Any) -> Debounced:
+        """Debounce (``mongoq enqueue --unique-key K --debounce D``): the
+        last of a burst of enqueues of ``unique_key`` runs, once, ``seconds``
+        after the burst. Replaces the data of the pending job holding the
+        key and pushes its start to the server's now + ``seconds``, or
+        inserts one; a job of the key already running gives the key up and
+        the new data runs after it. ``options``: those of :meth:`enqueue`
+        but ``delay``, ``run_at`` and ``after``.
+        """
+        window = _documents.seconds(seconds, "seconds")
+        for name in ("delay", "run_at", "after", "session"):
+            if options.get(name) is not None:
+                raise InvalidJob("debounce sets the start itself and takes no %s" % name)
+        for _ in range(_ROUNDS):
+            run_at = self.now() + datetime.timedelta(seconds=window)
+            held = self.collection.find_one_and_update(
+                {"unique_key": unique_key, "status": "pending"},
+                {"$set": {"data": data, "run_at": run_at}},
+                projection={"_id": 1},
+            )
+            if held is not None:
+                return Debounced(held["_id"], True)
+            try:
+                return Debounced(self.enqueue(data, unique_key=unique_key, run_at=run_at, **options), False)
+            except DuplicateJob:
+                self.collection.update_one(
+                    {"unique_key": unique_key, "status": "running"},
+                    {"$unset": {"unique_key": ""}, "$set": {"gave_key": unique_key}},
+                )
+        raise MongoqError("enqueues of unique_key %r kept overtaking this one; nothing was enqueued by it" % unique_key)
+
+    def throttle(self, data: Any, unique_key: str, seconds: Any, **options: Any) -> Throttled:
+        """Throttle (``mongoq enqueue --unique-key K --throttle D``): the first
+        enqueue of ``unique_key`` is kept and runs; the rest are dropped for
+        ``seconds`` after it (also once it completed). ``options``: those of
+        :meth:`enqueue` but ``after``.
+        """
+        window = _documents.seconds(seconds, "seconds")
+        if options.get("after") is not None or options.get("session") is not None:
+            raise InvalidJob("throttle takes no after or session")
+        opts = self._options(
+            options.pop("delay", None), options.pop("run_at", None),
+            options.pop("expires_in", None), options.pop("expires_at", None),
+            unique_key=unique_key, **options,
+        )
+        for _ in range(_ROUNDS):
+            now = self.now()
+            kept = self.collection.find_one(
+                {"unique_key": unique_key, "throttle_until": {"$gt": now}}, {"_id": 1}
+            )
+            if kept is not None:
+                return Throttled(kept["_id"], False)
+            job_id = ObjectId()
+            document = opts.document(job_id, data, now)
+            document["throttle_until"] = now + datetime.timedelta(seconds=window)
+            try:
+                self.collection.insert_one(document)
+                return Throttled(job_id, True)
+            except DuplicateKeyError:
+                holder = self.collection.find_one(
+                    {"unique_key": unique_key, "status": {"$in": ["pending", "running"]}}, {"_id": 1}
+                )
+                if holder is not None:
+                    return Throttled(holder["_id"], False)
+        raise MongoqError("enqueues of unique_key %r kept overtaking this one; nothing was enqueued by it" % unique_key)
 
     def enqueue_many(
         self,
