@@ -746,3 +746,45 @@ fn throttle_keeps_the_first_and_drops_the_rest_for_its_window() {
         .collect();
     assert_eq!(kept, [1, 4], "only the first of each window");
 }
+
+/// The README's `mongosh` writes for debounce and throttle do what the
+/// flags do: three enqueues of each leave one job, the last data for the
+/// debounced key, the first for the throttled one.
+#[test]
+fn the_readmes_mongosh_debounce_and_throttle_work() {
+    let db = TestDb::new("debounce_mongosh");
+    db.queue().ensure_indexes().unwrap();
+    let readme =
+        std::fs::read_to_string(format!("{}/README.md", env!("CARGO_MANIFEST_DIR"))).unwrap();
+    let start = readme
+        .find("// debounce: push the pending job")
+        .expect("the README has the mongosh debounce");
+    let end = start + readme[start..].find("```").unwrap();
+    let snippet = &readme[start..end];
+    let script = format!(
+        "for (let round = 0; round < 3; round++) {{\n{}\n}}",
+        snippet.replace("{user: 42}", "{user: 42, round: round}")
+    );
+    let out = crate::helpers::output_within(
+        std::process::Command::new(crate::helpers::mongosh()).args([
+            "--quiet",
+            &format!("{}/{}", db.uri, db.db),
+            "--eval",
+            &script,
+        ]),
+        None,
+        crate::helpers::COMMAND_LIMIT,
+    );
+    assert!(
+        out.status.success(),
+        "{}{}",
+        crate::helpers::stdout(&out),
+        crate::helpers::stderr(&out)
+    );
+    let debounced = db.all(doc! {"unique_key": "reindex-42"});
+    assert_eq!(debounced.len(), 1, "{debounced:?}");
+    assert_eq!(int(debounced[0].get_document("data").unwrap(), "round"), 2);
+    let throttled = db.all(doc! {"unique_key": "digest-42"});
+    assert_eq!(throttled.len(), 1, "{throttled:?}");
+    assert_eq!(int(throttled[0].get_document("data").unwrap(), "round"), 0);
+}
