@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use mongodb::bson::{doc, oid::ObjectId, Bson, DateTime, Document};
 use mongoq::{EnqueueOptions, Shutdown, Worker, WorkerConfig};
 
-use crate::helpers::{int, stderr, stdout, tempfile, TestDb};
+use crate::helpers::{int, millis, stderr, stdout, tempfile, TestDb};
 
 /// An `--exec` handler: echoes the job line back as its result (or `{}`
 /// when `echo` is false); a job whose data says `zzslow` sleeps 0.3 s
@@ -57,12 +57,6 @@ fn job(db: &TestDb, id: &str) -> Document {
         .run()
         .unwrap()
         .unwrap_or_else(|| panic!("no job {id}"))
-}
-
-fn millis(job: &Document, field: &str) -> i64 {
-    job.get_datetime(field)
-        .unwrap_or_else(|_| panic!("{field} missing: {job}"))
-        .timestamp_millis()
 }
 
 #[test]

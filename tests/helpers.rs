@@ -350,6 +350,13 @@ pub fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
+/// A date field of a job, in ms since the epoch.
+pub fn millis(job: &Document, field: &str) -> i64 {
+    job.get_datetime(field)
+        .unwrap_or_else(|_| panic!("{field} is not a date: {job}"))
+        .timestamp_millis()
+}
+
 pub fn int(document: &Document, field: &str) -> i64 {
     match document.get(field) {
         Some(Bson::Int32(n)) => i64::from(*n),

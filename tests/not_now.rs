@@ -12,30 +12,12 @@ use std::time::Duration;
 use mongodb::bson::{doc, Bson, Document};
 use mongoq::{HandlerError, Shutdown, Worker, WorkerConfig};
 
-use crate::helpers::{int, tempfile, TestDb};
+use crate::helpers::{int, millis, tempfile, TestDb};
+use crate::pipe::{helper_dir, python, script};
 
-fn python() -> &'static str {
-    if Path::new("/usr/bin/python3").exists() {
-        "/usr/bin/python3"
-    } else {
-        "python3"
-    }
-}
-
-fn helper_dir() -> String {
-    format!("{}/clients/python", env!("CARGO_MANIFEST_DIR"))
-}
-
+/// A handler script of this test's, as a path.
 fn write_script(db: &TestDb, name: &str, body: &str) -> String {
-    let path = tempfile(&format!("{}-{name}", db.db));
-    std::fs::write(&path, body).unwrap();
-    path.display().to_string()
-}
-
-fn millis(job: &Document, field: &str) -> i64 {
-    job.get_datetime(field)
-        .unwrap_or_else(|_| panic!("{field} is a date: {job}"))
-        .timestamp_millis()
+    script(db, name, body).display().to_string()
 }
 
 #[test]

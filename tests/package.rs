@@ -17,6 +17,20 @@ fn deb() -> PathBuf {
     path
 }
 
+/// The package's files under a fresh folder named after `name`.
+fn extract(deb: &Path, name: &str) -> PathBuf {
+    let root = tempfile(&format!("{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    let out = Command::new("dpkg-deb")
+        .arg("--extract")
+        .arg(deb)
+        .arg(&root)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    root
+}
+
 fn dpkg_deb(args: &[&str], deb: &Path) -> String {
     let out = Command::new("dpkg-deb")
         .args(args)
@@ -114,15 +128,7 @@ fn the_package_holds_the_binary_units_docs_and_a_private_conffile() {
 #[test]
 fn both_units_verify_and_run_the_packaged_binary() {
     let deb = deb();
-    let root = tempfile(&format!("deb-root-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&root);
-    let out = Command::new("dpkg-deb")
-        .arg("--extract")
-        .arg(&deb)
-        .arg(&root)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
+    let root = extract(&deb, "deb-root");
 
     let version = Command::new(root.join("usr/bin/mongoq"))
         .arg("--version")
@@ -209,15 +215,7 @@ fn both_units_verify_and_run_the_packaged_binary() {
 #[test]
 fn debians_python_imports_the_packaged_client_and_helper() {
     let deb = deb();
-    let root = tempfile(&format!("deb-python-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&root);
-    let out = Command::new("dpkg-deb")
-        .arg("--extract")
-        .arg(&deb)
-        .arg(&root)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
+    let root = extract(&deb, "deb-python");
     for example in ["handler.py", "producer.py"] {
         assert!(
             root.join("usr/share/doc/mongoq/examples")

@@ -12,7 +12,7 @@ use mongodb::bson::{doc, Bson, Document};
 use crate::helpers::{free_port, int, tempfile, TestDb, Worker};
 
 /// The Python that starts quickly (not a version manager's shim).
-fn python() -> &'static str {
+pub(crate) fn python() -> &'static str {
     if Path::new("/usr/bin/python3").exists() {
         "/usr/bin/python3"
     } else {
@@ -20,12 +20,12 @@ fn python() -> &'static str {
     }
 }
 
-fn helper_dir() -> String {
+pub(crate) fn helper_dir() -> String {
     format!("{}/clients/python", env!("CARGO_MANIFEST_DIR"))
 }
 
 /// Writes an executable script for this test.
-fn script(db: &TestDb, name: &str, body: &str) -> PathBuf {
+pub(crate) fn script(db: &TestDb, name: &str, body: &str) -> PathBuf {
     let path = tempfile(&format!("{}-{name}", db.db));
     std::fs::write(&path, body).unwrap();
     std::process::Command::new("chmod")

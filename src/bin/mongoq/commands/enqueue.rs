@@ -14,31 +14,36 @@ use mongoq::{EnqueueOptions, Queue};
 use crate::cli::EnqueueArgs;
 use crate::error::{bad_input, exit, usage, CommandError};
 
-fn enqueue_options(queue: &Queue, args: &EnqueueArgs) -> Result<EnqueueOptions, CommandError> {
-    let run_at = match (&args.run_at, args.delay) {
-        (Some(text), _) => Some(DateTime::parse_rfc3339_str(text).map_err(|e| {
+/// A time given as RFC 3339 (`flag`) or as a duration from now: from now
+/// on the server's clock, like every time the workers compare it with.
+fn instant(
+    queue: &Queue,
+    flag: &str,
+    text: Option<&str>,
+    from_now: Option<std::time::Duration>,
+) -> Result<Option<DateTime>, CommandError> {
+    match (text, from_now) {
+        (Some(text), _) => DateTime::parse_rfc3339_str(text).map(Some).map_err(|e| {
             usage(format!(
-                "--run-at `{text}` is not an RFC 3339 time such as 2026-12-01T09:00:00Z: {e}"
+                "{flag} `{text}` is not an RFC 3339 time such as 2026-12-01T09:00:00Z: {e}"
             ))
-        })?),
-        // A delay is counted on the server's clock, like every time the
-        // workers compare it with.
-        (None, Some(delay)) => Some(queue.clock_after(delay)),
-        (None, None) => None,
-    };
+        }),
+        (None, Some(duration)) => Ok(Some(queue.clock_after(duration))),
+        (None, None) => Ok(None),
+    }
+}
+
+fn enqueue_options(queue: &Queue, args: &EnqueueArgs) -> Result<EnqueueOptions, CommandError> {
+    let run_at = instant(queue, "--run-at", args.run_at.as_deref(), args.delay)?;
     if let Some(queue) = &args.queue {
         mongoq::queue::validate_queue_name(queue).map_err(|e| usage(format!("--queue: {e}")))?;
     }
-    let expires_at = match (&args.expires_at, args.expires_in) {
-        (Some(text), _) => Some(DateTime::parse_rfc3339_str(text).map_err(|e| {
-            usage(format!(
-                "--expires-at `{text}` is not an RFC 3339 time such as 2026-12-01T09:00:00Z: {e}"
-            ))
-        })?),
-        // Counted on the server's clock, which the claim compares it with.
-        (None, Some(within)) => Some(queue.clock_after(within)),
-        (None, None) => None,
-    };
+    let expires_at = instant(
+        queue,
+        "--expires-at",
+        args.expires_at.as_deref(),
+        args.expires_in,
+    )?;
     let if_dep_fails = match &args.if_dep_fails {
         Some(choice) => IfDepFails::parse(choice).map_err(|e| usage(e.to_string()))?,
         None => IfDepFails::Cancel,
