@@ -603,7 +603,13 @@ class Queue:
             expired += int(group["expired"])
         now = self.now()
         eligible_now: Dict[str, Any] = {"status": "pending", "run_at": {"$not": {"$gt": now}}}
-        paused_queues = [c["_id"] for c in self._controls.find({"paused": True}, {"_id": 1})]
+        # Paused by an operator, or by a handler until a time not yet come.
+        paused_queues = [
+            c["_id"]
+            for c in self._controls.find(
+                {"$or": [{"paused": True}, {"paused_until": {"$gt": now}}]}, {"_id": 1}
+            )
+        ]
         paused = 0
         if paused_queues:
             held = {"$in": paused_queues + ([None] if "default" in paused_queues else [])}
