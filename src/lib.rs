@@ -31,6 +31,7 @@
 // The rooms of a job's life: it is enqueued into the queue, claimed and run
 // by a worker, its handler does the work, and the schema says what every
 // stage writes. DESIGN.md has the module map.
+pub mod expiry;
 pub(crate) mod fleet;
 pub mod flow;
 pub mod handlers;
@@ -43,7 +44,6 @@ pub mod backoff;
 pub mod clock;
 pub mod duration;
 pub mod error;
-pub mod expiry;
 pub mod job;
 pub mod progress;
 pub mod redact;

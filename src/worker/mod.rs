@@ -351,7 +351,10 @@ impl Worker {
             health: Arc::clone(&parts.health),
             slots: Arc::clone(&parts.slots),
             doorbell: Arc::clone(&parts.doorbell),
-            controls: Arc::clone(&parts.controls),
+            pause_written: {
+                let controls = Arc::clone(&parts.controls);
+                Box::new(move |queue: &str| controls.pause_written(queue))
+            },
         }
     }
 

@@ -39,8 +39,9 @@ pub(crate) struct Completer {
     /// Rung when an outcome released waiting jobs, so this worker's
     /// fetcher looks for them at once.
     pub(crate) doorbell: Arc<Doorbell>,
-    /// Told when a handler's pause is written.
-    pub(crate) controls: Arc<crate::worker::control::Controls>,
+    /// Told the queue whose handler's pause it wrote (the worker's
+    /// controls then let the next read stand for it).
+    pub(crate) pause_written: Box<dyn Fn(&str) + Send>,
 }
 
 impl Completer {
@@ -91,7 +92,7 @@ impl Completer {
             health,
             slots,
             doorbell: _,
-            controls,
+            pause_written,
         } = self;
         if pending.is_empty() {
             return;
@@ -105,7 +106,7 @@ impl Completer {
             if written.is_none() {
                 return;
             }
-            controls.pause_written(&name);
+            pause_written(&name);
             log::info!(
                 "queue {name} paused until {} by a handler: {reason}",
                 until.try_to_rfc3339_string().unwrap_or_default()
