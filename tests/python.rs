@@ -587,8 +587,15 @@ def in_transaction(body, end):
         getattr(session, end)()
         return made
 
-aborted = in_transaction(lambda s: (orders.insert_one({"_id": 1}, session=s), q.enqueue({"order": 1}, session=s))[1], "abort_transaction")
+def abort(s):
+    orders.insert_one({"_id": 1}, session=s)
+    flow = q.enqueue_flow({"jobs": [{"name": "a"}, {"name": "b", "after": ["a"]}]}, session=s)
+    q.enqueue_many([{"order": 0}, {"order": 0}], session=s)
+    return q.enqueue({"order": 1}, session=s), flow
+
+aborted, aborted_flow = in_transaction(abort, "abort_transaction")
 assert q.get(aborted) is None and orders.find_one({"_id": 1}) is None
+assert q.collection.count_documents({}) == 0, "the aborted flow and jobs left nothing"
 
 def commit(s):
     orders.insert_one({"_id": 2}, session=s)

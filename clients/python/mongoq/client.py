@@ -213,6 +213,8 @@ class Queue:
         window = _documents.seconds(seconds, "seconds")
         for name in ("delay", "run_at", "after", "session"):
             if options.get(name) is not None:
+                # A transaction's duplicate key aborts it: debounce decides
+                # its races by the unique index, outside one.
                 raise InvalidJob("debounce sets the start itself and takes no %s" % name)
         for _ in range(_ROUNDS):
             run_at = self.now() + datetime.timedelta(seconds=window)
@@ -424,7 +426,9 @@ class Queue:
             {"$set": {"status": "pending"}, "$max": {"run_at": self.now()}, "$currentDate": {"released_at": True}},
         )
 
-    def enqueue_flow(self, flow: Mapping[str, Any], *, queue: Optional[str] = None) -> InsertedFlow:
+    def enqueue_flow(
+        self, flow: Mapping[str, Any], *, queue: Optional[str] = None, session: Any = None
+    ) -> InsertedFlow:
         """Inserts a flow, a small graph of jobs, so that none of it runs
         before all of it is in (``mongoq enqueue --flow``'s file as a dict):
 
@@ -438,7 +442,8 @@ class Queue:
         ``queue``, ``priority``, ``max_attempts``. The flow is checked whole
         first (names unique, every ``after`` a step, no cycle). Every job is
         inserted ``waiting`` and linked, then the roots become ``pending``
-        with one write. An insert that fails deletes what went in.
+        with one write. An insert that fails deletes what went in. With
+        ``session``, every write is in the caller's transaction.
         """
         steps, flow_queue = check_flow(flow, queue)
         flow_id = ObjectId()
@@ -466,22 +471,25 @@ class Queue:
         for start in range(0, len(documents), FLOW_BATCH):
             chunk = documents[start : start + FLOW_BATCH]
             try:
-                self.collection.insert_many(chunk)
+                self.collection.insert_many(chunk, session=session)
             except InvalidDocument as error:
-                self._take_back(documents[: inserted + len(chunk)])
+                self._take_back(documents[: inserted + len(chunk)], session)
                 raise InvalidJob("a job's data cannot be stored as BSON: %s; nothing was enqueued" % error) from None
             except BaseException:
-                self._take_back(documents[: inserted + len(chunk)])
+                self._take_back(documents[: inserted + len(chunk)], session)
                 raise
             inserted += len(chunk)
         roots = [ids[s["name"]] for s in steps if not s.get("after")]
         self.collection.update_many(
             {"_id": {"$in": roots}, "status": "waiting"},
             {"$set": {"status": "pending", "released_at": now}},
+            session=session,
         )
         return InsertedFlow(flow_id, ids)
 
-    def _take_back(self, documents: List[Dict[str, Any]]) -> None:
+    def _take_back(self, documents: List[Dict[str, Any]], session: Any = None) -> None:
+        if session is not None:
+            return  # the caller's transaction aborts, and takes it all back
         try:
             self.collection.delete_many({"_id": {"$in": [d["_id"] for d in documents]}})
         except PyMongoError:
@@ -541,7 +549,7 @@ class Queue:
             if stream is not None:
                 stream.close()
 
-    def cancel(self, job_id: Any) -> str:
+    def cancel(self, job_id: Any, *, session: Any = None) -> str:
         """Cancels a job, as ``mongoq cancel`` does; returns what it did:
 
         - ``"cancelled"``: it was pending or waiting, and will not run;
@@ -563,15 +571,17 @@ class Queue:
                     "$currentDate": {"cancelled_at": True},
                     "$unset": {"lease_owner": "", "lease_token": "", "lease_until": "", "cancel_requested": ""},
                 },
+                session=session,
             )
             if done.modified_count:
                 return "cancelled"
             running = self.collection.update_one(
-                {"_id": {"$eq": job_id}, "status": "running"}, {"$set": {"cancel_requested": True}}
+                {"_id": {"$eq": job_id}, "status": "running"}, {"$set": {"cancel_requested": True}},
+                session=session,
             )
             if running.matched_count:
                 return "requested"
-            job = self.collection.find_one({"_id": {"$eq": job_id}}, {"status": 1})
+            job = self.collection.find_one({"_id": {"$eq": job_id}}, {"status": 1}, session=session)
             if job is None:
                 raise JobNotFound(job_id)
             if job.get("status") not in ("pending", "waiting", "running"):
