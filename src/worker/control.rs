@@ -285,7 +285,7 @@ impl Control {
             if !idle {
                 next_heartbeat = next_heartbeat.min(Instant::now() + HEARTBEAT);
             }
-            if self.wait_looking(stop, idle) {
+            if self.wait_looking(stop) {
                 break;
             }
         }
@@ -304,9 +304,12 @@ impl Control {
         }
     }
 
-    /// Waits [`REFRESH`]; a busy worker reads its controls every
-    /// [`PAUSE_LOOK`] meanwhile. True when stopping.
-    fn wait_looking(&self, stop: &Shutdown, idle: bool) -> bool {
+    /// Waits [`REFRESH`]; a worker that holds jobs (it has some to start)
+    /// reads its controls every [`PAUSE_LOOK`] meanwhile. Holding, not the
+    /// fetcher's idleness, decides: a fetcher that found nothing a moment
+    /// ago counts as idle for seconds while its threads still start what
+    /// it holds. True when stopping.
+    fn wait_looking(&self, stop: &Shutdown) -> bool {
         let until = Instant::now() + REFRESH;
         loop {
             let left = until.saturating_duration_since(Instant::now());
@@ -316,7 +319,7 @@ impl Control {
             if stop.sleep(left.min(PAUSE_LOOK)) {
                 return true;
             }
-            if idle || Instant::now() >= until {
+            if self.leases.held() == 0 || Instant::now() >= until {
                 continue;
             }
             let before = self.controls.plan(&self.config.queues, self.queue.now());
