@@ -136,6 +136,23 @@ impl Controls {
             || self.local_until(queue).is_some_and(|until| until > now_ms)
     }
 
+    /// How long a handler's pause of `queue` has left at `now` (server
+    /// time), when one holds and no operator's pause does.
+    pub(crate) fn short_pause_left(&self, queue: &str, now: DateTime) -> Option<Duration> {
+        let now = now.timestamp_millis();
+        let by_queue = self.read();
+        let control = by_queue.get(queue);
+        if control.is_some_and(|c| c.paused) {
+            return None;
+        }
+        let read = control
+            .and_then(|c| c.handler_pause_at(now))
+            .map(|(u, _)| u);
+        read.max(self.local_until(queue))
+            .filter(|until| *until > now)
+            .map(|until| Duration::from_millis((until - now).unsigned_abs()))
+    }
+
     /// How long until the first handler's pause of `queues` ends (after
     /// `now`, server time), if one holds: an idle fetcher looks then.
     pub(crate) fn resumes_in(&self, queues: &[String], now: DateTime) -> Option<Duration> {

@@ -25,6 +25,11 @@ use crate::worker::lease::running::Running;
 use crate::worker::settle::outcome::{bounded_error, Kind, Outcome};
 use crate::worker::settle::retry::RetryPolicy;
 
+/// A claimed job waits out a handler's pause of its queue that ends within
+/// this (a 429's few seconds), keeping its lease; a longer pause hands it
+/// back.
+const HOLD_THROUGH: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// One handler thread and what it owns.
 pub(crate) struct Runner {
     /// This thread's index, its key in [`Running`].
@@ -53,6 +58,9 @@ impl Runner {
             {
                 // A reserved start (rate limit): not before its instant.
                 shutdown.sleep(wait);
+            }
+            if job.start_at.is_none() {
+                self.wait_out_a_short_pause(&job.queue, shutdown);
             }
             // Stopping, its queue paused since the claim, or its reserved
             // start (rate limit) missed: back to pending, attempt not counted.
@@ -108,6 +116,18 @@ impl Runner {
                 }
             };
             let _ = self.outcomes.send(outcome);
+        }
+    }
+
+    /// A handler's pause of `queue` that ends within [`HOLD_THROUGH`]: the
+    /// job this thread holds waits for its end (its lease is kept) and
+    /// starts then, instead of going back and being claimed again after
+    /// it. An operator's pause, or a longer one, hands it back.
+    fn wait_out_a_short_pause(&self, queue: &str, shutdown: &Shutdown) {
+        while let Some(left) = self.controls.short_pause_left(queue, self.clock.now()) {
+            if left > HOLD_THROUGH || shutdown.sleep(left.min(HOLD_THROUGH)) {
+                return;
+            }
         }
     }
 
