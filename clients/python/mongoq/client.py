@@ -31,7 +31,7 @@ from typing import Any, Dict, Iterable, List, Mapping, NamedTuple, Optional, Seq
 from bson.errors import InvalidDocument
 from bson.objectid import ObjectId
 from pymongo import MongoClient
-from pymongo.errors import DuplicateKeyError, OperationFailure, PyMongoError
+from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure, PyMongoError
 
 from . import _documents
 from ._clock import ServerClock
@@ -288,9 +288,9 @@ class Queue:
         (those of :meth:`enqueue` but ``unique_key``, which is for one job),
         10,000 per ``insert_many``; returns their ids in order.
 
-        Batches are inserted in order: if one fails, the batches before it
-        are in (their ids are on the exception as ``enqueued``) and nothing
-        after it was sent.
+        Jobs are inserted in order: if an insert fails, the jobs before the
+        one that failed are in (their ids are on the exception as
+        ``enqueued``) and nothing after it was sent.
         """
         options = self._options(
             delay, run_at, expires_in, expires_at, queue=queue, priority=priority,
@@ -311,7 +311,12 @@ class Queue:
                 failed.enqueued = ids[: len(ids) - len(batch)]  # type: ignore[attr-defined]
                 raise failed from None
             except PyMongoError as error:
-                error.enqueued = ids[: len(ids) - len(batch)]  # type: ignore[attr-defined]
+                # An ordered insert stops at the failing job: those before
+                # it in this batch went in too.
+                went_in = 0
+                if isinstance(error, BulkWriteError):
+                    went_in = int(error.details.get("nInserted", 0))
+                error.enqueued = ids[: len(ids) - len(batch) + went_in]  # type: ignore[attr-defined]
                 raise
             batch.clear()
 
