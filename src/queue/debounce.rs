@@ -21,7 +21,7 @@
 
 use std::time::Duration;
 
-use mongodb::bson::{doc, oid::ObjectId, Bson, Document};
+use mongodb::bson::{doc, oid::ObjectId, Bson};
 use mongodb::options::ReturnDocument;
 
 use super::enqueue::{is_duplicate_key, new_job_document};
@@ -143,10 +143,8 @@ impl Queue {
                 Err(error) if is_duplicate_key(&error) => {
                     // A pending or running job holds the key: it is the
                     // one kept, whatever its window.
-                    if let Some(job) = self.holder(&key)? {
-                        return Ok(Throttled::Dropped(
-                            job.get("_id").cloned().unwrap_or(Bson::Null),
-                        ));
+                    if let Some(kept) = self.holder_of(&key)? {
+                        return Ok(Throttled::Dropped(kept));
                     }
                 }
                 Err(error) => return Err(self.db_error("insert (throttle)", &error)),
@@ -164,18 +162,6 @@ impl Queue {
             .run()
             .map_err(|e| self.db_error("find (throttle)", &e))?
             .and_then(|job| job.get("_id").cloned()))
-    }
-
-    /// The pending or running job holding `key`.
-    fn holder(&self, key: &str) -> Result<Option<Document>, Error> {
-        self.collection()
-            .find_one(doc! {
-                fields::UNIQUE_KEY: key,
-                fields::STATUS: Status::any_of(&[Status::Pending, Status::Running]),
-            })
-            .projection(doc! {"_id": 1})
-            .run()
-            .map_err(|e| self.db_error("find (throttle)", &e))
     }
 }
 

@@ -82,17 +82,7 @@ impl Queue {
             Ok(_) => Ok(id),
             Err(error) if is_duplicate_key(&error) => {
                 let key = options.unique_key.clone().unwrap_or_default();
-                let existing = self
-                    .collection
-                    .find_one(doc! {
-                        fields::UNIQUE_KEY: &key,
-                        fields::STATUS: {"$in": [Status::Pending, Status::Running]},
-                    })
-                    .projection(doc! {"_id": 1})
-                    .run()
-                    .ok()
-                    .flatten()
-                    .and_then(|d| d.get("_id").map(id_text));
+                let existing = self.holder_of(&key).ok().flatten().map(|id| id_text(&id));
                 Err(Error::Duplicate {
                     unique_key: key,
                     existing,
@@ -100,6 +90,20 @@ impl Queue {
             }
             Err(error) => Err(self.db_error("insert", &error)),
         }
+    }
+
+    /// The `_id` of the pending or running job that holds `key`.
+    pub(crate) fn holder_of(&self, key: &str) -> Result<Option<Bson>, Error> {
+        Ok(self
+            .collection
+            .find_one(doc! {
+                fields::UNIQUE_KEY: key,
+                fields::STATUS: Status::any_of(&[Status::Pending, Status::Running]),
+            })
+            .projection(doc! {"_id": 1})
+            .run()
+            .map_err(|e| self.db_error("find (unique_key)", &e))?
+            .and_then(|d| d.get("_id").cloned()))
     }
 
     /// Inserts pending jobs in one round trip per 1,000 and returns their ids

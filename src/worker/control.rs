@@ -136,38 +136,40 @@ impl Controls {
             || self.local_until(queue).is_some_and(|until| until > now_ms)
     }
 
+    /// How long a handler's pause of `queue` has left at `now_ms` (the one
+    /// read or this worker's own, whichever ends later), if one holds.
+    fn handler_pause_left(
+        &self,
+        by_queue: &HashMap<String, QueueControl>,
+        queue: &str,
+        now_ms: i64,
+    ) -> Option<Duration> {
+        let read = by_queue
+            .get(queue)
+            .and_then(|c| c.handler_pause_at(now_ms))
+            .map(|(until, _)| until);
+        read.max(self.local_until(queue))
+            .filter(|until| *until > now_ms)
+            .map(|until| Duration::from_millis((until - now_ms).unsigned_abs()))
+    }
+
     /// How long a handler's pause of `queue` has left at `now` (server
     /// time), when one holds and no operator's pause does.
     pub(crate) fn short_pause_left(&self, queue: &str, now: DateTime) -> Option<Duration> {
-        let now = now.timestamp_millis();
         let by_queue = self.read();
-        let control = by_queue.get(queue);
-        if control.is_some_and(|c| c.paused) {
+        if by_queue.get(queue).is_some_and(|c| c.paused) {
             return None;
         }
-        let read = control
-            .and_then(|c| c.handler_pause_at(now))
-            .map(|(u, _)| u);
-        read.max(self.local_until(queue))
-            .filter(|until| *until > now)
-            .map(|until| Duration::from_millis((until - now).unsigned_abs()))
+        self.handler_pause_left(&by_queue, queue, now.timestamp_millis())
     }
 
     /// How long until the first handler's pause of `queues` ends (after
     /// `now`, server time), if one holds: an idle fetcher looks then.
     pub(crate) fn resumes_in(&self, queues: &[String], now: DateTime) -> Option<Duration> {
-        let now = now.timestamp_millis();
         let by_queue = self.read();
         queues
             .iter()
-            .filter_map(|q| {
-                let read = by_queue
-                    .get(q)
-                    .and_then(|c| c.handler_pause_at(now))
-                    .map(|(u, _)| u);
-                read.max(self.local_until(q)).filter(|until| *until > now)
-            })
-            .map(|until| Duration::from_millis((until - now).unsigned_abs()))
+            .filter_map(|q| self.handler_pause_left(&by_queue, q, now.timestamp_millis()))
             .min()
     }
 

@@ -190,16 +190,18 @@ class Queue:
         except DuplicateKeyError:
             if unique_key is None:
                 raise
-            existing = None
-            if session is None:
-                held = self.collection.find_one(
-                    {"unique_key": unique_key, "status": {"$in": ["pending", "running"]}}, {"_id": 1}
-                )
-                existing = held and held["_id"]
+            existing = None if session is not None else self._holder(unique_key)
             raise DuplicateJob(unique_key, existing) from None
         except InvalidDocument as error:
             raise InvalidJob("the job's data cannot be stored as BSON: %s; nothing was enqueued" % error) from None
         return job_id
+
+    def _holder(self, unique_key: str) -> Any:
+        """The ``_id`` of the pending or running job holding ``unique_key``."""
+        held = self.collection.find_one(
+            {"unique_key": unique_key, "status": {"$in": ["pending", "running"]}}, {"_id": 1}
+        )
+        return None if held is None else held["_id"]
 
     def debounce(self, data: Any, unique_key: str, seconds: Any, **options: Any) -> Debounced:
         """Debounce (``mongoq enqueue --unique-key K --debounce D``): the
@@ -262,11 +264,9 @@ class Queue:
                 self.collection.insert_one(document)
                 return Throttled(job_id, True)
             except DuplicateKeyError:
-                holder = self.collection.find_one(
-                    {"unique_key": unique_key, "status": {"$in": ["pending", "running"]}}, {"_id": 1}
-                )
+                holder = self._holder(unique_key)
                 if holder is not None:
-                    return Throttled(holder["_id"], False)
+                    return Throttled(holder, False)
         raise MongoqError("enqueues of unique_key %r kept overtaking this one; nothing was enqueued by it" % unique_key)
 
     def enqueue_many(
