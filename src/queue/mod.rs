@@ -13,6 +13,7 @@
 //! with them).
 
 pub mod admin;
+pub mod commands;
 pub mod control;
 pub mod debounce;
 pub mod enqueue;

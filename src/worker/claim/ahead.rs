@@ -1,30 +1,32 @@
-//! The read-ahead: filling the window (alone, or from the window a peer
-//! shared), and deciding when it must be read again.
+//! The read-ahead window on the claim path: filling it with what the
+//! reader read (alone, or from the window a peer shared), and deciding
+//! when the reader must read it again. The reads themselves are the
+//! reader's ([`super::reader`]).
 
 use std::time::{Duration, Instant};
 
-use mongodb::bson::{doc, Bson, Document, RawDocumentBuf};
+use mongodb::bson::{doc, Bson, Document};
 
-use super::write::is_number;
-use super::{Claimer, IdKey, Idle, WINDOW_BYTES, WINDOW_LIFETIME};
+use super::reader::{Answer, Ask, Found};
+use super::{Claimer, IdKey, Idle, WINDOW_LIFETIME};
 use crate::error::Error;
-use crate::fleet::share::part_of;
 use crate::fleet::window::{Key, Published};
 use crate::queue::filters::{eligible_in, queue_condition};
-use crate::schema::{fields, integer, Status};
-use crate::worker::claim::keys::{key_of, key_projection, priority_ranges};
-
-/// While a peer reads the shared window, look for what it published this
-/// often, at most [`TURN_WAITS`] times before reading for ourselves.
-const TURN_WAIT: Duration = Duration::from_millis(50);
-const TURN_WAITS: u32 = 40;
+use crate::schema::{fields, Status};
 
 /// The duty of the fleet's check for a higher priority (see [`Share::leads`]).
 const PRIORITY_CHECK: &str = "priority check";
 
-/// The duty of failing unroutable pending jobs (see [`super::Upkeep`]),
-/// which an idle worker does only when it leads it among its peers.
-const UPKEEP: &str = "upkeep";
+/// What the window needs now.
+#[derive(Debug, PartialEq)]
+pub(super) enum Freshness {
+    /// Nothing: claim from it.
+    Fresh,
+    /// A look for an eligible job above its head (this rank).
+    CheckAbove(Bson),
+    /// A new read: it is old, or low, or a peer published a newer one.
+    Reread,
+}
 
 impl Claimer {
     /// With this worker's part of the window used up: whether a read would
@@ -39,58 +41,70 @@ impl Claimer {
         Ok(epoch > self.seen)
     }
 
-    /// Fills the window with up to `limit` keys. A worker alone reads the
-    /// queue. One with peers takes the window a peer published since the
-    /// last it saw, if that is fresh; else it takes the reader's turn,
-    /// reads and publishes; while a peer has the turn, it waits for what
-    /// that peer publishes (reading for itself if that takes too long).
+    /// Fills the window with up to `limit` keys, waiting for the reader:
+    /// the window is empty (or used up) and nothing else can be claimed.
+    /// A read already under way is waited for rather than asked again.
     pub(super) fn refill(&mut self, limit: usize) -> Result<(), Error> {
-        if self.share.part().1 > 1 {
-            if self.widen()? {
-                return Ok(());
-            }
-            let mut waits = 0;
-            loop {
-                let (newer, trips) = self.shared.newer(self.seen, self.share.part().0)?;
-                self.round_trips += trips;
-                if let Some(published) = newer {
-                    self.seen = published.epoch;
-                    if self
-                        .queue
-                        .clock()
-                        .now()
-                        .saturating_duration_since(published.read_at)
-                        < WINDOW_LIFETIME
-                    {
-                        self.adopt(published);
-                        return Ok(());
-                    }
-                }
-                if waits == 0 || waits >= TURN_WAITS {
-                    let turn = self.shared.take_turn(self.seen)?;
-                    self.round_trips += 1;
-                    if turn {
-                        let (keys, full) = self.read_keys(limit)?;
-                        let parts = divide(&keys, self.share.part().1);
-                        let (epoch, trips) = self.shared.publish(&parts, full)?;
-                        self.round_trips += trips;
-                        self.seen = epoch.unwrap_or(self.seen);
-                        // The reader keeps the whole window: its own part
-                        // first, then a share of the others' (see `take`).
-                        self.fill(keys, full, Instant::now(), None);
-                        return Ok(());
-                    }
-                    if waits >= TURN_WAITS {
-                        break;
-                    }
-                }
-                waits += 1;
-                std::thread::sleep(TURN_WAIT);
-            }
-            log::debug!("a peer's read of the shared window is slow; reading for this worker");
+        if self.share.part().1 > 1 && self.widen()? {
+            return Ok(());
         }
-        let (keys, full) = self.read_keys(limit)?;
-        self.fill(keys, full, Instant::now(), None);
+        if !self.reader.busy() {
+            self.ask_reader(limit, None);
+        }
+        match self.reader.wait() {
+            Some(answer) => self.take_answer(answer),
+            None => Err(crate::error::Error::Invalid(
+                "the claim's read-ahead thread stopped; restart the worker".into(),
+            )),
+        }
+    }
+
+    /// Asks the reader for a window of up to `limit` keys (only if a job
+    /// ranks above `above`, when given) while claims go on.
+    pub(super) fn ask_reader(&mut self, limit: usize, above: Option<Bson>) {
+        self.during_read.clear();
+        self.reader.ask(Ask {
+            limit,
+            seen: self.seen,
+            above,
+        });
+    }
+
+    /// Takes in a finished read, if one is: the window it found replaces
+    /// the current one.
+    pub(super) fn collect_read(&mut self) -> Result<(), Error> {
+        match self.reader.ready() {
+            Some(answer) => self.take_answer(answer),
+            None => Ok(()),
+        }
+    }
+
+    fn take_answer(&mut self, answer: Answer) -> Result<(), Error> {
+        self.round_trips += answer.round_trips;
+        self.seen = self.seen.max(answer.seen);
+        let read_at = answer.asked_at;
+        // Jobs claimed while the read was under way may still be listed.
+        let during = std::mem::take(&mut self.during_read);
+        let unclaimed = |keys: Vec<Key>| -> Vec<Key> {
+            if during.is_empty() {
+                keys
+            } else {
+                keys.into_iter()
+                    .filter(|k| !during.contains(&IdKey::of(&k.id)))
+                    .collect()
+            }
+        };
+        match answer.found? {
+            Found::Keys { keys, full } => {
+                let keys = unclaimed(keys);
+                self.fill(keys, full, read_at, None);
+            }
+            Found::Adopted(mut published) => {
+                published.keys = unclaimed(published.keys);
+                self.adopt(published);
+            }
+            Found::NothingAbove => {}
+        }
         Ok(())
     }
 
@@ -197,66 +211,9 @@ impl Claimer {
         self.contended = 0;
     }
 
-    /// Reads up to `limit` keys of eligible jobs in queue order, in four
-    /// ranges of the claim index (see [`priority_ranges`]), so a job without
-    /// a `priority` sorts as 0 without a write to give it one. Returns them
-    /// and whether the read stopped at its limit.
-    pub(super) fn read_keys(&mut self, limit: usize) -> Result<(Vec<Key>, bool), Error> {
-        // The upkeep's filter ranges over every pending job: one peer of the
-        // fleet runs it, not each that reads.
-        if self.share.leads(UPKEEP) {
-            self.round_trips += self.upkeep.run(&self.queue)?;
-        }
-        let mut keys = Vec::new();
-        let mut bytes = 0;
-        let mut full = false;
-        for (priority, order) in priority_ranges() {
-            let wanted = limit - keys.len();
-            if wanted == 0 || bytes > WINDOW_BYTES {
-                full = true;
-                break;
-            }
-            let mut filter = eligible_in(&self.queues, self.queue.clock().passed());
-            filter.insert(fields::PRIORITY, priority);
-            let cursor = self
-                .queue
-                .collection()
-                .clone_with_type::<RawDocumentBuf>()
-                .find(filter)
-                .sort(order)
-                .projection(key_projection())
-                .limit(wanted as i64)
-                .batch_size(10_000)
-                .run()
-                .map_err(|e| self.queue.db_error("find (claim read-ahead)", &e))?;
-            self.round_trips += 1;
-            for raw in cursor {
-                let raw = raw.map_err(|e| self.queue.db_error("find (claim read-ahead)", &e))?;
-                bytes += raw.as_bytes().len();
-                let (key, attempts) = key_of(&raw);
-                if is_number(&attempts) {
-                    keys.push(key);
-                } else {
-                    // `$inc` would fail on it and stop the whole claim.
-                    self.fail_unclaimable(key.id, Some(&attempts))?;
-                }
-                if bytes > WINDOW_BYTES {
-                    // Dropping the cursor ends the query on the server.
-                    full = true;
-                    break;
-                }
-            }
-        }
-        let full = full || keys.len() >= limit;
-        Ok((keys, full))
-    }
-
     /// Whether any job is eligible at all (one index seek, one `_id`
     /// returned): what an idle worker asks before it reads a window again.
     pub(super) fn anything(&mut self) -> Result<bool, Error> {
-        if self.share.leads(UPKEEP) {
-            self.round_trips += self.upkeep.run(&self.queue)?;
-        }
         self.any_eligible(Document::new(), "find (any eligible job)")
     }
 
@@ -297,53 +254,43 @@ impl Claimer {
         Ok(found.is_some())
     }
 
-    /// Whether the window must be read again: every `max_window_age` it is
-    /// checked for an eligible job of a higher priority than its head (one
-    /// index seek, nothing returned when there is none), which would have
-    /// to run first; and it is read again anyway once it is
-    /// [`WINDOW_LIFETIME`] old. With peers, the check is the fleet's: each
+    /// What the window needs: every `max_window_age` a look for an
+    /// eligible job of a higher priority than its head, which would have to
+    /// run first; a new read once it is older than its lifetime (see
+    /// [`Claimer::lifetime`]). With peers, the look is the fleet's: each
     /// worker looks whether a peer published a newer window (one `_id`
-    /// lookup), and the one that leads the check makes the seek.
-    pub(super) fn aged(&mut self) -> Result<bool, Error> {
+    /// lookup), and the one that leads the look asks its reader.
+    pub(super) fn freshness(&mut self) -> Result<Freshness, Error> {
         if self.window_checked_at.elapsed() <= self.max_window_age {
-            return Ok(false);
+            return Ok(Freshness::Fresh);
         }
         self.window_checked_at = Instant::now();
-        if self.window_read_at.elapsed() > WINDOW_LIFETIME {
-            return Ok(true);
+        if self.window_read_at.elapsed() > self.lifetime() {
+            return Ok(Freshness::Reread);
         }
         let Some(head) = self.window.front().map(|k| k.rank.clone()) else {
-            return Ok(true);
+            return Ok(Freshness::Reread);
         };
         if self.share.part().1 > 1 {
             let epoch = self.shared.epoch()?;
             self.round_trips += 1;
             if epoch > self.seen {
-                return Ok(true);
+                return Ok(Freshness::Reread);
             }
             if !self.share.leads(PRIORITY_CHECK) {
-                return Ok(false);
+                return Ok(Freshness::Fresh);
             }
         }
-        let above = doc! {fields::PRIORITY: {"$gt": head.clone()}};
-        let above = if integer(&head).is_some_and(|n| n < 0) {
-            // Below 0, a job without a priority (ranked 0) is above too.
-            doc! {"$or": [above, {fields::PRIORITY: Bson::Null}]}
-        } else {
-            above
-        };
-        self.any_eligible(above, "find (higher priority)")
+        Ok(Freshness::CheckAbove(head))
     }
-}
 
-/// `keys` divided into the `of` parts of the peers (see [`part_of`]), each in
-/// queue order.
-fn divide(keys: &[Key], of: usize) -> Vec<Vec<Key>> {
-    let mut parts = vec![Vec::new(); of.max(1)];
-    for key in keys {
-        parts[part_of(&key.id, of)].push(key.clone());
+    /// How long a window is claimed from before it is read again: at least
+    /// [`WINDOW_LIFETIME`], and four times what the last read took, so
+    /// reading costs at most a quarter of the reader's time however long
+    /// the backlog makes a read.
+    pub(super) fn lifetime(&self) -> Duration {
+        WINDOW_LIFETIME.max(self.reader.last_took * 4)
     }
-    parts
 }
 
 /// The peers' parts of an adopted window that this worker has not yet
@@ -357,32 +304,4 @@ pub(super) struct NextPart {
     rank: usize,
     /// When the window was read.
     read_at: Instant,
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use mongodb::bson::oid::ObjectId;
-
-    #[test]
-    fn a_division_puts_every_key_in_its_owners_part_in_queue_order() {
-        let keys: Vec<Key> = (0..1_000)
-            .map(|i| Key {
-                id: Bson::ObjectId(ObjectId::new()),
-                rank: Bson::Int32(i % 3),
-            })
-            .collect();
-        let parts = divide(&keys, 4);
-        assert_eq!(parts.len(), 4);
-        assert_eq!(parts.iter().map(Vec::len).sum::<usize>(), keys.len());
-        for (rank, part) in parts.iter().enumerate() {
-            assert!(part.iter().all(|k| part_of(&k.id, 4) == rank));
-            let positions: Vec<usize> = part
-                .iter()
-                .map(|k| keys.iter().position(|x| x == k).unwrap())
-                .collect();
-            assert!(positions.windows(2).all(|w| w[0] < w[1]), "queue order");
-        }
-        assert_eq!(divide(&keys, 1), vec![keys.clone()], "alone: one part");
-    }
 }

@@ -52,12 +52,14 @@ use crate::error::Error;
 use crate::fleet::share::{owns, Share};
 use crate::fleet::window::{Key, SharedWindow};
 use crate::queue::Queue;
-use unroutable::Upkeep;
+use ahead::Freshness;
+use reader::{Reader, Source};
 
 mod ahead;
 pub(crate) mod fetcher;
 pub(crate) mod keys;
 pub(crate) mod pacing;
+mod reader;
 pub(crate) mod unroutable;
 mod write;
 
@@ -105,7 +107,11 @@ pub(crate) struct Claimer {
     /// When the window was read (by this worker or the peer that shared it).
     window_read_at: Instant,
     max_window_age: Duration,
-    upkeep: Upkeep,
+    /// The thread that makes the reads (see [`reader`]).
+    reader: Reader,
+    /// The jobs asked for since the read under way started: its window may
+    /// still list them.
+    during_read: HashSet<IdKey>,
     /// The token of a claim that failed half-way; the retry reuses it.
     unfinished: Option<ObjectId>,
     /// Round trips made, for `bench` and stats.
@@ -148,6 +154,12 @@ impl Claimer {
         share: Arc<Share>,
     ) -> Claimer {
         let shared = SharedWindow::new(&queue, &queues, &owner);
+        let reader = Reader::spawn(Source::new(
+            queue.clone(),
+            queues.clone(),
+            Arc::clone(&share),
+            &owner,
+        ));
         Claimer {
             queue,
             owner,
@@ -160,7 +172,8 @@ impl Claimer {
             contended: 0,
             window_read_at: Instant::now(),
             max_window_age,
-            upkeep: Upkeep::default(),
+            reader,
+            during_read: HashSet::new(),
             unfinished: None,
             round_trips: 0,
             candidates: 0,
@@ -250,6 +263,7 @@ impl Claimer {
         // Two passes at most: the second only after a stale or contended
         // window was dropped.
         for _ in 0..2 {
+            self.collect_read()?;
             let part = self.share.part();
             if part != self.part_read {
                 self.count_own();
@@ -258,20 +272,30 @@ impl Claimer {
             // when there is more beyond it, or a peer read a newer one,
             // before others' jobs are taken from it.
             let spent = part.1 > 1 && self.own_left == 0 && !self.window.is_empty();
-            if !self.window.is_empty() && !spent && self.aged()? {
-                self.window.clear();
+            if !self.window.is_empty() && !spent && !self.reader.busy() {
+                self.look_ahead(count, window)?;
             }
-            if self.window.is_empty() && self.idle != Idle::Working && !retrying {
+            if self.window.is_empty()
+                && self.idle != Idle::Working
+                && !retrying
+                && !self.reader.busy()
+            {
                 // Idle: one index seek per poll, not a read of every range.
+                self.reader.idle();
                 self.idle_poll()?;
                 return Ok(None);
             }
             let fresh = if self.window.is_empty() || (spent && self.more_beyond()?) {
                 // Who shares the queue now decides what is ours in it.
                 self.round_trips += self.share.recheck(&self.queue)?;
-                let of = self.share.part().1;
-                let size = window.saturating_mul(of).min(MAX_WINDOW).max(count);
-                self.refill(size)?;
+                // Nothing to claim until a read returns: a bounded one
+                // (what the threads start in a second; two batches before
+                // any job was timed), so the first job starts as soon as it
+                // does; the full window is read behind it while these are
+                // claimed.
+                let size = self.window_size(count, window);
+                let first = (window / WINDOW_LIFETIME.as_secs() as usize).max(count * 2);
+                self.refill(first.min(size))?;
                 true
             } else {
                 false
@@ -283,6 +307,10 @@ impl Claimer {
             self.candidates += candidates.len() as u64;
             if self.share.part().1 > 1 {
                 self.taken
+                    .extend(candidates.iter().map(|k| IdKey::of(&k.id)));
+            }
+            if self.reader.busy() {
+                self.during_read
                     .extend(candidates.iter().map(|k| IdKey::of(&k.id)));
             }
             let (won, one_by_one) = self.claim_documents(&candidates, token)?;
@@ -319,6 +347,49 @@ impl Claimer {
             }
         }
         Ok(None)
+    }
+
+    /// Asks the reader for what the window will need, while it still holds
+    /// jobs: a new window once what is left of this worker's part would
+    /// keep the threads busy for less than twice what the last read took
+    /// (at least a batch), or once it is old; a look above its head every
+    /// `max_window_age`.
+    fn look_ahead(&mut self, count: usize, window: usize) -> Result<(), Error> {
+        let left = if self.share.part().1 > 1 {
+            self.own_left
+        } else {
+            self.window.len()
+        };
+        let size = self.window_size(count, window);
+        if self.full && left <= self.low_water(count, window) {
+            self.ask_reader(size, None);
+            return Ok(());
+        }
+        match self.freshness()? {
+            Freshness::Fresh => {}
+            Freshness::CheckAbove(head) => self.ask_reader(size, Some(head)),
+            Freshness::Reread => self.ask_reader(size, None),
+        }
+        Ok(())
+    }
+
+    /// How many keys a read fetches: what this worker's threads start in a
+    /// window's lifetime (`window` is what they start in
+    /// [`WINDOW_LIFETIME`]), times the peers dividing the queue (only its
+    /// part is its own), at least a batch and at most [`MAX_WINDOW`].
+    fn window_size(&self, count: usize, window: usize) -> usize {
+        let lifetimes = self.lifetime().as_secs_f64() / WINDOW_LIFETIME.as_secs_f64();
+        let mine = (window as f64 * lifetimes) as usize;
+        mine.saturating_mul(self.share.part().1)
+            .min(MAX_WINDOW)
+            .max(count)
+    }
+
+    /// What the threads start in twice the last read's time: the window is
+    /// read again before it holds less (at least a batch).
+    fn low_water(&self, count: usize, window: usize) -> usize {
+        let reads = 2.0 * self.reader.last_took.as_secs_f64() / WINDOW_LIFETIME.as_secs_f64();
+        ((window as f64 * reads) as usize).max(count)
     }
 
     /// Takes `count` keys from the window: this worker's part first, in

@@ -1,9 +1,11 @@
 //! Upkeep of producers' documents that the claim could never take: a
 //! pending job whose `queue` is not a string matches no worker's queues
 //! and would wait forever, so it is marked `failed` with the reason. The
-//! filter is a range of the claim index, so when there is nothing to fix
-//! it costs an index seek; the fetcher runs it before a read-ahead, at most
-//! every ten seconds.
+//! filter names the wrong types one by one (a `$type` list, whose bounds
+//! are exact ranges of the claim index: a `$not` would range over every
+//! pending job), so when there is nothing to fix it costs index seeks. The
+//! claimer's reader thread runs it every [`MALFORMED_CHECK`] and when the
+//! claimer is idle, at most that often, never on the claim path.
 //!
 //! A job with no `priority` (a shell producer's) needs no upkeep: the
 //! read-ahead ranks it as 0 without writing to it.
@@ -17,7 +19,28 @@ use crate::queue::Queue;
 use crate::schema::{fields, Status};
 
 /// How often pending jobs with a `queue` of the wrong type are looked for.
-const MALFORMED_CHECK: Duration = Duration::from_secs(10);
+pub(crate) const MALFORMED_CHECK: Duration = Duration::from_secs(30);
+
+/// Every BSON type but a string and `null` (what a job's `queue` may be).
+const NOT_A_QUEUE_NAME: [&str; 17] = [
+    "double",
+    "int",
+    "long",
+    "decimal",
+    "object",
+    "array",
+    "binData",
+    "objectId",
+    "bool",
+    "date",
+    "timestamp",
+    "regex",
+    "javascript",
+    "symbol",
+    "undefined",
+    "minKey",
+    "maxKey",
+];
 
 /// When the check last ran.
 #[derive(Default)]
@@ -26,7 +49,7 @@ pub(crate) struct Upkeep {
 }
 
 impl Upkeep {
-    /// Fails the malformed pending jobs, at most every ten seconds.
+    /// Fails the malformed pending jobs, at most every [`MALFORMED_CHECK`].
     /// Returns the round trips it made.
     pub(crate) fn run(&mut self, queue: &Queue) -> Result<u64, Error> {
         if self
@@ -37,7 +60,7 @@ impl Upkeep {
         }
         let round_trips = fail_malformed(
             queue,
-            doc! {fields::QUEUE: {"$exists": true, "$not": {"$type": ["string", "null"]}}},
+            doc! {fields::QUEUE: {"$type": NOT_A_QUEUE_NAME.to_vec()}},
             "malformed job: `queue` must be a string naming the queue (or absent for the default queue)",
         )?;
         self.last_check = Some(Instant::now());

@@ -11,6 +11,7 @@ use crate::clock::Clock;
 use crate::error::{server_code_is, Error};
 use crate::fleet::window::Key;
 use crate::queue::filters::{eligible_filter, queue_condition, queue_order};
+use crate::queue::Queue;
 use crate::schema::{fields, id_text, Status};
 use crate::worker::settle::oversized::{fail_oversized, too_large};
 
@@ -101,38 +102,10 @@ impl Claimer {
         filter
     }
 
-    /// Marks `failed` a pending job whose worker-owned `attempts` field a
-    /// producer set to something that is not a number (`attempts`: the
-    /// value the read-ahead saw, if it saw one).
-    pub(super) fn fail_unclaimable(
-        &mut self,
-        id: Bson,
-        attempts: Option<&Bson>,
-    ) -> Result<(), Error> {
-        let (error, matches) = match attempts {
-            Some(attempts) => (
-                format!(
-                    "malformed job: `attempts` is owned by the worker and must be a number, but it is {}",
-                    attempts.clone().into_relaxed_extjson()
-                ),
-                attempts.clone(),
-            ),
-            None => (
-                "malformed job: `attempts` is owned by the worker and must be a number".to_string(),
-                Bson::Document(doc! {"$exists": true, "$not": {"$type": "number"}}),
-            ),
-        };
-        log::warn!("job {} failed: {error}", id_text(&id));
-        self.queue
-            .collection()
-            .update_one(
-                doc! {"_id": id, fields::STATUS: Status::Pending, fields::ATTEMPTS: matches},
-                doc! {"$set": {fields::STATUS: Status::Failed, fields::FAILED_AT: self.queue.clock().now(), fields::LAST_ERROR: error}},
-            )
-            .run()
-            .map_err(|e| self.queue.db_error("update (fail malformed)", &e))?;
+    /// Fails a job no claim can take (see [`fail_unclaimable`]).
+    pub(super) fn fail_unclaimable(&mut self, id: Bson, attempts: Option<&Bson>) -> Result<(), Error> {
         self.round_trips += 1;
-        Ok(())
+        fail_unclaimable(&self.queue, id, attempts)
     }
 
     /// The jobs this claim's token holds, as they are now, in queue order.
@@ -149,6 +122,35 @@ impl Claimer {
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| self.queue.db_error("find (claimed jobs)", &e))
     }
+}
+
+/// Fails, with the reason, a pending job whose `attempts` is not a number
+/// (`attempts` as read, or `None` when a claim's `$inc` met it): every
+/// claim's `$inc` would fail on it. One write.
+pub(super) fn fail_unclaimable(queue: &Queue, id: Bson, attempts: Option<&Bson>) -> Result<(), Error> {
+    let (error, matches) = match attempts {
+        Some(attempts) => (
+            format!(
+                "malformed job: `attempts` is owned by the worker and must be a number, but it is {}",
+                attempts.clone().into_relaxed_extjson()
+            ),
+            attempts.clone(),
+        ),
+        None => (
+            "malformed job: `attempts` is owned by the worker and must be a number".to_string(),
+            Bson::Document(doc! {"$exists": true, "$not": {"$type": "number"}}),
+        ),
+    };
+    log::warn!("job {} failed: {error}", id_text(&id));
+    queue
+        .collection()
+        .update_one(
+            doc! {"_id": id, fields::STATUS: Status::Pending, fields::ATTEMPTS: matches},
+            doc! {"$set": {fields::STATUS: Status::Failed, fields::FAILED_AT: queue.clock().now(), fields::LAST_ERROR: error}},
+        )
+        .run()
+        .map_err(|e| queue.db_error("update (fail malformed)", &e))?;
+    Ok(())
 }
 
 /// Whether `attempts` is something `$inc` adds to (a number, or absent).

@@ -42,10 +42,17 @@ pub fn run(cli: Cli) -> Result<ExitCode, CommandError> {
             collection: cli.global.collection,
         },
         |options| {
-            if counting {
+            // `RUST_LOG=mongoq::commands=debug`: every command's shape and
+            // time (see `mongoq::queue::commands`).
+            let traced = log::log_enabled!(target: "mongoq::commands", log::Level::Debug);
+            if counting || traced {
+                let trace = traced.then(mongoq::queue::commands::CommandLog::default);
                 options.command_event_handler = Some(EventHandler::callback(move |event| {
                     if matches!(event, CommandEvent::Started(_)) {
                         counter.fetch_add(1, Ordering::Relaxed);
+                    }
+                    if let Some(trace) = &trace {
+                        trace.observe(&event);
                     }
                 }));
             }
