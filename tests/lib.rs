@@ -8,6 +8,7 @@
 mod helpers;
 
 mod admin;
+mod backlog;
 mod cli;
 mod clock;
 mod concurrency;
