@@ -118,11 +118,34 @@ impl Queue {
                 doc! {fields::EXPIRES_AT: {"$exists": true}},
             ),
         ];
-        self.collection
-            .create_indexes(models)
-            .run()
-            .map_err(|e| self.db_error("createIndexes", &e))?;
-        self.ensure_unique_index();
+        // Only what is missing: on a big collection `createIndexes` of
+        // indexes that exist still costs the server (a second at a million
+        // jobs on some), and every worker start pays it. An index of the
+        // same name with other keys is left to `createIndexes` to refuse.
+        let present = present_indexes(self, &self.collection)?;
+        let missing: Vec<IndexModel> = models
+            .into_iter()
+            .filter(|m| !has_index(&present, m))
+            .collect();
+        let unique_present = present
+            .iter()
+            .any(|p| p.options.as_ref().and_then(|o| o.name.as_deref()) == Some(UNIQUE_INDEX));
+        if !missing.is_empty() {
+            log::debug!(
+                "creating indexes {:?}",
+                missing
+                    .iter()
+                    .map(|m| m.options.as_ref().and_then(|o| o.name.clone()))
+                    .collect::<Vec<_>>()
+            );
+            self.collection
+                .create_indexes(missing)
+                .run()
+                .map_err(|e| self.db_error("createIndexes", &e))?;
+        }
+        if !unique_present {
+            self.ensure_unique_index();
+        }
         let names = self.index_names()?;
         if names.iter().any(|name| name == LEGACY_CLAIM_INDEX) {
             log::warn!(
@@ -251,6 +274,68 @@ impl Queue {
             .run()
             .map_err(|e| self.db_error("listIndexes", &e))
     }
+}
+
+/// Whether `present` (as `listIndexes` gave them) has `wanted`: the same
+/// name over the same keys in the same order and directions (a server may
+/// give a direction as another number type than it was created with).
+pub(crate) fn has_index(present: &[IndexModel], wanted: &IndexModel) -> bool {
+    let name = |m: &IndexModel| m.options.as_ref().and_then(|o| o.name.clone());
+    let same_keys = |a: &mongodb::bson::Document, b: &mongodb::bson::Document| {
+        a.len() == b.len()
+            && a.iter().zip(b.iter()).all(|((ka, va), (kb, vb))| {
+                ka == kb
+                    && match (crate::schema::integer(va), crate::schema::integer(vb)) {
+                        (Some(x), Some(y)) => x == y,
+                        _ => va == vb,
+                    }
+            })
+    };
+    present
+        .iter()
+        .any(|p| name(p) == name(wanted) && same_keys(&p.keys, &wanted.keys))
+}
+
+/// Creates those of `models` that `collection` lacks (see [`has_index`]):
+/// `createIndexes` of indexes that exist still costs the server on a big
+/// collection, and every worker start would pay it.
+pub(crate) fn create_missing(
+    queue: &Queue,
+    collection: &mongodb::sync::Collection<mongodb::bson::Document>,
+    models: Vec<IndexModel>,
+) -> Result<(), Error> {
+    let present = present_indexes(queue, collection)?;
+    let missing: Vec<IndexModel> = models
+        .into_iter()
+        .filter(|m| !has_index(&present, m))
+        .collect();
+    if !missing.is_empty() {
+        collection
+            .create_indexes(missing)
+            .run()
+            .map_err(|e| queue.db_error("createIndexes", &e))?;
+    }
+    Ok(())
+}
+
+/// The indexes `collection` has (none when it does not exist yet).
+fn present_indexes(
+    queue: &Queue,
+    collection: &mongodb::sync::Collection<mongodb::bson::Document>,
+) -> Result<Vec<IndexModel>, Error> {
+    collection
+        .list_indexes()
+        .run()
+        .and_then(Iterator::collect)
+        .or_else(|error| {
+            // NamespaceNotFound: a collection that does not exist yet.
+            if crate::error::server_code_is(&error, |code| code == 26) {
+                Ok(Vec::new())
+            } else {
+                Err(error)
+            }
+        })
+        .map_err(|e| queue.db_error("listIndexes", &e))
 }
 
 /// An index on `keys` holding only the documents `filter` matches.

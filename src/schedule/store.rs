@@ -16,6 +16,7 @@ use mongodb::IndexModel;
 
 use super::spec::{utc_millis, Spec};
 use crate::error::Error;
+use crate::queue::indexes::create_missing;
 use crate::queue::Documents;
 use crate::queue::Queue;
 use crate::schema::fields;
@@ -158,34 +159,25 @@ impl Schedules {
     /// The index the due query uses, and the one `--no-overlap` and the
     /// list use to find a schedule's jobs.
     pub fn ensure_indexes(&self) -> Result<(), Error> {
-        self.collection()
-            .create_index(
-                IndexModel::builder()
-                    .keys(doc! {"queue": 1, "next_tick": 1})
-                    .options(
-                        IndexOptions::builder()
-                            .name("mongoq_due".to_string())
-                            .build(),
-                    )
+        let due = IndexModel::builder()
+            .keys(doc! {"queue": 1, "next_tick": 1})
+            .options(
+                IndexOptions::builder()
+                    .name("mongoq_due".to_string())
                     .build(),
             )
-            .run()
-            .map_err(|e| self.queue.db_error("createIndex (schedules)", &e))?;
-        self.queue
-            .collection()
-            .create_index(
-                IndexModel::builder()
-                    .keys(doc! {fields::SCHEDULE: 1, fields::TICK: -1})
-                    .options(
-                        IndexOptions::builder()
-                            .name("mongoq_schedule".to_string())
-                            .partial_filter_expression(doc! {fields::SCHEDULE: {"$exists": true}})
-                            .build(),
-                    )
+            .build();
+        create_missing(&self.queue, &self.collection(), vec![due])?;
+        let fired = IndexModel::builder()
+            .keys(doc! {fields::SCHEDULE: 1, fields::TICK: -1})
+            .options(
+                IndexOptions::builder()
+                    .name("mongoq_schedule".to_string())
+                    .partial_filter_expression(doc! {fields::SCHEDULE: {"$exists": true}})
                     .build(),
             )
-            .run()
-            .map_err(|e| self.queue.db_error("createIndex (scheduled jobs)", &e))?;
+            .build();
+        create_missing(&self.queue, self.queue.collection(), vec![fired])?;
         Ok(())
     }
 

@@ -253,7 +253,7 @@ pub struct BenchArgs {
     /// How long the idle-CPU scenario watches
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub idle: Duration,
-    /// Run only these sections: limits, server, scale, handlers, schedules, flows, python, snooze, drain (drain runs every section after it too)
+    /// Run only these sections: limits, server, scale, handlers, schedules, flows, python, snooze, backlog, drain (drain runs every section after it too)
     #[arg(long, value_delimiter = ',', value_name = "SECTION,...")]
     pub only: Vec<String>,
     /// The server's process id, to measure its CPU per job (a server on this machine)

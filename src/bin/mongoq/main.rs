@@ -34,7 +34,10 @@ fn main() -> ExitCode {
     } else {
         "info"
     };
+    // Milliseconds: a claim, a read or a stall is told apart from the next
+    // in the log (see `mongoq::commands` in the README).
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default_level))
+        .format_timestamp_millis()
         .init();
     match commands::run(cli) {
         Ok(code) => code,

@@ -156,29 +156,26 @@ pub(crate) fn in_queue_order(rows: Vec<Row>, full: bool) -> Result<(Vec<Key>, bo
         // Below 0 waits for every job without a priority, read or not.
         dropped |= !below.is_empty();
         below.clear();
-        match none.last() {
+        if let Some(last) = none.last() {
             // Jobs of 0 younger than the youngest without a priority read
             // could come after unread ones without a priority.
-            Some(last) => {
-                let bound = last.age.clone();
-                let before = zero.len();
-                let mut kept = Vec::with_capacity(before);
-                for row in zero {
-                    match compare(&row.age, &bound) {
-                        Some(std::cmp::Ordering::Greater) => {}
-                        Some(_) => kept.push(row),
-                        None => return Err(first),
-                    }
+            let bound = last.age.clone();
+            let before = zero.len();
+            let mut kept = Vec::with_capacity(before);
+            for row in zero {
+                match compare(&row.age, &bound) {
+                    Some(std::cmp::Ordering::Greater) => {}
+                    Some(_) => kept.push(row),
+                    None => return Err(first),
                 }
-                dropped |= kept.len() < before;
-                zero = kept;
             }
+            dropped |= kept.len() < before;
+            zero = kept;
+        } else {
             // The read ended in 0 or below: any unread job without a
             // priority could be older than all of them.
-            None => {
-                dropped |= !zero.is_empty();
-                zero.clear();
-            }
+            dropped |= !zero.is_empty();
+            zero.clear();
         }
     }
     let mut rank_zero = zero;

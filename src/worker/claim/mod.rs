@@ -289,13 +289,12 @@ impl Claimer {
                 // Who shares the queue now decides what is ours in it.
                 self.round_trips += self.share.recheck(&self.queue)?;
                 // Nothing to claim until a read returns: a bounded one
-                // (what the threads start in a second; two batches before
-                // any job was timed), so the first job starts as soon as it
-                // does; the full window is read behind it while these are
-                // claimed.
+                // (what the threads start in the base lifetime; ten batches
+                // before any job was timed), so the first job starts as
+                // soon as it does; a bigger window is read behind it while
+                // these are claimed.
                 let size = self.window_size(count, window);
-                let first = (window / WINDOW_LIFETIME.as_secs() as usize).max(count * 2);
-                self.refill(first.min(size))?;
+                self.refill(window.max(count * 2).min(size))?;
                 true
             } else {
                 false
@@ -333,7 +332,7 @@ impl Claimer {
             // So may a claim that fell back to one job at a time: its
             // updateMany may have stopped half-way.
             let documents = if won > 0 || retrying || one_by_one {
-                self.read_claimed(token)?
+                self.read_claimed(token, candidates.len().max(count))?
             } else {
                 Vec::new()
             };

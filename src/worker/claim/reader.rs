@@ -11,8 +11,9 @@
 //! next window while the current one still holds enough to keep the
 //! threads busy for twice what the last read took, and claims from the old
 //! window meanwhile; only an empty window (a worker's first claim, or work
-//! again after idling) waits for a read, and that read is bounded to a
-//! couple of batches so the first job starts as soon as it returns.
+//! again after idling) waits for a read, and that read is bounded to what
+//! the worker's own threads start in 5 s (ten batches before any job was
+//! timed), so the first job starts as soon as it returns.
 //!
 //! The reader also makes the fleet's check for a higher priority (an index
 //! seek on MongoDB, but a query over the pending jobs all the same) and the
@@ -30,9 +31,9 @@ use mongodb::bson::{doc, Bson, Document, RawDocumentBuf};
 
 use super::keys::{in_queue_order, key_of, key_projection, priority_ranges, Row};
 use super::unroutable::Upkeep;
+use super::unroutable::MALFORMED_CHECK;
 use super::write::{fail_unclaimable, is_number};
 use super::{WINDOW_BYTES, WINDOW_LIFETIME};
-use super::unroutable::MALFORMED_CHECK;
 use crate::error::Error;
 use crate::fleet::share::{part_of, Share};
 use crate::fleet::window::{Key, Published, SharedWindow};
@@ -41,9 +42,12 @@ use crate::queue::Queue;
 use crate::schema::{fields, integer};
 
 /// While a peer reads the shared window, look for what it published this
-/// often, at most [`TURN_WAITS`] times before reading for ourselves.
-const TURN_WAIT: Duration = Duration::from_millis(50);
-const TURN_WAITS: u32 = 40;
+/// often, at most [`TURN_WAITS`] times (a little longer than a turn lasts,
+/// [`crate::fleet::window`]'s 10 s) before reading for ourselves: a read of
+/// a big backlog can take seconds, and peers that stop waiting too soon
+/// all read it at once. The wait is the reader thread's; the claims go on.
+const TURN_WAIT: Duration = Duration::from_millis(100);
+const TURN_WAITS: u32 = 110;
 
 /// The duty of failing unroutable pending jobs (see [`Upkeep`]), which a
 /// worker does only when it leads it among its peers.
@@ -356,7 +360,9 @@ impl Source {
             .sort(order)
             .projection(key_projection())
             .limit(limit as i64)
-            .batch_size(10_000)
+            // One reply (the server stops a batch at 16 MiB, far above a
+            // window's 4 MB): a getMore per 10,000 keys costs round trips.
+            .batch_size(u32::try_from(limit.saturating_add(1)).unwrap_or(u32::MAX))
             .run()
             .map_err(|e| self.queue.db_error("find (claim read-ahead)", &e))?;
         self.round_trips += 1;

@@ -103,18 +103,32 @@ impl Claimer {
     }
 
     /// Fails a job no claim can take (see [`fail_unclaimable`]).
-    pub(super) fn fail_unclaimable(&mut self, id: Bson, attempts: Option<&Bson>) -> Result<(), Error> {
+    pub(super) fn fail_unclaimable(
+        &mut self,
+        id: Bson,
+        attempts: Option<&Bson>,
+    ) -> Result<(), Error> {
         self.round_trips += 1;
         fail_unclaimable(&self.queue, id, attempts)
     }
 
     /// The jobs this claim's token holds, as they are now, in queue order.
-    pub(super) fn read_claimed(&mut self, token: ObjectId) -> Result<Vec<Document>, Error> {
+    pub(super) fn read_claimed(
+        &mut self,
+        token: ObjectId,
+        asked: usize,
+    ) -> Result<Vec<Document>, Error> {
+        // All of them in the first reply: the server's default first
+        // batch (101 documents) would cost a `getMore` for a bigger claim,
+        // and a batch of exactly what it holds leaves the cursor open for
+        // an empty one.
+        let batch = u32::try_from(asked.saturating_add(1)).unwrap_or(u32::MAX);
         let cursor = self
             .queue
             .collection()
             .find(doc! {fields::LEASE_TOKEN: token, fields::STATUS: Status::Running})
             .sort(queue_order())
+            .batch_size(batch)
             .run()
             .map_err(|e| self.queue.db_error("find (claimed jobs)", &e))?;
         self.round_trips += 1;
@@ -127,7 +141,11 @@ impl Claimer {
 /// Fails, with the reason, a pending job whose `attempts` is not a number
 /// (`attempts` as read, or `None` when a claim's `$inc` met it): every
 /// claim's `$inc` would fail on it. One write.
-pub(super) fn fail_unclaimable(queue: &Queue, id: Bson, attempts: Option<&Bson>) -> Result<(), Error> {
+pub(super) fn fail_unclaimable(
+    queue: &Queue,
+    id: Bson,
+    attempts: Option<&Bson>,
+) -> Result<(), Error> {
     let (error, matches) = match attempts {
         Some(attempts) => (
             format!(

@@ -9,6 +9,7 @@
 //! that time; mongoq and the ceiling drain the whole backlog. See
 //! BENCHMARKS.md for the results and how to read them.
 
+mod backlog;
 mod bars;
 mod flows;
 mod handlers;
@@ -35,6 +36,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+pub use backlog::BacklogResults;
 pub use bars::render_fleet_svg;
 pub use flows::FlowRow;
 pub use handlers::HandlerRow;
@@ -167,6 +169,8 @@ pub struct BenchResults {
     pub python: Vec<PythonRow>,
     /// Section 14: a snooze against a failed attempt.
     pub snooze: Vec<SnoozeRow>,
+    /// Section 15: a big backlog, against the bare loop.
+    pub backlog: BacklogResults,
 }
 
 /// What a fleet-wide limit costs: one drain per mode.
@@ -212,6 +216,7 @@ pub fn run(config: &BenchConfig, progress: &mut dyn FnMut(&str)) -> Result<Bench
         flows: Vec::new(),
         python: Vec::new(),
         snooze: Vec::new(),
+        backlog: BacklogResults::default(),
     };
     let wanted = |section: &str| config.only.is_empty() || config.only.iter().any(|s| s == section);
     bench.sections_before_drain(&wanted, &mut results, progress)?;
@@ -285,7 +290,7 @@ pub fn run(config: &BenchConfig, progress: &mut dyn FnMut(&str)) -> Result<Bench
 }
 
 impl Bench<'_> {
-    /// Sections 7 to 14, each when wanted.
+    /// Sections 7 to 15, each when wanted.
     fn sections_before_drain(
         &self,
         wanted: &dyn Fn(&str) -> bool,
@@ -315,6 +320,9 @@ impl Bench<'_> {
         }
         if wanted("snooze") {
             results.snooze = self.snooze(progress)?;
+        }
+        if wanted("backlog") {
+            results.backlog = self.backlog(progress)?;
         }
         Ok(())
     }

@@ -145,6 +145,7 @@ pub fn render_table(results: &BenchResults) -> String {
     super::flows::render(&results.flows, &mut out);
     super::python::render(&results.python, &mut out);
     super::snooze::render(&results.snooze, &mut out);
+    super::backlog::render(&results.backlog, &mut out);
     out
 }
 
