@@ -8,6 +8,7 @@
 //! | thread | file | owns |
 //! |---|---|---|
 //! | fetcher | [`claim::fetcher`] | the [`claim`] window, leases, pacing, doorbell, the job sender |
+//! | reader (one per claimer) | `claim::reader` | the read-ahead's reads (off the claim path), the shared window's turns, the unroutable upkeep |
 //! | handler ×N | [`runner`] | the handler, the retry policy, the running-jobs registry |
 //! | completer | [`settle::completer`] | the outcome receiver, leases, counters |
 //! | keeper | [`lease::keeper`] | leases, the running-jobs registry ([`lease::running`]), counters |
