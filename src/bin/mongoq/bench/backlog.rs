@@ -29,7 +29,7 @@ use super::Bench;
 use crate::dashboard::{handler, DashboardConfig};
 use crate::http::Request;
 
-/// The backlogs measured (smaller ones when `--jobs` asks for fewer).
+/// The backlogs measured (at most 50 × `--jobs`).
 pub const BACKLOGS: [usize; 2] = [100_000, 1_000_000];
 const THREADS: usize = 2;
 const BATCH: usize = 500;
@@ -129,7 +129,12 @@ impl Bench<'_> {
     pub(super) fn backlog(&self, progress: &mut dyn FnMut(&str)) -> Result<BacklogResults, Error> {
         let rounds = self.config.rounds.max(1);
         let mut results = BacklogResults::default();
-        for backlog in BACKLOGS.map(|b| b.min(self.config.jobs.max(1_000) * 50)) {
+        let mut backlogs: Vec<usize> = BACKLOGS
+            .iter()
+            .map(|b| (*b).min(self.config.jobs.max(1) * 50))
+            .collect();
+        backlogs.dedup();
+        for backlog in backlogs {
             let budget = budget(backlog);
             let mut runs: Vec<Vec<BacklogRow>> = Vec::new();
             let mut counts = Vec::new();
