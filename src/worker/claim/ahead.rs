@@ -48,15 +48,24 @@ impl Claimer {
         if self.share.part().1 > 1 && self.widen()? {
             return Ok(());
         }
-        if !self.reader.busy() {
-            self.ask_reader(limit, None);
+        // A look above the head under way may answer that there is nothing
+        // above: then the window is still empty, and a read is asked.
+        for _ in 0..2 {
+            if !self.reader.busy() {
+                self.ask_reader(limit, None);
+            }
+            let Some(answer) = self.reader.wait() else {
+                return Err(crate::error::Error::Invalid(
+                    "the claim's read-ahead thread stopped; restart the worker".into(),
+                ));
+            };
+            let looked = matches!(answer.found, Ok(Found::NothingAbove));
+            self.take_answer(answer)?;
+            if !looked {
+                break;
+            }
         }
-        match self.reader.wait() {
-            Some(answer) => self.take_answer(answer),
-            None => Err(crate::error::Error::Invalid(
-                "the claim's read-ahead thread stopped; restart the worker".into(),
-            )),
-        }
+        Ok(())
     }
 
     /// Asks the reader for a window of up to `limit` keys (only if a job

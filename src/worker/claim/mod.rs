@@ -4,12 +4,16 @@
 //! MongoDB has no "update N documents and return them" (findAndModify takes
 //! one), so a batch claim is built from documented operations:
 //!
-//! 1. **Read ahead** the keys (`_id`, `priority`, `attempts`) of the next
-//!    eligible jobs, in queue order (`priority` desc, `run_at`, `_id`),
-//!    several batches at once, through the `mongoq_claim_by_queue` index,
-//!    into a window bounded by count and bytes. The read is four exact
-//!    `priority` ranges of the index (see [`priority_ranges`]), so a job
-//!    without a `priority` ranks as 0 with no write to give it one. Workers
+//! 1. **Read ahead** the keys (`_id`, `priority`, `attempts`, `run_at`) of
+//!    the next eligible jobs, in queue order (`priority` desc, `run_at`,
+//!    `_id`), several batches at once, through the `mongoq_claim_by_queue`
+//!    index, into a window bounded by count and bytes. The reads are made
+//!    by the claimer's reader thread ([`reader`]), while the claims go on
+//!    from the current window: only an empty window waits for one. A read
+//!    is one query in the index's order, put in queue order as far as it
+//!    tells ([`keys::in_queue_order`]: a job without a `priority` ranks as
+//!    0 with no write to give it one), or, when it tells nothing, exact
+//!    `priority` ranges of the index ([`keys::priority_ranges`]). Workers
 //!    that share the queue share the window too ([`SharedWindow`]): one of
 //!    them reads it and publishes the keys, and its peers take them from
 //!    there instead of reading the queue themselves.
@@ -32,8 +36,8 @@
 //! eligible job of a higher priority than the window's head, which
 //! re-reads the window; its peers see the new window at their next look
 //! (each looks once a `max_window_age`), so a new urgent job waits at most
-//! about two of them. A window is read again after
-//! [`WINDOW_LIFETIME`] anyway.
+//! about two of them (plus a read). A window is read again after its
+//! lifetime anyway ([`WINDOW_LIFETIME`], longer when reads take long).
 //!
 //! Retrying a claim after a lost reply is safe: the retry reuses the token,
 //! the documents the lost attempt took no longer match `pending`, and the
