@@ -160,23 +160,7 @@ fn the_command_log_tells_claims_reads_and_scans_apart() {
 #[test]
 fn the_bench_drains_a_backlog_beside_the_bare_loop() {
     let db = TestDb::new("backlog_bench");
-    let chart = crate::helpers::tempfile(&format!("{}-chart.svg", db.db));
-    let out = crate::helpers::output_within(
-        std::process::Command::new(env!("CARGO_BIN_EXE_mongoq"))
-            .args(["--uri", &db.uri, "bench", "--bench-db", &db.db])
-            .args([
-                "--only", "backlog", "--rounds", "1", "--jobs", "100", "--chart",
-            ])
-            .arg(&chart),
-        None,
-        crate::helpers::COMMAND_LIMIT,
-    );
-    let text = crate::helpers::stdout(&out);
-    assert!(
-        out.status.success(),
-        "{}{text}",
-        crate::helpers::stderr(&out)
-    );
+    let text = crate::helpers::bench_section(&db, "backlog", 100);
     assert!(text.contains("15. backlog"), "{text}");
     for row in [
         "bare loop (find 500, claim, complete)",

@@ -336,6 +336,26 @@ pub fn stop_all(workers: &mut [Worker]) {
     }
 }
 
+/// `mongoq bench --only SECTION --rounds 1 --jobs JOBS` in the test's
+/// database; asserts it succeeded and returns its table.
+pub fn bench_section(db: &TestDb, section: &str, jobs: usize) -> String {
+    let chart = tempfile(&format!("{}-chart.svg", db.db));
+    let jobs = jobs.to_string();
+    let out = output_within(
+        Command::new(env!("CARGO_BIN_EXE_mongoq"))
+            .args(["--uri", &db.uri, "bench", "--bench-db", &db.db])
+            .args([
+                "--only", section, "--rounds", "1", "--jobs", &jobs, "--chart",
+            ])
+            .arg(&chart),
+        None,
+        COMMAND_LIMIT,
+    );
+    let text = stdout(&out);
+    assert!(out.status.success(), "{}{text}", stderr(&out));
+    text
+}
+
 pub fn tempfile(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join("mongoq-tests");
     std::fs::create_dir_all(&dir).unwrap();

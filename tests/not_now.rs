@@ -255,23 +255,7 @@ fn a_rust_handler_snoozes_and_retries_after() {
 #[test]
 fn the_bench_compares_a_snooze_with_a_failed_attempt() {
     let db = TestDb::new("snooze_bench");
-    let chart = tempfile(&format!("{}-chart.svg", db.db));
-    let out = crate::helpers::output_within(
-        std::process::Command::new(env!("CARGO_BIN_EXE_mongoq"))
-            .args(["--uri", &db.uri, "bench", "--bench-db", &db.db])
-            .args([
-                "--only", "snooze", "--rounds", "1", "--jobs", "400", "--chart",
-            ])
-            .arg(&chart),
-        None,
-        crate::helpers::COMMAND_LIMIT,
-    );
-    let text = crate::helpers::stdout(&out);
-    assert!(
-        out.status.success(),
-        "{}{text}",
-        crate::helpers::stderr(&out)
-    );
+    let text = crate::helpers::bench_section(&db, "snooze", 400);
     assert!(text.contains("14. snooze: 400 no-op jobs"), "{text}");
     for row in ["plain jobs", "half snoozed once", "half failed once"] {
         assert!(text.contains(row), "{row}: {text}");

@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 use mongodb::bson::{doc, Bson, Document, RawDocumentBuf};
 
+use super::ahead::any_eligible;
 use super::keys::{in_queue_order, key_of, key_projection, priority_ranges, Row};
 use super::unroutable::Upkeep;
 use super::unroutable::MALFORMED_CHECK;
@@ -398,17 +399,8 @@ impl Source {
         } else {
             above
         };
-        let mut filter = eligible_in(&self.queues, self.queue.clock().passed());
-        filter.extend(above);
-        let found = self
-            .queue
-            .collection()
-            .find_one(filter)
-            .projection(doc! {"_id": 1})
-            .run()
-            .map_err(|e| self.queue.db_error("find (higher priority)", &e))?;
         self.round_trips += 1;
-        Ok(found.is_some())
+        any_eligible(&self.queue, &self.queues, above, "find (higher priority)")
     }
 }
 
