@@ -259,7 +259,7 @@ pub struct BenchArgs {
     /// The server's process id, to measure its CPU per job (a server on this machine)
     #[arg(long, value_name = "PID")]
     pub server_pid: Option<u32>,
-    /// Rounds of the server-work and scale-out sections, interleaved; each figure is their median
+    /// Rounds of the sections that repeat (server work, scale-out, handlers, flows, python, snooze, backlog), interleaved; each figure is their median
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=20))]
     pub rounds: u32,
     /// Print JSON instead of a table
