@@ -7,12 +7,11 @@ use std::time::{Duration, Instant};
 
 use mongodb::bson::{doc, Bson, Document};
 
-use super::reader::{Answer, Ask, Found};
+use super::reader::{any_eligible, Answer, Ask, Found};
 use super::{Claimer, IdKey, Idle, WINDOW_LIFETIME};
 use crate::error::Error;
 use crate::fleet::window::{Key, Published};
-use crate::queue::filters::{eligible_in, queue_condition};
-use crate::queue::Queue;
+use crate::queue::filters::queue_condition;
 use crate::schema::{fields, Status};
 
 /// The duty of the fleet's check for a higher priority (see [`Share::leads`]).
@@ -292,25 +291,6 @@ impl Claimer {
     pub(super) fn lifetime(&self) -> Duration {
         WINDOW_LIFETIME.max(self.reader.last_took * 4)
     }
-}
-
-/// Whether an eligible job of `queues` also matching `also` exists: one
-/// index seek, one `_id` returned.
-pub(super) fn any_eligible(
-    queue: &Queue,
-    queues: &[String],
-    also: Document,
-    what: &'static str,
-) -> Result<bool, Error> {
-    let mut filter = eligible_in(queues, queue.clock().passed());
-    filter.extend(also);
-    let found = queue
-        .collection()
-        .find_one(filter)
-        .projection(doc! {"_id": 1})
-        .run()
-        .map_err(|e| queue.db_error(what, &e))?;
-    Ok(found.is_some())
 }
 
 /// The peers' parts of an adopted window that this worker has not yet

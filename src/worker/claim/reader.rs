@@ -29,7 +29,6 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 use mongodb::bson::{doc, Bson, Document, RawDocumentBuf};
 
-use super::ahead::any_eligible;
 use super::keys::{in_queue_order, key_of, key_projection, priority_ranges, Row};
 use super::unroutable::Upkeep;
 use super::unroutable::MALFORMED_CHECK;
@@ -402,6 +401,25 @@ impl Source {
         self.round_trips += 1;
         any_eligible(&self.queue, &self.queues, above, "find (higher priority)")
     }
+}
+
+/// Whether an eligible job of `queues` also matching `also` exists: one
+/// index seek, one `_id` returned.
+pub(super) fn any_eligible(
+    queue: &Queue,
+    queues: &[String],
+    also: Document,
+    what: &'static str,
+) -> Result<bool, Error> {
+    let mut filter = eligible_in(queues, queue.clock().passed());
+    filter.extend(also);
+    let found = queue
+        .collection()
+        .find_one(filter)
+        .projection(doc! {"_id": 1})
+        .run()
+        .map_err(|e| queue.db_error(what, &e))?;
+    Ok(found.is_some())
 }
 
 /// `keys` divided into the `of` parts of the peers (see [`part_of`]), each in
