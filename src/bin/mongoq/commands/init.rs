@@ -1,4 +1,5 @@
-//! `mongoq init`: create the indexes (idempotent), set retention, list both.
+//! `mongoq init`: create the indexes (the queue's and the schedules';
+//! idempotent), set retention, list both.
 
 use std::process::ExitCode;
 
@@ -8,7 +9,11 @@ use crate::cli::{InitArgs, Keep};
 use crate::error::CommandError;
 
 pub fn init(queue: &Queue, args: &InitArgs) -> Result<ExitCode, CommandError> {
-    let indexes = queue.ensure_indexes()?;
+    queue.ensure_indexes()?;
+    // The schedules' indexes too (one is on the queue's collection), so the
+    // first worker on a big collection does not build one at its start.
+    mongoq::schedule::Schedules::new(queue).ensure_indexes()?;
+    let indexes = queue.index_names()?;
     let wanted = [
         (Status::Completed, args.retain_completed),
         (Status::Failed, args.retain_failed),
