@@ -65,10 +65,12 @@ fn commands_in(log: &str) -> Vec<String> {
         .collect()
 }
 
+/// Alone on the server: 100,000 jobs load it and both cores for a minute,
+/// which would slow every test beside it.
 #[test]
 fn a_worker_reads_the_backlog_once_per_many_claims_and_never_counts_it() {
     let backlog = backlog();
-    let db = TestDb::new("backlog_reads");
+    let db = TestDb::alone("backlog_reads");
     let out = db.run(&["init"]);
     assert!(out.status.success(), "{out:?}");
     // A shell script's backfill: plain `{data, status}` documents.

@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 use mongodb::bson::{doc, Bson, Document};
 use mongodb::sync::{Client, Collection};
 
+use crate::turns::Turn;
+
 /// The server `scripts/test.sh` started. A test without one fails loudly:
 /// it never passes by testing nothing.
 pub fn server_uri() -> String {
@@ -90,11 +92,22 @@ pub struct TestDb {
     pub uri: String,
     pub db: String,
     client: Client,
+    /// Given back after the database is dropped (fields drop last).
+    _turn: Turn,
 }
 
 impl TestDb {
     pub fn new(name: &str) -> TestDb {
         TestDb::on(&server_uri(), name)
+    }
+
+    /// A database on the test server, which this test has alone until it
+    /// ends (see [`crate::turns`]): for a test that asserts a latency, or
+    /// one that loads the server for a minute.
+    pub fn alone(name: &str) -> TestDb {
+        let turn = Turn::alone();
+        let db = format!("t_{name}_{}_{}", std::process::id(), rand::random::<u32>());
+        TestDb::with_turn(&server_uri(), &db, &server_uri(), turn)
     }
 
     /// A database on a server of the test's own.
@@ -106,6 +119,10 @@ impl TestDb {
     /// The database `db` (exactly that name), which `mongoq` reaches with
     /// `uri` while the test inspects it with `admin_uri` (more rights).
     pub fn on_with_admin(uri: &str, db: &str, admin_uri: &str) -> TestDb {
+        TestDb::with_turn(uri, db, admin_uri, Turn::shared())
+    }
+
+    fn with_turn(uri: &str, db: &str, admin_uri: &str, turn: Turn) -> TestDb {
         let uri = uri.to_string();
         let client = Client::with_uri_str(admin_uri).expect("the test URI is valid");
         client
@@ -114,7 +131,12 @@ impl TestDb {
             .run()
             .unwrap_or_else(|e| panic!("the test server at {uri} does not answer: {e}"));
         let db = db.to_string();
-        TestDb { uri, db, client }
+        TestDb {
+            uri,
+            db,
+            client,
+            _turn: turn,
+        }
     }
 
     pub fn database(&self) -> mongodb::sync::Database {

@@ -6,6 +6,7 @@
 #![allow(clippy::format_collect, clippy::manual_assert, clippy::too_many_lines)]
 
 mod helpers;
+mod turns;
 
 mod admin;
 mod backlog;
