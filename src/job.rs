@@ -60,6 +60,9 @@ pub struct Job {
     pub(crate) completed_deps: Vec<Bson>,
     /// Some waiting job waits on this one: its outcome settles them.
     pub(crate) has_dependents: bool,
+    /// Since when it could run: its `run_at`, or when it was inserted (its
+    /// `ObjectId`'s time); what the history's wait time counts from.
+    pub(crate) eligible_at: Option<mongodb::bson::DateTime>,
 }
 
 /// A document's `expires_at`: none, a date, or a reason it cannot run.
@@ -71,6 +74,16 @@ fn expires_at_of(document: &Document) -> Result<Option<mongodb::bson::DateTime>,
             "`expires_at` must be a date (e.g. ISODate(\"2026-01-01T00:00:00Z\") in mongosh), but it is {}",
             describe(value)
         ))),
+    }
+}
+
+/// Since when a document could run: its `run_at`, or its insert (the time
+/// in its `ObjectId`); `None` when it tells neither.
+fn eligible_at(document: &Document) -> Option<mongodb::bson::DateTime> {
+    match (document.get(fields::RUN_AT), document.get("_id")) {
+        (Some(Bson::DateTime(at)), _) => Some(*at),
+        (_, Some(Bson::ObjectId(id))) => Some(id.timestamp()),
+        _ => None,
     }
 }
 
@@ -187,6 +200,7 @@ impl Job {
             deps: Vec::new(),
             completed_deps: completed_deps(document),
             has_dependents: document.get_bool(fields::HAS_DEPENDENTS) == Ok(true),
+            eligible_at: eligible_at(document),
         })
     }
 

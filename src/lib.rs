@@ -35,6 +35,7 @@ pub mod expiry;
 pub(crate) mod fleet;
 pub mod flow;
 pub mod handlers;
+pub mod history;
 pub mod queue;
 pub mod schedule;
 pub mod schema;

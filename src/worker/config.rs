@@ -26,6 +26,8 @@ pub const DEFAULT_MAX_SNOOZES: u32 = 100;
 pub struct WorkerConfig {
     /// Handler threads.
     pub threads: usize,
+    /// Record the queue's history (see [`crate::history`]); `--no-history` turns it off.
+    pub history: bool,
     /// Most jobs claimed in one round trip.
     pub batch_size: usize,
     /// How long a claim holds a job without extension.
@@ -57,6 +59,7 @@ impl Default for WorkerConfig {
     fn default() -> Self {
         WorkerConfig {
             threads: std::thread::available_parallelism().map_or(2, std::num::NonZero::get),
+            history: true,
             batch_size: 500,
             lease: Duration::from_secs(60),
             poll_interval: Duration::from_secs(1),

@@ -19,6 +19,7 @@ use mongodb::bson::{doc, DateTime};
 use crate::error::Error;
 use crate::fleet::limits::{extend_slots, forget, give_back, reclaim_dead, Slots};
 use crate::fleet::share::Share;
+use crate::history::{self, Recorder};
 use crate::queue::registry::HEARTBEAT;
 use crate::queue::{Queue, QueueControl};
 use crate::shutdown::Shutdown;
@@ -219,6 +220,9 @@ pub(crate) struct Control {
     pub(crate) leases: Arc<Leases>,
     /// Says whether the worker is idle.
     pub(crate) doorbell: Arc<Doorbell>,
+    /// Outcomes counted for the queue's history, which this thread writes
+    /// every [`history::FLUSH_EVERY`] and when the worker stops.
+    pub(crate) history: Option<Arc<Recorder>>,
 }
 
 impl Control {
@@ -264,6 +268,7 @@ impl Control {
         let extend_every = (self.config.lease / 3).max(Duration::from_millis(50));
         let mut next_extend = Instant::now() + extend_every;
         let mut next_heartbeat = Instant::now() + HEARTBEAT;
+        let mut next_history = Instant::now() + history::FLUSH_EVERY;
         loop {
             self.health.beat(Beat::Control);
             let idle = self.doorbell.wanted();
@@ -304,11 +309,17 @@ impl Control {
             if !idle {
                 next_heartbeat = next_heartbeat.min(Instant::now() + HEARTBEAT);
             }
+            if Instant::now() >= next_history {
+                self.write_history();
+                next_history = Instant::now() + history::FLUSH_EVERY;
+            }
             if self.wait_looking(stop) {
                 break;
             }
         }
         self.settle();
+        // The completer has written its last outcomes: the last tallies.
+        self.write_history();
         for control in self.controls.all() {
             if control.concurrency.is_some() {
                 if let Err(error) = forget(&self.queue, &control.queue, &self.config.worker_id) {
@@ -353,6 +364,18 @@ impl Control {
                 }
                 Err(error) => log::debug!("could not read the queue controls: {error}"),
             }
+        }
+    }
+
+    /// Adds this worker's tallies to the queue's history.
+    fn write_history(&self) {
+        let Some(recorder) = &self.history else {
+            return;
+        };
+        match history::flush(&self.queue, recorder) {
+            Ok(true) => Counters::add(&self.counters.control_round_trips, 1),
+            Ok(false) => {}
+            Err(error) => log::warn!("could not write the queue's history (will retry): {error}"),
         }
     }
 

@@ -100,6 +100,7 @@ use crate::fleet::limits::{Banked, Slots};
 use crate::fleet::share::Share;
 use crate::flow::Sweeper;
 use crate::handlers::Handler;
+use crate::history::Recorder;
 use crate::job::Job;
 use crate::queue::Queue;
 use crate::shutdown::Shutdown;
@@ -133,6 +134,9 @@ struct Parts {
     claim_seconds: Arc<Histogram>,
     /// The last queue depth sample, for metrics.
     depth: Arc<Mutex<Option<(Instant, crate::Stats)>>>,
+    /// Outcomes counted for the queue's history and not yet written
+    /// (`None` with `--no-history`).
+    history: Option<Arc<Recorder>>,
 }
 
 impl Parts {
@@ -150,6 +154,7 @@ impl Parts {
             handler_seconds: Arc::new(Histogram::new(&HANDLER_BUCKETS)),
             claim_seconds: Arc::new(Histogram::new(&ROUND_TRIP_BUCKETS)),
             depth: Arc::default(),
+            history: config.history.then(Arc::default),
         }
     }
 }
@@ -264,7 +269,12 @@ impl Worker {
             self.queue.collection().name(),
         );
         let Some(indexes) = retry_until_stopped(shutdown, "creating indexes", || {
-            health.track(self.queue.ensure_indexes())
+            health.track(self.queue.ensure_indexes().and_then(|indexes| {
+                if config.history {
+                    crate::history::History::new(&self.queue).ensure_indexes()?;
+                }
+                Ok(indexes)
+            }))
         }) else {
             return self.parts.counters.snapshot(false);
         };
@@ -325,6 +335,7 @@ impl Worker {
             running: Arc::clone(&parts.running),
             leases: Arc::clone(&parts.leases),
             doorbell: Arc::clone(&parts.doorbell),
+            history: parts.history.clone(),
         }
     }
 
@@ -356,6 +367,7 @@ impl Worker {
                 let controls = Arc::clone(&parts.controls);
                 Box::new(move |queue: &str| controls.pause_written(queue))
             },
+            history: parts.history.clone(),
         }
     }
 

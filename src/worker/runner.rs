@@ -22,7 +22,7 @@ use crate::worker::control::Controls;
 use crate::worker::health::metrics::Histogram;
 use crate::worker::lease::held::JobKey;
 use crate::worker::lease::running::Running;
-use crate::worker::settle::outcome::{bounded_error, Kind, Outcome};
+use crate::worker::settle::outcome::{bounded_error, Kind, Outcome, Timing};
 use crate::worker::settle::retry::RetryPolicy;
 
 /// A claimed job waits out a handler's pause of its queue that ends within
@@ -75,18 +75,24 @@ impl Runner {
             }
             // Expired while it waited in the channel: it never starts.
             if let Some(expires_at) = job.expires_at.filter(|at| *at <= self.clock.latest()) {
+                let timing = self.timing(&job);
                 let _ = self
                     .outcomes
-                    .send(Outcome::new(key, Kind::Expired { expires_at }));
+                    .send(Outcome::new(key, Kind::Expired { expires_at }).timed(timing));
                 continue;
             }
             self.running.start(self.index, key.clone(), &job);
+            let waited = self.timing(&job);
             let started = Instant::now();
             let result = catch_unwind(AssertUnwindSafe(|| self.handler.handle(&job)));
             let took = started.elapsed();
             self.pace.record(took);
             self.handler_seconds.observe(took);
             self.running.finish(self.index);
+            let timing = Timing {
+                run: Some(took),
+                ..waited
+            };
             let outcome = match result {
                 Ok(Ok(_)) if job.is_settled() => Outcome::new(key, Kind::Settled),
                 Ok(Ok(result)) => Outcome::new(key, Kind::Completed { result }),
@@ -115,7 +121,27 @@ impl Runner {
                     )
                 }
             };
+            // A job handed back unstarted ran nothing the history counts.
+            let outcome = if matches!(outcome.kind, Kind::Released) {
+                outcome
+            } else {
+                outcome.timed(timing)
+            };
             let _ = self.outcomes.send(outcome);
+        }
+    }
+
+    /// What the history counts of `job` as it starts now: its queue and
+    /// how long it waited since it was eligible (on the server's clock).
+    fn timing(&self, job: &Job) -> Timing {
+        let wait = job.eligible_at.map(|at| {
+            let ms = self.clock.now().timestamp_millis() - at.timestamp_millis();
+            std::time::Duration::from_millis(ms.max(0).unsigned_abs())
+        });
+        Timing {
+            queue: job.queue.clone(),
+            wait,
+            run: None,
         }
     }
 

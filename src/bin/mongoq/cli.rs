@@ -334,6 +334,7 @@ pub struct EnqueueArgs {
 }
 
 #[derive(Debug, Args)]
+#[allow(clippy::struct_excessive_bools)] // on/off flags: --drain, --no-change-stream, --no-history, …
 pub struct WorkArgs {
     /// Handler threads [default: number of CPUs]
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=4096))]
@@ -372,6 +373,11 @@ pub struct WorkArgs {
     /// Do not watch a change stream for new jobs; only poll
     #[arg(long)]
     pub no_change_stream: bool,
+    /// Do not record the queue's history (per-minute counts and wait and
+    /// run times in <collection>_metrics, for `stats --history` and the
+    /// dashboard's charts)
+    #[arg(long)]
+    pub no_history: bool,
     /// Take jobs from this named queue; repeat for several [default: default]
     #[arg(long = "queue", value_name = "NAME")]
     pub queues: Vec<String>,
@@ -422,6 +428,20 @@ pub struct StatsArgs {
     /// Refresh period with --watch
     #[arg(long, default_value = "2s", value_parser = parse_duration, requires = "watch")]
     pub interval: Duration,
+    /// Print the history instead: per step, completed, failed, retried,
+    /// cancelled and snoozed, and wait and run time p50/p95 (kept in
+    /// <collection>_metrics past the jobs' own retention)
+    #[arg(long, conflicts_with = "watch")]
+    pub history: bool,
+    /// With --history: only this named queue [default: all queues]
+    #[arg(long = "queue", value_name = "NAME", requires = "history")]
+    pub history_queue: Option<String>,
+    /// With --history: how far back
+    #[arg(long, default_value = "1h", value_parser = parse_duration, requires = "history")]
+    pub since: Duration,
+    /// With --history: one row per this long [default: a round step giving at most 60 rows]
+    #[arg(long, value_parser = parse_duration, requires = "history")]
+    pub step: Option<Duration>,
 }
 
 #[derive(Debug, Subcommand)]

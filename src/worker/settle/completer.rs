@@ -16,6 +16,7 @@ use mongodb::bson::{oid::ObjectId, Bson};
 
 use crate::fleet::limits::Slots;
 use crate::flow::settle as flow;
+use crate::history::{Event, Recorder};
 use crate::queue::Queue;
 use crate::schema::id_text;
 use crate::shutdown::Shutdown;
@@ -42,6 +43,9 @@ pub(crate) struct Completer {
     /// Told the queue whose handler's pause it wrote (the worker's
     /// controls then let the next read stand for it).
     pub(crate) pause_written: Box<dyn Fn(&str) + Send>,
+    /// Where written outcomes are counted for the queue's history (`None`
+    /// with `--no-history`).
+    pub(crate) history: Option<Arc<Recorder>>,
 }
 
 impl Completer {
@@ -93,6 +97,7 @@ impl Completer {
             slots,
             doorbell: _,
             pause_written,
+            history,
         } = self;
         if pending.is_empty() {
             return;
@@ -139,8 +144,14 @@ impl Completer {
                 ids.join(", ")
             );
         }
+        let at = queue.clock().now();
         for outcome in pending.drain(..) {
             record(queue, counters, &outcome);
+            if let (Some(history), Some(timing), Some(event)) =
+                (history, &outcome.timing, event_of(&outcome.kind))
+            {
+                history.record(&timing.queue, at, event, timing.wait, timing.run);
+            }
             leases.release(outcome.key.token);
             if let Some(queue) = &outcome.key.slot {
                 slots.free(queue, 1);
@@ -279,6 +290,19 @@ fn record(queue: &Queue, counters: &Counters, outcome: &Outcome) {
                 id_text(&key.id)
             );
         }
+    }
+}
+
+/// What the history counts an outcome as (nothing for a job handed back
+/// or interrupted by shutdown: it runs again, and is counted then).
+fn event_of(kind: &Kind) -> Option<Event> {
+    match kind {
+        Kind::Completed { .. } | Kind::Settled => Some(Event::Completed),
+        Kind::Retry { .. } => Some(Event::Retried),
+        Kind::Failed { .. } => Some(Event::Failed),
+        Kind::Snoozed { .. } => Some(Event::Snoozed),
+        Kind::Expired { .. } => Some(Event::Cancelled),
+        Kind::Released | Kind::Interrupted { .. } => None,
     }
 }
 

@@ -69,6 +69,18 @@ pub(crate) const MAX_STATEMENTS: usize = 1_000;
 pub(crate) struct Outcome {
     pub(crate) key: JobKey,
     pub(crate) kind: Kind,
+    /// What the history counts of it (see [`crate::history`]); `None` for
+    /// outcomes it does not count (a job handed back unstarted).
+    pub(crate) timing: Option<Timing>,
+}
+
+/// An attempt as the history counts it: its job's queue, how long the job
+/// had waited when it started, and how long it ran (if it ran).
+#[derive(Debug, Clone)]
+pub(crate) struct Timing {
+    pub(crate) queue: String,
+    pub(crate) wait: Option<std::time::Duration>,
+    pub(crate) run: Option<std::time::Duration>,
 }
 
 /// What became of an attempt.
@@ -108,7 +120,17 @@ pub(crate) enum Kind {
 impl Outcome {
     /// What became of job `key`'s attempt.
     pub(crate) fn new(key: JobKey, kind: Kind) -> Outcome {
-        Outcome { key, kind }
+        Outcome {
+            key,
+            kind,
+            timing: None,
+        }
+    }
+
+    /// The same outcome, counted by the history with `timing`.
+    pub(crate) fn timed(mut self, timing: Timing) -> Outcome {
+        self.timing = Some(timing);
+        self
     }
 
     /// Whether the handler's transaction wrote it already.

@@ -8,6 +8,7 @@ pub mod dashboard;
 mod docs;
 mod enqueue;
 mod fleet;
+mod history;
 mod init;
 mod schedule;
 mod stats;
@@ -63,6 +64,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, CommandError> {
         Command::Enqueue(args) => enqueue::enqueue(&queue, &args),
         Command::Work(args) => work::work(queue, args, &commands),
         Command::Stats(args) if args.watch => stats::watch_stats(&queue, args.interval),
+        Command::Stats(args) if args.history => history::history(&queue, &args),
         Command::Stats(args) => stats::stats(&queue, &args),
         Command::Show(args) => admin::show(&queue, &args.id),
         Command::Cancel(args) => admin::cancel(&queue, &args.id),

@@ -22,6 +22,7 @@ fn worker_config(args: &WorkArgs) -> WorkerConfig {
     let defaults = WorkerConfig::default();
     WorkerConfig {
         threads: args.threads.map_or(defaults.threads, |n| n as usize),
+        history: !args.no_history,
         batch_size: args.batch_size as usize,
         lease: args.lease,
         poll_interval: args.poll_interval,
