@@ -100,6 +100,17 @@ fn parse_keep(text: &str) -> Result<Keep, String> {
     }
 }
 
+/// `--retain-metrics`: at least an hour (the history is kept per minute,
+/// and the dashboard's shortest chart shows an hour).
+fn parse_history_keep(text: &str) -> Result<Duration, String> {
+    match parse_duration(text)? {
+        keep if keep < Duration::from_secs(3600) => Err(
+            "must be at least 1h (the dashboard's shortest chart shows an hour), e.g. 30d".into(),
+        ),
+        keep => Ok(keep),
+    }
+}
+
 #[derive(Debug, Args)]
 #[allow(clippy::struct_field_names)] // the flags are --retain-*
 pub struct InitArgs {
@@ -112,6 +123,10 @@ pub struct InitArgs {
     /// Delete cancelled jobs this long after cancelled_at (TTL index); `forever` keeps them
     #[arg(long, value_name = "DURATION|forever", value_parser = parse_keep)]
     pub retain_cancelled: Option<Keep>,
+    /// Keep the queue's history (per-minute counts and wait and run times in
+    /// <collection>_metrics) this long (TTL index) [default: 30d]
+    #[arg(long, value_name = "DURATION", value_parser = parse_history_keep)]
+    pub retain_metrics: Option<Duration>,
 }
 
 #[derive(Debug, Args)]

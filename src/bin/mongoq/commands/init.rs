@@ -13,6 +13,11 @@ pub fn init(queue: &Queue, args: &InitArgs) -> Result<ExitCode, CommandError> {
     // The schedules' indexes too (one is on the queue's collection), so the
     // first worker on a big collection does not build one at its start.
     mongoq::schedule::Schedules::new(queue).ensure_indexes()?;
+    let history = mongoq::history::History::new(queue);
+    match args.retain_metrics {
+        Some(keep) => history.set_retention(keep)?,
+        None => history.ensure_indexes()?,
+    }
     let indexes = queue.index_names()?;
     let wanted = [
         (Status::Completed, args.retain_completed),
@@ -39,6 +44,13 @@ pub fn init(queue: &Queue, args: &InitArgs) -> Result<ExitCode, CommandError> {
         queue.collection().name(),
         indexes.join(", ")
     );
+    if let Some(keep) = history.retention()? {
+        println!(
+            "history (per-minute counts in {}) is kept {}",
+            history.collection().name(),
+            mongoq::duration::format_duration(keep)
+        );
+    }
     for retention in queue.retention()? {
         match retention.keep {
             Some(keep) => println!(

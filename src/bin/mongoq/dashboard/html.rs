@@ -93,6 +93,7 @@ pub(super) fn page(title: &str, active: &str, body: &str, live: bool) -> String 
         ("/", "Overview"),
         ("/workers", "Workers"),
         ("/queues", "Queues"),
+        ("/history", "History"),
         ("/schedules", "Schedules"),
         ("/jobs?status=waiting", "Waiting"),
         ("/jobs?status=pending", "Pending"),

@@ -9,6 +9,7 @@
 
 mod actions;
 mod flow;
+mod history;
 mod html;
 mod pages;
 mod queues;
@@ -131,6 +132,7 @@ impl Dashboard {
             ("GET" | "HEAD", "/") => self.overview(),
             ("GET" | "HEAD", "/workers") => self.workers(),
             ("GET" | "HEAD", "/queues") => self.queues(request),
+            ("GET" | "HEAD", "/history") => self.history(request),
             ("GET" | "HEAD", "/schedules") => self.schedules(request),
             ("GET" | "HEAD", "/jobs") => self.jobs(request),
             ("GET" | "HEAD", "/job") => self.job(request),

@@ -4,7 +4,8 @@
 
 use std::fmt::Write as _;
 
-use mongodb::bson::{doc, Bson, DateTime, Document};
+use mongodb::bson::{doc, Bson, Document};
+use mongoq::history::History;
 use mongoq::schema::{fields, integer, Status};
 use mongoq::text::{cut_chars, percent_encode, prefix};
 use mongoq::Error;
@@ -42,64 +43,27 @@ impl Dashboard {
             )
         );
         let series = self.throughput()?;
-        body.push_str("<h2>Completed and failed per minute, last hour</h2>");
+        body.push_str("<h2>Completed and failed per minute, last hour <a href=\"/history\">(history)</a></h2>");
         body.push_str(&chart(&series));
         body.push_str("</div>");
         Ok(Response::html(200, page("Overview", "/", &body, true)))
     }
 
     /// Per minute of the last hour: (completed, failed), oldest first,
-    /// counted by the server.
+    /// from the queue's history (see [`mongoq::history`]), so the chart
+    /// survives the jobs' retention.
     pub(super) fn throughput(&self) -> Result<Vec<(u64, u64)>, Error> {
-        let now = self.queue.now().timestamp_millis();
-        let since = DateTime::from_millis(now - 60 * 60_000);
-        let mut series = vec![(0u64, 0u64); 60];
-        for (status, field) in [
-            (Status::Completed, fields::COMPLETED_AT),
-            (Status::Failed, fields::FAILED_AT),
-        ] {
-            // `$bucket` by minute boundaries: no date arithmetic needed.
-            let boundaries: Vec<Bson> = (0..=60)
-                .map(|minute| {
-                    Bson::DateTime(DateTime::from_millis(
-                        since.timestamp_millis() + minute * 60_000,
-                    ))
-                })
-                .collect();
-            let pipeline = vec![
-                doc! {"$match": {fields::STATUS: status, field: {"$gte": since}}},
-                doc! {"$bucket": {
-                    "groupBy": format!("${field}"),
-                    "boundaries": boundaries,
-                    "default": "later",
-                    "output": {"n": {"$sum": 1}},
-                }},
-            ];
-            let cursor = self
-                .queue
-                .collection()
-                .aggregate(pipeline)
-                .run()
-                .map_err(|e| self.queue.db_error("aggregate (throughput)", &e))?;
-            for group in cursor {
-                let group = group.map_err(|e| self.queue.db_error("aggregate (throughput)", &e))?;
-                let Some(Bson::DateTime(start)) = group.get("_id") else {
-                    continue;
-                };
-                let minute = (start.timestamp_millis() - since.timestamp_millis()) / 60_000;
-                let n = group.get("n").and_then(integer).unwrap_or(0);
-                if let Ok(minute) = usize::try_from(minute) {
-                    if let Some(slot) = series.get_mut(minute) {
-                        if status == Status::Completed {
-                            slot.0 += n.max(0) as u64;
-                        } else {
-                            slot.1 += n.max(0) as u64;
-                        }
-                    }
-                }
-            }
-        }
-        Ok(series)
+        let minute = std::time::Duration::from_secs(60);
+        let (from, to) = mongoq::history::window(
+            self.queue.now(),
+            std::time::Duration::from_secs(3600),
+            minute,
+        );
+        Ok(History::new(&self.queue)
+            .read(from, to, minute, None)?
+            .into_iter()
+            .map(|point| (point.tally.completed, point.tally.failed))
+            .collect())
     }
 
     pub(super) fn workers(&self) -> Result<Response, Error> {

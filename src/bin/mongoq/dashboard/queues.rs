@@ -42,7 +42,12 @@ impl Dashboard {
             );
             for name in names {
                 let control = controls.iter().find(|c| c.queue == name);
-                let _ = write!(body, "<tr><td>{}</td>", esc(name));
+                let _ = write!(
+                    body,
+                    "<tr><td>{} <a class=history href=\"/history?queue={}\">history</a></td>",
+                    esc(name),
+                    percent_encode(name)
+                );
                 for status in COLUMNS {
                     let n = counts
                         .get(name)
