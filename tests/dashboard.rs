@@ -6,7 +6,7 @@ use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use mongodb::bson::{doc, oid::ObjectId, DateTime};
+use mongodb::bson::{doc, oid::ObjectId, DateTime, Document};
 
 use crate::helpers::{free_port, stderr, stdout, tempfile, TestDb};
 
@@ -132,6 +132,13 @@ fn every_page_renders_from_the_real_server() {
         "30",
     ]);
     db.wait_for_count(doc! {"status": "running"}, 2, Duration::from_secs(20));
+    // The chart reads the history (see tests/history.rs), here a minute's.
+    let minute = mongodb::bson::DateTime::from_millis(now.timestamp_millis() / 60_000 * 60_000);
+    db.database()
+        .collection::<Document>("queue_metrics")
+        .insert_one(doc! {"_id": {"q": "default", "m": minute}, "q": "default", "at": minute, "completed": 2, "failed": 2})
+        .run()
+        .unwrap();
     let dash = dashboard(&db, &[]);
 
     let (status, page) = get(&format!("{}/", dash.base));

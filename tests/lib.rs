@@ -18,6 +18,7 @@ mod exec;
 mod faults;
 mod fleet;
 mod flow;
+mod history;
 mod library;
 mod lifecycle;
 mod malformed;
