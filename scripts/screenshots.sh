@@ -37,7 +37,24 @@ mongosh --quiet "$SERVER_URI/screens" --eval '
       last_error: "`send-mail` exited with code 75: 451 4.3.0 mail server temporarily unavailable",
       errors: [{attempt: 5, at: new Date(now - m * 60000), error: "451 4.3.0 mail server temporarily unavailable", worker: "mail-1:4242"}]});
   }
-  db.queue.insertMany(docs);'
+  db.queue.insertMany(docs);
+  // A week of history as the workers keep it (<collection>_metrics),
+  // which the charts of the overview and of the History page read.
+  const minute = Math.floor(now / 60000) * 60000, metrics = [];
+  for (let m = 0; m < 7 * 1440; m++) {
+    const at = new Date(minute - m * 60000), day = Math.sin((m / 1440) * 2 * Math.PI);
+    const n = Math.max(0, Math.round(25 + 15 * day + 8 * Math.random()));
+    const busy = day > 0.5 ? 2 : 0;
+    const wait = {}, run = {};
+    wait["b" + (4 + busy)] = Math.round(n * 0.6); wait["b" + (5 + busy)] = Math.round(n * 0.3);
+    wait["b" + (7 + busy)] = n - Math.round(n * 0.6) - Math.round(n * 0.3); wait.ms = n * 30 * (1 + busy);
+    run.b8 = Math.round(n * 0.7); run.b9 = n - Math.round(n * 0.7); run.ms = n * 450;
+    metrics.push({_id: {q: "images", m: at}, q: "images", at: at, completed: n,
+                  retried: m % 11 === 0 ? 2 : 0, wait: wait, run: run});
+    if (m % 7 === 3) metrics.push({_id: {q: "emails", m: at}, q: "emails", at: at, failed: 1, retried: 4,
+                                   wait: {b6: 5, ms: 400}, run: {b11: 5, ms: 20000}});
+  }
+  db.queue_metrics.insertMany(metrics);'
 for i in $(seq 1 40); do printf '{"task": "thumbnail", "image": "new-%d.png"}\n' "$i"; done | scripts/enqueue.sh --queue images >/dev/null
 mongoq enqueue --delay 1h '{"report": "nightly"}' >/dev/null
 mongoq schedule add nightly-report --cron "0 2 * * *" --tz Europe/Berlin --queue reports --data '{"report": "nightly"}' >/dev/null
@@ -92,6 +109,7 @@ shoot dashboard-job.png "/job?id=$(python3 -c 'import sys,urllib.parse;print(url
 shoot dashboard-workers.png /workers 300
 shoot dashboard-running.png "/jobs?status=running" 360
 shoot dashboard-queues.png /queues 360
+shoot dashboard-history.png "/history?range=24h" 900
 shoot dashboard-schedules.png /schedules 330
 shoot dashboard-flow.png "/job?id=%7B%22%24oid%22%3A%22$album%22%7D" 620
 rm -f "$handler"

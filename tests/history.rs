@@ -236,3 +236,13 @@ fn the_dashboards_history_pages_render_each_range() {
         "each queue links to its history: {page}"
     );
 }
+
+/// `mongoq bench --only history`: both drains side by side, and the ratio.
+#[test]
+fn the_bench_compares_a_drain_with_and_without_history() {
+    let db = TestDb::new("history_bench");
+    let text = crate::helpers::bench_section(&db, "history", 200);
+    assert!(text.contains("16. history: 200 no-op jobs"), "{text}");
+    assert!(text.contains("--no-history"), "{text}");
+    assert!(text.contains("history on (the default)"), "{text}");
+}

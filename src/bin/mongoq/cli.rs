@@ -268,13 +268,13 @@ pub struct BenchArgs {
     /// How long the idle-CPU scenario watches
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub idle: Duration,
-    /// Run only these sections: limits, server, scale, handlers, schedules, flows, python, snooze, backlog, drain (drain runs every section after it too)
+    /// Run only these sections: limits, server, scale, handlers, schedules, flows, python, snooze, backlog, history, drain (drain runs every section after it too)
     #[arg(long, value_delimiter = ',', value_name = "SECTION,...")]
     pub only: Vec<String>,
     /// The server's process id, to measure its CPU per job (a server on this machine)
     #[arg(long, value_name = "PID")]
     pub server_pid: Option<u32>,
-    /// Rounds of the sections that repeat (server work, scale-out, handlers, flows, python, snooze, backlog), interleaved; each figure is their median
+    /// Rounds of the sections that repeat (server work, scale-out, handlers, flows, python, snooze, backlog, history), interleaved; each figure is their median
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=20))]
     pub rounds: u32,
     /// Print JSON instead of a table

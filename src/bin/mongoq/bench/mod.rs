@@ -13,6 +13,7 @@ mod backlog;
 mod bars;
 mod flows;
 mod handlers;
+mod history;
 mod peers;
 mod probe;
 mod python;
@@ -40,6 +41,7 @@ pub use backlog::BacklogResults;
 pub use bars::render_fleet_svg;
 pub use flows::FlowRow;
 pub use handlers::HandlerRow;
+pub use history::HistoryRow;
 pub use python::PythonRow;
 pub use render::{render_svg, render_table};
 pub use schedules::ScheduleRow;
@@ -171,6 +173,8 @@ pub struct BenchResults {
     pub snooze: Vec<SnoozeRow>,
     /// Section 15: a big backlog, against the bare loop.
     pub backlog: BacklogResults,
+    /// Section 16: what recording the history costs.
+    pub history: Vec<HistoryRow>,
 }
 
 /// What a fleet-wide limit costs: one drain per mode.
@@ -217,6 +221,7 @@ pub fn run(config: &BenchConfig, progress: &mut dyn FnMut(&str)) -> Result<Bench
         python: Vec::new(),
         snooze: Vec::new(),
         backlog: BacklogResults::default(),
+        history: Vec::new(),
     };
     let wanted = |section: &str| config.only.is_empty() || config.only.iter().any(|s| s == section);
     bench.sections_before_drain(&wanted, &mut results, progress)?;
@@ -323,6 +328,9 @@ impl Bench<'_> {
         }
         if wanted("backlog") {
             results.backlog = self.backlog(progress)?;
+        }
+        if wanted("history") {
+            results.history = self.history(progress)?;
         }
         Ok(())
     }

@@ -146,6 +146,7 @@ pub fn render_table(results: &BenchResults) -> String {
     super::python::render(&results.python, &mut out);
     super::snooze::render(&results.snooze, &mut out);
     super::backlog::render(&results.backlog, &mut out);
+    super::history::render(&results.history, &mut out);
     out
 }
 
