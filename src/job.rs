@@ -63,6 +63,10 @@ pub struct Job {
     /// Since when it could run: its `run_at`, or when it was inserted (its
     /// `ObjectId`'s time); what the history's wait time counts from.
     pub(crate) eligible_at: Option<mongodb::bson::DateTime>,
+    /// The producer's W3C `traceparent` (its `traceparent` field), if any.
+    pub(crate) producer_trace: Option<String>,
+    /// This attempt's span's `traceparent`, while the worker traces.
+    pub(crate) attempt_trace: Option<String>,
 }
 
 /// A document's `expires_at`: none, a date, or a reason it cannot run.
@@ -85,6 +89,26 @@ fn eligible_at(document: &Document) -> Option<mongodb::bson::DateTime> {
         (_, Some(Bson::ObjectId(id))) => Some(id.timestamp()),
         _ => None,
     }
+}
+
+/// How many times handlers snoozed it: written by workers only, so
+/// anything but a count reads as none.
+fn snoozes_of(document: &Document) -> u32 {
+    document
+        .get(fields::SNOOZES)
+        .and_then(integer)
+        .and_then(|n| u32::try_from(n).ok())
+        .unwrap_or(0)
+}
+
+/// The producer's `traceparent`, if the document has a valid one (an
+/// invalid one is ignored: the attempt starts a trace of its own).
+fn producer_trace(document: &Document) -> Option<String> {
+    document
+        .get_str(fields::TRACEPARENT)
+        .ok()
+        .filter(|text| crate::trace::is_traceparent(text))
+        .map(str::to_string)
 }
 
 /// Why a claimed document cannot run. The text becomes `last_error`.
@@ -181,12 +205,7 @@ impl Job {
             data,
             attempt,
             max_attempts,
-            // Written by workers only; anything but a count reads as none.
-            snoozes: document
-                .get(fields::SNOOZES)
-                .and_then(integer)
-                .and_then(|n| u32::try_from(n).ok())
-                .unwrap_or(0),
+            snoozes: snoozes_of(document),
             expires_at,
             priority,
             lease_token,
@@ -201,7 +220,18 @@ impl Job {
             completed_deps: completed_deps(document),
             has_dependents: document.get_bool(fields::HAS_DEPENDENTS) == Ok(true),
             eligible_at: eligible_at(document),
+            producer_trace: producer_trace(document),
+            attempt_trace: None,
         })
+    }
+
+    /// The W3C `traceparent` a handler's own spans should nest under: the
+    /// attempt's span while the worker exports traces (see
+    /// [`crate::trace`]), else the producer's, if it gave one.
+    pub fn traceparent(&self) -> Option<&str> {
+        self.attempt_trace
+            .as_deref()
+            .or(self.producer_trace.as_deref())
     }
 
     /// Whether [`Job::complete_in`] wrote this job's completion.
@@ -241,6 +271,9 @@ impl Job {
             if let Some(fields) = json.as_object_mut() {
                 fields.insert("snoozes".into(), self.snoozes.into());
             }
+        }
+        if let (Some(traceparent), Some(fields)) = (self.traceparent(), json.as_object_mut()) {
+            fields.insert("traceparent".into(), traceparent.into());
         }
         if !self.after.is_empty() {
             if let Some(fields) = json.as_object_mut() {

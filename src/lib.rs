@@ -39,6 +39,7 @@ pub mod history;
 pub mod queue;
 pub mod schedule;
 pub mod schema;
+pub mod trace;
 pub mod worker;
 
 pub mod backoff;

@@ -18,6 +18,8 @@ pub mod fields {
     pub const PRIORITY: &str = "priority";
     /// Not before this time (date, default: eligible now).
     pub const RUN_AT: &str = "run_at";
+    /// The producer's W3C trace context (see `crate::trace`).
+    pub const TRACEPARENT: &str = "traceparent";
     /// Attempts before `failed` (int, default: the worker's `--max-attempts`).
     pub const MAX_ATTEMPTS: &str = "max_attempts";
     /// How many times the job has been claimed.

@@ -34,4 +34,5 @@ mod security;
 mod service;
 mod siege;
 mod structure;
+mod tracing;
 mod transactions;

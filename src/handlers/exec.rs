@@ -80,7 +80,12 @@ impl ExecHandler {
     fn run(&self, job: &Job) -> HandlerResult {
         let input = serde_json::to_vec(&job_json(job, self.timeout))
             .map_err(|e| HandlerError::permanent(format!("cannot encode the job as JSON: {e}")))?;
-        let mut child = Command::new(&self.program)
+        let mut command = Command::new(&self.program);
+        if let Some(traceparent) = job.traceparent() {
+            // Its spans nest under the attempt's (see crate::trace).
+            command.env("TRACEPARENT", traceparent);
+        }
+        let mut child = command
             .args(&self.args)
             .env("MONGOQ_JOB_ID", job.id_text())
             .env("MONGOQ_ATTEMPT", job.attempt.to_string())

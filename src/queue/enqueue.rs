@@ -62,6 +62,10 @@ pub struct EnqueueOptions {
     /// Not started by then (the server's clock), it never starts: it ends
     /// `cancelled` with `expired: true` and a reason naming the expiry.
     pub expires_at: Option<DateTime>,
+    /// The W3C `traceparent` of the producer's trace, which the attempts'
+    /// spans join (see [`crate::trace`]). When `None`, the current
+    /// OpenTelemetry context's, if a span is active.
+    pub traceparent: Option<String>,
 }
 
 impl Queue {
@@ -192,6 +196,13 @@ pub fn new_job_document(
     }
     if let Some(at) = options.expires_at {
         document.insert(fields::EXPIRES_AT, at);
+    }
+    if let Some(traceparent) = options
+        .traceparent
+        .clone()
+        .or_else(crate::trace::current_traceparent)
+    {
+        document.insert(fields::TRACEPARENT, traceparent);
     }
     if !options.after.is_empty() {
         document.insert(fields::AFTER, options.after.clone());

@@ -105,6 +105,7 @@ use crate::job::Job;
 use crate::queue::Queue;
 use crate::shutdown::Shutdown;
 use crate::sync::{join_or_leave, spawn, wait_until};
+use crate::trace::Tracing;
 
 /// A queue worker. See the module docs for its threads and shutdown.
 pub struct Worker {
@@ -137,6 +138,8 @@ struct Parts {
     /// Outcomes counted for the queue's history and not yet written
     /// (`None` with `--no-history`).
     history: Option<Arc<Recorder>>,
+    /// Attempt spans' exporter (see [`crate::trace`]), when configured.
+    tracing: Option<Arc<Tracing>>,
 }
 
 impl Parts {
@@ -155,6 +158,7 @@ impl Parts {
             claim_seconds: Arc::new(Histogram::new(&ROUND_TRIP_BUCKETS)),
             depth: Arc::default(),
             history: config.history.then(Arc::default),
+            tracing: None,
         }
     }
 }
@@ -217,12 +221,22 @@ impl Worker {
         handler: Arc<dyn Handler>,
     ) -> Result<Worker, Error> {
         config.validate()?;
+        let mut parts = Parts::new(&config);
+        parts.tracing = Tracing::from_env()?.map(Arc::new);
         Ok(Worker {
             queue,
-            parts: Parts::new(&config),
             config,
             handler,
+            parts,
         })
+    }
+
+    /// Exports attempt spans with `tracing` (or none), whatever the
+    /// `OTEL_*` environment says (see [`crate::trace`]).
+    #[must_use]
+    pub fn with_tracing(mut self, tracing: Option<Tracing>) -> Worker {
+        self.parts.tracing = tracing.map(Arc::new);
+        self
     }
 
     /// A handle for metrics, health and readiness that stays valid while
@@ -307,6 +321,9 @@ impl Worker {
         health.set_stopping();
         self.parts.doorbell.ring();
         let grace_exceeded = self.stop(threads);
+        if let Some(tracing) = &self.parts.tracing {
+            tracing.shutdown();
+        }
         let report = self.parts.counters.snapshot(grace_exceeded);
         log::info!(
             "worker {} stopped: {} completed, {} retried, {} failed, {} handed back, {} lost leases",
@@ -417,6 +434,7 @@ impl Worker {
                     handler_seconds: Arc::clone(&parts.handler_seconds),
                     jobs: job_rx.clone(),
                     outcomes: outcome_tx.clone(),
+                    tracing: parts.tracing.clone(),
                 };
                 let shutdown = shutdown.clone();
                 spawn(&format!("mongoq-worker-{index}"), move || {

@@ -17,6 +17,7 @@ use crate::fleet::limits::START_SLACK;
 use crate::handlers::{Handler, HandlerError};
 use crate::job::Job;
 use crate::shutdown::Shutdown;
+use crate::trace::Tracing;
 use crate::worker::claim::pacing::PaceMeter;
 use crate::worker::control::Controls;
 use crate::worker::health::metrics::Histogram;
@@ -45,12 +46,14 @@ pub(crate) struct Runner {
     pub(crate) handler_seconds: Arc<Histogram>,
     pub(crate) jobs: Receiver<Job>,
     pub(crate) outcomes: Sender<Outcome>,
+    /// Exports a span per attempt, when tracing is configured.
+    pub(crate) tracing: Option<Arc<Tracing>>,
 }
 
 impl Runner {
     /// Runs jobs until the channel is closed and empty.
     pub(crate) fn run(self, shutdown: &Shutdown) {
-        for job in &self.jobs {
+        for mut job in &self.jobs {
             let key = job.key();
             if let Some(wait) = job
                 .start_at
@@ -81,8 +84,18 @@ impl Runner {
                     .send(Outcome::new(key, Kind::Expired { expires_at }).timed(timing));
                 continue;
             }
-            self.running.start(self.index, key.clone(), &job);
             let waited = self.timing(&job);
+            let span = self.tracing.as_ref().map(|tracing| {
+                tracing.start_attempt(
+                    &job.queue,
+                    &job.id_text(),
+                    job.attempt,
+                    waited.wait,
+                    job.producer_trace.as_deref(),
+                )
+            });
+            job.attempt_trace = span.as_ref().and_then(|s| s.traceparent.clone());
+            self.running.start(self.index, key.clone(), &job);
             let started = Instant::now();
             let result = catch_unwind(AssertUnwindSafe(|| self.handler.handle(&job)));
             let took = started.elapsed();
@@ -121,6 +134,10 @@ impl Runner {
                     )
                 }
             };
+            if let Some(span) = span {
+                let (name, error) = describe(&outcome.kind);
+                span.end(name, error);
+            }
             // A job handed back unstarted ran nothing the history counts.
             let outcome = if matches!(outcome.kind, Kind::Released) {
                 outcome
@@ -210,5 +227,19 @@ impl Runner {
                 },
             )
         }
+    }
+}
+
+/// An outcome as an attempt's span says it: its name, and the error of a
+/// failed attempt.
+fn describe(kind: &Kind) -> (&'static str, Option<&str>) {
+    match kind {
+        Kind::Completed { .. } | Kind::Settled => ("completed", None),
+        Kind::Retry { error, .. } => ("retried", Some(error)),
+        Kind::Failed { error, .. } => ("failed", Some(error)),
+        Kind::Snoozed { .. } => ("snoozed", None),
+        Kind::Released => ("handed back", None),
+        Kind::Expired { .. } => ("expired", None),
+        Kind::Interrupted { error } => ("interrupted", Some(error)),
     }
 }

@@ -310,6 +310,10 @@ pub struct EnqueueArgs {
     /// with the reason
     #[arg(long, value_name = "TIME")]
     pub expires_at: Option<String>,
+    /// The W3C traceparent of the trace the job belongs to: its attempts'
+    /// spans are its children [default: $TRACEPARENT, if valid]
+    #[arg(long, value_name = "TRACEPARENT")]
+    pub traceparent: Option<String>,
     /// Put the job(s) in this named queue [default: the default queue]
     #[arg(long)]
     pub queue: Option<String>,

@@ -48,6 +48,17 @@ fn enqueue_options(queue: &Queue, args: &EnqueueArgs) -> Result<EnqueueOptions, 
         Some(choice) => IfDepFails::parse(choice).map_err(|e| usage(e.to_string()))?,
         None => IfDepFails::Cancel,
     };
+    let traceparent = match &args.traceparent {
+        Some(text) if !mongoq::trace::is_traceparent(text) => {
+            return Err(usage(format!(
+                "--traceparent `{text}` is not a W3C traceparent such as 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01 (version, trace id, parent span id, flags)"
+            )))
+        }
+        Some(text) => Some(text.trim().to_string()),
+        None => std::env::var("TRACEPARENT")
+            .ok()
+            .filter(|text| mongoq::trace::is_traceparent(text)),
+    };
     Ok(EnqueueOptions {
         priority: args.priority,
         run_at,
@@ -57,6 +68,7 @@ fn enqueue_options(queue: &Queue, args: &EnqueueArgs) -> Result<EnqueueOptions, 
         after: args.after.iter().map(|id| id_value(id)).collect(),
         if_dep_fails,
         expires_at,
+        traceparent,
     })
 }
 
