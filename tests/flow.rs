@@ -600,7 +600,7 @@ fn operators_see_waiting_counts_a_jobs_flow_and_each_queues_counts() {
     assert_eq!(status, 200);
     let row = |queue: &str| {
         let start = page
-            .find(&format!("<tr><td>{queue}</td>"))
+            .find(&format!("<tr><td>{queue} <a class=history"))
             .unwrap_or_else(|| panic!("{page}"));
         page[start..].split("</tr>").next().unwrap().to_string()
     };
