@@ -237,12 +237,22 @@ fn the_dashboards_history_pages_render_each_range() {
     );
 }
 
-/// `mongoq bench --only history`: both drains side by side, and the ratio.
+/// `mongoq bench --only history`: the three drains side by side, the
+/// ratios, and the traced one exported its spans.
 #[test]
 fn the_bench_compares_a_drain_with_and_without_history() {
     let db = TestDb::new("history_bench");
     let text = crate::helpers::bench_section(&db, "history", 200);
-    assert!(text.contains("16. history: 200 no-op jobs"), "{text}");
+    assert!(
+        text.contains("16. history and traces: 200 no-op jobs"),
+        "{text}"
+    );
     assert!(text.contains("--no-history"), "{text}");
     assert!(text.contains("history on (the default)"), "{text}");
+    let traces = text
+        .lines()
+        .find(|line| line.contains("history + traces (100% sampled)"))
+        .unwrap_or_else(|| panic!("{text}"));
+    let exports: u64 = traces.split_whitespace().last().unwrap().parse().unwrap();
+    assert!(exports >= 1, "the traced drain exported its spans: {text}");
 }

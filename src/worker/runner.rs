@@ -104,6 +104,7 @@ impl Runner {
             self.running.finish(self.index);
             let timing = Timing {
                 run: Some(took),
+                cancelled: job.is_cancelled(),
                 ..waited
             };
             let outcome = match result {
@@ -159,6 +160,7 @@ impl Runner {
             queue: job.queue.clone(),
             wait,
             run: None,
+            cancelled: false,
         }
     }
 

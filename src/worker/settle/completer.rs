@@ -147,10 +147,15 @@ impl Completer {
         let at = queue.clock().now();
         for outcome in pending.drain(..) {
             record(queue, counters, &outcome);
-            if let (Some(history), Some(timing), Some(event)) =
-                (history, &outcome.timing, event_of(&outcome.kind))
-            {
-                history.record(&timing.queue, at, event, timing.wait, timing.run);
+            if let (Some(history), Some(timing)) = (history, &outcome.timing) {
+                let event = if timing.cancelled {
+                    Some(Event::Cancelled)
+                } else {
+                    event_of(&outcome.kind)
+                };
+                if let Some(event) = event {
+                    history.record(&timing.queue, at, event, timing.wait, timing.run);
+                }
             }
             leases.release(outcome.key.token);
             if let Some(queue) = &outcome.key.slot {

@@ -81,6 +81,9 @@ pub(crate) struct Timing {
     pub(crate) queue: String,
     pub(crate) wait: Option<std::time::Duration>,
     pub(crate) run: Option<std::time::Duration>,
+    /// An operator cancelled the job while it ran: whatever its handler
+    /// returned, the attempt counts as cancelled.
+    pub(crate) cancelled: bool,
 }
 
 /// What became of an attempt.
