@@ -185,7 +185,7 @@ impl Sink {
         use std::io::{BufRead, BufReader, Read, Write};
         let listener = std::net::TcpListener::bind("127.0.0.1:0")
             .map_err(|e| Error::Invalid(format!("bench: cannot listen for traces: {e}")))?;
-        let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
+        let port = listener.local_addr().map_or(0, |a| a.port());
         listener.set_nonblocking(true).ok();
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let stopping = std::sync::Arc::clone(&stop);
