@@ -537,7 +537,7 @@ fn the_schedules_page_lists_schedules_and_pauses_them() {
 /// Headless Chromium, from scripts/test.sh (which installs Debian's
 /// package when it can). Only a machine where it cannot be had may skip,
 /// and it says so.
-fn chromium() -> Option<String> {
+pub(crate) fn chromium() -> Option<String> {
     if let Ok(path) = std::env::var("MONGOQ_CHROMIUM") {
         return Some(path);
     }
@@ -548,7 +548,7 @@ fn chromium() -> Option<String> {
     panic!("MONGOQ_CHROMIUM is not set: run the suite with scripts/test.sh, which finds or installs chromium (or sets MONGOQ_SKIP_BROWSER with the reason it cannot)");
 }
 
-fn browse(chromium: &str, args: &[&str], url: &str) -> String {
+pub(crate) fn browse(chromium: &str, args: &[&str], url: &str) -> String {
     let profile = tempfile(&format!(
         "chromium-{}-{}",
         std::process::id(),

@@ -256,3 +256,40 @@ fn the_bench_compares_a_drain_with_and_without_history() {
     let exports: u64 = traces.split_whitespace().last().unwrap().parse().unwrap();
     assert!(exports >= 1, "the traced drain exported its spans: {text}");
 }
+
+/// The History page in a real browser: its three charts render, and its
+/// refresh script replaces the live part without breaking them.
+#[test]
+fn the_history_page_renders_in_a_real_browser() {
+    let Some(chromium) = crate::dashboard::chromium() else {
+        return;
+    };
+    let db = TestDb::new("history_browser");
+    let minute = mongodb::bson::DateTime::now().timestamp_millis() / 60_000 * 60_000;
+    let at = mongodb::bson::DateTime::from_millis(minute);
+    db.database()
+        .collection::<Document>(&format!("{}_metrics", db.coll().name()))
+        .insert_one(
+            doc! {"_id": {"q": "mail", "m": at}, "q": "mail", "at": at, "completed": 5,
+            "failed": 1, "wait": {"b5": 6, "ms": 180}, "run": {"b9": 6, "ms": 4000}},
+        )
+        .run()
+        .unwrap();
+    let dash = crate::dashboard::dashboard(&db, &[]);
+    let dom = crate::dashboard::browse(
+        &chromium,
+        &["--virtual-time-budget=7000", "--dump-dom"],
+        &format!("{}/history?range=24h&queue=mail", dash.base),
+    );
+    for chart in ["chart-throughput", "chart-wait", "chart-run"] {
+        assert!(
+            dom.contains(&format!("<svg id=\"{chart}\"")),
+            "{chart}: {dom}"
+        );
+    }
+    assert!(dom.contains("<b id=\"total-completed\">5</b>"), "{dom}");
+    assert!(
+        !dom.contains("id=\"updated\">now<"),
+        "the refresh script ran and replaced the live part: {dom}"
+    );
+}
