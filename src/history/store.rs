@@ -24,7 +24,7 @@ use mongodb::IndexModel;
 use super::recorder::Minute;
 use super::tally::{Distribution, Tally, BUCKETS, EVENTS};
 use crate::error::Error;
-use crate::queue::indexes::create_missing;
+use crate::queue::indexes::{create_missing, present_indexes};
 use crate::queue::Queue;
 use crate::schema::integer;
 
@@ -101,20 +101,7 @@ impl<'a> History<'a> {
 
     /// How long minutes are kept (`None` before any index exists).
     pub fn retention(&self) -> Result<Option<Duration>, Error> {
-        let indexes: Vec<IndexModel> = self
-            .collection
-            .list_indexes()
-            .run()
-            .and_then(Iterator::collect)
-            .or_else(|error| {
-                if crate::error::server_code_is(&error, |code| code == 26) {
-                    Ok(Vec::new())
-                } else {
-                    Err(error)
-                }
-            })
-            .map_err(|e| self.queue.db_error("listIndexes", &e))?;
-        Ok(indexes
+        Ok(present_indexes(self.queue, &self.collection)?
             .iter()
             .filter_map(|index| index.options.as_ref())
             .find(|options| options.name.as_deref() == Some(TTL_INDEX))
@@ -282,12 +269,7 @@ fn increments(tally: &Tally) -> Document {
 
 /// A tally from one `$group` result of [`History::read`].
 fn tally_of(group: &Document) -> Tally {
-    let count = |name: &str| {
-        group
-            .get(name)
-            .and_then(number)
-            .map_or(0, |n| n.max(0.0) as u64)
-    };
+    let count = |name: &str| crate::schema::count(group.get(name));
     let distribution = |part: &str| {
         let mut d = Distribution::default();
         for (bucket, n) in d.counts.iter_mut().enumerate() {
@@ -304,16 +286,6 @@ fn tally_of(group: &Document) -> Tally {
         snoozed: count("snoozed"),
         wait: distribution("wait"),
         run: distribution("run"),
-    }
-}
-
-/// A number of any BSON numeric type.
-fn number(value: &Bson) -> Option<f64> {
-    match value {
-        Bson::Int32(n) => Some(f64::from(*n)),
-        Bson::Int64(n) => Some(*n as f64),
-        Bson::Double(n) => Some(*n),
-        _ => None,
     }
 }
 

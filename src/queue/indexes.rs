@@ -319,7 +319,7 @@ pub(crate) fn create_missing(
 }
 
 /// The indexes `collection` has (none when it does not exist yet).
-fn present_indexes(
+pub(crate) fn present_indexes(
     queue: &Queue,
     collection: &mongodb::sync::Collection<mongodb::bson::Document>,
 ) -> Result<Vec<IndexModel>, Error> {
