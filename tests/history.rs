@@ -293,3 +293,28 @@ fn the_history_page_renders_in_a_real_browser() {
         "the refresh script ran and replaced the live part: {dom}"
     );
 }
+
+/// Bad history flags are clear errors with the usage exit code.
+#[test]
+fn bad_history_flags_say_what_to_give() {
+    let db = TestDb::new("history_flags");
+    for (args, says) in [
+        (
+            vec!["stats", "--history", "--step", "30s"],
+            "--step must be a whole number of minutes",
+        ),
+        (
+            vec!["stats", "--history", "--since", "10000d", "--step", "1m"],
+            "give a longer --step",
+        ),
+        (vec!["stats", "--queue", "mail"], "--history"),
+        (
+            vec!["init", "--retain-metrics", "10m"],
+            "must be at least 1h",
+        ),
+    ] {
+        let out = db.run(&args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains(says), "{args:?}: {}", stderr(&out));
+    }
+}
