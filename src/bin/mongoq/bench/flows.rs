@@ -22,7 +22,7 @@ use mongoq::{Error, Queue};
 use serde::Serialize;
 
 use super::probe::Monitor;
-use super::server::{median, median_rows, Drain};
+use super::server::{median_if_all, median_rows, Drain};
 use super::Bench;
 
 /// Jobs per drain.
@@ -75,14 +75,10 @@ impl Bench<'_> {
         }
         Ok(median_rows(&runs, |rows| FlowRow {
             drain: Drain::median(&rows.iter().map(|r| &r.drain).collect::<Vec<_>>()),
-            extra_server_us_per_edge: rows
-                .iter()
-                .all(|r| r.extra_server_us_per_edge.is_some())
-                .then(|| median(rows.iter().filter_map(|r| r.extra_server_us_per_edge))),
-            release_after_last_ms: rows
-                .iter()
-                .all(|r| r.release_after_last_ms.is_some())
-                .then(|| median(rows.iter().filter_map(|r| r.release_after_last_ms))),
+            extra_server_us_per_edge: median_if_all(
+                rows.iter().map(|r| r.extra_server_us_per_edge),
+            ),
+            release_after_last_ms: median_if_all(rows.iter().map(|r| r.release_after_last_ms)),
             ..rows[0].clone()
         }))
     }

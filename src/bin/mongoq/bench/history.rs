@@ -15,7 +15,7 @@ use mongoq::schema::fields;
 use mongoq::{Error, Shutdown, Worker, WorkerConfig};
 use serde::Serialize;
 
-use super::server::{median, median_rows, Drain, ServerMeter};
+use super::server::{median_if_all, median_rows, Drain, ServerMeter};
 use super::Bench;
 
 /// What a drain records.
@@ -79,14 +79,8 @@ impl Bench<'_> {
         }
         Ok(median_rows(&runs, |rows| HistoryRow {
             drain: Drain::median(&rows.iter().map(|r| &r.drain).collect::<Vec<_>>()),
-            server_ratio: rows
-                .iter()
-                .all(|r| r.server_ratio.is_some())
-                .then(|| median(rows.iter().filter_map(|r| r.server_ratio))),
-            throughput_ratio: rows
-                .iter()
-                .all(|r| r.throughput_ratio.is_some())
-                .then(|| median(rows.iter().filter_map(|r| r.throughput_ratio))),
+            server_ratio: median_if_all(rows.iter().map(|r| r.server_ratio)),
+            throughput_ratio: median_if_all(rows.iter().map(|r| r.throughput_ratio)),
             ..rows[0].clone()
         }))
     }

@@ -504,6 +504,13 @@ pub(super) fn median(values: impl Iterator<Item = f64>) -> f64 {
     }
 }
 
+/// The median of `values` when every one is present; `None` when any is
+/// missing (a round that could not measure it).
+pub(super) fn median_if_all(values: impl Iterator<Item = Option<f64>>) -> Option<f64> {
+    let values: Option<Vec<f64>> = values.collect();
+    values.map(|values| median(values.into_iter()))
+}
+
 /// The median of the values present; `None` when none is.
 pub(super) fn median_of(values: impl Iterator<Item = Option<f64>>) -> Option<f64> {
     let present: Vec<f64> = values.flatten().collect();

@@ -18,7 +18,7 @@ use mongoq::schema::fields;
 use mongoq::{Error, HandlerError, Queue, Shutdown, Worker, WorkerConfig};
 use serde::Serialize;
 
-use super::server::{median, median_rows, Drain, ServerMeter};
+use super::server::{median_if_all, median_rows, Drain, ServerMeter};
 use super::Bench;
 
 /// Jobs per drain (fewer when `--jobs` asks for fewer).
@@ -77,10 +77,7 @@ impl Bench<'_> {
         }
         Ok(median_rows(&runs, |rows| SnoozeRow {
             drain: Drain::median(&rows.iter().map(|r| &r.drain).collect::<Vec<_>>()),
-            extra_server_us_each: rows
-                .iter()
-                .all(|r| r.extra_server_us_each.is_some())
-                .then(|| median(rows.iter().filter_map(|r| r.extra_server_us_each))),
+            extra_server_us_each: median_if_all(rows.iter().map(|r| r.extra_server_us_each)),
             ..rows[0].clone()
         }))
     }
