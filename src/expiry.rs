@@ -97,15 +97,20 @@ pub(crate) fn cancel_expired(queue: &Queue, passed: DateTime) -> Result<Expired,
     filter.insert("_id", doc! {"$in": ids});
     // A pipeline update (MongoDB 4.2+), so that each job's reason names
     // its own expiry.
-    let update = vec![doc! {"$set": {
-        fields::STATUS: Status::Cancelled,
-        fields::CANCELLED_AT: passed,
-        fields::EXPIRED: true,
-        fields::LAST_ERROR: {"$concat": [
-            "expired: not started by its expires_at ",
-            {"$dateToString": {"date": format!("${}", fields::EXPIRES_AT), "format": "%Y-%m-%dT%H:%M:%S.%LZ"}},
-        ]},
-    }}];
+    let [was, uncount] = crate::schema::recount_stages();
+    let update = vec![
+        was,
+        uncount,
+        doc! {"$set": {
+            fields::STATUS: Status::Cancelled,
+            fields::CANCELLED_AT: passed,
+            fields::EXPIRED: true,
+            fields::LAST_ERROR: {"$concat": [
+                "expired: not started by its expires_at ",
+                {"$dateToString": {"date": format!("${}", fields::EXPIRES_AT), "format": "%Y-%m-%dT%H:%M:%S.%LZ"}},
+            ]},
+        }},
+    ];
     let result = queue
         .collection()
         .update_many(filter, update)

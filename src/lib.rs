@@ -31,6 +31,7 @@
 // The rooms of a job's life: it is enqueued into the queue, claimed and run
 // by a worker, its handler does the work, and the schema says what every
 // stage writes. DESIGN.md has the module map.
+pub mod counts;
 pub mod expiry;
 pub(crate) mod fleet;
 pub mod flow;
@@ -53,10 +54,11 @@ pub mod shutdown;
 pub mod sync;
 pub mod text;
 
+pub use counts::Stats;
 pub use error::Error;
 pub use handlers::{Handler, HandlerError, HandlerResult};
 pub use job::Job;
-pub use queue::{EnqueueOptions, Queue, QueueConfig, Stats};
+pub use queue::{EnqueueOptions, Queue, QueueConfig};
 pub use schema::Status;
 pub use shutdown::Shutdown;
 pub use worker::{Monitor, Report, Worker, WorkerConfig};

@@ -89,6 +89,41 @@ pub mod fields {
 
     /// The queue of jobs that name none.
     pub const DEFAULT_QUEUE: &str = "default";
+    /// The key this job is counted under in `<collection>_counts` (see
+    /// [`crate::counts`]); set only by the reconciler, absent until then.
+    pub const COUNTED: &str = "counted";
+    /// What a job was counted under before its `status` last changed: every
+    /// write that changes a status renames `counted` to this
+    /// ([`super::recount`]), so the reconciler can move the count.
+    pub const WAS_COUNTED: &str = "was_counted";
+}
+
+/// The `$rename` every update that changes a job's `status` carries:
+/// `counted` becomes `was_counted`, which tells the counts' reconciler
+/// ([`crate::counts`]) that the job is to be counted again, and under what
+/// it was counted until now. A job not yet counted has no `counted`, and the
+/// rename then changes nothing (an earlier `was_counted` stays).
+pub fn recount() -> Document {
+    doc! {fields::COUNTED: fields::WAS_COUNTED}
+}
+
+/// `update` with [`recount`] added when it sets `status`.
+pub fn with_recount(mut update: Document) -> Document {
+    let sets_status = update
+        .get_document("$set")
+        .is_ok_and(|set| set.contains_key(fields::STATUS));
+    if sets_status {
+        update.insert("$rename", recount());
+    }
+    update
+}
+
+/// [`recount`] as the first stages of a pipeline update.
+pub fn recount_stages() -> [Document; 2] {
+    [
+        doc! {"$set": {fields::WAS_COUNTED: {"$ifNull": [format!("${}", fields::COUNTED), format!("${}", fields::WAS_COUNTED)]}}},
+        doc! {"$unset": fields::COUNTED},
+    ]
 }
 
 /// Where a job is in its life. Any other `status` value in the collection
@@ -207,6 +242,7 @@ pub(crate) fn completed_update(at: DateTime, result: Option<Bson>) -> Document {
     doc! {
         "$set": {fields::STATUS: Status::Completed, fields::COMPLETED_AT: at, fields::RESULT: bounded_result(result)},
         "$unset": unset_lease(),
+        "$rename": recount(),
     }
 }
 
@@ -219,7 +255,10 @@ pub(crate) fn completed_update(at: DateTime, result: Option<Bson>) -> Document {
 /// not among them would pick the last result.
 pub(crate) fn completed_pipeline(at: DateTime, ids: &[Bson], results: &[Bson]) -> Vec<Document> {
     let lease: Vec<String> = unset_lease().keys().cloned().collect();
+    let [was, uncount] = recount_stages();
     vec![
+        was,
+        uncount,
         doc! {"$set": {
             fields::STATUS: Status::Completed,
             fields::COMPLETED_AT: at,
@@ -266,6 +305,7 @@ pub(crate) fn cancelled_update(reason: &str, at: DateTime) -> Document {
     doc! {
         "$set": {fields::STATUS: Status::Cancelled, fields::CANCELLED_AT: at, fields::LAST_ERROR: reason},
         "$unset": unset,
+        "$rename": recount(),
     }
 }
 

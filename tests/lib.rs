@@ -13,6 +13,7 @@ mod backlog;
 mod cli;
 mod clock;
 mod concurrency;
+mod counts;
 mod dashboard;
 mod exec;
 mod faults;

@@ -268,11 +268,10 @@ impl Queue {
         let mut inserted = 0;
         for chunk in documents.chunks(1_000) {
             if let Err(error) = self.insert_batch(chunk.to_vec()) {
-                // Best effort: take back what went in (its ids are known).
-                let _ = self
-                    .collection()
-                    .delete_many(doc! {"_id": {"$in": &ids[..inserted + chunk.len()]}})
-                    .run();
+                // Best effort: take back what went in (its ids are known),
+                // through the counts (a worker may have counted them).
+                let _ = crate::counts::Counts::new(self)
+                    .delete(&doc! {"_id": {"$in": &ids[..inserted + chunk.len()]}});
                 return Err(error);
             }
             inserted += chunk.len();
@@ -287,7 +286,7 @@ impl Queue {
         self.collection()
             .update_many(
                 doc! {"_id": {"$in": &roots}, fields::STATUS: Status::Waiting},
-                doc! {"$set": {fields::STATUS: Status::Pending, fields::RELEASED_AT: now}},
+                doc! {"$set": {fields::STATUS: Status::Pending, fields::RELEASED_AT: now}, "$rename": crate::schema::recount()},
             )
             .run()
             .map_err(|e| self.db_error("update (flow: start)", &e))?;

@@ -74,7 +74,7 @@ pub(crate) fn link(queue: &Queue, dependents: &[Document]) -> Result<Linked, Err
                 .collection()
                 .update_one(
                     doc! {"_id": id, fields::STATUS: Status::Waiting},
-                    doc! {"$set": {fields::STATUS: Status::Failed, fields::FAILED_AT: now, fields::LAST_ERROR: reason}},
+                    doc! {"$set": {fields::STATUS: Status::Failed, fields::FAILED_AT: now, fields::LAST_ERROR: reason}, "$rename": crate::schema::recount()},
                 )
                 .run()
                 .map_err(|e| queue.db_error("update (flow: malformed)", &e))?
@@ -112,7 +112,7 @@ pub(crate) fn link(queue: &Queue, dependents: &[Document]) -> Result<Linked, Err
             .collection()
             .update_many(
                 doc! {"_id": {"$in": empty}, fields::STATUS: Status::Waiting},
-                doc! {"$set": {fields::STATUS: Status::Pending, fields::RELEASED_AT: now, fields::RUN_AT: now}},
+                doc! {"$set": {fields::STATUS: Status::Pending, fields::RELEASED_AT: now, fields::RUN_AT: now}, "$rename": crate::schema::recount()},
             )
             .run()
             .map_err(|e| queue.db_error("update (flow: release)", &e))?
@@ -200,10 +200,7 @@ impl Queue {
         self.insert_batch(documents.clone())?;
         let linked = link(self, &documents)?;
         if let Some(missing) = linked.missing.first() {
-            self.collection()
-                .delete_many(doc! {"_id": {"$in": ids}})
-                .run()
-                .map_err(|e| self.db_error("delete", &e))?;
+            crate::counts::Counts::new(self).delete(&doc! {"_id": {"$in": ids}})?;
             return Err(Error::Invalid(format!(
                 "dependency {} does not exist (enqueue dependencies before the jobs that wait for them); nothing was enqueued",
                 id_text(missing)

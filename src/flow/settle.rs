@@ -185,7 +185,7 @@ fn settle_round(queue: &Queue, finished: &[Finished]) -> Result<(Settled, Vec<Fi
                         fields::STATUS: Status::Cancelled,
                         fields::CANCELLED_AT: now,
                         fields::LAST_ERROR: f.ended.reason(&f.id),
-                    }},
+                    }, "$rename": crate::schema::recount()},
                     "multi": true,
                 }
             })
@@ -289,6 +289,7 @@ fn read_dependents(queue: &Queue, finished: &[Finished]) -> Result<Vec<Dependent
 fn released(now: mongodb::bson::DateTime) -> Document {
     doc! {
         "$set": {fields::STATUS: Status::Pending},
+        "$rename": crate::schema::recount(),
         "$max": {fields::RUN_AT: now},
         "$currentDate": {fields::RELEASED_AT: true},
     }

@@ -8,7 +8,6 @@ use std::time::Duration;
 use mongodb::bson::{doc, oid::ObjectId, Bson, Document};
 
 use super::enqueue::is_duplicate_key;
-use super::indexes::finished_status;
 use super::Queue;
 use crate::error::Error;
 use crate::schema::{fields, Status};
@@ -129,6 +128,7 @@ impl Queue {
         let update = doc! {
             "$set": {fields::STATUS: Status::Pending, fields::RUN_AT: self.now(), fields::ATTEMPTS: 0},
             "$unset": {fields::FAILED_AT: ""},
+            "$rename": crate::schema::recount(),
         };
         // Jobs without a unique_key go back in one write. Jobs with one may
         // collide with a newer job holding the key; those go one by one so
@@ -164,46 +164,12 @@ impl Queue {
         Ok(outcome)
     }
 
-    /// Deletes one finished (completed, failed or cancelled) job by an `_id`
-    /// condition; returns whether it did (false: no such job, or it is not
-    /// finished).
-    pub fn delete_finished(&self, id: &Bson) -> Result<bool, Error> {
-        self.collection()
-            .delete_one(doc! {"_id": id.clone(), fields::STATUS: Status::any_of(&Status::FINISHED)})
-            .run()
-            .map(|result| result.deleted_count == 1)
-            .map_err(|e| self.db_error("delete", &e))
-    }
-
     /// How many jobs have `status` now.
     pub fn count_status(&self, status: Status) -> Result<u64, Error> {
         self.collection()
             .count_documents(doc! {fields::STATUS: status})
             .run()
             .map_err(|e| self.db_error("count", &e))
-    }
-
-    /// Deletes jobs of a finished `status` that finished more than
-    /// `older_than` ago; with `dry_run`, only counts them.
-    pub fn purge(&self, status: &str, older_than: Duration, dry_run: bool) -> Result<u64, Error> {
-        let Some((status, field)) = finished_status(status) else {
-            return Err(Error::Invalid(format!(
-                "purge deletes finished jobs: --status completed, failed or cancelled, not `{status}` (pending and running jobs are never purged)"
-            )));
-        };
-        let filter = doc! {fields::STATUS: status, field: {"$lt": self.now_ago(older_than)}};
-        if dry_run {
-            return self
-                .collection()
-                .count_documents(filter)
-                .run()
-                .map_err(|e| self.db_error("count", &e));
-        }
-        self.collection()
-            .delete_many(filter)
-            .run()
-            .map(|result| result.deleted_count)
-            .map_err(|e| self.db_error("delete (purge)", &e))
     }
 }
 

@@ -49,6 +49,11 @@ const LEASE_TOKEN_INDEX: &str = "mongoq_lease_token";
 const LEASE_EXPIRY_INDEX: &str = "mongoq_lease_expiry";
 /// The unique partial index that enforces `unique_key`.
 pub const UNIQUE_INDEX: &str = "mongoq_unique_key";
+/// `{counted}`: the jobs not counted yet (see [`crate::counts`]).
+pub const COUNTED_INDEX: &str = "mongoq_counted";
+/// `{run_at, _id}`, partial on `pending`: scheduled jobs and the oldest
+/// eligible one, for `stats`.
+pub const DUE_INDEX: &str = "mongoq_due";
 
 impl Queue {
     /// Creates the indexes the queue needs (idempotent) and returns the
@@ -68,6 +73,8 @@ impl Queue {
     ///   the sweep that cancels expired jobs (see [`crate::expiry`]).
     /// - `mongoq_throttle` `{unique_key, throttle_until}`, partial on
     ///   `throttle_until`: `enqueue --throttle` (see [`super::debounce`]).
+    /// - `mongoq_counted` `{counted}` and `mongoq_due` `{run_at, _id}`
+    ///   (partial on `pending`): counts and stats (see [`crate::counts`]).
     pub fn ensure_indexes(&self) -> Result<Vec<String>, Error> {
         let named = |name: &str| IndexOptions::builder().name(name.to_string()).build();
         let models = vec![
@@ -110,6 +117,17 @@ impl Queue {
                 doc! {fields::UNIQUE_KEY: 1, fields::THROTTLE_UNTIL: 1},
                 THROTTLE_INDEX,
                 doc! {fields::THROTTLE_UNTIL: {"$exists": true}},
+            ),
+            // Counts (crate::counts): the jobs not counted yet are those
+            // under `null`; the pending jobs by `run_at` for stats.
+            IndexModel::builder()
+                .keys(doc! {fields::COUNTED: 1})
+                .options(named(COUNTED_INDEX))
+                .build(),
+            partial(
+                doc! {fields::RUN_AT: 1, "_id": 1},
+                DUE_INDEX,
+                doc! {fields::STATUS: Status::Pending},
             ),
             // Expiry (crate::expiry): only jobs that have one.
             partial(
@@ -260,11 +278,8 @@ impl Queue {
 
     /// The indexes on the collection, with their options.
     fn indexes(&self) -> Result<Vec<IndexModel>, Error> {
-        self.collection
-            .list_indexes()
-            .run()
-            .and_then(Iterator::collect)
-            .map_err(|e| self.db_error("listIndexes", &e))
+        // A collection not created yet has no indexes (not an error).
+        present_indexes(self, &self.collection)
     }
 
     /// Names of the indexes on the collection.

@@ -20,7 +20,6 @@ pub mod enqueue;
 pub mod filters;
 pub mod indexes;
 pub mod registry;
-pub mod stats;
 pub mod transaction;
 pub mod wait;
 
@@ -31,7 +30,6 @@ pub use enqueue::EnqueueOptions;
 pub use filters::validate_queue_name;
 pub use indexes::{Retention, CLAIM_INDEX, UNIQUE_INDEX};
 pub use registry::WorkerInfo;
-pub use stats::Stats;
 pub use wait::Waited;
 
 use std::time::Duration;

@@ -191,6 +191,8 @@ fn log_clock(worker: &str, reading: crate::clock::Reading) {
 struct Threads {
     /// The flow sweep ([`crate::flow::sweep`]); stops with the keeper.
     flows: JoinHandle<()>,
+    /// The counts' reconciler ([`crate::counts`]); stops with the keeper.
+    counting: JoinHandle<()>,
     watcher: Option<JoinHandle<()>>,
     control: JoinHandle<()>,
     control_stop: Shutdown,
@@ -479,6 +481,11 @@ impl Worker {
         let control = spawn("mongoq-control", move || control.run(&stop));
         Threads {
             flows: self.start_flows(&keeper_stop),
+            counting: {
+                let counts = crate::counts::Counts::new(&self.queue);
+                let stop = keeper_stop.clone();
+                spawn("mongoq-counts", move || counts.run(&stop))
+            },
             watcher,
             control,
             control_stop,
@@ -504,6 +511,7 @@ impl Worker {
         );
         let Threads {
             flows,
+            counting,
             watcher,
             control,
             control_stop,
@@ -543,10 +551,16 @@ impl Worker {
         // The watcher ends with its `getMore` (at most `wake::AWAIT`); the
         // process need not wait for it.
         drop(watcher);
-        for handle in [Some(completer), Some(keeper), Some(control), Some(flows)]
-            .into_iter()
-            .flatten()
-            .chain(handlers)
+        for handle in [
+            Some(completer),
+            Some(keeper),
+            Some(control),
+            Some(flows),
+            Some(counting),
+        ]
+        .into_iter()
+        .flatten()
+        .chain(handlers)
         {
             join_or_leave(handle, last_call);
         }

@@ -7,9 +7,10 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::counts::Stats;
 use crate::error::Error;
 use crate::handlers::Handler;
-use crate::queue::{Queue, Stats};
+use crate::queue::Queue;
 use crate::sync::lock;
 use crate::worker::control::Controls;
 use crate::worker::health::liveness::{Health, HealthReport};

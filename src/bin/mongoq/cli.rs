@@ -437,6 +437,7 @@ pub struct WorkArgs {
 }
 
 #[derive(Debug, Args)]
+#[allow(clippy::struct_excessive_bools)] // --json, --watch, --history, --recount
 pub struct StatsArgs {
     /// Print JSON instead of a table
     #[arg(long)]
@@ -461,6 +462,10 @@ pub struct StatsArgs {
     /// With --history: one row per this long [default: a round step giving at most 60 rows]
     #[arg(long, value_parser = parse_duration, requires = "history")]
     pub step: Option<Duration>,
+    /// Count every job again and replace the kept counts (after jobs were
+    /// deleted or their status changed by hand; reads every job once)
+    #[arg(long, conflicts_with_all = ["watch", "history"])]
+    pub recount: bool,
 }
 
 #[derive(Debug, Subcommand)]

@@ -77,7 +77,7 @@ fn fail_malformed(queue: &Queue, bad: Document, reason: &str) -> Result<u64, Err
         .collection()
         .update_many(
             filter,
-            doc! {"$set": {fields::STATUS: Status::Failed, fields::FAILED_AT: queue.clock().now(), fields::LAST_ERROR: reason}},
+            doc! {"$set": {fields::STATUS: Status::Failed, fields::FAILED_AT: queue.clock().now(), fields::LAST_ERROR: reason}, "$rename": crate::schema::recount()},
         )
         .run()
         .map_err(|e| queue.db_error("update (fail malformed jobs)", &e))?;

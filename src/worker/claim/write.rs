@@ -164,7 +164,7 @@ pub(super) fn fail_unclaimable(
         .collection()
         .update_one(
             doc! {"_id": id, fields::STATUS: Status::Pending, fields::ATTEMPTS: matches},
-            doc! {"$set": {fields::STATUS: Status::Failed, fields::FAILED_AT: queue.clock().now(), fields::LAST_ERROR: error}},
+            doc! {"$set": {fields::STATUS: Status::Failed, fields::FAILED_AT: queue.clock().now(), fields::LAST_ERROR: error}, "$rename": crate::schema::recount()},
         )
         .run()
         .map_err(|e| queue.db_error("update (fail malformed)", &e))?;
@@ -191,7 +191,7 @@ fn by_id() -> Hint {
 /// What a claim writes.
 fn claim_update(token: ObjectId, owner: &str, lease: Duration, clock: &Clock) -> Document {
     let now = clock.now();
-    doc! {
+    crate::schema::with_recount(doc! {
         "$set": {
             fields::STATUS: Status::Running,
             fields::LEASE_OWNER: owner,
@@ -200,5 +200,5 @@ fn claim_update(token: ObjectId, owner: &str, lease: Duration, clock: &Clock) ->
             fields::STARTED_AT: now,
         },
         "$inc": {fields::ATTEMPTS: 1},
-    }
+    })
 }

@@ -10,7 +10,8 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
-use crate::queue::{QueueControl, Stats};
+use crate::counts::Stats;
+use crate::queue::QueueControl;
 use crate::worker::health::liveness::HealthReport;
 use crate::worker::health::report::Report;
 

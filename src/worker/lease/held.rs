@@ -164,6 +164,7 @@ pub(crate) fn rescue_expired(queue: &Queue, rescuer: &str) -> Result<u64, Error>
                 "$set": {fields::STATUS: Status::Pending, fields::RUN_AT: at, fields::LAST_ERROR: &message},
                 "$unset": unset_lease(),
                 "$push": push_error(doc! {"at": at, "error": &message, "worker": rescuer}),
+                "$rename": crate::schema::recount(),
             },
         )
         .run()

@@ -191,7 +191,7 @@ impl Outcome {
                 doc! {"attempt": i64::from(attempt), "at": at, "error": error, "worker": worker},
             )
         };
-        match &self.kind {
+        crate::schema::with_recount(match &self.kind {
             Kind::Completed { result } => completed_update(at, result.clone()),
             Kind::Retry {
                 attempt,
@@ -245,7 +245,7 @@ impl Outcome {
                 "$unset": unset_lease,
                 "$push": history(0, error),
             },
-        }
+        })
     }
 }
 
@@ -491,7 +491,15 @@ mod tests {
         let ids = [Bson::String("$a".into()), Bson::Int32(2)];
         let results = [Bson::String("$status".into()), Bson::Null];
         let stages = completed_pipeline(DateTime::now(), &ids, &results);
-        let set = stages[0].get_document("$set").unwrap();
+        let set = stages
+            .iter()
+            .find_map(|stage| {
+                stage
+                    .get_document("$set")
+                    .ok()
+                    .filter(|s| s.contains_key(fields::RESULT))
+            })
+            .unwrap();
         let pick = set.get_document(fields::RESULT).unwrap();
         let args = pick.get_array("$arrayElemAt").unwrap();
         assert_eq!(

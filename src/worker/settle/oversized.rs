@@ -34,7 +34,7 @@ pub(crate) fn fail_oversized(queue: &Queue, id: &Bson) -> Result<(), Error> {
         .collection()
         .update_one(
             doc! {"_id": id.clone(), fields::STATUS: Status::any_of(&Status::ACTIVE)},
-            doc! {"$set": {fields::STATUS: Status::Failed}},
+            doc! {"$set": {fields::STATUS: Status::Failed}, "$rename": crate::schema::recount()},
         )
         .run()
         .map_err(|e| queue.db_error("update (fail oversized)", &e))?;

@@ -24,14 +24,25 @@ pub fn init(queue: &Queue, args: &InitArgs) -> Result<ExitCode, CommandError> {
         (Status::Failed, args.retain_failed),
         (Status::Cancelled, args.retain_cancelled),
     ];
+    let before = queue.retention()?;
+    let mut recount = false;
     for (status, keep) in wanted {
         if let Some(keep) = keep {
             let keep = match keep {
                 Keep::For(duration) => Some(duration),
                 Keep::Forever => None,
             };
+            // A status whose TTL deleted jobs unseen was counted directly;
+            // kept counts of it start again from the jobs themselves.
+            let had_ttl = before
+                .iter()
+                .any(|r| r.status == status && r.keep.is_some());
+            recount |= had_ttl && keep.is_none();
             queue.set_retention(status, keep)?;
         }
+    }
+    if recount {
+        mongoq::counts::Counts::new(queue).recount()?;
     }
     let indexes = if wanted.iter().any(|(_, keep)| keep.is_some()) {
         queue.index_names()?

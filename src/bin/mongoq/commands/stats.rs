@@ -11,6 +11,14 @@ use crate::cli::StatsArgs;
 use crate::error::{failure, CommandError};
 
 pub fn stats(queue: &Queue, args: &StatsArgs) -> Result<ExitCode, CommandError> {
+    if args.recount {
+        let counters = mongoq::counts::Counts::new(queue).recount()?;
+        let jobs: i64 = counters.values().flat_map(|keys| keys.values()).sum();
+        eprintln!(
+            "recounted {jobs} counted jobs in {} queues; jobs not counted yet are added as they are read",
+            counters.len()
+        );
+    }
     let stats = queue.stats()?;
     let controls = queue.controls()?;
     let schedules = mongoq::schedule::Schedules::new(queue).list()?;

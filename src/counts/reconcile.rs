@@ -1,0 +1,180 @@
+//! The reconciler: counts the jobs not counted yet (a producer's plain
+//! insert, a job whose status changed) and marks them counted, a batch at
+//! a time, through the ledger's journal.
+//!
+//! Every worker runs [`Counts::reconcile`] about once a second; the lock
+//! lets one of them at a time do a round, and is let go after each round
+//! so that `mongoq purge` and the other workers get their turn. The jobs it
+//! reads are exactly those with no `counted` (an index equality on
+//! `mongoq_counted`), so a steady queue costs a round one index seek and,
+//! per job, one write: the mark.
+
+use std::collections::BTreeMap;
+
+use mongodb::bson::{doc, Bson};
+
+use super::key::{key_of, queue_of};
+use super::ledger::{add_move, id_key, Deltas, Group};
+use super::{Counts, COUNTED_INDEX};
+use crate::error::Error;
+use crate::queue::Documents;
+use crate::schema::fields;
+
+/// What a round did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reconciled {
+    /// Another process holds the lock.
+    Busy,
+    /// It counted this many jobs; `more` when it stopped at its batch.
+    Counted { jobs: u64, more: bool },
+}
+
+impl Counts {
+    /// One round: finishes a change a dead process left, then counts up to
+    /// `batch` jobs not counted yet.
+    pub fn reconcile(&self, batch: usize) -> Result<Reconciled, Error> {
+        if !self.lock()? {
+            return Ok(Reconciled::Busy);
+        }
+        let round = self.reconcile_locked(batch);
+        self.unlock();
+        round
+    }
+
+    /// The worker's counting thread: a round about every [`super::EVERY`]
+    /// (at once again while a round stops at its batch) until `stop`.
+    /// Errors are logged and the round tried again: the counts are exact
+    /// without it, only slower to read.
+    pub fn run(&self, stop: &crate::shutdown::Shutdown) {
+        let mut failing = false;
+        loop {
+            let pause = match self.reconcile(super::BATCH) {
+                Ok(Reconciled::Counted { jobs, more }) => {
+                    failing = false;
+                    if jobs > 0 {
+                        log::debug!("counted {jobs} jobs");
+                    }
+                    if more {
+                        std::time::Duration::ZERO
+                    } else {
+                        super::EVERY
+                    }
+                }
+                Ok(Reconciled::Busy) => super::EVERY,
+                Err(error) => {
+                    if !failing {
+                        log::warn!("counting jobs failed (stats stay exact, only slower): {error}");
+                    }
+                    failing = true;
+                    super::EVERY * 5
+                }
+            };
+            if stop.sleep(pause) {
+                return;
+            }
+        }
+    }
+
+    fn reconcile_locked(&self, batch: usize) -> Result<Reconciled, Error> {
+        let ledger = self.read_ledger()?;
+        if !ledger.journal.is_empty() {
+            log::info!("finishing a change of the counts that a stopped process left");
+            self.settle(&ledger.journal)?;
+        }
+        let jobs = self
+            .queue
+            .collection()
+            .find(doc! {fields::COUNTED: Bson::Null})
+            .projection(doc! {
+                fields::QUEUE: 1,
+                fields::STATUS: 1,
+                fields::EXPIRED: 1,
+                fields::WAS_COUNTED: 1,
+            })
+            .hint(mongodb::options::Hint::Name(COUNTED_INDEX.to_string()))
+            .limit(i64::try_from(batch).unwrap_or(i64::MAX))
+            .run()
+            .documents(&self.queue, "find (jobs to count)")?;
+        if jobs.is_empty() {
+            return Ok(Reconciled::Counted {
+                jobs: 0,
+                more: false,
+            });
+        }
+        let (deltas, journal) = plan(&jobs);
+        if !self.begin(&deltas, &journal)? {
+            // The lock expired under a slow round; the next holder counts.
+            return Ok(Reconciled::Busy);
+        }
+        let jobs_counted = self.settle(&journal)?;
+        Ok(Reconciled::Counted {
+            jobs: jobs_counted,
+            more: jobs.len() >= batch,
+        })
+    }
+}
+
+/// The moves and the journal that count `jobs` (as read: not counted).
+pub(super) fn plan(jobs: &[mongodb::bson::Document]) -> (Deltas, Vec<Group>) {
+    let mut groups: BTreeMap<(String, Option<String>, String, String), Group> = BTreeMap::new();
+    for job in jobs {
+        let queue = queue_of(job);
+        let from = job.get_str(fields::WAS_COUNTED).ok().map(str::to_string);
+        let to = key_of(job);
+        let status = job.get(fields::STATUS).cloned().unwrap_or(Bson::Null);
+        groups
+            .entry((
+                queue.clone(),
+                from.clone(),
+                to.clone(),
+                id_key(Some(&status)),
+            ))
+            .or_insert_with(|| Group {
+                queue,
+                from,
+                to: Some(to),
+                status,
+                filter: None,
+                ids: Vec::new(),
+            })
+            .ids
+            .push(job.get("_id").cloned().unwrap_or(Bson::Null));
+    }
+    let mut deltas = Deltas::new();
+    for group in groups.values() {
+        add_move(
+            &mut deltas,
+            &group.queue,
+            group.from.as_deref(),
+            group.to.as_deref(),
+            group.ids.len() as i64,
+        );
+    }
+    (deltas, groups.into_values().collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mongodb::bson::doc;
+
+    #[test]
+    fn a_plan_groups_by_queue_and_move_and_counts_each_job_once() {
+        let jobs = vec![
+            doc! {"_id": 1, "status": "pending"},
+            doc! {"_id": 2, "status": "pending", "queue": "mail"},
+            doc! {"_id": 3, "status": "completed", "was_counted": "pending"},
+            doc! {"_id": 4, "status": "completed", "was_counted": "pending"},
+            doc! {"_id": 5, "status": "cancelled", "expired": true, "was_counted": "pending"},
+            doc! {"_id": 6, "status": "pending", "was_counted": "pending"},
+        ];
+        let (deltas, journal) = plan(&jobs);
+        let get = |q: &str, k: &str| deltas.get(&(q.to_string(), k.to_string())).copied();
+        assert_eq!(get("default", "pending"), Some(1 - 2 - 1));
+        assert_eq!(get("default", "completed"), Some(2));
+        assert_eq!(get("default", "expired"), Some(1));
+        assert_eq!(get("mail", "pending"), Some(1));
+        let ids: usize = journal.iter().map(|g| g.ids.len()).sum();
+        assert_eq!(ids, 6, "every job is marked, even one whose key came back");
+    }
+}
