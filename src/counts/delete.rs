@@ -102,7 +102,7 @@ impl Counts {
             );
         }
         let journal: Vec<Group> = groups.into_values().collect();
-        if !self.begin(&deltas, &journal)? {
+        if !self.begin(&deltas, &journal, Document::new())? {
             return Err(Error::Invalid(
                 "lost the counts' lock in the middle of a delete (a slow server?); run it again"
                     .into(),

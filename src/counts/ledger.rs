@@ -26,6 +26,7 @@
 //! a job that is marked changes nothing, and step 3 reads what is true.
 
 use std::collections::BTreeMap;
+use std::time::Instant;
 
 use mongodb::bson::{doc, Bson, Document};
 use mongodb::options::ReturnDocument;
@@ -51,6 +52,7 @@ pub(super) struct Ledger {
     pub(super) version: i64,
     pub(super) counters: Tallies,
     pub(super) journal: Vec<Group>,
+    pub(super) floors: super::oldest::Floors,
 }
 
 /// Jobs of one queue that a change moves from one key to another (`to`
@@ -99,8 +101,8 @@ impl Group {
     /// The jobs of this group still in the state the counters assumed
     /// when the group was read: counted under `from` (or, a status change
     /// since, `was_counted` says so) or not at all.
-    fn unchanged(&self) -> Document {
-        let mut filter = doc! {"_id": {"$in": &self.ids}};
+    fn unchanged(&self, ids: &[Bson]) -> Document {
+        let mut filter = doc! {"_id": {"$in": ids}};
         match (&self.to, &self.from) {
             // A mark: not counted since, and still the status read.
             (Some(to), from) => {
@@ -215,6 +217,7 @@ impl Counts {
             version: ledger.get("v").and_then(integer).unwrap_or(0),
             counters,
             journal,
+            floors: super::oldest::Floors::read(&ledger),
         })
     }
 
@@ -259,13 +262,23 @@ impl Counts {
 
     /// Step 1: moves the counters by `deltas` and writes `journal`, if
     /// this process still holds the lock (whether it did).
-    pub(super) fn begin(&self, deltas: &Deltas, journal: &[Group]) -> Result<bool, Error> {
+    /// `floors` is the `$min` that lowers the floors (see [`super::oldest`]).
+    pub(super) fn begin(
+        &self,
+        deltas: &Deltas,
+        journal: &[Group],
+        floors: Document,
+    ) -> Result<bool, Error> {
         let groups: Vec<Document> = journal.iter().map(Group::to_document).collect();
+        let mut update = doc! {"$inc": increments(deltas), "$set": {"journal": groups}};
+        if !floors.is_empty() {
+            update.insert("$min", floors);
+        }
         let result = self
             .ledger
             .update_one(
                 doc! {"_id": LEDGER, "holder": &self.me, "journal": {"$exists": false}},
-                doc! {"$inc": increments(deltas), "$set": {"journal": groups}},
+                update,
             )
             .run()
             .map_err(|e| self.queue.db_error("update (counts)", &e))?;
@@ -277,53 +290,53 @@ impl Counts {
     pub(super) fn settle(&self, journal: &[Group]) -> Result<u64, Error> {
         let collection = self.queue.collection();
         let mut done = 0;
+        let mut renewed = Instant::now();
         // Groups whose every job was marked (or deleted) need no step 3.
         let mut unsure: Vec<&Group> = Vec::new();
         for group in journal {
-            let filter = group.unchanged();
-            let changed = match &group.to {
-                Some(to) => collection
-                    .update_many(
-                        filter,
-                        doc! {"$set": {fields::COUNTED: to}, "$unset": {fields::WAS_COUNTED: ""}},
-                    )
-                    .run()
-                    .map_err(|e| self.queue.db_error("update (count jobs)", &e))?
-                    .modified_count,
-                None => {
-                    collection
-                        .delete_many(filter)
+            let mut changed = 0;
+            // In chunks: an `$in` of many thousand ids costs some servers
+            // far more per id than a thousand does.
+            for ids in group.ids.chunks(ID_CHUNK) {
+                let filter = group.unchanged(ids);
+                changed += match &group.to {
+                    Some(to) => collection
+                        .update_many(
+                            filter,
+                            doc! {"$set": {fields::COUNTED: to}, "$unset": {fields::WAS_COUNTED: ""}},
+                        )
+                        .hint(by_id())
                         .run()
-                        .map_err(|e| self.queue.db_error("delete", &e))?
-                        .deleted_count
+                        .map_err(|e| self.queue.db_error("update (count jobs)", &e))?
+                        .modified_count,
+                    None => {
+                        collection
+                            .delete_many(filter)
+                            .hint(by_id())
+                            .run()
+                            .map_err(|e| self.queue.db_error("delete", &e))?
+                            .deleted_count
+                    }
+                };
+                // A slow server: the lock must outlive the round, or
+                // another process would finish this journal beside it.
+                if renewed.elapsed() > super::LOCK_LEASE / 4 {
+                    if !self.lock()? {
+                        return Err(Error::Invalid(
+                            "the counts' lock was taken over in the middle of a change (a round slower than its lease); the new holder finishes it".into(),
+                        ));
+                    }
+                    renewed = Instant::now();
                 }
-            };
+            }
             done += changed;
             if changed < group.ids.len() as u64 {
                 unsure.push(group);
             }
-            // A slow server: the lock must outlive the round, or another
-            // process would finish this journal beside it.
-            if !self.lock()? {
-                return Err(Error::Invalid(
-                    "the counts' lock was taken over in the middle of a change (a round slower than its lease); the new holder finishes it".into(),
-                ));
-            }
         }
         // Step 3: what did not happen moves back.
-        let ids: Vec<&Bson> = unsure.iter().flat_map(|g| &g.ids).collect();
-        let present: BTreeMap<String, Document> = if ids.is_empty() {
-            BTreeMap::new()
-        } else {
-            collection
-                .find(doc! {"_id": {"$in": ids}})
-                .projection(doc! {fields::COUNTED: 1, fields::WAS_COUNTED: 1})
-                .run()
-                .documents(&self.queue, "find (counts)")?
-                .into_iter()
-                .map(|d| (id_key(d.get("_id")), d))
-                .collect()
-        };
+        let ids: Vec<Bson> = unsure.iter().flat_map(|g| g.ids.iter().cloned()).collect();
+        let present = self.read_ids(&ids, doc! {fields::COUNTED: 1, fields::WAS_COUNTED: 1})?;
         let mut back = Deltas::new();
         for group in unsure {
             for id in &group.ids {
@@ -357,6 +370,29 @@ impl Counts {
         Ok(done)
     }
 
+    /// The jobs of `ids` that exist, by [`id_key`], with `projection`
+    /// (read a chunk at a time).
+    pub(super) fn read_ids(
+        &self,
+        ids: &[Bson],
+        projection: Document,
+    ) -> Result<BTreeMap<String, Document>, Error> {
+        let mut present = BTreeMap::new();
+        for chunk in ids.chunks(ID_CHUNK) {
+            for job in self
+                .queue
+                .collection()
+                .find(doc! {"_id": {"$in": chunk}})
+                .projection(projection.clone())
+                .run()
+                .documents(&self.queue, "find (counts)")?
+            {
+                present.insert(id_key(job.get("_id")), job);
+            }
+        }
+        Ok(present)
+    }
+
     /// Replaces every counter (a recount).
     pub(super) fn replace_counters(&self, counters: &Tallies) -> Result<bool, Error> {
         let mut q = Document::new();
@@ -387,6 +423,15 @@ pub(super) fn contribution(job: &Document) -> Option<&str> {
         _ => job.get_str(fields::WAS_COUNTED).ok(),
     }
 }
+
+/// The `_id` index: a mark or delete names its jobs by `_id`, and must
+/// not be planned on `mongoq_counted` (every job not counted yet).
+fn by_id() -> mongodb::options::Hint {
+    mongodb::options::Hint::Keys(doc! {"_id": 1})
+}
+
+/// Ids per `$in` of a mark, a delete or a read of the journal's jobs.
+pub(super) const ID_CHUNK: usize = 1_000;
 
 /// An `_id` as a map key (equal ids, equal keys).
 pub(super) fn id_key(id: Option<&Bson>) -> String {
@@ -424,7 +469,7 @@ mod tests {
             ids: vec![Bson::Int32(1), Bson::String("x".into())],
         };
         assert_eq!(Group::from_document(&group.to_document()), group);
-        let fence = group.unchanged();
+        let fence = group.unchanged(&group.ids);
         assert_eq!(fence.get(fields::COUNTED), Some(&Bson::Null));
         assert_eq!(fence.get(fields::WAS_COUNTED), Some(&Bson::Null));
         assert_eq!(fence.get(fields::EXPIRED), Some(&Bson::Boolean(true)));

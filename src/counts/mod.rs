@@ -39,6 +39,7 @@
 pub mod delete;
 pub mod key;
 pub mod ledger;
+pub mod oldest;
 pub mod reconcile;
 pub mod stats;
 
@@ -50,14 +51,14 @@ use std::time::Duration;
 use mongodb::bson::Document;
 use mongodb::sync::Collection;
 
-use crate::queue::indexes::{COUNTED_INDEX, DUE_INDEX};
+use crate::queue::indexes::COUNTED_INDEX;
 use crate::queue::Queue;
 
 /// How long the ledger's lock holds without being taken again: a round
 /// of the reconciler takes about a second, and renews it after each write.
 pub const LOCK_LEASE: Duration = Duration::from_secs(20);
 /// Jobs a round of the reconciler counts at most.
-pub const BATCH: usize = 20_000;
+pub const BATCH: usize = 50_000;
 /// How often a worker runs a round while there is nothing to count.
 pub const EVERY: Duration = Duration::from_secs(1);
 

@@ -15,6 +15,7 @@ use mongodb::bson::{doc, Bson};
 
 use super::key::{key_of, queue_of};
 use super::ledger::{add_move, id_key, Deltas, Group};
+use super::oldest::Floors;
 use super::{Counts, COUNTED_INDEX};
 use crate::error::Error;
 use crate::queue::Documents;
@@ -90,6 +91,7 @@ impl Counts {
                 fields::STATUS: 1,
                 fields::EXPIRED: 1,
                 fields::WAS_COUNTED: 1,
+                fields::RUN_AT: 1,
             })
             .hint(mongodb::options::Hint::Name(COUNTED_INDEX.to_string()))
             .limit(i64::try_from(batch).unwrap_or(i64::MAX))
@@ -102,7 +104,11 @@ impl Counts {
             });
         }
         let (deltas, journal) = plan(&jobs);
-        if !self.begin(&deltas, &journal)? {
+        let pending: Vec<&mongodb::bson::Document> = jobs
+            .iter()
+            .filter(|job| key_of(job) == crate::schema::Status::Pending.as_str())
+            .collect();
+        if !self.begin(&deltas, &journal, Floors::lowered_by(&pending))? {
             // The lock expired under a slow round; the next holder counts.
             return Ok(Reconciled::Busy);
         }

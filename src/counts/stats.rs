@@ -15,16 +15,15 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use mongodb::bson::{doc, Bson, DateTime, Document};
-use mongodb::options::Hint;
+use mongodb::bson::oid::ObjectId;
+use mongodb::bson::{doc, Bson, DateTime};
 use serde::Serialize;
 
 use super::key::{key_of, key_of_parts, queue_of, status_of_key, EXPIRED};
 use super::ledger::{id_key, Ledger, Tallies};
-use super::{Counts, COUNTED_INDEX, DUE_INDEX};
+use super::oldest::Floors;
+use super::Counts;
 use crate::error::Error;
-use crate::queue::filters::queue_condition;
-use crate::queue::indexes::present_indexes;
 use crate::queue::{Documents, Queue};
 use crate::schema::{count, fields, Status};
 
@@ -47,23 +46,40 @@ pub struct Stats {
     pub expired: u64,
 }
 
+/// One consistent read of the counts.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    /// Exact counts by queue and key.
+    pub tallies: Tallies,
+    /// The ledger's floors (see [`super::oldest`]).
+    pub floors: Floors,
+    /// Per queue, the oldest pending jobs not counted yet: with no
+    /// `run_at`, the smallest `_id`; with one, the earliest `run_at`.
+    pub fresh: Vec<(String, Option<ObjectId>, Option<DateTime>)>,
+}
+
 impl Counts {
-    /// Exact counts by queue and key (see [`super::key`]): the ledger's,
-    /// corrected by the jobs not counted yet. Read again when a round of
-    /// the reconciler changed the ledger meanwhile.
+    /// Exact counts by queue and key (see [`super::key`]).
     pub fn by_queue_and_key(&self) -> Result<Tallies, Error> {
+        Ok(self.snapshot()?.tallies)
+    }
+
+    /// The ledger's counts corrected by the jobs not counted yet; read
+    /// again when a round of the reconciler changed the ledger meanwhile.
+    pub fn snapshot(&self) -> Result<Snapshot, Error> {
         let mut tries = 0;
         loop {
             let ledger = self.read_ledger()?;
-            let tallies = self.corrected(&ledger)?;
+            let snapshot = self.corrected(&ledger)?;
             tries += 1;
             if tries >= 3 || self.read_ledger()?.version == ledger.version {
-                return Ok(tallies);
+                return Ok(snapshot);
             }
         }
     }
 
-    fn corrected(&self, ledger: &Ledger) -> Result<Tallies, Error> {
+    fn corrected(&self, ledger: &Ledger) -> Result<Snapshot, Error> {
+        let mut fresh = Vec::new();
         let mut tallies = ledger.counters.clone();
         let mut add = |queue: &str, key: &str, n: i64| {
             *tallies
@@ -72,11 +88,7 @@ impl Counts {
                 .entry(key.to_string())
                 .or_insert(0) += n;
         };
-        let journal_ids: Vec<&Bson> = ledger.journal.iter().flat_map(|g| &g.ids).collect();
-        let mut uncounted = doc! {fields::COUNTED: Bson::Null};
-        if !journal_ids.is_empty() {
-            uncounted.insert("_id", doc! {"$nin": &journal_ids});
-        }
+        let uncounted = doc! {fields::COUNTED: Bson::Null};
         let pipeline = vec![
             doc! {"$match": uncounted},
             doc! {"$group": {
@@ -87,13 +99,23 @@ impl Counts {
                     "e": format!("${}", fields::EXPIRED),
                 },
                 "n": {"$sum": 1},
+                // The oldest pending ones, for the oldest eligible job.
+                "u": {"$min": {"$cond": [
+                    {"$eq": [{"$ifNull": [format!("${}", fields::RUN_AT), Bson::Null]}, Bson::Null]},
+                    "$_id",
+                    Bson::Null,
+                ]}},
+                "d": {"$min": {"$cond": [
+                    {"$eq": [{"$type": format!("${}", fields::RUN_AT)}, "date"]},
+                    format!("${}", fields::RUN_AT),
+                    Bson::Null,
+                ]}},
             }},
         ];
-        let mut read = self.queue.collection().aggregate(pipeline);
-        if let Some(hint) = hint_if_present(&self.queue, COUNTED_INDEX)? {
-            read = read.hint(hint);
-        }
-        for group in read
+        for group in self
+            .queue
+            .collection()
+            .aggregate(pipeline)
             .run()
             .documents(&self.queue, "aggregate (jobs not counted yet)")?
         {
@@ -103,45 +125,62 @@ impl Counts {
             if let Ok(was) = id.get_str("w") {
                 add(&queue, was, -n);
             }
-            add(&queue, &key_of_parts(id.get("s"), id.get("e")), n);
+            let key = key_of_parts(id.get("s"), id.get("e"));
+            if key == Status::Pending.as_str() {
+                fresh.push((
+                    queue.clone(),
+                    group.get_object_id("u").ok(),
+                    group.get_datetime("d").ok().copied(),
+                ));
+            }
+            add(&queue, &key, n);
         }
-        // Jobs of a change under way: the counters already count them
-        // under `to` (or not at all, for a delete).
-        if !journal_ids.is_empty() {
-            let present: BTreeMap<String, Document> = self
-                .queue
-                .collection()
-                .find(doc! {"_id": {"$in": &journal_ids}})
-                .projection(doc! {fields::QUEUE: 1, fields::STATUS: 1, fields::EXPIRED: 1, fields::COUNTED: 1})
-                .run()
-                .documents(&self.queue, "find (counts)")?
-                .into_iter()
-                .map(|d| (id_key(d.get("_id")), d))
-                .collect();
-            for group in &ledger.journal {
-                for id in &group.ids {
-                    let job = present.get(&id_key(Some(id)));
-                    if let Some(to) = &group.to {
+        // Jobs of a change under way: the ledger already counts them
+        // under `to` (or, for a delete, not at all), and the pass above
+        // counted those not marked yet as if it did not.
+        let journal_ids: Vec<Bson> = ledger
+            .journal
+            .iter()
+            .flat_map(|g| g.ids.iter().cloned())
+            .collect();
+        let present = self.read_ids(
+            &journal_ids,
+            doc! {fields::QUEUE: 1, fields::STATUS: 1, fields::EXPIRED: 1, fields::COUNTED: 1, fields::WAS_COUNTED: 1},
+        )?;
+        for group in &ledger.journal {
+            for id in &group.ids {
+                let job = present.get(&id_key(Some(id)));
+                let unmarked =
+                    job.is_some_and(|j| !matches!(j.get(fields::COUNTED), Some(Bson::String(_))));
+                let was = job.and_then(|j| j.get_str(fields::WAS_COUNTED).ok());
+                match (&group.to, job) {
+                    (Some(to), Some(_)) if unmarked => {
                         add(&group.queue, to, -1);
+                        if let Some(was) = was {
+                            add(&group.queue, was, 1);
+                        }
                     }
-                    if let Some(job) = job {
+                    (Some(to), Some(job)) => {
+                        add(&group.queue, to, -1);
                         add(&queue_of(job), &key_of(job), 1);
                     }
+                    (Some(to), None) => add(&group.queue, to, -1),
+                    (None, Some(_)) if unmarked => {
+                        if let Some(was) = was {
+                            add(&group.queue, was, 1);
+                        }
+                    }
+                    (None, Some(job)) => add(&queue_of(job), &key_of(job), 1),
+                    (None, None) => {}
                 }
             }
         }
-        Ok(tallies)
+        Ok(Snapshot {
+            tallies,
+            floors: ledger.floors,
+            fresh,
+        })
     }
-}
-
-/// A hint to the index `name` if the collection has it (a collection no
-/// worker or `init` has prepared is read without, as it was before).
-fn hint_if_present(queue: &Queue, name: &str) -> Result<Option<Hint>, Error> {
-    let present = present_indexes(queue, queue.collection())?;
-    Ok(present
-        .iter()
-        .any(|index| index.options.as_ref().and_then(|o| o.name.as_deref()) == Some(name))
-        .then(|| Hint::Name(name.to_string())))
 }
 
 /// Whether `status` has a retention TTL index: MongoDB deletes its jobs
@@ -159,7 +198,7 @@ impl Queue {
     /// Jobs by queue and status (`default` for jobs that name none), as
     /// the dashboard's Queues page shows them: exact, from the counters.
     pub fn counts_by_queue(&self) -> Result<BTreeMap<String, BTreeMap<String, u64>>, Error> {
-        let tallies = self.counts_by_queue_and_key()?;
+        let tallies = self.counts_snapshot(&Counts::new(self))?.tallies;
         let mut counts: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
         for (queue, keys) in tallies {
             for (key, n) in keys {
@@ -175,15 +214,15 @@ impl Queue {
         Ok(counts)
     }
 
-    /// [`Counts::by_queue_and_key`], with the statuses that have a
-    /// retention TTL counted directly.
-    fn counts_by_queue_and_key(&self) -> Result<Tallies, Error> {
-        let mut tallies = Counts::new(self).by_queue_and_key()?;
+    /// [`Counts::snapshot`], with the statuses that have a retention TTL
+    /// counted directly.
+    fn counts_snapshot(&self, counts: &Counts) -> Result<Snapshot, Error> {
+        let mut snapshot = counts.snapshot()?;
         let direct = counted_directly(self)?;
         if direct.is_empty() {
-            return Ok(tallies);
+            return Ok(snapshot);
         }
-        for keys in tallies.values_mut() {
+        for keys in snapshot.tallies.values_mut() {
             keys.retain(|key, _| !direct.contains(status_of_key(key)));
         }
         let statuses: Vec<&str> = direct.into_iter().collect();
@@ -202,19 +241,21 @@ impl Queue {
         {
             let id = group.get_document("_id").cloned().unwrap_or_default();
             let queue = queue_of(&doc! {fields::QUEUE: id.get("q").cloned().unwrap_or(Bson::Null)});
-            *tallies
+            *snapshot
+                .tallies
                 .entry(queue)
                 .or_default()
                 .entry(key_of_parts(id.get("s"), id.get("e")))
                 .or_insert(0) += count(group.get("n")) as i64;
         }
-        Ok(tallies)
+        Ok(snapshot)
     }
 
     /// Counts the queue's jobs (exactly, without counting them: see
     /// [`crate::counts`]).
     pub fn stats(&self) -> Result<Stats, Error> {
-        let tallies = self.counts_by_queue_and_key()?;
+        let counter = Counts::new(self);
+        let snapshot = self.counts_snapshot(&counter)?;
         let mut counts: BTreeMap<String, u64> = [
             Status::Waiting,
             Status::Pending,
@@ -226,7 +267,7 @@ impl Queue {
         .map(|status| (status.as_str().to_string(), 0))
         .collect();
         let mut expired = 0;
-        for keys in tallies.values() {
+        for keys in snapshot.tallies.values() {
             for (key, n) in keys {
                 let n = (*n).max(0) as u64;
                 if n == 0 && !counts.contains_key(status_of_key(key)) {
@@ -247,7 +288,7 @@ impl Queue {
             .collect();
         let scheduled_by_queue = self.scheduled_by_queue(now)?;
         let (mut eligible, mut paused, mut scheduled) = (0, 0, 0);
-        for (queue, keys) in &tallies {
+        for (queue, keys) in &snapshot.tallies {
             let pending = keys
                 .get(Status::Pending.as_str())
                 .copied()
@@ -262,74 +303,52 @@ impl Queue {
                 eligible += due;
             }
         }
-        let paused_list: Vec<String> = paused_queues.into_iter().collect();
+        // The oldest eligible job: from the floors, and among the jobs not
+        // counted yet (of queues not paused, due by now).
+        let paused_list: Vec<String> = paused_queues.iter().cloned().collect();
+        let mut since: Vec<DateTime> = counter
+            .oldest_from_floors(snapshot.floors, now, &paused_list)?
+            .into_iter()
+            .collect();
+        for (queue, undated, dated) in &snapshot.fresh {
+            if paused_queues.contains(queue) {
+                continue;
+            }
+            since.extend(undated.map(|id| id.timestamp()));
+            since.extend(dated.filter(|at| *at <= now));
+        }
+        let oldest_eligible_age_seconds = since.into_iter().min().map(|since| {
+            let millis = (now.timestamp_millis() - since.timestamp_millis()).max(0);
+            Duration::from_millis(millis as u64).as_secs_f64()
+        });
         Ok(Stats {
             counts,
             eligible,
             paused,
             scheduled,
-            oldest_eligible_age_seconds: self.oldest_eligible_age(now, &paused_list)?,
+            oldest_eligible_age_seconds,
             expired,
         })
     }
 
-    /// Pending jobs whose `run_at` is still to come, by queue.
+    /// Pending jobs whose `run_at` is still to come, by queue (bounded by
+    /// `mongoq_due`, a range of `run_at`).
     fn scheduled_by_queue(&self, now: DateTime) -> Result<BTreeMap<String, u64>, Error> {
         let pipeline = vec![
             doc! {"$match": {fields::STATUS: Status::Pending, fields::RUN_AT: {"$gt": now}}},
             doc! {"$group": {"_id": format!("${}", fields::QUEUE), "n": {"$sum": 1}}},
         ];
         let mut scheduled = BTreeMap::new();
-        let mut read = self.collection().aggregate(pipeline);
-        if let Some(hint) = hint_if_present(self, DUE_INDEX)? {
-            read = read.hint(hint);
-        }
-        for group in read.run().documents(self, "aggregate (scheduled jobs)")? {
+        for group in self
+            .collection()
+            .aggregate(pipeline)
+            .run()
+            .documents(self, "aggregate (scheduled jobs)")?
+        {
             let queue =
                 queue_of(&doc! {fields::QUEUE: group.get("_id").cloned().unwrap_or(Bson::Null)});
             *scheduled.entry(queue).or_insert(0) += count(group.get("n"));
         }
         Ok(scheduled)
-    }
-
-    /// How long the oldest eligible job (of a queue not paused) has been
-    /// eligible: since its `run_at`, or for a job inserted without one,
-    /// since its `_id` was made.
-    fn oldest_eligible_age(&self, now: DateTime, paused: &[String]) -> Result<Option<f64>, Error> {
-        let hint = hint_if_present(self, DUE_INDEX)?;
-        let oldest = |run_at: Bson| -> Result<Option<Document>, Error> {
-            let mut filter = doc! {fields::STATUS: Status::Pending, fields::RUN_AT: run_at};
-            if !paused.is_empty() {
-                filter.insert(fields::QUEUE, doc! {"$not": queue_condition(paused)});
-            }
-            let mut read = self
-                .collection()
-                .find_one(filter)
-                .sort(doc! {fields::RUN_AT: 1, "_id": 1})
-                .projection(doc! {fields::RUN_AT: 1});
-            if let Some(hint) = hint.clone() {
-                read = read.hint(hint);
-            }
-            read.run()
-                .map_err(|e| self.db_error("find (oldest eligible job)", &e))
-        };
-        let since = |job: &Document| match job.get(fields::RUN_AT) {
-            Some(Bson::DateTime(at)) => *at,
-            _ => match job.get("_id") {
-                Some(Bson::ObjectId(id)) => id.timestamp(),
-                _ => now,
-            },
-        };
-        let undated = oldest(Bson::Null)?;
-        let dated = oldest(Bson::Document(doc! {"$lte": now}))?;
-        let earliest = [undated, dated]
-            .iter()
-            .flatten()
-            .map(since)
-            .min_by_key(|at| at.timestamp_millis());
-        Ok(earliest.map(|since| {
-            let millis = (now.timestamp_millis() - since.timestamp_millis()).max(0);
-            Duration::from_millis(millis as u64).as_secs_f64()
-        }))
     }
 }
