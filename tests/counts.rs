@@ -48,7 +48,10 @@ fn count_all(db: &TestDb) {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         assert!(Instant::now() < deadline, "counting did not finish");
-        match counts.reconcile(mongoq::counts::BATCH).unwrap() {
+        match counts
+            .reconcile_with(mongoq::counts::BATCH, Duration::ZERO)
+            .unwrap()
+        {
             Reconciled::Counted { jobs: 0, .. } => break,
             Reconciled::Counted { .. } => {}
             Reconciled::Busy => std::thread::sleep(Duration::from_millis(100)),
@@ -125,8 +128,16 @@ fn counts_stay_exact_through_every_change_three_workers_and_a_ttl() {
     // While they drain, every read adds up to the jobs there are.
     let total = 1840;
     for _ in 0..20 {
-        let sum: u64 = said(&db).values().sum();
-        assert_eq!(sum, total, "{:?}", said(&db));
+        let now = said(&db);
+        let sum: u64 = now.values().sum();
+        assert_eq!(
+            sum,
+            total,
+            "{now:?} truth {:?} ledger {:?} uncounted {}",
+            truth(&db),
+            ledger(&db),
+            db.count(doc! {"counted": null})
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     for worker in &mut workers {
@@ -223,27 +234,46 @@ fn workers_killed_while_counting_leave_counts_exact() {
     let db = TestDb::new("counts_killed");
     let out = db.run(&["init"]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let jobs: Vec<Document> = (0..60_000)
-        .map(|i| doc! {"data": i, "status": "pending"})
+    // A backfill made ten minutes ago: old enough for a round to count.
+    let made = (std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        - 600) as u32;
+    let jobs: Vec<Document> = (0..60_000_u64)
+        .map(|i| {
+            let mut bytes = [0u8; 12];
+            bytes[..4].copy_from_slice(&made.to_be_bytes());
+            bytes[4..].copy_from_slice(&i.to_be_bytes());
+            doc! {"_id": mongodb::bson::oid::ObjectId::from_bytes(bytes), "data": i as i64, "status": "pending"}
+        })
         .collect();
     for chunk in jobs.chunks(10_000) {
         db.coll().insert_many(chunk.to_vec()).run().unwrap();
     }
     // Each worker counts rounds of 20,000 and is killed part-way through
     // one, at a different point each time.
-    let mut rounds_seen = 0;
-    for wait_ms in [700, 1500] {
+    for extra_ms in [0, 300] {
         let mut worker = db.spawn_worker(&["--threads", "2", "--simulate", "0ms..5ms"]);
-        std::thread::sleep(Duration::from_millis(wait_ms));
+        // Killed once its round has begun marking (a round of 50,000 jobs
+        // marks for seconds, so this is in the middle of one).
+        let counted_before = db.count(doc! {"counted": {"$ne": null}});
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while db.count(doc! {"counted": {"$ne": null}}) == counted_before {
+            assert!(Instant::now() < deadline, "the worker never counted");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::thread::sleep(Duration::from_millis(extra_ms));
         worker.signal("KILL");
         worker.wait(Duration::from_secs(10));
         // The server still runs what the worker had sent.
         std::thread::sleep(Duration::from_secs(1));
-        let counted = db.count(doc! {"counted": {"$ne": null}});
-        rounds_seen += usize::from(counted > 0);
-        assert_eq!(said(&db), truth(&db), "after a kill at {wait_ms} ms");
+        assert_eq!(
+            said(&db),
+            truth(&db),
+            "after a kill {extra_ms} ms into a round"
+        );
     }
-    assert!(rounds_seen > 0, "a worker counted something before it died");
     // The lock a killed worker held expires (counts::LOCK_LEASE); counted
     // or not, every read is exact, and so is the ledger at the end.
     count_all(&db);

@@ -20,7 +20,7 @@ use crate::schema::{fields, Status};
 /// round holds it for about a second).
 const LOCK_WAIT: Duration = Duration::from_secs(30);
 /// Jobs deleted per journal.
-const DELETE_BATCH: i64 = 5_000;
+const DELETE_BATCH: i64 = 1_000;
 
 impl Counts {
     /// Takes the lock, waiting for a reconciler's round to end.

@@ -59,6 +59,9 @@ use crate::queue::Queue;
 pub const LOCK_LEASE: Duration = Duration::from_secs(20);
 /// Jobs a round of the reconciler counts at most.
 pub const BATCH: usize = 50_000;
+/// How long a pending job waits before a round counts it (see
+/// [`reconcile`]).
+pub const ADOPT_AFTER: Duration = Duration::from_secs(60);
 /// How often a worker runs a round while there is nothing to count.
 pub const EVERY: Duration = Duration::from_secs(1);
 

@@ -69,7 +69,7 @@ impl Floors {
 
 /// An `_id` made at `millis` (its first four bytes; the rest zero), the
 /// smallest of that second.
-fn id_at(millis: i64) -> ObjectId {
+pub(super) fn id_at(millis: i64) -> ObjectId {
     let secs = u32::try_from((millis / 1000).max(0)).unwrap_or(u32::MAX);
     let mut bytes = [0u8; 12];
     bytes[..4].copy_from_slice(&secs.to_be_bytes());

@@ -10,6 +10,7 @@
 //! per job, one write: the mark.
 
 use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
 
 use mongodb::bson::{doc, Bson};
 
@@ -34,10 +35,16 @@ impl Counts {
     /// One round: finishes a change a dead process left, then counts up to
     /// `batch` jobs not counted yet.
     pub fn reconcile(&self, batch: usize) -> Result<Reconciled, Error> {
+        self.reconcile_with(batch, super::ADOPT_AFTER)
+    }
+
+    /// [`Counts::reconcile`], counting pending jobs once they have waited
+    /// `adopt_after` (zero: all of them, as a test or a bench wants).
+    pub fn reconcile_with(&self, batch: usize, adopt_after: Duration) -> Result<Reconciled, Error> {
         if !self.lock()? {
             return Ok(Reconciled::Busy);
         }
-        let round = self.reconcile_locked(batch);
+        let round = self.reconcile_locked(batch, adopt_after);
         self.unlock();
         round
     }
@@ -76,16 +83,28 @@ impl Counts {
         }
     }
 
-    fn reconcile_locked(&self, batch: usize) -> Result<Reconciled, Error> {
+    fn reconcile_locked(&self, batch: usize, adopt_after: Duration) -> Result<Reconciled, Error> {
         let ledger = self.read_ledger()?;
         if !ledger.journal.is_empty() {
             log::info!("finishing a change of the counts that a stopped process left");
             self.settle(&ledger.journal)?;
         }
+        // A pending job is counted once it has waited ADOPT_AFTER: one
+        // that drains sooner is then counted once, when it ends, and reads
+        // count the young ones meanwhile (a minute of inserts at most).
+        let young = super::oldest::id_at(
+            self.queue.now().timestamp_millis() - adopt_after.as_millis() as i64 + 1_000,
+        );
         let jobs = self
             .queue
             .collection()
-            .find(doc! {fields::COUNTED: Bson::Null})
+            .find(doc! {
+                fields::COUNTED: Bson::Null,
+                "$or": [
+                    {fields::STATUS: {"$ne": crate::schema::Status::Pending}},
+                    {"_id": {"$lt": young}},
+                ],
+            })
             .projection(doc! {
                 fields::QUEUE: 1,
                 fields::STATUS: 1,
@@ -103,16 +122,25 @@ impl Counts {
                 more: false,
             });
         }
-        let (deltas, journal) = plan(&jobs);
-        let pending: Vec<&mongodb::bson::Document> = jobs
-            .iter()
-            .filter(|job| key_of(job) == crate::schema::Status::Pending.as_str())
-            .collect();
-        if !self.begin(&deltas, &journal, Floors::lowered_by(&pending))? {
-            // The lock expired under a slow round; the next holder counts.
-            return Ok(Reconciled::Busy);
+        // A journal per thousand jobs: a read waits for the one under way
+        // (see stats), so each is short; and the round is paced, writing
+        // at most half the time, so the claims it shares the server with
+        // keep going.
+        let mut jobs_counted = 0;
+        for chunk in jobs.chunks(super::ledger::ID_CHUNK) {
+            let started = Instant::now();
+            let (deltas, journal) = plan(chunk);
+            let pending: Vec<&mongodb::bson::Document> = chunk
+                .iter()
+                .filter(|job| key_of(job) == crate::schema::Status::Pending.as_str())
+                .collect();
+            if !self.begin(&deltas, &journal, Floors::lowered_by(&pending))? {
+                // The lock expired under a slow round; the next holder counts.
+                return Ok(Reconciled::Busy);
+            }
+            jobs_counted += self.settle(&journal)?;
+            std::thread::sleep(started.elapsed());
         }
-        let jobs_counted = self.settle(&journal)?;
         Ok(Reconciled::Counted {
             jobs: jobs_counted,
             more: jobs.len() >= batch,

@@ -46,6 +46,10 @@ pub struct Stats {
     pub expired: u64,
 }
 
+/// How long a read waits for a journal to go (one is some tens of
+/// milliseconds; one left by a dead process stays until the next round).
+const JOURNAL_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// One consistent read of the counts.
 #[derive(Debug, Default)]
 pub struct Snapshot {
@@ -66,13 +70,23 @@ impl Counts {
 
     /// The ledger's counts corrected by the jobs not counted yet; read
     /// again when a round of the reconciler changed the ledger meanwhile.
+    ///
+    /// Jobs are marked only while a journal is there (a thousand at a
+    /// time, some tens of milliseconds), so a read waits for it to go: its
+    /// jobs are then all marked or all not. A journal that stays (its
+    /// process died) is read as it says, with no marks under way.
     pub fn snapshot(&self) -> Result<Snapshot, Error> {
-        let mut tries = 0;
+        let started = std::time::Instant::now();
         loop {
             let ledger = self.read_ledger()?;
+            let waited = started.elapsed() > JOURNAL_WAIT;
+            if !ledger.journal.is_empty() && !waited {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+                continue;
+            }
             let snapshot = self.corrected(&ledger)?;
-            tries += 1;
-            if tries >= 3 || self.read_ledger()?.version == ledger.version {
+            let after = self.read_ledger()?;
+            if waited || (after.version == ledger.version && after.journal.is_empty()) {
                 return Ok(snapshot);
             }
         }
