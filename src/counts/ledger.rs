@@ -37,8 +37,7 @@ use crate::error::Error;
 use crate::queue::Documents;
 use crate::schema::{fields, integer, Status};
 
-/// The ledger's `_id`.
-pub(super) const LEDGER: &str = "counts";
+use super::LEDGER;
 
 /// Counters by queue, then key.
 pub type Tallies = BTreeMap<String, BTreeMap<String, i64>>;

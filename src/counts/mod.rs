@@ -32,9 +32,11 @@
 //!
 //! # What it costs
 //!
-//! One write per job per status it is seen in by the reconciler: in a
-//! queue that drains as fast as it fills, a job is usually first read when
-//! it is already finished, so one write per job.
+//! One write per job per status it is seen in by the reconciler: a
+//! pending job is left to reads for its first minute ([`ADOPT_AFTER`]), so
+//! in a queue that drains as fast as it fills a job is first read when it
+//! is already finished: one write per job. A job that waits longer in a
+//! backlog is written twice (pending, then its end).
 
 pub mod delete;
 pub mod key;
@@ -54,11 +56,17 @@ use mongodb::sync::Collection;
 use crate::queue::indexes::COUNTED_INDEX;
 use crate::queue::Queue;
 
+/// The ledger's `_id` in `<collection>_counts`.
+pub(crate) const LEDGER: &str = "counts";
 /// How long the ledger's lock holds without being taken again: a round
 /// of the reconciler takes about a second, and renews it after each write.
 pub const LOCK_LEASE: Duration = Duration::from_secs(20);
-/// Jobs a round of the reconciler counts at most.
-pub const BATCH: usize = 50_000;
+/// Jobs a round of the reconciler counts at most. Large, because the
+/// round's read costs some servers what it matches, not what it returns.
+pub const BATCH: usize = 200_000;
+/// How long a worker waits after it starts before its first round: its
+/// first claims come first.
+pub const FIRST_ROUND_AFTER: Duration = Duration::from_secs(10);
 /// How long a pending job waits before a round counts it (see
 /// [`reconcile`]).
 pub const ADOPT_AFTER: Duration = Duration::from_secs(60);

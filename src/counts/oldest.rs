@@ -16,8 +16,7 @@
 use mongodb::bson::oid::ObjectId;
 use mongodb::bson::{doc, Bson, DateTime, Document};
 
-use super::ledger::LEDGER;
-use super::Counts;
+use super::{Counts, LEDGER};
 use crate::error::Error;
 use crate::queue::filters::queue_condition;
 use crate::schema::{fields, Status};

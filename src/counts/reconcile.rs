@@ -54,6 +54,9 @@ impl Counts {
     /// Errors are logged and the round tried again: the counts are exact
     /// without it, only slower to read.
     pub fn run(&self, stop: &crate::shutdown::Shutdown) {
+        if stop.sleep(super::FIRST_ROUND_AFTER) {
+            return;
+        }
         let mut failing = false;
         loop {
             let pause = match self.reconcile(super::BATCH) {
