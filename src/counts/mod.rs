@@ -61,9 +61,9 @@ pub(crate) const LEDGER: &str = "counts";
 /// How long the ledger's lock holds without being taken again: a round
 /// of the reconciler takes about a second, and renews it after each write.
 pub const LOCK_LEASE: Duration = Duration::from_secs(20);
-/// Jobs a round of the reconciler counts at most. Large, because the
-/// round's read costs some servers what it matches, not what it returns.
-pub const BATCH: usize = 200_000;
+/// Jobs a round of the reconciler counts at most: a round's read returns
+/// them all at once, and a large one stalls the claims beside it.
+pub const BATCH: usize = 20_000;
 /// How long a worker waits after it starts before its first round: its
 /// first claims come first.
 pub const FIRST_ROUND_AFTER: Duration = Duration::from_secs(10);

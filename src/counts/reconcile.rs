@@ -44,13 +44,14 @@ impl Counts {
         if !self.lock()? {
             return Ok(Reconciled::Busy);
         }
-        let round = self.reconcile_locked(batch, adopt_after);
+        let round = self.reconcile_locked(batch, adopt_after, None);
         self.unlock();
         round
     }
 
     /// The worker's counting thread: a round about every [`super::EVERY`]
-    /// (at once again while a round stops at its batch) until `stop`.
+    /// (again after as long as it took, while a round stops at its batch)
+    /// until `stop`.
     /// Errors are logged and the round tried again: the counts are exact
     /// without it, only slower to read.
     pub fn run(&self, stop: &crate::shutdown::Shutdown) {
@@ -59,14 +60,17 @@ impl Counts {
         }
         let mut failing = false;
         loop {
-            let pause = match self.reconcile(super::BATCH) {
+            let started = Instant::now();
+            let pause = match self.reconcile_until(super::BATCH, super::ADOPT_AFTER, stop) {
                 Ok(Reconciled::Counted { jobs, more }) => {
                     failing = false;
                     if jobs > 0 {
                         log::debug!("counted {jobs} jobs");
                     }
                     if more {
-                        std::time::Duration::ZERO
+                        // Paced as a whole (its read too): counting takes
+                        // at most half the time it shares with the claims.
+                        started.elapsed()
                     } else {
                         super::EVERY
                     }
@@ -86,7 +90,27 @@ impl Counts {
         }
     }
 
-    fn reconcile_locked(&self, batch: usize, adopt_after: Duration) -> Result<Reconciled, Error> {
+    /// A round that ends early (after the thousand under way) on `stop`.
+    fn reconcile_until(
+        &self,
+        batch: usize,
+        adopt_after: Duration,
+        stop: &crate::shutdown::Shutdown,
+    ) -> Result<Reconciled, Error> {
+        if !self.lock()? {
+            return Ok(Reconciled::Busy);
+        }
+        let round = self.reconcile_locked(batch, adopt_after, Some(stop));
+        self.unlock();
+        round
+    }
+
+    fn reconcile_locked(
+        &self,
+        batch: usize,
+        adopt_after: Duration,
+        stop: Option<&crate::shutdown::Shutdown>,
+    ) -> Result<Reconciled, Error> {
         let ledger = self.read_ledger()?;
         if !ledger.journal.is_empty() {
             log::info!("finishing a change of the counts that a stopped process left");
@@ -142,7 +166,12 @@ impl Counts {
                 return Ok(Reconciled::Busy);
             }
             jobs_counted += self.settle(&journal)?;
-            std::thread::sleep(started.elapsed());
+            if stop.is_some_and(|stop| stop.sleep(started.elapsed())) {
+                break;
+            }
+            if stop.is_none() {
+                std::thread::sleep(started.elapsed());
+            }
         }
         Ok(Reconciled::Counted {
             jobs: jobs_counted,
