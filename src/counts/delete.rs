@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use mongodb::bson::{doc, Bson, Document};
 
 use super::key::queue_of;
-use super::ledger::{add_move, contribution, Deltas, Group, Tallies};
+use super::ledger::{contribution, moves_of, Group, Tallies};
 use super::Counts;
 use crate::error::Error;
 use crate::queue::indexes::finished_status;
@@ -91,17 +91,8 @@ impl Counts {
                 .ids
                 .push(job.get("_id").cloned().unwrap_or(Bson::Null));
         }
-        let mut deltas = Deltas::new();
-        for group in groups.values() {
-            add_move(
-                &mut deltas,
-                &group.queue,
-                group.from.as_deref(),
-                None,
-                group.ids.len() as i64,
-            );
-        }
         let journal: Vec<Group> = groups.into_values().collect();
+        let deltas = moves_of(&journal);
         if !self.begin(&deltas, &journal, Document::new())? {
             return Err(Error::Invalid(
                 "lost the counts' lock in the middle of a delete (a slow server?); run it again"

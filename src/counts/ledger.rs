@@ -155,6 +155,22 @@ fn increments(deltas: &Deltas) -> Document {
     inc
 }
 
+/// The moves of counters that `groups` make (each job from its group's
+/// `from` to its `to`).
+pub(super) fn moves_of(groups: &[Group]) -> Deltas {
+    let mut deltas = Deltas::new();
+    for group in groups {
+        add_move(
+            &mut deltas,
+            &group.queue,
+            group.from.as_deref(),
+            group.to.as_deref(),
+            group.ids.len() as i64,
+        );
+    }
+    deltas
+}
+
 /// Adds `n` jobs of `queue` moved from `from` to `to` to `deltas`.
 pub(super) fn add_move(
     deltas: &mut Deltas,

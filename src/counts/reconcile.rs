@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use mongodb::bson::{doc, Bson};
 
 use super::key::{key_of, queue_of};
-use super::ledger::{add_move, id_key, Deltas, Group};
+use super::ledger::{id_key, moves_of, Deltas, Group};
 use super::oldest::Floors;
 use super::{Counts, COUNTED_INDEX};
 use crate::error::Error;
@@ -206,17 +206,8 @@ pub(super) fn plan(jobs: &[mongodb::bson::Document]) -> (Deltas, Vec<Group>) {
             .ids
             .push(job.get("_id").cloned().unwrap_or(Bson::Null));
     }
-    let mut deltas = Deltas::new();
-    for group in groups.values() {
-        add_move(
-            &mut deltas,
-            &group.queue,
-            group.from.as_deref(),
-            group.to.as_deref(),
-            group.ids.len() as i64,
-        );
-    }
-    (deltas, groups.into_values().collect())
+    let journal: Vec<Group> = groups.into_values().collect();
+    (moves_of(&journal), journal)
 }
 
 #[cfg(test)]
