@@ -65,7 +65,7 @@ pub struct Snapshot {
 impl Counts {
     /// Exact counts by queue and key (see [`super::key`]).
     pub fn by_queue_and_key(&self) -> Result<Tallies, Error> {
-        Ok(self.snapshot()?.tallies)
+        Ok(self.snapshot(&BTreeSet::new())?.tallies)
     }
 
     /// The ledger's counts corrected by the jobs not counted yet; read
@@ -75,7 +75,12 @@ impl Counts {
     /// time, some tens of milliseconds), so a read waits for it to go: its
     /// jobs are then all marked or all not. A journal that stays (its
     /// process died) is read as it says, with no marks under way.
-    pub fn snapshot(&self) -> Result<Snapshot, Error> {
+    ///
+    /// `direct`: statuses whose jobs are counted here rather than taken
+    /// from the ledger (a retention TTL deletes them unseen), in the same
+    /// pass as the jobs not counted yet, so that a job moving into or out
+    /// of one is counted once.
+    pub fn snapshot(&self, direct: &BTreeSet<&str>) -> Result<Snapshot, Error> {
         let started = std::time::Instant::now();
         loop {
             let ledger = self.read_ledger()?;
@@ -84,7 +89,7 @@ impl Counts {
                 std::thread::sleep(std::time::Duration::from_millis(10));
                 continue;
             }
-            let snapshot = self.corrected(&ledger)?;
+            let snapshot = self.corrected(&ledger, direct)?;
             let after = self.read_ledger()?;
             if waited || (after.version == ledger.version && after.journal.is_empty()) {
                 return Ok(snapshot);
@@ -92,17 +97,32 @@ impl Counts {
         }
     }
 
-    fn corrected(&self, ledger: &Ledger) -> Result<Snapshot, Error> {
+    fn corrected(&self, ledger: &Ledger, direct: &BTreeSet<&str>) -> Result<Snapshot, Error> {
         let mut fresh = Vec::new();
+        let is_direct = |key: &str| direct.contains(status_of_key(key));
         let mut tallies = ledger.counters.clone();
+        for keys in tallies.values_mut() {
+            keys.retain(|key, _| !is_direct(key));
+        }
+        // Keys of the ledger only: a direct key is counted by the pass.
         let mut add = |queue: &str, key: &str, n: i64| {
-            *tallies
-                .entry(queue.to_string())
-                .or_default()
-                .entry(key.to_string())
-                .or_insert(0) += n;
+            if !is_direct(key) {
+                *tallies
+                    .entry(queue.to_string())
+                    .or_default()
+                    .entry(key.to_string())
+                    .or_insert(0) += n;
+            }
         };
-        let uncounted = doc! {fields::COUNTED: Bson::Null};
+        let mut counted_directly = Tallies::new();
+        let mut uncounted = doc! {fields::COUNTED: Bson::Null};
+        if !direct.is_empty() {
+            let mut keys: Vec<&str> = direct.iter().copied().collect();
+            if direct.contains(Status::Cancelled.as_str()) {
+                keys.push(EXPIRED);
+            }
+            uncounted = doc! {"$or": [uncounted, {fields::COUNTED: {"$in": keys}}]};
+        }
         let pipeline = vec![
             doc! {"$match": uncounted},
             doc! {"$group": {
@@ -111,6 +131,7 @@ impl Counts {
                     "w": format!("${}", fields::WAS_COUNTED),
                     "s": format!("${}", fields::STATUS),
                     "e": format!("${}", fields::EXPIRED),
+                    "c": format!("${}", fields::COUNTED),
                 },
                 "n": {"$sum": 1},
                 // The oldest pending ones, for the oldest eligible job.
@@ -147,11 +168,40 @@ impl Counts {
                     group.get_datetime("d").ok().copied(),
                 ));
             }
+            if is_direct(&key) {
+                *counted_directly
+                    .entry(queue)
+                    .or_default()
+                    .entry(key)
+                    .or_insert(0) += n;
+            } else {
+                add(&queue, &key, n);
+            }
+        }
+        for (queue, key, n) in self.journal_moves(ledger)? {
             add(&queue, &key, n);
         }
-        // Jobs of a change under way: the ledger already counts them
-        // under `to` (or, for a delete, not at all), and the pass above
-        // counted those not marked yet as if it did not.
+        for (queue, keys) in counted_directly {
+            for (key, n) in keys {
+                *tallies
+                    .entry(queue.clone())
+                    .or_default()
+                    .entry(key)
+                    .or_insert(0) += n;
+            }
+        }
+        Ok(Snapshot {
+            tallies,
+            floors: ledger.floors,
+            fresh,
+        })
+    }
+
+    /// The moves that correct the pass for the jobs of a journal: the
+    /// ledger already counts them under `to` (or, for a delete, not at
+    /// all), and the pass counted those not marked yet as if it did not.
+    fn journal_moves(&self, ledger: &Ledger) -> Result<Vec<(String, String, i64)>, Error> {
+        let mut moves = Vec::new();
         let journal_ids: Vec<Bson> = ledger
             .journal
             .iter()
@@ -169,31 +219,27 @@ impl Counts {
                 let was = job.and_then(|j| j.get_str(fields::WAS_COUNTED).ok());
                 match (&group.to, job) {
                     (Some(to), Some(_)) if unmarked => {
-                        add(&group.queue, to, -1);
+                        moves.push((group.queue.clone(), to.clone(), -1));
                         if let Some(was) = was {
-                            add(&group.queue, was, 1);
+                            moves.push((group.queue.clone(), was.to_string(), 1));
                         }
                     }
                     (Some(to), Some(job)) => {
-                        add(&group.queue, to, -1);
-                        add(&queue_of(job), &key_of(job), 1);
+                        moves.push((group.queue.clone(), to.clone(), -1));
+                        moves.push((queue_of(job), key_of(job), 1));
                     }
-                    (Some(to), None) => add(&group.queue, to, -1),
+                    (Some(to), None) => moves.push((group.queue.clone(), to.clone(), -1)),
                     (None, Some(_)) if unmarked => {
                         if let Some(was) = was {
-                            add(&group.queue, was, 1);
+                            moves.push((group.queue.clone(), was.to_string(), 1));
                         }
                     }
-                    (None, Some(job)) => add(&queue_of(job), &key_of(job), 1),
+                    (None, Some(job)) => moves.push((queue_of(job), key_of(job), 1)),
                     (None, None) => {}
                 }
             }
         }
-        Ok(Snapshot {
-            tallies,
-            floors: ledger.floors,
-            fresh,
-        })
+        Ok(moves)
     }
 }
 
@@ -231,38 +277,7 @@ impl Queue {
     /// [`Counts::snapshot`], with the statuses that have a retention TTL
     /// counted directly.
     fn counts_snapshot(&self, counts: &Counts) -> Result<Snapshot, Error> {
-        let mut snapshot = counts.snapshot()?;
-        let direct = counted_directly(self)?;
-        if direct.is_empty() {
-            return Ok(snapshot);
-        }
-        for keys in snapshot.tallies.values_mut() {
-            keys.retain(|key, _| !direct.contains(status_of_key(key)));
-        }
-        let statuses: Vec<&str> = direct.into_iter().collect();
-        let pipeline = vec![
-            doc! {"$match": {fields::STATUS: {"$in": &statuses}}},
-            doc! {"$group": {
-                "_id": {"q": format!("${}", fields::QUEUE), "s": format!("${}", fields::STATUS), "e": format!("${}", fields::EXPIRED)},
-                "n": {"$sum": 1},
-            }},
-        ];
-        for group in self
-            .collection()
-            .aggregate(pipeline)
-            .run()
-            .documents(self, "aggregate (counts)")?
-        {
-            let id = group.get_document("_id").cloned().unwrap_or_default();
-            let queue = queue_of(&doc! {fields::QUEUE: id.get("q").cloned().unwrap_or(Bson::Null)});
-            *snapshot
-                .tallies
-                .entry(queue)
-                .or_default()
-                .entry(key_of_parts(id.get("s"), id.get("e")))
-                .or_insert(0) += count(group.get("n")) as i64;
-        }
-        Ok(snapshot)
+        counts.snapshot(&counted_directly(self)?)
     }
 
     /// Counts the queue's jobs (exactly, without counting them: see

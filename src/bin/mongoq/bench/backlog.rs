@@ -414,7 +414,9 @@ pub fn render(results: &BacklogResults, out: &mut String) {
         "\n15. backlog: plain {{data, status}} documents after `mongoq init`, each runner from a fresh fill for a time budget"
     );
     let secs = |v: Option<f64>| v.map_or_else(|| "–".to_string(), |v| format!("{v:.1}"));
-    for backlog in results.counts.iter().map(|c| c.backlog) {
+    let mut backlogs: Vec<usize> = results.counts.iter().map(|c| c.backlog).collect();
+    backlogs.dedup();
+    for backlog in backlogs {
         let rows: Vec<&BacklogRow> = results
             .drains
             .iter()
