@@ -46,9 +46,12 @@ pub struct Stats {
     pub expired: u64,
 }
 
-/// How long a read waits for a journal to go (one is some tens of
-/// milliseconds; one left by a dead process stays until the next round).
+/// How long a journal must stay unchanged before a read takes it as left
+/// by a dead process (a live one is gone in some tens of milliseconds).
 const JOURNAL_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+/// How long a read keeps trying for a moment when no round changes the
+/// ledger under it (a busy server makes rounds and reads slower).
+const READ_PATIENCE: std::time::Duration = std::time::Duration::from_secs(20);
 
 /// One consistent read of the counts.
 #[derive(Debug, Default)]
@@ -82,16 +85,30 @@ impl Counts {
     /// of one is counted once.
     pub fn snapshot(&self, direct: &BTreeSet<&str>) -> Result<Snapshot, Error> {
         let started = std::time::Instant::now();
+        // A journal that stays the same this long was left by a process
+        // that died: no marks are under way, and it is read as it says.
+        let mut unmoved: Option<(i64, std::time::Instant)> = None;
         loop {
+            let patience_left = started.elapsed() < READ_PATIENCE;
             let ledger = self.read_ledger()?;
-            let waited = started.elapsed() > JOURNAL_WAIT;
-            if !ledger.journal.is_empty() && !waited {
-                std::thread::sleep(std::time::Duration::from_millis(10));
-                continue;
+            if !ledger.journal.is_empty() && patience_left {
+                let since = match unmoved {
+                    Some((version, since)) if version == ledger.version => since,
+                    _ => {
+                        let now = std::time::Instant::now();
+                        unmoved = Some((ledger.version, now));
+                        now
+                    }
+                };
+                if since.elapsed() < JOURNAL_WAIT {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                    continue;
+                }
             }
             let snapshot = self.corrected(&ledger, direct)?;
             let after = self.read_ledger()?;
-            if waited || (after.version == ledger.version && after.journal.is_empty()) {
+            let same = after.version == ledger.version && after.journal == ledger.journal;
+            if same || !patience_left {
                 return Ok(snapshot);
             }
         }
