@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use mongodb::bson::{doc, Bson, Document};
 
-use super::key::queue_of;
+use super::key::{queue_named, queue_of};
 use super::ledger::{contribution, moves_of, Group, Tallies};
 use super::Counts;
 use crate::error::Error;
@@ -137,10 +137,7 @@ impl Counts {
             let Ok(key) = id.get_str("c") else {
                 continue;
             };
-            let queue = match id.get("q") {
-                Some(Bson::String(queue)) => queue.clone(),
-                _ => fields::DEFAULT_QUEUE.to_string(),
-            };
+            let queue = queue_named(id.get("q"));
             *counters
                 .entry(queue)
                 .or_default()

@@ -48,7 +48,12 @@ pub fn status_of_key(key: &str) -> &str {
 /// The queue a job belongs to: its `queue`, or `default` when it names
 /// none (or names one with something other than a string).
 pub fn queue_of(job: &Document) -> String {
-    match job.get(fields::QUEUE) {
+    queue_named(job.get(fields::QUEUE))
+}
+
+/// The queue a `queue` value names (as a `$group` key gives it back).
+pub fn queue_named(value: Option<&Bson>) -> String {
+    match value {
         Some(Bson::String(queue)) => queue.clone(),
         _ => fields::DEFAULT_QUEUE.to_string(),
     }

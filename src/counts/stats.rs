@@ -19,7 +19,7 @@ use mongodb::bson::oid::ObjectId;
 use mongodb::bson::{doc, Bson, DateTime};
 use serde::Serialize;
 
-use super::key::{key_of, key_of_parts, queue_of, status_of_key, EXPIRED};
+use super::key::{key_of, key_of_parts, queue_named, queue_of, status_of_key, EXPIRED};
 use super::ledger::{id_key, Ledger, Tallies};
 use super::oldest::Floors;
 use super::Counts;
@@ -66,11 +66,6 @@ pub struct Snapshot {
 }
 
 impl Counts {
-    /// Exact counts by queue and key (see [`super::key`]).
-    pub fn by_queue_and_key(&self) -> Result<Tallies, Error> {
-        Ok(self.snapshot(&BTreeSet::new())?.tallies)
-    }
-
     /// The ledger's counts corrected by the jobs not counted yet; read
     /// again when a round of the reconciler changed the ledger meanwhile.
     ///
@@ -172,7 +167,7 @@ impl Counts {
             .documents(&self.queue, "aggregate (jobs not counted yet)")?
         {
             let id = group.get_document("_id").cloned().unwrap_or_default();
-            let queue = queue_of(&doc! {fields::QUEUE: id.get("q").cloned().unwrap_or(Bson::Null)});
+            let queue = queue_named(id.get("q"));
             let n = count(group.get("n")) as i64;
             if let Ok(was) = id.get_str("w") {
                 add(&queue, was, -n);
@@ -391,8 +386,7 @@ impl Queue {
             .run()
             .documents(self, "aggregate (scheduled jobs)")?
         {
-            let queue =
-                queue_of(&doc! {fields::QUEUE: group.get("_id").cloned().unwrap_or(Bson::Null)});
+            let queue = queue_named(group.get("_id"));
             *scheduled.entry(queue).or_insert(0) += count(group.get("n"));
         }
         Ok(scheduled)
