@@ -5,13 +5,14 @@
 #   generate-jobs | scripts/enqueue.sh              # one JSON document per line
 #   scripts/enqueue.sh --priority 10 --delay 60 '{"report": "daily"}'
 #   scripts/enqueue.sh --queue emails --unique-key welcome-42 '{"to": 42}'
+#   scripts/enqueue.sh --group acme '{"invoice": 7}'   # the customer's group
 #
 # Environment: MONGODB_URI (default mongodb://localhost:27017), MONGOQ_DB
 # (default distributed_queue), MONGOQ_COLLECTION (default queue), MONGOSH
 # (default: mongosh on PATH).
 #
 # A job needs only {data, status: "pending"}; priority, run_at,
-# max_attempts, queue and unique_key are optional. A job whose unique_key a
+# max_attempts, queue, group and unique_key are optional. A job whose unique_key a
 # pending or running job already has is skipped (MongoDB's unique index
 # refuses it), and the script says so and still exits 0. The JSON is passed to mongosh in an environment
 # variable and parsed there with EJSON.parse, never spliced into code.
@@ -21,6 +22,7 @@ priority=0
 delay=0
 max_attempts=""
 queue=""
+group=""
 unique_key=""
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -28,6 +30,7 @@ while [ $# -gt 0 ]; do
     --delay) delay="$2"; shift 2 ;;          # seconds
     --max-attempts) max_attempts="$2"; shift 2 ;;
     --queue) queue="$2"; shift 2 ;;
+    --group) group="$2"; shift 2 ;;
     --unique-key) unique_key="$2"; shift 2 ;;
     -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
     --) shift; break ;;
@@ -44,7 +47,7 @@ if [ $# -gt 0 ]; then
 else
   JOBS="$(cat)"
 fi
-export JOBS PRIORITY="$priority" DELAY="$delay" MAX_ATTEMPTS="$max_attempts" QUEUE="$queue" UNIQUE_KEY="$unique_key"
+export JOBS PRIORITY="$priority" DELAY="$delay" MAX_ATTEMPTS="$max_attempts" QUEUE="$queue" GROUP="$group" UNIQUE_KEY="$unique_key"
 export MONGOQ_DB="${MONGOQ_DB:-distributed_queue}" MONGOQ_COLLECTION="${MONGOQ_COLLECTION:-queue}"
 
 "${MONGOSH:-mongosh}" --quiet "${MONGODB_URI:-mongodb://localhost:27017}" --eval '
@@ -56,6 +59,7 @@ export MONGOQ_DB="${MONGOQ_DB:-distributed_queue}" MONGOQ_COLLECTION="${MONGOQ_C
     const job = { data, status: "pending", priority: Number(process.env.PRIORITY), run_at: runAt };
     if (process.env.MAX_ATTEMPTS !== "") job.max_attempts = Number(process.env.MAX_ATTEMPTS);
     if (process.env.QUEUE !== "") job.queue = process.env.QUEUE;
+    if (process.env.GROUP !== "") job.group = process.env.GROUP;
     if (process.env.UNIQUE_KEY !== "") job.unique_key = process.env.UNIQUE_KEY;
     return job;
   });

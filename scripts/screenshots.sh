@@ -55,7 +55,11 @@ mongosh --quiet "$SERVER_URI/screens" --eval '
                                    wait: {b6: 5, ms: 400}, run: {b11: 5, ms: 20000}});
   }
   db.queue_metrics.insertMany(metrics);'
-for i in $(seq 1 40); do printf '{"task": "thumbnail", "image": "new-%d.png"}\n' "$i"; done | scripts/enqueue.sh --queue images >/dev/null
+# New thumbnails for three customers (groups), and some with no group.
+for i in $(seq 1 25); do printf '{"task": "thumbnail", "image": "acme-%d.png"}\n' "$i"; done | scripts/enqueue.sh --queue images --group acme >/dev/null
+for i in $(seq 1 9); do printf '{"task": "thumbnail", "image": "globex-%d.png"}\n' "$i"; done | scripts/enqueue.sh --queue images --group globex >/dev/null
+for i in $(seq 1 3); do printf '{"task": "thumbnail", "image": "initech-%d.png"}\n' "$i"; done | scripts/enqueue.sh --queue images --group initech >/dev/null
+for i in $(seq 1 3); do printf '{"task": "thumbnail", "image": "new-%d.png"}\n' "$i"; done | scripts/enqueue.sh --queue images >/dev/null
 mongoq enqueue --delay 1h '{"report": "nightly"}' >/dev/null
 mongoq schedule add nightly-report --cron "0 2 * * *" --tz Europe/Berlin --queue reports --data '{"report": "nightly"}' >/dev/null
 mongoq schedule add thumbnails --every 10s --queue images --no-overlap --data '{"task": "sweep"}' >/dev/null
@@ -63,6 +67,8 @@ mongoq schedule add weekly-digest --cron "@weekly" --queue emails >/dev/null
 mongoq schedule pause weekly-digest >/dev/null
 mongoq pause emails --reason "mail server maintenance" >/dev/null
 mongoq limit images --concurrency 8 >/dev/null
+mongoq limit images --group-concurrency 2 >/dev/null
+mongoq limit images --group acme --concurrency 4 >/dev/null
 # A flow: an album waiting for its resizes (no worker serves `albums`).
 flow="$(mktemp "${TMPDIR:-/tmp}/mongoq-screens-XXXXXX.json")"
 cat >"$flow" <<'JSON'
@@ -109,6 +115,7 @@ shoot dashboard-job.png "/job?id=$(python3 -c 'import sys,urllib.parse;print(url
 shoot dashboard-workers.png /workers 300
 shoot dashboard-running.png "/jobs?status=running" 360
 shoot dashboard-queues.png /queues 360
+shoot dashboard-groups.png "/groups?queue=images" 330
 shoot dashboard-history.png "/history?range=24h" 900
 shoot dashboard-schedules.png /schedules 330
 shoot dashboard-flow.png "/job?id=%7B%22%24oid%22%3A%22$album%22%7D" 620

@@ -75,6 +75,8 @@ for kind in $servers; do
   export MONGOQ_TEST_URI="$SERVER_URI"
   export MONGOQ_SKIP_LOG="$SERVER_DIR/not-checked.txt"
   : >"$MONGOQ_SKIP_LOG"
+  export MONGOQ_TEST_TIMES="$SERVER_DIR/times.txt"
+  : >"$MONGOQ_TEST_TIMES"
   # The Python server is slower under load: fewer tests at a time.
   threads="${MONGOQ_TEST_THREADS:-$([ "$kind" = py ] && echo 2 || echo 4)}"
   log "the suite on $SERVER_BIN ($threads tests at a time)"
@@ -89,6 +91,10 @@ for kind in $servers; do
     sort -u "$MONGOQ_SKIP_LOG" >&2
   else
     log "every check ran on $SERVER_BIN"
+  fi
+  if [ -s "$MONGOQ_TEST_TIMES" ]; then
+    log "the slowest tests on $SERVER_BIN (seconds from taking a database to dropping it):"
+    sort -rn "$MONGOQ_TEST_TIMES" | head -n 12 >&2
   fi
   stop_server
   first=no

@@ -46,6 +46,9 @@ pub enum Error {
         /// What is wrong and what would do.
         reason: String,
     },
+    /// A group name that cannot name a group.
+    #[error("`{0}` is not a valid group name: use 1 to 200 printable characters, e.g. `acme`")]
+    GroupName(String),
     /// A queue name that cannot name a queue.
     #[error("`{0}` is not a valid queue name: use 1 to 200 printable characters, e.g. `emails`")]
     QueueName(String),

@@ -35,12 +35,16 @@ pub struct Job {
     pub lease_token: ObjectId,
     /// The named queue it came from (`default` when it names none).
     pub queue: String,
+    /// Its group within the queue (`None`: the queue's default group).
+    pub group: Option<String>,
     /// Raised when an operator cancels the running job (`mongoq cancel`);
     /// a long handler may check [`Job::is_cancelled`] and stop early. Its
     /// outcome is not written either way.
     pub cancelled: Arc<AtomicBool>,
     /// The limited queue whose concurrency slot this job holds.
     pub(crate) slot: Option<Arc<str>>,
+    /// The (queue, group) whose group concurrency slot this job holds.
+    pub(crate) group_slot: Option<Arc<(String, String)>>,
     /// Set by [`Job::complete_in`]: the handler wrote the completion itself.
     pub(crate) settled: Arc<AtomicBool>,
     /// Under a rate limit: the instant its start was reserved for. It
@@ -67,6 +71,49 @@ pub struct Job {
     pub(crate) producer_trace: Option<String>,
     /// This attempt's span's `traceparent`, while the worker traces.
     pub(crate) attempt_trace: Option<String>,
+}
+/// A job's `max_attempts` (the worker's default when it has none).
+fn max_attempts_of(document: &Document, default_max_attempts: u32) -> Result<u32, Malformed> {
+    match document.get(fields::MAX_ATTEMPTS) {
+        None | Some(Bson::Null) => Ok(default_max_attempts),
+        Some(value) => match integer(value) {
+            Some(n) if n >= 1 => Ok(u32::try_from(n).unwrap_or(u32::MAX)),
+            Some(n) => Err(Malformed(format!(
+                "`max_attempts` must be at least 1, but it is {n}"
+            ))),
+            None => Err(Malformed(format!(
+                "`max_attempts` must be an integer, but it is {}",
+                describe(value)
+            ))),
+        },
+    }
+}
+
+/// The attempt a claimed job is on (its `attempts`, which the claim
+/// incremented).
+fn attempt_of(document: &Document) -> Result<u32, Malformed> {
+    match document.get(fields::ATTEMPTS) {
+        None | Some(Bson::Null) => Ok(1),
+        Some(value) => match integer(value) {
+            Some(n) if n >= 1 => Ok(u32::try_from(n).unwrap_or(u32::MAX)),
+            _ => Err(Malformed(format!(
+                "`attempts` is owned by the worker and must be a positive integer, but it is {}",
+                describe(value)
+            ))),
+        },
+    }
+}
+
+/// A document's `group`: none, a name, or a reason it cannot run.
+fn group_of(document: &Document) -> Result<Option<String>, Malformed> {
+    match document.get(fields::GROUP) {
+        None | Some(Bson::Null) => Ok(None),
+        Some(Bson::String(name)) => Ok(Some(name.clone())),
+        Some(value) => Err(Malformed(format!(
+            "`group` must be a string naming the job's group (a customer, a tenant), but it is {}",
+            describe(value)
+        ))),
+    }
 }
 
 /// A document's `expires_at`: none, a date, or a reason it cannot run.
@@ -151,35 +198,8 @@ impl Job {
             }
         }
         let expires_at = expires_at_of(document)?;
-        let max_attempts = match document.get(fields::MAX_ATTEMPTS) {
-            None | Some(Bson::Null) => default_max_attempts,
-            Some(value) => match integer(value) {
-                Some(n) if n >= 1 => u32::try_from(n).unwrap_or(u32::MAX),
-                Some(n) => {
-                    return Err(Malformed(format!(
-                        "`max_attempts` must be at least 1, but it is {n}"
-                    )))
-                }
-                None => {
-                    return Err(Malformed(format!(
-                        "`max_attempts` must be an integer, but it is {}",
-                        describe(value)
-                    )))
-                }
-            },
-        };
-        let attempt = match document.get(fields::ATTEMPTS) {
-            None | Some(Bson::Null) => 1,
-            Some(value) => match integer(value) {
-                Some(n) if n >= 1 => u32::try_from(n).unwrap_or(u32::MAX),
-                _ => {
-                    return Err(Malformed(format!(
-                        "`attempts` is owned by the worker and must be a positive integer, but it is {}",
-                        describe(value)
-                    )))
-                }
-            },
-        };
+        let max_attempts = max_attempts_of(document, default_max_attempts)?;
+        let attempt = attempt_of(document)?;
         let queue = match document.get(fields::QUEUE) {
             None | Some(Bson::Null) => fields::DEFAULT_QUEUE.to_string(),
             Some(Bson::String(name)) => name.clone(),
@@ -190,6 +210,7 @@ impl Job {
                 )))
             }
         };
+        let group = group_of(document)?;
         let after = match document.get(fields::AFTER) {
             None | Some(Bson::Null) => Vec::new(),
             Some(Bson::Array(ids)) => ids.clone(),
@@ -210,8 +231,10 @@ impl Job {
             priority,
             lease_token,
             queue,
+            group,
             cancelled: Arc::new(AtomicBool::new(false)),
             slot: None,
+            group_slot: None,
             settled: Arc::new(AtomicBool::new(false)),
             start_at: None,
             progress: Arc::default(),
@@ -253,9 +276,9 @@ impl Job {
     }
 
     /// The job as the JSON an `--exec` program reads on stdin:
-    /// `{"id": …, "attempt": n, "max_attempts": n, "priority": n, "data": …}`,
-    /// in relaxed extended JSON (dates as `{"$date": …}`, ids as `{"$oid": …}`);
-    /// a job that waited for others also has `deps`: `[{id, status, result,
+    /// `{"id": …, "attempt": n, "max_attempts": n, "priority": n, "queue": …,
+    /// "data": …}`, in relaxed extended JSON (dates as `{"$date": …}`, ids as
+    /// `{"$oid": …}`); a job in a group also has `group`; a job that waited for others also has `deps`: `[{id, status, result,
     /// error, truncated}]` ([`DepResult::to_json`]); a job snoozed before has
     /// `snoozes`: how many times.
     pub fn to_json(&self) -> serde_json::Value {
@@ -267,6 +290,9 @@ impl Job {
             "queue": self.queue,
             "data": self.data.clone().into_relaxed_extjson(),
         });
+        if let (Some(group), Some(fields)) = (&self.group, json.as_object_mut()) {
+            fields.insert("group".into(), group.clone().into());
+        }
         if self.snoozes > 0 {
             if let Some(fields) = json.as_object_mut() {
                 fields.insert("snoozes".into(), self.snoozes.into());

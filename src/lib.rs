@@ -35,6 +35,7 @@ pub mod counts;
 pub mod expiry;
 pub(crate) mod fleet;
 pub mod flow;
+pub mod groups;
 pub mod handlers;
 pub mod history;
 pub mod queue;

@@ -53,6 +53,9 @@ pub mod fields {
     pub const ERRORS: &str = "errors";
     /// The named queue the job belongs to (string; missing means `default`).
     pub const QUEUE: &str = "queue";
+    /// The group the job belongs to within its queue (string; missing
+    /// means the queue's default group): a customer, a tenant, an account.
+    pub const GROUP: &str = "group";
     /// A producer's key: at most one pending or running job has it.
     pub const UNIQUE_KEY: &str = "unique_key";
     /// Set by `mongoq cancel` on a running job: drop it at the next lease extension.

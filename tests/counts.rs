@@ -34,7 +34,7 @@ fn truth(db: &TestDb) -> BTreeMap<String, u64> {
 /// What `stats` says, nonzero statuses only.
 fn said(db: &TestDb) -> BTreeMap<String, u64> {
     db.queue()
-        .stats()
+        .stats_exact()
         .unwrap()
         .counts
         .into_iter()
@@ -321,4 +321,57 @@ fn a_recount_rebuilds_counts_after_jobs_deleted_by_hand() {
     assert_eq!(said(&db), truth(&db));
     let out = db.run(&["stats", "--recount", "--watch"]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+}
+
+/// A read gives the pass over the jobs not counted yet a budget: with many
+/// of them (a big backfill no worker counted yet) it answers from the
+/// ledger and says about how many it leaves out; `--exact` counts them;
+/// with few, it counts them whatever it takes.
+#[test]
+fn a_read_past_its_budget_with_a_big_backfill_says_what_it_leaves_out() {
+    let db = TestDb::alone("counts_budget");
+    let out = db.run(&["init"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    db.coll()
+        .insert_many((0..100).map(|i| doc! {"data": i, "status": "pending"}))
+        .run()
+        .unwrap();
+    count_all(&db);
+    let queue = db.queue();
+    // With few not counted, a pass past its budget still counts them.
+    db.coll()
+        .insert_many((0..10).map(|i| doc! {"data": i, "status": "pending"}))
+        .run()
+        .unwrap();
+    let few = queue.stats_within(Some(Duration::from_millis(1))).unwrap();
+    assert_eq!(few.counts["pending"], 110);
+    assert_eq!(few.not_counted_yet, None);
+    // A backfill of more than `NOT_COUNTED_MANY` plain inserts.
+    let many = mongoq::counts::stats::NOT_COUNTED_MANY as i64 + 2_000;
+    for start in (0..many).step_by(10_000) {
+        db.coll()
+            .insert_many(
+                (start..many.min(start + 10_000)).map(|i| doc! {"data": i, "status": "pending"}),
+            )
+            .run()
+            .unwrap();
+    }
+    let fresh = many as u64 + 10;
+    // A budget of a millisecond: the pass cannot finish.
+    let quick = queue.stats_within(Some(Duration::from_millis(1))).unwrap();
+    assert_eq!(quick.counts["pending"], 100, "the ledger's own count");
+    let left_out = quick.not_counted_yet.expect("it says it leaves jobs out");
+    assert!(
+        left_out.abs_diff(fresh) <= fresh / 10,
+        "about {fresh} left out, said {left_out}"
+    );
+    // Exact, however long it takes.
+    let exact = queue.stats_exact().unwrap();
+    assert_eq!(exact.counts["pending"], 100 + fresh);
+    assert_eq!(exact.not_counted_yet, None);
+    let out = db.run(&["stats", "--exact", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["counts"]["pending"], 100 + fresh);
+    assert_eq!(json["not_counted_yet"], serde_json::Value::Null);
 }

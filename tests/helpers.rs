@@ -92,6 +92,9 @@ pub struct TestDb {
     pub uri: String,
     pub db: String,
     client: Client,
+    /// When the test took its database (its time is noted when it ends:
+    /// see [`TestDb::drop`]).
+    created: std::time::Instant,
     /// Given back after the database is dropped (fields drop last).
     _turn: Turn,
 }
@@ -135,6 +138,7 @@ impl TestDb {
             uri,
             db,
             client,
+            created: std::time::Instant::now(),
             _turn: turn,
         }
     }
@@ -297,8 +301,26 @@ impl TestDb {
 }
 
 impl Drop for TestDb {
+    /// Drops the database, and notes the test's time in
+    /// `MONGOQ_TEST_TIMES` when set (`scripts/test.sh` lists the slowest).
     fn drop(&mut self) {
         let _ = self.client.database(&self.db).drop().run();
+        if let Some(path) = std::env::var_os("MONGOQ_TEST_TIMES") {
+            use std::io::Write;
+            let test = std::thread::current().name().unwrap_or("?").to_string();
+            let line = format!(
+                "{:.1} {test} {}\n",
+                self.created.elapsed().as_secs_f64(),
+                self.db
+            );
+            if let Ok(mut file) = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+            {
+                let _ = file.write_all(line.as_bytes());
+            }
+        }
     }
 }
 

@@ -19,6 +19,7 @@ mod exec;
 mod faults;
 mod fleet;
 mod flow;
+mod groups;
 mod history;
 mod library;
 mod lifecycle;

@@ -491,15 +491,28 @@ serve(handle)
     let mut data: Vec<serde_json::Value> = (0..300).map(|n| serde_json::json!({"n": n})).collect();
     data.insert(40, serde_json::json!({"kind": "pause"}));
     db.enqueue_json(&data);
-    let port = crate::helpers::free_port();
-    let addr = format!("127.0.0.1:{port}");
-    let mut workers: Vec<crate::helpers::Worker> = (0..3)
-        .map(|n| {
-            let mut args = vec!["--threads", "2", "--poll-interval", "100ms"];
-            if n == 0 {
-                args.extend(["--metrics-addr", &addr, "--metrics-dashboard"]);
-            }
-            args.extend(["--pipe", python(), &handler]);
+    // Every worker serves its metrics: a worker that found nothing to
+    // claim (its peers' windows held every job) reads the controls only
+    // every 5 s, so the one to ask is one that was busy when the pause
+    // came (CI once asked an idle one).
+    let addrs: Vec<String> = (0..3)
+        .map(|_| format!("127.0.0.1:{}", crate::helpers::free_port()))
+        .collect();
+    let mut workers: Vec<crate::helpers::Worker> = addrs
+        .iter()
+        .map(|addr| {
+            let args = [
+                "--threads",
+                "2",
+                "--poll-interval",
+                "100ms",
+                "--metrics-addr",
+                addr,
+                "--metrics-dashboard",
+                "--pipe",
+                python(),
+                &handler,
+            ];
             db.spawn_worker_with_env(&args, &[("PYTHONPATH", &helper_dir())])
         })
         .collect();
@@ -526,14 +539,18 @@ serve(handle)
             && metrics.contains("mongoq_queue_paused_until_seconds{queue=\"default\"}")
     };
     let mut metrics = String::new();
-    for _ in 0..20 {
-        metrics = crate::dashboard::get(&format!("http://{addr}/metrics")).1;
-        if shows(&metrics) {
-            break;
+    let mut busy = None;
+    'look: for _ in 0..20 {
+        for addr in &addrs {
+            metrics = crate::dashboard::get(&format!("http://{addr}/metrics")).1;
+            if shows(&metrics) {
+                busy = Some(addr.clone());
+                break 'look;
+            }
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert!(shows(&metrics), "{metrics}");
+    let addr = busy.unwrap_or_else(|| panic!("no worker's metrics show the pause: {metrics}"));
     let (_, page) = crate::dashboard::get(&format!("http://{addr}/queues"));
     assert!(page.contains("paused by a handler"), "{page}");
     db.wait_for_count(doc! {"status": "completed"}, 301, Duration::from_secs(120));

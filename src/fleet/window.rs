@@ -36,12 +36,14 @@ const TURN: Duration = Duration::from_secs(10);
 /// names are kept in `queues`).
 const MAX_ID_BYTES: usize = 512;
 
-/// A job as a window lists it: its `_id` and its rank in queue order (its
-/// `priority`, where none counts as 0).
+/// A job as a window lists it: its `_id`, its rank in queue order (its
+/// `priority`, where none counts as 0) and its group (`None`: the queue's
+/// default group, or a `group` that is not a string).
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) struct Key {
     pub(crate) id: Bson,
     pub(crate) rank: Bson,
+    pub(crate) group: Option<String>,
 }
 
 /// A part of a window a worker published.
@@ -58,6 +60,9 @@ pub(crate) struct Published {
     pub(crate) read_at: DateTime,
     /// What names this window's parts (see [`SharedWindow::part`]).
     pub(crate) token: Bson,
+    /// The named groups of the whole window (`None`: more than
+    /// [`crate::groups::fair::LISTED_GROUPS`]).
+    pub(crate) groups: Option<Vec<String>>,
 }
 
 /// A published window's header.
@@ -67,6 +72,7 @@ struct Header {
     parts: usize,
     full: bool,
     read_at: DateTime,
+    groups: Option<Vec<String>>,
 }
 
 /// The shared window of one set of queues.
@@ -107,7 +113,9 @@ impl SharedWindow {
                 "token": {"$exists": true},
                 "ids": {"$exists": false},
             })
-            .projection(doc! {"epoch": 1, "token": 1, "parts": 1, "full": 1, "read_at": 1})
+            .projection(
+                doc! {"epoch": 1, "token": 1, "parts": 1, "full": 1, "read_at": 1, "groups": 1},
+            )
             .run()
             .map_err(|e| self.queue.db_error("find (shared window)", &e))?;
         let Some(header) = found.as_ref().and_then(header) else {
@@ -122,6 +130,7 @@ impl SharedWindow {
             full: header.full,
             read_at: header.read_at,
             token: header.token,
+            groups: header.groups,
         });
         Ok((published, 2))
     }
@@ -132,7 +141,7 @@ impl SharedWindow {
         let found = self
             .collection
             .find_one(doc! {"_id": self.part_id(rank), "token": token})
-            .projection(doc! {"ids": 1, "runs": 1})
+            .projection(doc! {"ids": 1, "runs": 1, "groups": 1})
             .run()
             .map_err(|e| self.queue.db_error("find (shared window part)", &e))?;
         Ok(found.as_ref().and_then(keys))
@@ -177,38 +186,72 @@ impl SharedWindow {
         }
     }
 
+    /// Gives the turn back unused (this worker read for itself alone): a
+    /// peer that started meanwhile takes it at its next look. Best effort:
+    /// an unreleased turn lapses after [`TURN`].
+    pub(crate) fn release_turn(&self) -> u64 {
+        let _ = self
+            .collection
+            .update_one(
+                doc! {"_id": &self.id, "reader": &self.owner},
+                doc! {"$unset": {"reader": "", "reading_until": ""}},
+            )
+            .run();
+        1
+    }
+
     /// Publishes what this worker read in its turn, divided into `parts`
-    /// (each part written first, then the header that names them); returns
-    /// the new epoch (`None`: its turn had lapsed and a peer took it) and
-    /// the round trips made.
+    /// (each part written first, then the header that names them), with
+    /// the whole window's named `groups` (`None`: too many to list);
+    /// returns the new epoch (`None`: its turn had lapsed and a peer took
+    /// it) and the round trips made.
     pub(crate) fn publish(
         &self,
         parts: &[Vec<Key>],
         full: bool,
+        groups: Option<&[String]>,
     ) -> Result<(Option<i64>, u64), Error> {
         let token = Bson::ObjectId(ObjectId::new());
         for (rank, mine) in parts.iter().enumerate() {
             let ids: Vec<Bson> = mine.iter().map(|k| k.id.clone()).collect();
+            let mut update = doc! {"$set": {"token": &token, "ids": ids, "runs": runs(mine)}};
+            // Only a part with groups lists them: a queue without groups
+            // writes what it always did.
+            if mine.iter().any(|k| k.group.is_some()) {
+                let groups: Vec<Bson> = mine
+                    .iter()
+                    .map(|k| k.group.clone().map_or(Bson::Null, Bson::String))
+                    .collect();
+                if let Ok(set) = update.get_document_mut("$set") {
+                    set.insert("groups", groups);
+                }
+            } else {
+                update.insert("$unset", doc! {"groups": ""});
+            }
             self.collection
-                .update_one(
-                    doc! {"_id": self.part_id(rank)},
-                    doc! {"$set": {"token": &token, "ids": ids, "runs": runs(mine)}},
-                )
+                .update_one(doc! {"_id": self.part_id(rank)}, update)
                 .upsert(true)
                 .run()
                 .map_err(|e| self.queue.db_error("update (shared window part)", &e))?;
         }
         let now = self.queue.clock().now();
+        let mut set =
+            doc! {"token": &token, "parts": parts.len() as i64, "full": full, "read_at": now};
+        // `ids` and `runs`: where an older mongoq kept the window.
+        let mut unset = doc! {"reader": "", "reading_until": "", "ids": "", "runs": ""};
+        match groups {
+            Some(groups) => {
+                set.insert("groups", groups);
+            }
+            None => {
+                unset.insert("groups", "");
+            }
+        }
         let updated = self
             .collection
             .find_one_and_update(
                 doc! {"_id": &self.id, "reader": &self.owner},
-                doc! {
-                    "$set": {"token": &token, "parts": parts.len() as i64, "full": full, "read_at": now},
-                    "$inc": {"epoch": 1_i64},
-                    // `ids` and `runs`: where an older mongoq kept the window.
-                    "$unset": {"reader": "", "reading_until": "", "ids": "", "runs": ""},
-                },
+                doc! {"$set": set, "$inc": {"epoch": 1_i64}, "$unset": unset},
             )
             .projection(doc! {"epoch": 1})
             .return_document(ReturnDocument::After)
@@ -272,6 +315,12 @@ fn header(document: &Document) -> Option<Header> {
             .filter(|&n| n > 0)?,
         full: document.get_bool("full").unwrap_or(true),
         read_at: *document.get_datetime("read_at").ok()?,
+        groups: document.get_array("groups").ok().map(|names| {
+            names
+                .iter()
+                .filter_map(|name| name.as_str().map(str::to_string))
+                .collect()
+        }),
     })
 }
 
@@ -288,12 +337,21 @@ fn keys(document: &Document) -> Option<Vec<Key>> {
     if ranks.len() != ids.len() {
         return None;
     }
+    let groups = match document.get_array("groups") {
+        Ok(groups) if groups.len() == ids.len() => Some(groups),
+        Ok(_) => return None,
+        Err(_) => None,
+    };
     Some(
         ids.iter()
             .zip(ranks)
-            .map(|(id, rank)| Key {
+            .enumerate()
+            .map(|(i, (id, rank))| Key {
                 id: id.clone(),
                 rank: rank.clone(),
+                group: groups
+                    .and_then(|groups| groups[i].as_str())
+                    .map(str::to_string),
             })
             .collect(),
     )
@@ -315,11 +373,13 @@ mod tests {
             .map(|(i, rank)| Key {
                 id: Bson::Int64(i as i64),
                 rank: Bson::Int64(*rank),
+                group: (i % 2 == 0).then(|| format!("g{i}")),
             })
             .collect();
         let document = doc! {
             "ids": keys.iter().map(|k| k.id.clone()).collect::<Vec<_>>(),
             "runs": runs(&keys),
+            "groups": keys.iter().map(|k| k.group.clone().map_or(Bson::Null, Bson::String)).collect::<Vec<_>>(),
         };
         assert_eq!(document.get_array("runs").unwrap().len(), 3);
         assert_eq!(super::keys(&document).expect("parses"), keys);

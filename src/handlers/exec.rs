@@ -89,6 +89,8 @@ impl ExecHandler {
             .args(&self.args)
             .env("MONGOQ_JOB_ID", job.id_text())
             .env("MONGOQ_ATTEMPT", job.attempt.to_string())
+            .env("MONGOQ_QUEUE", &job.queue)
+            .env("MONGOQ_GROUP", job.group.as_deref().unwrap_or(""))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -101,6 +101,28 @@ pub struct QueueControl {
     pub rate: Option<Rate>,
     /// Who holds slots: worker, count, and until when (server time, ms).
     pub holders: Vec<(String, u32, i64)>,
+    /// At most this many jobs of each group of the queue run at once,
+    /// fleet-wide (see [`crate::groups::limits`]).
+    pub group_concurrency: Option<u32>,
+    /// At most this many jobs of each group start per window, fleet-wide.
+    pub group_rate: Option<Rate>,
+    /// Groups whose limits differ from the queue's for every group.
+    pub group_overrides: Vec<GroupOverride>,
+    /// Each group's jobs start one at a time, in order (see
+    /// [`crate::groups::ordered`]).
+    pub ordered: bool,
+    /// With `ordered`: a job that fails for good does not halt its group.
+    pub continue_on_failure: bool,
+}
+
+/// One group's own limits (each replaces the queue's for every group).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct GroupOverride {
+    pub group: String,
+    pub concurrency: Option<u32>,
+    pub rate: Option<Rate>,
+    /// Turns in a row per round of fair share (1 when not set).
+    pub weight: Option<u32>,
 }
 
 impl QueueControl {
@@ -119,7 +141,51 @@ impl QueueControl {
 
     /// Whether this queue has a limit (so claims must take slots or starts).
     pub fn is_limited(&self) -> bool {
-        self.concurrency.is_some() || self.rate.is_some()
+        self.concurrency.is_some() || self.rate.is_some() || self.has_group_limits()
+    }
+
+    /// Whether some group of this queue has a concurrency limit.
+    pub fn has_group_limits(&self) -> bool {
+        self.group_concurrency.is_some()
+            || self.group_rate.is_some()
+            || !self.group_overrides.is_empty()
+            || self.ordered
+    }
+
+    fn group_override(&self, group: &str) -> Option<&GroupOverride> {
+        self.group_overrides.iter().find(|o| o.group == group)
+    }
+
+    /// The concurrency limit of `group` (its own, else the queue's limit
+    /// for every group); `None`: not limited.
+    pub fn group_limit(&self, group: &str) -> Option<u32> {
+        if self.ordered {
+            // One at a time, whatever else is set.
+            return Some(1);
+        }
+        self.group_override(group)
+            .and_then(|o| o.concurrency)
+            .or(self.group_concurrency)
+    }
+
+    /// The rate limit of `group` (its own, else the queue's for every
+    /// group); `None`: not limited.
+    pub fn group_rate_of(&self, group: &str) -> Option<Rate> {
+        self.group_override(group)
+            .and_then(|o| o.rate)
+            .or(self.group_rate)
+    }
+
+    /// How many turns in a row `group` takes per round of fair share.
+    pub fn group_weight(&self, group: &str) -> u32 {
+        self.group_override(group)
+            .and_then(|o| o.weight)
+            .unwrap_or(1)
+    }
+
+    /// Whether some group of this queue has a rate limit.
+    pub fn has_group_rates(&self) -> bool {
+        self.group_rate.is_some() || self.group_overrides.iter().any(|o| o.rate.is_some())
     }
 
     pub(crate) fn from_document(document: &Document) -> Option<QueueControl> {
@@ -130,14 +196,16 @@ impl QueueControl {
                 .and_then(integer)
                 .and_then(|n| u32::try_from(n).ok())
         };
-        let rate = document.get_document("rate").ok().and_then(|rate| {
+        let rate_in = |document: &Document, key: &str| {
+            let rate = document.get_document(key).ok()?;
             Some(Rate {
                 count: u32::try_from(rate.get("n").and_then(integer)?).ok()?,
                 per: Duration::from_millis(
                     u64::try_from(rate.get("per_ms").and_then(integer)?).ok()?,
                 ),
             })
-        });
+        };
+        let rate = rate_in(document, "rate");
         let holders = document
             .get_document("holders")
             .map(|holders| {
@@ -169,8 +237,42 @@ impl QueueControl {
             in_use: number("in_use").unwrap_or(0),
             rate,
             holders,
+            group_concurrency: number("group_concurrency"),
+            group_rate: rate_in(document, "group_rate"),
+            ordered: document.get_bool("ordered").unwrap_or(false),
+            continue_on_failure: document.get_bool("continue_on_failure").unwrap_or(false),
+            group_overrides: document
+                .get_array("group_limits")
+                .map(|limits| {
+                    limits
+                        .iter()
+                        .filter_map(|limit| {
+                            let limit = limit.as_document()?;
+                            Some(GroupOverride {
+                                group: limit.get_str("group").ok()?.to_string(),
+                                concurrency: limit
+                                    .get("concurrency")
+                                    .and_then(integer)
+                                    .and_then(|n| u32::try_from(n).ok()),
+                                rate: rate_in(limit, "rate"),
+                                weight: limit
+                                    .get("weight")
+                                    .and_then(integer)
+                                    .and_then(|n| u32::try_from(n).ok()),
+                            })
+                        })
+                        .filter(|o| {
+                            o.concurrency.is_some() || o.rate.is_some() || o.weight.is_some()
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
         })
     }
+}
+
+fn rate_document(rate: Rate) -> Document {
+    doc! {"n": i64::from(rate.count), "per_ms": rate.per.as_millis() as i64}
 }
 
 /// A worker id as a field name: `.` and `$` have meanings in update paths,
@@ -275,6 +377,92 @@ impl Queue {
             None => doc! {"$unset": {"concurrency": ""}},
         };
         self.update_control(queue, update, "update (concurrency limit)")
+    }
+
+    /// Limits how many jobs of each group of `queue` run at once across
+    /// all workers (`None` removes that limit; overrides stay).
+    pub fn set_group_concurrency(&self, queue: &str, limit: Option<u32>) -> Result<(), Error> {
+        super::validate_queue_name(queue)?;
+        let update = match limit {
+            Some(0) => {
+                return Err(Error::config(
+                    "--group-concurrency",
+                    "must be at least 1 (pause the queue to stop it)",
+                ))
+            }
+            Some(limit) => doc! {"$set": {"group_concurrency": i64::from(limit)}},
+            None => doc! {"$unset": {"group_concurrency": ""}},
+        };
+        self.update_control(queue, update, "update (group concurrency limit)")
+    }
+
+    /// Makes each group of `queue` run its jobs one at a time, in order
+    /// (`None`: not ordered); `Some(true)`: a job that fails for good does
+    /// not halt its group.
+    pub fn set_ordered(&self, queue: &str, continue_on_failure: Option<bool>) -> Result<(), Error> {
+        super::validate_queue_name(queue)?;
+        let update = if let Some(go_on) = continue_on_failure {
+            doc! {"$set": {"ordered": true, "continue_on_failure": go_on}}
+        } else {
+            doc! {"$unset": {"ordered": "", "continue_on_failure": ""}}
+        };
+        self.update_control(queue, update, "update (ordered groups)")
+    }
+
+    /// Limits how many jobs of each group of `queue` start in any window
+    /// (`None` removes that limit; overrides stay).
+    pub fn set_group_rate(&self, queue: &str, rate: Option<Rate>) -> Result<(), Error> {
+        super::validate_queue_name(queue)?;
+        let update = if let Some(rate) = rate {
+            doc! {"$set": {"group_rate": rate_document(rate)}}
+        } else {
+            doc! {"$unset": {"group_rate": ""}}
+        };
+        self.update_control(queue, update, "update (group rate limit)")
+    }
+
+    /// Sets one group's own concurrency limit, rate and fair-share
+    /// weight (each `None`: the queue's for every group applies), in place
+    /// of what it had.
+    pub fn set_group_limit(
+        &self,
+        queue: &str,
+        group: &str,
+        concurrency: Option<u32>,
+        rate: Option<Rate>,
+        weight: Option<u32>,
+    ) -> Result<(), Error> {
+        super::validate_queue_name(queue)?;
+        super::filters::validate_group_name(group)?;
+        if concurrency == Some(0) {
+            return Err(Error::config(
+                "--concurrency",
+                "must be at least 1 (pause the queue to stop it)",
+            ));
+        }
+        self.update_control(
+            queue,
+            doc! {"$pull": {"group_limits": {"group": group}}},
+            "update (group limit)",
+        )?;
+        if concurrency.is_some() || rate.is_some() || weight.is_some() {
+            let mut limit = doc! {"group": group};
+            if let Some(n) = concurrency {
+                limit.insert("concurrency", i64::from(n));
+            }
+            if let Some(rate) = rate {
+                limit.insert("rate", rate_document(rate));
+            }
+            if let Some(weight) = weight {
+                limit.insert("weight", i64::from(weight));
+            }
+            self.update_control(
+                queue,
+                doc! {"$push": {"group_limits": limit}},
+                "update (group limit)",
+            )?;
+        }
+        Ok(())
     }
 
     /// Limits how many jobs of `queue` start in any window (`None` removes

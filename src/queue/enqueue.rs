@@ -50,6 +50,9 @@ pub struct EnqueueOptions {
     pub max_attempts: Option<u32>,
     /// The named queue (default: none, which is the `default` queue).
     pub queue: Option<String>,
+    /// The job's group within its queue: a customer, a tenant (default:
+    /// none, the queue's default group). 1 to 200 printable characters.
+    pub group: Option<String>,
     /// At most one pending or running job may have this key; enqueueing
     /// another fails with [`Error::Duplicate`].
     pub unique_key: Option<String>,
@@ -74,6 +77,9 @@ impl Queue {
     /// With a `unique_key` that a pending or running job already has, nothing
     /// is inserted and the error is [`Error::Duplicate`] naming that job.
     pub fn enqueue(&self, data: Bson, options: &EnqueueOptions) -> Result<ObjectId, Error> {
+        if let Some(group) = &options.group {
+            super::validate_group_name(group)?;
+        }
         if !options.after.is_empty() {
             return Ok(self.enqueue_many(std::iter::once(data), options)?[0]);
         }
@@ -136,6 +142,9 @@ impl Queue {
         options: &EnqueueOptions,
         mut insert: impl FnMut(Vec<Document>) -> Result<(), Error>,
     ) -> Result<Vec<ObjectId>, Error> {
+        if let Some(group) = &options.group {
+            super::validate_group_name(group)?;
+        }
         let now = self.now();
         let mut ids = Vec::new();
         let mut batch = Vec::with_capacity(1_000);
@@ -190,6 +199,9 @@ pub fn new_job_document(
     }
     if let Some(queue) = &options.queue {
         document.insert(fields::QUEUE, queue.clone());
+    }
+    if let Some(group) = &options.group {
+        document.insert(fields::GROUP, group.clone());
     }
     if let Some(key) = &options.unique_key {
         document.insert(fields::UNIQUE_KEY, key.clone());

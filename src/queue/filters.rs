@@ -39,6 +39,15 @@ pub fn queue_condition(queues: &[String]) -> Bson {
     Bson::Document(doc! {"$in": names})
 }
 
+/// Checks a group name given on the command line or to the library (the
+/// same rule as a queue's name).
+pub fn validate_group_name(name: &str) -> Result<(), Error> {
+    if validate_queue_name(name).is_err() {
+        return Err(Error::GroupName(name.to_string()));
+    }
+    Ok(())
+}
+
 /// Checks a queue name given on the command line or to the library.
 pub fn validate_queue_name(name: &str) -> Result<(), Error> {
     if name.is_empty() || name.len() > 200 || name.chars().any(char::is_control) {

@@ -2,16 +2,18 @@
 //! status). `mongoq init` and every worker's start call
 //! [`Queue::ensure_indexes`]; creating an index that exists is a no-op.
 
+use std::sync::Mutex;
 use std::time::Duration;
 
 use mongodb::bson::doc;
-use mongodb::options::IndexOptions;
+use mongodb::options::{Hint, IndexOptions};
 use mongodb::IndexModel;
 
 use super::Queue;
-use crate::error::{trim_driver_message, Error};
+use crate::error::{server_code_is, trim_driver_message, Error};
 use crate::redact::redact_text;
 use crate::schema::{fields, Status};
+use crate::sync::lock;
 
 /// How long finished jobs of one status are kept (see [`Queue::set_retention`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -54,6 +56,43 @@ pub const COUNTED_INDEX: &str = "mongoq_counted";
 /// `{run_at, _id}`, partial on `pending`: scheduled jobs and the oldest
 /// eligible one, for `stats`.
 pub const DUE_INDEX: &str = "mongoq_due";
+/// `{status, queue, group, priority, run_at, _id}`, partial on `group`
+/// being a string: a queue's groups (see [`crate::groups`]).
+pub const GROUPS_INDEX: &str = "mongoq_groups";
+
+/// The server's code for a bad argument, among them a hint naming an index
+/// that is not there.
+const BAD_VALUE: i32 = 2;
+
+/// Runs `read` hinted to the index `index`, and once more without the hint
+/// if the server refuses it (an index dropped by hand, or one a newer
+/// mongoq makes and no worker of it has started yet), warning once.
+///
+/// Reads of a range that one of our indexes bounds exactly name it: a
+/// planner that races every index whose keys the filter touches pays for
+/// the race on each read where it keeps no plan cache (on the test server,
+/// half a claim read at 100,000 pending jobs), and may settle on an index
+/// that matches far more than the range.
+pub(crate) fn hinted<T>(
+    index: &'static str,
+    read: impl Fn(Option<Hint>) -> mongodb::error::Result<T>,
+) -> mongodb::error::Result<T> {
+    static WARNED: Mutex<Vec<&str>> = Mutex::new(Vec::new());
+    match read(Some(Hint::Name(index.to_string()))) {
+        Err(error) if server_code_is(&error, |code| code == BAD_VALUE) => {
+            let mut warned = lock(&WARNED);
+            if !warned.contains(&index) {
+                warned.push(index);
+                log::warn!(
+                    "the index {index} is missing; reading without it (run `mongoq init` to create it)"
+                );
+            }
+            drop(warned);
+            read(None)
+        }
+        other => other,
+    }
+}
 
 impl Queue {
     /// Creates the indexes the queue needs (idempotent) and returns the
@@ -75,6 +114,9 @@ impl Queue {
     ///   `throttle_until`: `enqueue --throttle` (see [`super::debounce`]).
     /// - `mongoq_counted` `{counted}` and `mongoq_due` `{run_at, _id}`
     ///   (partial on `pending`): counts and stats (see [`crate::counts`]).
+    /// - `mongoq_groups` `{status, queue, group, priority, run_at, _id}`
+    ///   (partial on `group` being a string): groups (see
+    ///   [`crate::groups`]).
     pub fn ensure_indexes(&self) -> Result<Vec<String>, Error> {
         let named = |name: &str| IndexOptions::builder().name(name.to_string()).build();
         let models = vec![
@@ -128,6 +170,12 @@ impl Queue {
                 doc! {fields::RUN_AT: 1, "_id": 1},
                 DUE_INDEX,
                 doc! {fields::STATUS: Status::Pending},
+            ),
+            // Groups (crate::groups): only jobs that name one.
+            partial(
+                doc! {fields::STATUS: 1, fields::QUEUE: 1, fields::GROUP: 1, fields::PRIORITY: -1, fields::RUN_AT: 1, "_id": 1},
+                GROUPS_INDEX,
+                doc! {fields::GROUP: {"$type": "string"}},
             ),
             // Expiry (crate::expiry): only jobs that have one.
             partial(

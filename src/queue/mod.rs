@@ -24,10 +24,10 @@ pub mod transaction;
 pub mod wait;
 
 pub use admin::{Cancel, Retried, RetrySelection};
-pub use control::{QueueControl, Rate};
+pub use control::{GroupOverride, QueueControl, Rate};
 pub use debounce::{Debounced, Throttled};
 pub use enqueue::EnqueueOptions;
-pub use filters::validate_queue_name;
+pub use filters::{validate_group_name, validate_queue_name};
 pub use indexes::{Retention, CLAIM_INDEX, UNIQUE_INDEX};
 pub use registry::WorkerInfo;
 pub use wait::Waited;

@@ -18,6 +18,12 @@ use mongodb::bson::{doc, DateTime};
 
 use crate::error::Error;
 use crate::fleet::limits::{extend_slots, forget, give_back, reclaim_dead, Slots};
+use crate::groups::limits as group_limits;
+
+/// How often one worker of the fleet removes the slot documents of groups
+/// whose holders all died (see [`group_limits::sweep`]).
+const GROUP_SLOT_SWEEP: Duration = Duration::from_secs(30);
+const GROUP_SLOT_SWEEP_DUTY: &str = "group slot sweep";
 use crate::fleet::share::Share;
 use crate::history::{self, Recorder};
 use crate::queue::registry::HEARTBEAT;
@@ -214,6 +220,7 @@ pub(crate) struct Control {
     /// This worker's part of its queues, from the registry.
     pub(crate) share: Arc<Share>,
     pub(crate) slots: Arc<Slots>,
+    pub(crate) group_slots: Arc<group_limits::GroupSlots>,
     pub(crate) counters: Arc<Counters>,
     pub(crate) health: Arc<Health>,
     pub(crate) running: Arc<Running>,
@@ -269,6 +276,7 @@ impl Control {
         let mut next_extend = Instant::now() + extend_every;
         let mut next_heartbeat = Instant::now() + HEARTBEAT;
         let mut next_history = Instant::now() + history::FLUSH_EVERY;
+        let mut next_sweep = Instant::now() + GROUP_SLOT_SWEEP;
         loop {
             self.health.beat(Beat::Control);
             let idle = self.doorbell.wanted();
@@ -287,7 +295,30 @@ impl Control {
                     }
                 }
             }
+            if Instant::now() >= next_sweep {
+                next_sweep = Instant::now() + GROUP_SLOT_SWEEP;
+                if self
+                    .controls
+                    .all()
+                    .iter()
+                    .any(QueueControl::has_group_limits)
+                    && self.share.leads(GROUP_SLOT_SWEEP_DUTY)
+                {
+                    match group_limits::sweep(&self.queue) {
+                        Ok(0) => {}
+                        Ok(n) => log::warn!("removed the slots of {n} groups whose workers all stopped before giving them back"),
+                        Err(error) => log::warn!("could not sweep group slots (will retry): {error}"),
+                    }
+                }
+            }
             if Instant::now() >= next_extend {
+                if self.group_slots.holding() {
+                    if let Err(error) =
+                        group_limits::extend(&self.queue, &self.config.worker_id, self.config.lease)
+                    {
+                        log::warn!("could not extend group slots (will retry): {error}");
+                    }
+                }
                 for name in self.slots.holding() {
                     if let Err(error) = extend_slots(
                         &self.queue,
@@ -381,6 +412,10 @@ impl Control {
 
     /// Gives back the slots finished jobs freed.
     fn settle(&self) {
+        match group_limits::give_back(&self.queue, &self.config.worker_id, &self.group_slots) {
+            Ok(trips) => Counters::add(&self.counters.control_round_trips, trips),
+            Err(error) => log::warn!("could not give back group slots (will retry): {error}"),
+        }
         for name in self.slots.with_freed() {
             match give_back(&self.queue, &name, &self.config.worker_id, &self.slots) {
                 Ok(trips) => Counters::add(&self.counters.control_round_trips, trips),

@@ -65,6 +65,7 @@ mod wake;
 /// The retry policy (back-off between attempts), as data.
 pub use settle::retry;
 
+use crate::groups::limits::GroupSlots;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -131,10 +132,12 @@ struct Parts {
     controls: Arc<Controls>,
     share: Arc<Share>,
     slots: Arc<Slots>,
+    /// Slots of groups (see [`crate::groups::limits`]).
+    group_slots: Arc<GroupSlots>,
     handler_seconds: Arc<Histogram>,
     claim_seconds: Arc<Histogram>,
     /// The last queue depth sample, for metrics.
-    depth: Arc<Mutex<Option<(Instant, crate::Stats)>>>,
+    depth: Arc<Mutex<Option<health::metrics::Depth>>>,
     /// Outcomes counted for the queue's history and not yet written
     /// (`None` with `--no-history`).
     history: Option<Arc<Recorder>>,
@@ -154,6 +157,7 @@ impl Parts {
             controls: Arc::default(),
             share: Arc::new(Share::new(&config.worker_id, &config.queues)),
             slots: Arc::default(),
+            group_slots: Arc::default(),
             handler_seconds: Arc::new(Histogram::new(&HANDLER_BUCKETS)),
             claim_seconds: Arc::new(Histogram::new(&ROUND_TRIP_BUCKETS)),
             depth: Arc::default(),
@@ -349,6 +353,7 @@ impl Worker {
             controls: Arc::clone(&parts.controls),
             share: Arc::clone(&parts.share),
             slots: Arc::clone(&parts.slots),
+            group_slots: Arc::clone(&parts.group_slots),
             counters: Arc::clone(&parts.counters),
             health: Arc::clone(&parts.health),
             running: Arc::clone(&parts.running),
@@ -381,6 +386,7 @@ impl Worker {
             counters: Arc::clone(&parts.counters),
             health: Arc::clone(&parts.health),
             slots: Arc::clone(&parts.slots),
+            group_slots: Arc::clone(&parts.group_slots),
             doorbell: Arc::clone(&parts.doorbell),
             pause_written: {
                 let controls = Arc::clone(&parts.controls);
@@ -458,6 +464,7 @@ impl Worker {
             controls: Arc::clone(&parts.controls),
             share: Arc::clone(&parts.share),
             slots: Arc::clone(&parts.slots),
+            group_slots: Arc::clone(&parts.group_slots),
             handler: Arc::clone(&self.handler),
             jobs: job_tx,
             outcomes: outcome_tx.clone(),

@@ -7,14 +7,13 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::counts::Stats;
 use crate::error::Error;
 use crate::handlers::Handler;
 use crate::queue::Queue;
 use crate::sync::lock;
 use crate::worker::control::Controls;
 use crate::worker::health::liveness::{Health, HealthReport};
-use crate::worker::health::metrics::{render, Histogram, Load};
+use crate::worker::health::metrics::{render, Depth, Histogram, Load};
 use crate::worker::health::report::{Counters, Report};
 use crate::worker::lease::held::Leases;
 use crate::worker::lease::running::Running;
@@ -35,7 +34,7 @@ pub struct Monitor {
     pub(super) leases: Arc<Leases>,
     pub(super) handler_seconds: Arc<Histogram>,
     pub(super) claim_seconds: Arc<Histogram>,
-    pub(super) depth: Arc<Mutex<Option<(Instant, Stats)>>>,
+    pub(super) depth: Arc<Mutex<Option<Depth>>>,
     pub(super) controls: Arc<Controls>,
     pub(super) handler: Arc<dyn Handler>,
 }
@@ -62,7 +61,19 @@ impl Monitor {
     /// it every few seconds from a thread of your own.
     pub fn sample_depth(&self) -> Result<(), Error> {
         let stats = self.queue.stats()?;
-        *lock(&self.depth) = Some((Instant::now(), stats));
+        let groups_with_backlog = self.queue.groups_with_backlog()?;
+        let mut halted_groups = 0;
+        for control in self.queue.controls()? {
+            if control.ordered && !control.continue_on_failure {
+                halted_groups += crate::groups::ordered::halted(&self.queue, &control.queue)?.len();
+            }
+        }
+        *lock(&self.depth) = Some(Depth {
+            sampled: Instant::now(),
+            stats,
+            groups_with_backlog,
+            halted_groups: halted_groups as u64,
+        });
         Ok(())
     }
 

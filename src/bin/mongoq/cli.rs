@@ -70,7 +70,7 @@ pub enum Command {
     Pause(PauseArgs),
     /// Resume a paused queue
     Resume(ResumeArgs),
-    /// Set, clear or list fleet-wide limits: concurrency and rate per queue
+    /// Set, clear or list fleet-wide limits: concurrency and rate per queue and per group, ordered groups, group weights
     Limit(LimitArgs),
     /// Recurring jobs: add, list, remove, pause and resume fleet-wide schedules
     #[command(subcommand)]
@@ -169,19 +169,38 @@ pub struct ResumeArgs {
 }
 
 #[derive(Debug, Args)]
-#[command(group(clap::ArgGroup::new("change").multiple(true).args(["concurrency", "rate", "clear"])))]
+#[command(group(clap::ArgGroup::new("change").multiple(true).args(["concurrency", "rate", "clear", "group_concurrency", "group_rate", "ordered", "weight"])))]
+#[allow(clippy::struct_excessive_bools)] // on/off flags: --ordered, --continue-on-failure, --clear, --json
 pub struct LimitArgs {
     /// The queue; without it, list every queue's limits
     #[arg(requires = "change")]
     pub queue: Option<String>,
-    /// At most N jobs of the queue run at once, across all workers
+    /// At most N jobs of the queue run at once, across all workers (with --group: of that group)
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub concurrency: Option<u32>,
-    /// At most N jobs of the queue start in any window of DURATION, e.g. 100/1m
+    /// At most N jobs of the queue start in any window of DURATION, e.g. 100/1m (with --group: of that group)
     #[arg(long, value_name = "N/DURATION")]
     pub rate: Option<String>,
-    /// Remove the queue's limits
-    #[arg(long, conflicts_with_all = ["concurrency", "rate"])]
+    /// At most N jobs of each group of the queue run at once, across all workers
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1_000_000), conflicts_with = "group")]
+    pub group_concurrency: Option<u32>,
+    /// At most N jobs of each group of the queue start in any window of DURATION, across all workers
+    #[arg(long, value_name = "N/DURATION", conflicts_with = "group")]
+    pub group_rate: Option<String>,
+    /// One group's own limits instead of the queue's for every group (with --concurrency N, --rate N/DURATION, --weight N, or --clear)
+    #[arg(long, value_name = "NAME", requires = "queue")]
+    pub group: Option<String>,
+    /// With --group: the group takes N turns in a row per round of fair share (default 1)
+    #[arg(long, value_name = "N", requires = "group", value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub weight: Option<u32>,
+    /// Each group's jobs start one at a time, in order; a job that fails for good halts its group until retried or cancelled
+    #[arg(long, conflicts_with = "group")]
+    pub ordered: bool,
+    /// With --ordered: a job that fails for good does not halt its group
+    #[arg(long, requires = "ordered")]
+    pub continue_on_failure: bool,
+    /// Remove the queue's limits (with --group: that group's own limits)
+    #[arg(long, conflicts_with_all = ["concurrency", "rate", "group_concurrency", "group_rate", "ordered"])]
     pub clear: bool,
     /// Print JSON instead of a table (when listing)
     #[arg(long)]
@@ -268,13 +287,13 @@ pub struct BenchArgs {
     /// How long the idle-CPU scenario watches
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub idle: Duration,
-    /// Run only these sections: limits, server, scale, handlers, schedules, flows, python, snooze, backlog, history, drain (drain runs every section after it too)
+    /// Run only these sections: limits, server, scale, handlers, schedules, flows, python, snooze, backlog, history, groups, drain (drain runs every section after it too)
     #[arg(long, value_delimiter = ',', value_name = "SECTION,...")]
     pub only: Vec<String>,
     /// The server's process id, to measure its CPU per job (a server on this machine)
     #[arg(long, value_name = "PID")]
     pub server_pid: Option<u32>,
-    /// Rounds of the sections that repeat (server work, scale-out, handlers, flows, python, snooze, backlog, history), interleaved; each figure is their median
+    /// Rounds of the sections that repeat (server work, scale-out, handlers, flows, python, snooze, backlog, history, groups), interleaved; each figure is their median
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=20))]
     pub rounds: u32,
     /// Print JSON instead of a table
@@ -317,6 +336,10 @@ pub struct EnqueueArgs {
     /// Put the job(s) in this named queue [default: the default queue]
     #[arg(long)]
     pub queue: Option<String>,
+    /// Put the job(s) in this group of the queue: a customer, a tenant
+    /// (the `group` field) [default: the queue's default group]
+    #[arg(long, value_name = "NAME")]
+    pub group: Option<String>,
     /// Refuse the job when a pending or running job has this key (single job only)
     #[arg(long, requires = "json")]
     pub unique_key: Option<String>,
@@ -466,6 +489,18 @@ pub struct StatsArgs {
     /// deleted or their status changed by hand; reads every job once)
     #[arg(long, conflicts_with_all = ["watch", "history"])]
     pub recount: bool,
+    /// Count every job not counted yet, however long it takes (by default
+    /// a read gives that pass 1.5 s; past it, the counts are the kept ones
+    /// and say how many jobs they leave out, until a worker counts them)
+    #[arg(long, conflicts_with_all = ["watch", "history"])]
+    pub exact: bool,
+    /// Print the busiest groups of this queue instead: pending and running
+    /// jobs per group, most pending first, and its default group
+    #[arg(long, value_name = "QUEUE", conflicts_with_all = ["watch", "history", "recount", "exact"])]
+    pub groups: Option<String>,
+    /// With --groups: how many groups to list
+    #[arg(long, value_name = "N", default_value_t = 20, requires = "groups")]
+    pub top: usize,
 }
 
 #[derive(Debug, Subcommand)]

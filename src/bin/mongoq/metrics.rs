@@ -15,13 +15,13 @@ use mongoq::{Monitor, Shutdown};
 use crate::http::{serve, Handler, HttpError, Request, Response, Server};
 
 /// How often the metrics' queue depth is sampled, at most.
-const DEPTH_EVERY: Duration = Duration::from_secs(5);
+pub const DEPTH_EVERY: Duration = Duration::from_secs(5);
 
 /// A sample waits at least this many times what the last one took: counting
 /// a big collection costs the server seconds, and a timer must not keep it
 /// busy doing that (at most 1/20 of its time; `mongoq_queue_sample_age_seconds`
 /// says how old the sample is).
-const DEPTH_SHARE: u32 = 20;
+pub const DEPTH_SHARE: u32 = 20;
 
 /// The metrics endpoint of a running worker: its HTTP server and the
 /// depth sampler, stopped and joined together.

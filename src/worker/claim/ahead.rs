@@ -72,10 +72,14 @@ impl Claimer {
     /// ranks above `above`, when given) while claims go on.
     pub(super) fn ask_reader(&mut self, limit: usize, above: Option<Bson>) {
         self.during_read.clear();
+        // The look above the head also looks for groups the window does
+        // not list (see `crate::groups::fair`).
+        let groups = above.as_ref().and(self.window_groups.clone());
         self.reader.ask(Ask {
             limit,
             seen: self.seen,
             above,
+            groups,
         });
     }
 
@@ -104,12 +108,14 @@ impl Claimer {
             }
         };
         match answer.found? {
-            Found::Keys { keys, full } => {
+            Found::Keys { keys, full, groups } => {
                 let keys = unclaimed(keys);
                 self.fill(keys, full, read_at, None);
+                self.window_groups = groups;
             }
             Found::Adopted(mut published) => {
                 published.keys = unclaimed(published.keys);
+                self.window_groups = published.groups.take();
                 self.adopt(published);
             }
             Found::NothingAbove => {}
@@ -202,6 +208,22 @@ impl Claimer {
         part: Option<(usize, usize)>,
     ) {
         self.taken.clear();
+        // Groups take turns from the one served longest ago (a window
+        // without groups is left as read); in an ordered queue each group's
+        // keys are in its own order (see `crate::groups::ordered`).
+        let weights = self.gate.as_ref().map(|gate| &gate.control);
+        let keys = self.turns.order(keys, &|group: &Option<String>| match (
+            weights,
+            group.as_deref(),
+        ) {
+            (Some(control), Some(group)) => control.group_weight(group),
+            _ => 1,
+        });
+        let keys = if self.gate.as_ref().is_some_and(|gate| gate.control.ordered) {
+            crate::groups::ordered::in_group_order(keys)
+        } else {
+            keys
+        };
         self.window = keys.into();
         self.adopted = part;
         self.next_part = None;
@@ -251,7 +273,13 @@ impl Claimer {
         what: &'static str,
     ) -> Result<bool, Error> {
         self.round_trips += 1;
-        any_eligible(&self.queue, &self.queues, also, what)
+        any_eligible(
+            &self.queue,
+            &self.queues,
+            also,
+            crate::queue::CLAIM_INDEX,
+            what,
+        )
     }
 
     /// What the window needs: every `max_window_age` a look for an

@@ -15,8 +15,10 @@ use crossbeam_channel::Sender;
 use mongodb::bson::{doc, Bson};
 
 use crate::backoff::Backoff;
+use crate::clock::shift_by;
 use crate::fleet::limits::{take_slots, take_starts, Banked, Slots, START_LEAD, START_SLACK};
 use crate::fleet::share::Share;
+use crate::groups::limits::{Gate, Starts};
 use crate::handlers::Handler;
 use crate::job::Job;
 use crate::queue::filters::{eligible_in, queue_condition};
@@ -35,6 +37,24 @@ use crate::worker::lease::held::Leases;
 use crate::worker::outage::retry_until_stopped;
 use crate::worker::settle::outcome::{Kind, Outcome};
 use crate::worker::wake::Doorbell;
+
+/// What a claim's jobs hold and when they start: the limited queue whose
+/// slot each holds, the instant a rate reserved, and the gate of group
+/// limits its candidates pass.
+#[derive(Default)]
+struct Terms<'a> {
+    slot: Option<&'a str>,
+    start_at: Option<Instant>,
+    gate: Option<Gate>,
+}
+
+/// The longest a claim under a group's rate reserves its jobs' start
+/// ahead (see `claim_limited`).
+const MAX_GROUP_RATE_LEAD: Duration = Duration::from_secs(2);
+
+/// How long a fetcher that found only jobs of groups at their limit waits
+/// before looking again (a job of its own ending wakes it sooner).
+const AT_GROUP_PAUSE: Duration = Duration::from_millis(50);
 
 /// How long a fetcher held back by a limit waits before looking again.
 const AT_LIMIT_PAUSE: Duration = Duration::from_millis(20);
@@ -56,6 +76,10 @@ enum Limited {
     Claimed(usize),
     /// The limit allowed none now.
     AtLimit,
+    /// Only jobs of groups at their limit (or, ordered, not yet their
+    /// turn) were in reach: each look costs the server round trips, so
+    /// look a little less often than at a queue's limit.
+    AtGroupLimit,
 }
 
 /// The fetcher thread and what it owns.
@@ -71,6 +95,7 @@ pub(crate) struct Fetcher {
     pub(crate) controls: Arc<Controls>,
     pub(crate) share: Arc<Share>,
     pub(crate) slots: Arc<Slots>,
+    pub(crate) group_slots: Arc<crate::groups::limits::GroupSlots>,
     /// Asked how many jobs it can start now ([`Handler::ready`]).
     pub(crate) handler: Arc<dyn Handler>,
     pub(crate) jobs: Sender<Job>,
@@ -126,9 +151,9 @@ impl Fetcher {
             let generation = self.leases.generation();
             let mut won = 0;
             let mut stopped = false;
-            let mut blocked = false;
+            let mut blocked: Option<Duration> = None; // by a limit: the pause
             if !plan.open.is_empty() {
-                match self.claim(&mut claimers, &plan.open, want, None, None, shutdown) {
+                match self.claim(&mut claimers, &plan.open, want, Terms::default(), shutdown) {
                     Some(n) => won += n,
                     None => stopped = true,
                 }
@@ -139,7 +164,8 @@ impl Fetcher {
                 }
                 match self.claim_limited(&mut claimers, control, want - won, shutdown) {
                     Some(Limited::Claimed(n)) => won += n,
-                    Some(Limited::AtLimit) => blocked = true,
+                    Some(Limited::AtLimit) => blocked = Some(AT_LIMIT_PAUSE),
+                    Some(Limited::AtGroupLimit) => blocked = blocked.or(Some(AT_GROUP_PAUSE)),
                     None => stopped = true,
                 }
             }
@@ -176,15 +202,20 @@ impl Fetcher {
                 }
                 continue;
             }
-            if blocked {
+            if let Some(pause) = blocked {
                 // A limit, not a lack of jobs: slots free up as jobs finish
                 // (here or elsewhere) and starts as the window moves, so
                 // look again soon rather than backing off as when idle.
-                self.leases
-                    .wait_for_release_since(generation, AT_LIMIT_PAUSE);
+                self.leases.wait_for_release_since(generation, pause);
                 continue;
             }
             if config.drain && self.drained(shutdown) {
+                // The last look of a drain: jobs no worker can take (a
+                // `queue` of the wrong type) are failed with the reason,
+                // not left pending (the readers do it as they stop).
+                for claimer in claimers.values() {
+                    claimer.upkeep_now();
+                }
                 log::info!("--drain: no job is eligible and none is running; stopping");
                 shutdown.request();
                 break;
@@ -225,17 +256,51 @@ impl Fetcher {
             .map_or(wait, |resume| wait.min(resume + Duration::from_millis(1)))
     }
 
-    /// Claims up to `want` jobs of `queues` and dispatches them; `None`
-    /// when stopping interrupted it.
+    /// How many jobs the threads can start by a reserved instant (or
+    /// within [`START_SLACK`] after it) at the measured pace, after the
+    /// jobs they hold: at most what a claim under a rate takes.
+    fn startable_on_time(&self) -> u32 {
+        let startable = self
+            .pacing()
+            .startable_within(START_LEAD + START_SLACK, self.pace.average())
+            .saturating_sub(self.leases.held());
+        u32::try_from(startable).unwrap_or(u32::MAX)
+    }
+
+    /// Under a group's rate, the claim's jobs start at one reserved instant
+    /// (`start_at`: the queue rate's, if it has one, else set here), as
+    /// under the queue's: what the groups' starts are recorded as.
+    fn group_starts(&self, claimer: Option<&Claimer>, start_at: &mut Option<Instant>) -> Starts {
+        let clock = self.queue.clock();
+        // Time to take the slots, claim and read back before the instant
+        // (twice what the last such claim took: a slow server needs more
+        // than the queue rate's lead), else the jobs miss it and go back
+        // unstarted.
+        let took = claimer.map_or(Duration::ZERO, Claimer::gated_took);
+        let lead = START_LEAD.max(took * 2).min(MAX_GROUP_RATE_LEAD);
+        let instant = *start_at.get_or_insert_with(|| Instant::now() + lead);
+        let lead = instant.saturating_duration_since(Instant::now());
+        Starts {
+            at: shift_by(clock.now(), clock.uncertainty() + lead),
+            margin: START_SLACK + clock.uncertainty() * 2,
+        }
+    }
+
+    /// Claims up to `want` jobs of `queues` on `terms` and dispatches them;
+    /// `None` when stopping interrupted it.
     fn claim(
         &self,
         claimers: &mut HashMap<Vec<String>, Claimer>,
         queues: &[String],
         want: usize,
-        slot: Option<&str>,
-        start_at: Option<Instant>,
+        terms: Terms,
         shutdown: &Shutdown,
     ) -> Option<usize> {
+        let Terms {
+            slot,
+            start_at,
+            gate,
+        } = terms;
         let config = &self.config;
         // The read-ahead window is re-read at least this often, so a new
         // urgent job waits no longer than this behind older ones.
@@ -250,6 +315,7 @@ impl Fetcher {
                 Arc::clone(&self.share),
             )
         });
+        claimer.gate = gate;
         // What the threads can start while a window stays fresh (before
         // any job was timed: ten batches); at least a batch.
         let window = match self.pace.average() {
@@ -302,11 +368,7 @@ impl Fetcher {
             // Reserved starts happen at the reserved instant, or within
             // START_SLACK after it: only as many as the threads can start
             // by then at the measured pace, after the jobs they hold.
-            let startable = self
-                .pacing()
-                .startable_within(START_LEAD + START_SLACK, self.pace.average())
-                .saturating_sub(self.leases.held());
-            grant = grant.min(u32::try_from(startable).unwrap_or(u32::MAX));
+            grant = grant.min(self.startable_on_time());
             if grant == 0 {
                 return Some(Limited::AtLimit);
             }
@@ -359,16 +421,30 @@ impl Fetcher {
             return Some(Limited::AtLimit);
         }
         let queues = vec![control.queue.clone()];
-        let slot = control.concurrency.map(|_| control.queue.as_str());
-        let won = self.claim(
-            claimers,
-            &queues,
-            grant as usize,
-            slot,
-            start_at.map(|(at, _)| at),
-            shutdown,
-        );
+        let mut terms = Terms {
+            slot: control.concurrency.map(|_| control.queue.as_str()),
+            start_at: start_at.map(|(at, _)| at),
+            gate: None,
+        };
+        let mut starts = None;
+        if control.has_group_rates() {
+            grant = grant.min(self.startable_on_time());
+            if grant == 0 {
+                self.slots.free(&control.queue, slots);
+                return Some(Limited::AtLimit);
+            }
+            starts = Some(self.group_starts(claimers.get(&queues), &mut terms.start_at));
+        }
+        terms.gate = control.has_group_limits().then(|| Gate {
+            control: control.clone(),
+            worker: config.worker_id.clone(),
+            lease: config.lease,
+            slots: Arc::clone(&self.group_slots),
+            starts,
+        });
+        let won = self.claim(claimers, &queues, grant as usize, terms, shutdown);
         let won_jobs = u32::try_from(won.unwrap_or(0)).unwrap_or(u32::MAX);
+        let at_group_limit = claimers.get(&queues).is_some_and(Claimer::at_group_limit);
         // Slots the claim did not fill go back (netted into the next take);
         // starts it did not fill are banked for the next claim.
         let unfilled = slots.saturating_sub(won_jobs);
@@ -378,6 +454,9 @@ impl Fetcher {
         if let Some((at, starts)) = start_at {
             self.banked
                 .put(&control.queue, at, starts.saturating_sub(won_jobs));
+        }
+        if won == Some(0) && at_group_limit {
+            return Some(Limited::AtGroupLimit);
         }
         won.map(Limited::Claimed)
     }
@@ -427,17 +506,24 @@ impl Fetcher {
     /// Turns claimed documents into jobs for the threads; malformed ones and
     /// ones out of attempts go straight to the completer as `failed`.
     fn dispatch(&self, claimed: Claimed, slot: Option<Arc<str>>, start_at: Option<Instant>) {
-        let Claimed { token, documents } = claimed;
+        let Claimed {
+            token,
+            documents,
+            group_slots,
+        } = claimed;
+        let mut group_slots = group_slots.into_iter();
         self.leases.add(token, documents.len());
         Counters::add(&self.counters.claimed, documents.len() as u64);
         log::debug!("claimed {} jobs under {token}", documents.len());
         let mut ready = Vec::with_capacity(documents.len());
         for document in documents {
             let id = document.get("_id").cloned().unwrap_or(Bson::Null);
+            let group_slot = group_slots.next().flatten();
             let key = JobKey {
                 id,
                 token,
                 slot: slot.clone(),
+                group_slot: group_slot.clone(),
                 dependents: document.get_bool(fields::HAS_DEPENDENTS) == Ok(true),
             };
             let attempt = document
@@ -469,6 +555,7 @@ impl Fetcher {
                 }
                 Ok(mut job) => {
                     job.slot.clone_from(&slot);
+                    job.group_slot = group_slot;
                     job.start_at = start_at;
                     ready.push(job);
                 }

@@ -25,8 +25,8 @@ pub(crate) fn priority_ranges() -> [(Document, Document); 4] {
     ]
 }
 
-/// What the read-ahead reads of a job: its key in the window, and its
-/// `attempts` (checked to be a number before a claim's `$inc` meets it).
+/// What the read-ahead reads of a job: its key in the window (with its
+/// group, for fair share: [`crate::groups::fair`]), and its `attempts` (checked to be a number before a claim's `$inc` meets it).
 pub(crate) fn key_of(raw: &RawDocumentBuf) -> (Key, Bson) {
     let field = |name: &str| {
         raw.get(name)
@@ -39,20 +39,25 @@ pub(crate) fn key_of(raw: &RawDocumentBuf) -> (Key, Bson) {
         Bson::Null => Bson::Int64(0),
         other => integer(&other).map_or(other, Bson::Int64),
     };
+    let group = match field(fields::GROUP) {
+        Bson::String(name) => Some(name),
+        _ => None,
+    };
     (
         Key {
             id: field("_id"),
             rank,
+            group,
         },
         field(fields::ATTEMPTS),
     )
 }
 
-/// The fields a read-ahead reads: only what the claim needs (and `run_at`,
-/// to merge the jobs of rank 0 by age). The bodies of the jobs a claim
+/// The fields a read-ahead reads: only what the claim needs (`group` for
+/// fair share, and `run_at`, to merge the jobs of rank 0 by age). The bodies of the jobs a claim
 /// wins are read back by its token.
 pub(crate) fn key_projection() -> Document {
-    doc! {"_id": 1, fields::PRIORITY: 1, fields::ATTEMPTS: 1, fields::RUN_AT: 1}
+    doc! {"_id": 1, fields::PRIORITY: 1, fields::ATTEMPTS: 1, fields::RUN_AT: 1, fields::GROUP: 1}
 }
 
 /// Where a job's `priority` puts it in the claim index's descending order:
@@ -259,6 +264,7 @@ mod tests {
             key: Key {
                 id: id.clone(),
                 rank: priority.clone(),
+                group: None,
             },
             class: Class::of(&priority),
             age: (

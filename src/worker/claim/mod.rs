@@ -46,7 +46,7 @@
 //! A stage of [`crate::worker`]: it may import the later stages (`settle`,
 //! `lease`, `health`), the fleet and the queue; no other stage imports it.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -55,12 +55,15 @@ use mongodb::bson::{oid::ObjectId, Bson, Document};
 use crate::error::Error;
 use crate::fleet::share::{owns, Share};
 use crate::fleet::window::{Key, SharedWindow};
+use crate::groups::fair::Turns;
+use crate::groups::limits::Gate;
 use crate::queue::Queue;
 use ahead::Freshness;
 use reader::{Reader, Source};
 
 mod ahead;
 pub(crate) mod fetcher;
+mod gated;
 pub(crate) mod keys;
 pub(crate) mod pacing;
 mod reader;
@@ -89,6 +92,9 @@ const WINDOW_BYTES: usize = 4 * 1024 * 1024;
 pub(crate) struct Claimed {
     pub(crate) token: ObjectId,
     pub(crate) documents: Vec<Document>,
+    /// For each document, the (queue, group) whose group concurrency slot
+    /// it holds (empty: no group limits).
+    pub(crate) group_slots: Vec<Option<Arc<(String, String)>>>,
 }
 
 /// Claims batches for one worker; owns its copy of the read-ahead window.
@@ -146,6 +152,24 @@ pub(crate) struct Claimer {
     adopted: Option<(usize, usize)>,
     /// The peers' parts of the adopted window still to help with.
     next_part: Option<ahead::NextPart>,
+    /// The named groups of the whole window, for the look for new ones
+    /// (`None`: too many listed, or not known).
+    window_groups: Option<Vec<String>>,
+    /// When each group last had a job taken, so that each new window's
+    /// round starts from the group served longest ago.
+    turns: Turns,
+    /// Group limits of the queue this claimer serves, if any: candidates
+    /// pass through it (see [`crate::groups::limits`]).
+    pub(crate) gate: Option<Gate>,
+    /// Group slots taken for the claim under way (kept across a retry of
+    /// it), by group.
+    granted: HashMap<String, u32>,
+    /// The last claim found only jobs of groups at their limit.
+    at_group_limit: bool,
+    /// How long the last claim through the gate took, to its read-back
+    /// (the jobs of a group under a rate start at an instant reserved
+    /// before it: see the fetcher).
+    gated_took: Duration,
 }
 
 impl Claimer {
@@ -191,6 +215,12 @@ impl Claimer {
             taken: HashSet::new(),
             adopted: None,
             next_part: None,
+            window_groups: None,
+            turns: Turns::default(),
+            gate: None,
+            granted: HashMap::new(),
+            at_group_limit: false,
+            gated_took: Duration::ZERO,
         }
     }
 
@@ -205,9 +235,14 @@ impl Claimer {
         // comes back with the same token.
         let retrying = self.unfinished.is_some();
         let token = *self.unfinished.get_or_insert_with(ObjectId::new);
+        self.at_group_limit = false;
+        let started = Instant::now();
         let claimed = self.claim_with(token, count, window, retrying)?;
         self.unfinished = None;
-        Ok(claimed)
+        if self.gate.is_some() && claimed.is_some() {
+            self.gated_took = started.elapsed();
+        }
+        Ok(self.hold_group_slots(claimed))
     }
 
     /// One idle poll, one index seek in the steady states: with nothing
@@ -249,6 +284,12 @@ impl Claimer {
     /// need not poll (see `Fetcher`).
     pub(crate) fn nothing_pending(&self) -> bool {
         self.idle == Idle::NothingPending && self.window.is_empty()
+    }
+
+    /// Asks the reader for the upkeep of unroutable jobs (it runs it when
+    /// this worker leads the duty, before the reader stops).
+    pub(crate) fn upkeep_now(&self) {
+        self.reader.idle();
     }
 
     /// Whether an idle poll found work (and so nothing was claimed yet):
@@ -307,6 +348,12 @@ impl Claimer {
                 return Ok(None);
             }
             let candidates = self.take(count);
+            let candidates = self.gated(candidates)?;
+            if candidates.is_empty() && !retrying {
+                // Only jobs of groups at their limit.
+                return Ok(None);
+            }
+            self.turns.took(&candidates);
             self.candidates += candidates.len() as u64;
             if self.share.part().1 > 1 {
                 self.taken
@@ -336,12 +383,19 @@ impl Claimer {
             // So may a claim that fell back to one job at a time: its
             // updateMany may have stopped half-way.
             let documents = if won > 0 || retrying || one_by_one {
-                self.read_claimed(token, candidates.len().max(count))?
+                gated::in_window_order(
+                    self.read_claimed(token, candidates.len().max(count))?,
+                    &candidates,
+                )
             } else {
                 Vec::new()
             };
             if !documents.is_empty() {
-                return Ok(Some(Claimed { token, documents }));
+                return Ok(Some(Claimed {
+                    token,
+                    documents,
+                    group_slots: Vec::new(),
+                }));
             }
             if fresh {
                 // A window read just now was entirely taken by others;

@@ -27,6 +27,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
+use mongodb::action::Action;
 use mongodb::bson::{doc, Bson, Document, RawDocumentBuf};
 
 use super::keys::{in_queue_order, key_of, key_projection, priority_ranges, Row};
@@ -37,8 +38,10 @@ use super::{WINDOW_BYTES, WINDOW_LIFETIME};
 use crate::error::Error;
 use crate::fleet::share::{part_of, Share};
 use crate::fleet::window::{Key, Published, SharedWindow};
+use crate::groups::fair;
 use crate::queue::filters::{eligible_in, queue_order};
-use crate::queue::Queue;
+use crate::queue::indexes::{hinted, GROUPS_INDEX};
+use crate::queue::{Queue, CLAIM_INDEX};
 use crate::schema::{fields, integer};
 
 /// While a peer reads the shared window, look for what it published this
@@ -59,19 +62,34 @@ pub(super) struct Ask {
     pub(super) limit: usize,
     /// The newest shared epoch the claimer has seen.
     pub(super) seen: i64,
-    /// Read only if an eligible job ranks above this (the window's head).
+    /// Read only if an eligible job ranks above this (the window's head),
+    /// or, with `groups`, one at or above it is of a group not among them.
     pub(super) above: Option<Bson>,
+    /// The named groups the window lists (`None`: no look for new ones).
+    pub(super) groups: Option<Vec<String>>,
 }
 
 /// What a read found.
 pub(super) enum Found {
-    /// Keys read by this worker, in queue order, and whether more lie
-    /// beyond them.
-    Keys { keys: Vec<Key>, full: bool },
+    /// Keys read by this worker, in queue order (round-robin by group
+    /// within a priority), whether more lie beyond them, and the named
+    /// groups they hold (`None`: too many to list).
+    Keys {
+        keys: Vec<Key>,
+        full: bool,
+        groups: Option<Vec<String>>,
+    },
     /// This worker's part of a window a peer published.
     Adopted(Published),
     /// Asked with `above`: nothing eligible ranks above the head.
     NothingAbove,
+}
+
+/// A window this worker read (see [`Source::read_window`]).
+struct Window {
+    keys: Vec<Key>,
+    full: bool,
+    groups: Option<Vec<String>>,
 }
 
 /// The reader's answer to one [`Ask`].
@@ -195,6 +213,9 @@ pub(super) struct Source {
     pub(super) shared: SharedWindow,
     pub(super) upkeep: Upkeep,
     round_trips: u64,
+    /// When this reader last met a named group (see
+    /// [`fair::GROUPS_REMEMBERED`]).
+    met_groups_at: Option<Instant>,
 }
 
 impl Source {
@@ -207,6 +228,7 @@ impl Source {
             shared,
             upkeep: Upkeep::default(),
             round_trips: 0,
+            met_groups_at: None,
         }
     }
 
@@ -244,13 +266,31 @@ impl Source {
         let mut seen = ask.seen;
         let started = Instant::now();
         let found = match &ask.above {
-            Some(head) => match self.anything_above(head) {
+            Some(head) => match self.anything_above(head, ask.groups.as_deref()) {
                 Ok(false) => Ok(Found::NothingAbove),
                 Ok(true) => self.refill(ask.limit, &mut seen),
                 Err(error) => Err(error),
             },
             None => self.refill(ask.limit, &mut seen),
         };
+        // What each read found and how long it took: a slow first job or a
+        // gap in a drain is one grep away (with `mongoq::commands`' log).
+        if log::log_enabled!(log::Level::Debug) {
+            let what = match &found {
+                Ok(Found::Keys { keys, .. }) => format!("read {} keys", keys.len()),
+                Ok(Found::Adopted(published)) => {
+                    format!("took a peer's window (epoch {})", published.epoch)
+                }
+                Ok(Found::NothingAbove) => "nothing of a higher priority".into(),
+                Err(_) => "failed".into(),
+            };
+            log::debug!(
+                "read-ahead ({} keys asked, {} workers share the queue): {what} in {} ms",
+                ask.limit,
+                self.share.part().1,
+                started.elapsed().as_millis()
+            );
+        }
         Answer {
             found,
             seen,
@@ -260,52 +300,100 @@ impl Source {
         }
     }
 
-    /// Reads up to `limit` keys. A worker alone reads the queue. One with
-    /// peers takes the window a peer published since the last it saw, if
-    /// that is fresh; else it takes the reader's turn, reads and publishes;
-    /// while a peer has the turn, it waits for what that peer publishes
-    /// (reading for itself if that takes too long).
+    /// Reads up to `limit` keys: takes the window a peer published since
+    /// the last this worker saw, if that is fresh; else takes the reader's
+    /// turn, reads, and publishes what it read divided among the peers (or
+    /// gives the turn back, alone); while a peer has the turn, waits for
+    /// what that peer publishes, taking the turn if it is given back, and
+    /// reads for itself if that takes too long.
+    ///
+    /// A worker that believes itself alone takes the turn too: workers that
+    /// start together each see only the peers registered before them, and
+    /// the first ones to start read the queue at once otherwise (two reads
+    /// of a million at once made the fleet's first job wait 7.5 s instead
+    /// of 1.8 s on the test server).
     fn refill(&mut self, limit: usize, seen: &mut i64) -> Result<Found, Error> {
-        if self.share.part().1 > 1 {
-            let mut waits = 0;
-            loop {
-                let (newer, trips) = self.shared.newer(*seen, self.share.part().0)?;
-                self.round_trips += trips;
-                if let Some(published) = newer {
-                    *seen = published.epoch;
-                    let age = self
-                        .queue
-                        .clock()
-                        .now()
-                        .saturating_duration_since(published.read_at);
-                    if age < WINDOW_LIFETIME {
-                        return Ok(Found::Adopted(published));
-                    }
-                }
-                if waits == 0 || waits >= TURN_WAITS {
-                    let turn = self.shared.take_turn(*seen)?;
-                    self.round_trips += 1;
-                    if turn {
-                        let (keys, full) = self.read_keys(limit)?;
-                        let parts = divide(&keys, self.share.part().1);
-                        let (epoch, trips) = self.shared.publish(&parts, full)?;
-                        self.round_trips += trips;
-                        *seen = epoch.unwrap_or(*seen);
-                        // The reader keeps the whole window: its own part
-                        // first, then a share of the others' (see `take`).
-                        return Ok(Found::Keys { keys, full });
-                    }
-                    if waits >= TURN_WAITS {
-                        break;
-                    }
-                }
-                waits += 1;
+        for waits in 0..=TURN_WAITS {
+            if waits > 0 {
                 std::thread::sleep(TURN_WAIT);
             }
-            log::debug!("a peer's read of the shared window is slow; reading for this worker");
+            let (newer, trips) = self.shared.newer(*seen, self.share.part().0)?;
+            self.round_trips += trips;
+            if let Some(published) = newer {
+                *seen = published.epoch;
+                let age = self
+                    .queue
+                    .clock()
+                    .now()
+                    .saturating_duration_since(published.read_at);
+                if age < WINDOW_LIFETIME {
+                    return Ok(Found::Adopted(published));
+                }
+            }
+            let turn = self.shared.take_turn(*seen)?;
+            self.round_trips += 1;
+            if turn {
+                let Window { keys, full, groups } = self.read_window(limit)?;
+                // The peers as they are now: one may have started during
+                // the read.
+                let of = self.share.part().1;
+                if of > 1 {
+                    let (epoch, trips) =
+                        self.shared
+                            .publish(&divide(&keys, of), full, groups.as_deref())?;
+                    self.round_trips += trips;
+                    *seen = epoch.unwrap_or(*seen);
+                } else {
+                    self.round_trips += self.shared.release_turn();
+                }
+                // The reader keeps the whole window: its own part first,
+                // then a share of the others' (see `take`).
+                return Ok(Found::Keys { keys, full, groups });
+            }
         }
-        let (keys, full) = self.read_keys(limit)?;
-        Ok(Found::Keys { keys, full })
+        log::debug!("a peer's read of the shared window is slow; reading for this worker");
+        let Window { keys, full, groups } = self.read_window(limit)?;
+        Ok(Found::Keys { keys, full, groups })
+    }
+
+    /// A window of up to `limit` keys (more with groups, see [`fair`]): a
+    /// read in queue order; if it stopped at its limit and this reader met
+    /// a named group lately, reads for the named groups it did not meet,
+    /// up to [`fair::PASSES`] times (on the partial index `mongoq_groups`);
+    /// then each rank's keys round-robin by group.
+    /// Returns the keys, whether more lie beyond, and the named groups
+    /// (`None`: more than [`fair::LISTED_GROUPS`]).
+    fn read_window(&mut self, limit: usize) -> Result<Window, Error> {
+        let (mut keys, full) = self.read_keys(Document::new(), CLAIM_INDEX, limit)?;
+        let mut met = fair::named(&keys);
+        if !met.is_empty() {
+            self.met_groups_at = Some(Instant::now());
+        }
+        let groups_about = self
+            .met_groups_at
+            .is_some_and(|at| at.elapsed() < fair::GROUPS_REMEMBERED);
+        let floor = keys.last().map(|k| k.rank.clone());
+        if let Some(floor) = floor.filter(|_| full && groups_about) {
+            let mut extra = Vec::new();
+            for _ in 0..fair::PASSES {
+                let (more, more_full) = self.read_keys(fair::others(&met), GROUPS_INDEX, limit)?;
+                let more = fair::at_or_above(more, &floor);
+                if more.is_empty() {
+                    break;
+                }
+                met.extend(fair::named(&more));
+                extra.extend(more);
+                if !more_full {
+                    break;
+                }
+            }
+            if !extra.is_empty() {
+                self.met_groups_at = Some(Instant::now());
+            }
+            keys = fair::merge(keys, extra);
+        }
+        let groups = (met.len() <= fair::LISTED_GROUPS).then_some(met);
+        Ok(Window { keys, full, groups })
     }
 
     /// Reads up to `limit` keys of eligible jobs in queue order. One read in
@@ -314,9 +402,19 @@ impl Source {
     /// `priority`, or none has one); only when it tells nothing, a read in
     /// the ranges of [`priority_ranges`], from the first that can hold what
     /// the single read met. Returns the keys and whether more lie beyond.
-    fn read_keys(&mut self, limit: usize) -> Result<(Vec<Key>, bool), Error> {
-        let filter = eligible_in(&self.queues, self.queue.clock().passed());
-        let (rows, full) = self.read(filter, queue_order(), limit)?;
+    fn read_keys(
+        &mut self,
+        also: Document,
+        index: &'static str,
+        limit: usize,
+    ) -> Result<(Vec<Key>, bool), Error> {
+        let (queue, queues) = (self.queue.clone(), self.queues.clone());
+        let eligible = || {
+            let mut filter = eligible_in(&queues, queue.clock().passed());
+            filter.extend(also.clone());
+            filter
+        };
+        let (rows, full) = self.read(eligible(), queue_order(), index, limit)?;
         let first = match in_queue_order(rows, full) {
             Ok(read) => return Ok(read),
             Err(first) => first.first_range(),
@@ -329,9 +427,9 @@ impl Source {
                 full = true;
                 break;
             }
-            let mut filter = eligible_in(&self.queues, self.queue.clock().passed());
+            let mut filter = eligible();
             filter.insert(fields::PRIORITY, priority);
-            let (rows, stopped) = self.read(filter, order, wanted)?;
+            let (rows, stopped) = self.read(filter, order, index, wanted)?;
             keys.extend(rows.into_iter().map(|r| r.key));
             if stopped {
                 full = true;
@@ -350,21 +448,23 @@ impl Source {
         &mut self,
         filter: Document,
         order: Document,
+        index: &'static str,
         limit: usize,
     ) -> Result<(Vec<Row>, bool), Error> {
-        let cursor = self
-            .queue
-            .collection()
-            .clone_with_type::<RawDocumentBuf>()
-            .find(filter)
-            .sort(order)
-            .projection(key_projection())
-            .limit(limit as i64)
-            // One reply (the server stops a batch at 16 MiB, far above a
-            // window's 4 MB): a getMore per 10,000 keys costs round trips.
-            .batch_size(u32::try_from(limit.saturating_add(1)).unwrap_or(u32::MAX))
-            .run()
-            .map_err(|e| self.queue.db_error("find (claim read-ahead)", &e))?;
+        let jobs = self.queue.collection().clone_with_type::<RawDocumentBuf>();
+        let cursor = hinted(index, |hint| {
+            jobs.find(filter.clone())
+                .sort(order.clone())
+                .projection(key_projection())
+                .limit(limit as i64)
+                // One reply (the server stops a batch at 16 MiB, far above
+                // a window's 4 MB): a getMore per 10,000 keys costs round
+                // trips.
+                .batch_size(u32::try_from(limit.saturating_add(1)).unwrap_or(u32::MAX))
+                .optional(hint, mongodb::action::Find::hint)
+                .run()
+        })
+        .map_err(|e| self.queue.db_error("find (claim read-ahead)", &e))?;
         self.round_trips += 1;
         let mut rows = Vec::new();
         let mut bytes = 0;
@@ -388,9 +488,10 @@ impl Source {
         Ok((rows, read >= limit))
     }
 
-    /// Whether an eligible job ranks above `head`: one index seek, one
-    /// `_id` returned.
-    fn anything_above(&mut self, head: &Bson) -> Result<bool, Error> {
+    /// Whether an eligible job ranks above `head`, or (with `groups`, the
+    /// named groups the window lists) one at or above it is of another
+    /// named group: one index seek each, one `_id` returned.
+    fn anything_above(&mut self, head: &Bson, groups: Option<&[String]>) -> Result<bool, Error> {
         let above = doc! {fields::PRIORITY: {"$gt": head.clone()}};
         let above = if integer(head).is_some_and(|n| n < 0) {
             // Below 0, a job without a priority (ranked 0) is above too.
@@ -399,7 +500,30 @@ impl Source {
             above
         };
         self.round_trips += 1;
-        any_eligible(&self.queue, &self.queues, above, "find (higher priority)")
+        if any_eligible(
+            &self.queue,
+            &self.queues,
+            above,
+            CLAIM_INDEX,
+            "find (higher priority)",
+        )? {
+            return Ok(true);
+        }
+        let Some(groups) = groups else {
+            return Ok(false);
+        };
+        self.round_trips += 1;
+        let found = any_eligible(
+            &self.queue,
+            &self.queues,
+            fair::new_group(groups, head),
+            GROUPS_INDEX,
+            "find (a new group)",
+        )?;
+        if found {
+            self.met_groups_at = Some(Instant::now());
+        }
+        Ok(found)
     }
 }
 
@@ -409,16 +533,19 @@ pub(super) fn any_eligible(
     queue: &Queue,
     queues: &[String],
     also: Document,
+    index: &'static str,
     what: &'static str,
 ) -> Result<bool, Error> {
     let mut filter = eligible_in(queues, queue.clock().passed());
     filter.extend(also);
-    let found = queue
-        .collection()
-        .find_one(filter)
-        .projection(doc! {"_id": 1})
-        .run()
-        .map_err(|e| queue.db_error(what, &e))?;
+    let jobs = queue.collection();
+    let found = hinted(index, |hint| {
+        jobs.find_one(filter.clone())
+            .projection(doc! {"_id": 1})
+            .optional(hint, mongodb::action::FindOne::hint)
+            .run()
+    })
+    .map_err(|e| queue.db_error(what, &e))?;
     Ok(found.is_some())
 }
 
@@ -443,6 +570,7 @@ mod tests {
             .map(|i| Key {
                 id: Bson::ObjectId(ObjectId::new()),
                 rank: Bson::Int32(i % 3),
+                group: None,
             })
             .collect();
         let parts = divide(&keys, 4);

@@ -159,6 +159,17 @@ fn counter_rows(c: &Report) -> [(&'static str, &'static str, u64); 15] {
     ]
 }
 
+/// The queue's depth as last sampled (see `Monitor::sample_depth`).
+#[derive(Debug, Clone)]
+pub(crate) struct Depth {
+    pub(crate) sampled: Instant,
+    pub(crate) stats: Stats,
+    /// Named groups with pending jobs, over all queues.
+    pub(crate) groups_with_backlog: u64,
+    /// Groups of ordered queues halted by a job that failed for good.
+    pub(crate) halted_groups: u64,
+}
+
 /// Renders the Prometheus text exposition (format 0.0.4).
 pub(crate) fn render(
     report: &Report,
@@ -166,7 +177,7 @@ pub(crate) fn render(
     handler: &Histogram,
     claim: &Histogram,
     health: &HealthReport,
-    depth: Option<&(Instant, Stats)>,
+    depth: Option<&Depth>,
     controls: &[QueueControl],
 ) -> String {
     let c = load;
@@ -201,47 +212,8 @@ pub(crate) fn render(
         "How long handlers took per attempt.",
     );
     claim.render(&mut out, "mongoq_claim_duration_seconds", "Duration of each claim: usually one round trip, two when the read-ahead window is refilled.");
-    if let Some((sampled, stats)) = depth {
-        let _ = writeln!(out, "# HELP mongoq_queue_jobs Jobs in the collection by status (all queues), sampled every few seconds.\n# TYPE mongoq_queue_jobs gauge");
-        for (status, count) in &stats.counts {
-            let _ = writeln!(
-                out,
-                "mongoq_queue_jobs{{status=\"{}\"}} {count}",
-                label_value(status)
-            );
-        }
-        gauge_rows.extend([
-            (
-                "mongoq_queue_eligible_jobs",
-                "Pending jobs whose run_at has come, in queues not paused.",
-                stats.eligible as f64,
-            ),
-            (
-                "mongoq_queue_paused_jobs",
-                "Pending jobs whose run_at has come, held by a paused queue.",
-                stats.paused as f64,
-            ),
-            (
-                "mongoq_queue_scheduled_jobs",
-                "Pending jobs whose run_at is in the future.",
-                stats.scheduled as f64,
-            ),
-            (
-                "mongoq_queue_expired_jobs",
-                "Cancelled jobs in the collection that expired before they started (expires_at).",
-                stats.expired as f64,
-            ),
-            (
-                "mongoq_queue_oldest_eligible_age_seconds",
-                "How long the oldest eligible job has waited (0 when none).",
-                stats.oldest_eligible_age_seconds.unwrap_or(0.0),
-            ),
-            (
-                "mongoq_queue_sample_age_seconds",
-                "Age of the queue depth sample.",
-                sampled.elapsed().as_secs_f64(),
-            ),
-        ]);
+    if let Some(depth) = depth {
+        render_depth(&mut out, depth, &mut gauge_rows);
     }
     render_controls(&mut out, controls);
     for (name, help, value) in gauge_rows {
@@ -306,6 +278,76 @@ fn label_value(text: &str) -> String {
     text.replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")
+}
+
+/// The queue's depth as sampled: counts by status, and gauges added to
+/// `gauge_rows`.
+fn render_depth<'a>(
+    out: &mut String,
+    depth: &'a Depth,
+    gauge_rows: &mut Vec<(&'a str, &'a str, f64)>,
+) {
+    let Depth {
+        sampled,
+        stats,
+        groups_with_backlog,
+        halted_groups,
+    } = depth;
+    let _ = writeln!(out, "# HELP mongoq_queue_jobs Jobs in the collection by status (all queues), sampled every few seconds.\n# TYPE mongoq_queue_jobs gauge");
+    for (status, count) in &stats.counts {
+        let _ = writeln!(
+            out,
+            "mongoq_queue_jobs{{status=\"{}\"}} {count}",
+            label_value(status)
+        );
+    }
+    gauge_rows.extend([
+            (
+                "mongoq_queue_eligible_jobs",
+                "Pending jobs whose run_at has come, in queues not paused.",
+                stats.eligible as f64,
+            ),
+            (
+                "mongoq_queue_paused_jobs",
+                "Pending jobs whose run_at has come, held by a paused queue.",
+                stats.paused as f64,
+            ),
+            (
+                "mongoq_queue_scheduled_jobs",
+                "Pending jobs whose run_at is in the future.",
+                stats.scheduled as f64,
+            ),
+            (
+                "mongoq_queue_expired_jobs",
+                "Cancelled jobs in the collection that expired before they started (expires_at).",
+                stats.expired as f64,
+            ),
+            (
+                "mongoq_queue_oldest_eligible_age_seconds",
+                "How long the oldest eligible job has waited (0 when none).",
+                stats.oldest_eligible_age_seconds.unwrap_or(0.0),
+            ),
+            (
+                "mongoq_queue_not_counted_jobs",
+                "About how many jobs the queue counts leave out: inserted directly and not counted by a worker yet (0: the counts are exact).",
+                stats.not_counted_yet.unwrap_or(0) as f64,
+            ),
+            (
+                "mongoq_queue_groups_with_backlog",
+                "Named groups (the jobs' group field) with pending jobs, over all queues.",
+                *groups_with_backlog as f64,
+            ),
+            (
+                "mongoq_queue_halted_groups",
+                "Groups of ordered queues halted by a job that failed for good (they go on once it is retried or cancelled).",
+                *halted_groups as f64,
+            ),
+            (
+                "mongoq_queue_sample_age_seconds",
+                "Age of the queue depth sample.",
+                sampled.elapsed().as_secs_f64(),
+            ),
+        ]);
 }
 
 #[cfg(test)]

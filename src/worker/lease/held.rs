@@ -32,6 +32,9 @@ pub(crate) struct JobKey {
     /// The limited queue whose concurrency slot the job holds; freed when
     /// its outcome is written (or lost).
     pub(crate) slot: Option<Arc<str>>,
+    /// The (queue, group) whose group concurrency slot the job holds;
+    /// freed like `slot`.
+    pub(crate) group_slot: Option<Arc<(String, String)>>,
     /// The claimed copy carried `has_dependents`: the outcome settles them
     /// ([`crate::flow`]). When false, an outcome that ends the job is
     /// fenced against the flag too, so a flag set after the claim is seen.
@@ -45,6 +48,7 @@ impl crate::job::Job {
             id: self.id.clone(),
             token: self.lease_token,
             slot: self.slot.clone(),
+            group_slot: self.group_slot.clone(),
             dependents: self.has_dependents,
         }
     }

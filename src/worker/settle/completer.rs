@@ -37,6 +37,8 @@ pub(crate) struct Completer {
     pub(crate) health: Arc<Health>,
     /// Concurrency slots held by the jobs whose outcomes are written.
     pub(crate) slots: Arc<Slots>,
+    /// Group slots held by the jobs whose outcomes are written.
+    pub(crate) group_slots: Arc<crate::groups::limits::GroupSlots>,
     /// Rung when an outcome released waiting jobs, so this worker's
     /// fetcher looks for them at once.
     pub(crate) doorbell: Arc<Doorbell>,
@@ -95,6 +97,7 @@ impl Completer {
             counters,
             health,
             slots,
+            group_slots,
             doorbell: _,
             pause_written,
             history,
@@ -145,6 +148,7 @@ impl Completer {
             );
         }
         let at = queue.clock().now();
+        let mut group_slots_freed = false;
         for outcome in pending.drain(..) {
             record(queue, counters, &outcome);
             if let (Some(history), Some(timing)) = (history, &outcome.timing) {
@@ -160,6 +164,24 @@ impl Completer {
             leases.release(outcome.key.token);
             if let Some(queue) = &outcome.key.slot {
                 slots.free(queue, 1);
+            }
+            if let Some(group) = &outcome.key.group_slot {
+                group_slots.free(&group.0, &group.1, 1);
+                group_slots_freed = true;
+            }
+        }
+        // A group's slot goes back at once, now that its job's outcome is
+        // written: the group's next job (an ordered group's, say) may be
+        // another worker's to start. If this fails, the control thread
+        // gives it back within half a second.
+        if group_slots_freed {
+            match crate::groups::limits::give_back(queue, worker, group_slots) {
+                Ok(trips) => Counters::add(&counters.outcome_writes, trips),
+                Err(error) => {
+                    log::debug!(
+                        "giving back group slots failed ({error}); the control thread does"
+                    );
+                }
             }
         }
     }

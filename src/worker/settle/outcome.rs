@@ -434,6 +434,7 @@ mod tests {
                 id: Bson::Int32(n),
                 token,
                 slot: None,
+                group_slot: None,
                 dependents: false,
             },
             Kind::Completed { result },
@@ -452,6 +453,7 @@ mod tests {
                 id: Bson::Int32(99),
                 token: one,
                 slot: None,
+                group_slot: None,
                 dependents: false,
             },
             Kind::Failed {

@@ -64,6 +64,11 @@ pub struct CountRow {
     /// rows only).
     pub counting_s: Option<f64>,
     pub stats_s: f64,
+    /// What that `stats` said it left out (jobs not counted yet, past its
+    /// budget); `None`: it was exact.
+    pub not_counted_yet: Option<u64>,
+    /// `stats --exact`, which counts them all.
+    pub exact_stats_s: f64,
     pub overview_s: f64,
     pub queues_page_s: f64,
     pub metrics_sample_s: f64,
@@ -187,6 +192,11 @@ impl Bench<'_> {
                     counted: rows.iter().any(|c| c.counted),
                     counting_s: median_of(rows.iter().map(|c| c.counting_s)),
                     stats_s: median(rows.iter().map(|c: &CountRow| c.stats_s)),
+                    not_counted_yet: median_of(
+                        rows.iter().map(|c| c.not_counted_yet.map(|n| n as f64)),
+                    )
+                    .map(|n| n as u64),
+                    exact_stats_s: median(rows.iter().map(|c| c.exact_stats_s)),
                     overview_s: median(rows.iter().map(|c| c.overview_s)),
                     queues_page_s: median(rows.iter().map(|c| c.queues_page_s)),
                     metrics_sample_s: median(rows.iter().map(|c| c.metrics_sample_s)),
@@ -323,7 +333,17 @@ fn run_workers(
     let shutdown = Shutdown::new();
     let mut threads = Vec::new();
     for n in 0..workers {
-        let queue = Queue::connect(config)?;
+        // `RUST_LOG=mongoq::commands=debug`: the workers' commands, as the
+        // CLI logs them (what a stall waited for).
+        let queue = Queue::connect_with(config, |options| {
+            if log::log_enabled!(target: "mongoq::commands", log::Level::Debug) {
+                let trace = mongoq::queue::commands::CommandLog::default();
+                options.command_event_handler =
+                    Some(mongodb::event::EventHandler::callback(move |event| {
+                        trace.observe(&event);
+                    }));
+            }
+        })?;
         let timeline = Arc::clone(timeline);
         let config = WorkerConfig {
             threads: THREADS,
@@ -392,11 +412,16 @@ fn count_times(queue: &Queue, backlog: usize, counted: bool) -> Result<CountRow,
             )))
         }
     };
+    let started = Instant::now();
+    let stats = queue.stats()?;
+    let stats_s = started.elapsed().as_secs_f64();
     Ok(CountRow {
         backlog,
         counted,
         counting_s: None,
-        stats_s: time(&|| queue.stats().map(|_| ()))?,
+        stats_s,
+        not_counted_yet: stats.not_counted_yet,
+        exact_stats_s: time(&|| queue.stats_exact().map(|_| ()))?,
         overview_s: time(&|| page("/"))?,
         queues_page_s: time(&|| page("/queues"))?,
         metrics_sample_s: time(&|| queue.stats().map(|_| ()))?,
@@ -471,10 +496,14 @@ pub fn render(results: &BacklogResults, out: &mut String) {
             } else {
                 "right after the fill, nothing counted".to_string()
             };
+            let said = c.not_counted_yet.map_or_else(
+                || "exact".to_string(),
+                |n| format!("leaving out about {n} not counted yet"),
+            );
             let _ = writeln!(
                 out,
-                "   {backlog} jobs, {when}: stats {:.2} s, overview {:.2} s, Queues page {:.2} s, /metrics sample {:.2} s (bar ≤ 2 s)",
-                c.stats_s, c.overview_s, c.queues_page_s, c.metrics_sample_s
+                "   {backlog} jobs, {when}: stats {:.2} s ({said}; --exact {:.2} s), overview {:.2} s, Queues page {:.2} s, /metrics sample {:.2} s (bar ≤ 2 s)",
+                c.stats_s, c.exact_stats_s, c.overview_s, c.queues_page_s, c.metrics_sample_s
             );
         }
     }

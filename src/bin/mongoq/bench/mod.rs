@@ -12,6 +12,7 @@
 mod backlog;
 mod bars;
 mod flows;
+mod groups;
 mod handlers;
 mod history;
 mod peers;
@@ -40,6 +41,7 @@ use std::time::{Duration, Instant};
 pub use backlog::BacklogResults;
 pub use bars::render_fleet_svg;
 pub use flows::FlowRow;
+pub use groups::GroupsRow;
 pub use handlers::HandlerRow;
 pub use history::HistoryRow;
 pub use python::PythonRow;
@@ -175,6 +177,8 @@ pub struct BenchResults {
     pub backlog: BacklogResults,
     /// Section 16: what recording the history costs.
     pub history: Vec<HistoryRow>,
+    /// Section 17: fair share between groups.
+    pub groups: Vec<GroupsRow>,
 }
 
 /// What a fleet-wide limit costs: one drain per mode.
@@ -222,6 +226,7 @@ pub fn run(config: &BenchConfig, progress: &mut dyn FnMut(&str)) -> Result<Bench
         snooze: Vec::new(),
         backlog: BacklogResults::default(),
         history: Vec::new(),
+        groups: Vec::new(),
     };
     let wanted = |section: &str| config.only.is_empty() || config.only.iter().any(|s| s == section);
     bench.sections_before_drain(&wanted, &mut results, progress)?;
@@ -332,6 +337,9 @@ impl Bench<'_> {
         if wanted("history") {
             results.history = self.history(progress)?;
         }
+        if wanted("groups") {
+            results.groups = self.groups(progress)?;
+        }
         Ok(())
     }
 }
@@ -351,6 +359,26 @@ impl Pattern {
             Pattern::Ceiling => "ceiling (bare batched calls)",
         }
     }
+}
+
+/// Inserts `jobs` (data and options) as new pending jobs, in batches of
+/// 1,000 documents.
+fn insert_jobs(
+    queue: &Queue,
+    jobs: impl Iterator<Item = (Bson, EnqueueOptions)>,
+) -> Result<(), Error> {
+    let now = DateTime::now();
+    let mut batch = Vec::with_capacity(1_000);
+    for (data, options) in jobs {
+        batch.push(new_job_document(ObjectId::new(), data, &options, now));
+        if batch.len() == 1_000 {
+            queue.insert_batch(std::mem::take(&mut batch))?;
+        }
+    }
+    if !batch.is_empty() {
+        queue.insert_batch(batch)?;
+    }
+    Ok(())
 }
 
 struct Bench<'a> {
@@ -382,24 +410,10 @@ impl Bench<'_> {
 
     fn fill(queue: &Queue, n: usize) -> Result<(), Error> {
         queue.ensure_indexes()?;
-        let now = DateTime::now();
-        let options = EnqueueOptions::default();
-        let mut batch = Vec::with_capacity(1_000);
-        for i in 0..n {
-            batch.push(new_job_document(
-                ObjectId::new(),
-                Bson::Int64(i as i64),
-                &options,
-                now,
-            ));
-            if batch.len() == 1_000 {
-                queue.insert_batch(std::mem::take(&mut batch))?;
-            }
-        }
-        if !batch.is_empty() {
-            queue.insert_batch(batch)?;
-        }
-        Ok(())
+        insert_jobs(
+            queue,
+            (0..n).map(|i| (Bson::Int64(i as i64), EnqueueOptions::default())),
+        )
     }
 
     fn drain(&self, n: usize, threads: usize, batch: usize) -> Result<DrainRow, Error> {

@@ -147,6 +147,7 @@ pub fn render_table(results: &BenchResults) -> String {
     super::snooze::render(&results.snooze, &mut out);
     super::backlog::render(&results.backlog, &mut out);
     super::history::render(&results.history, &mut out);
+    super::groups::render(&results.groups, &mut out);
     out
 }
 

@@ -17,6 +17,17 @@ pub fn show(queue: &Queue, id: &str) -> Result<ExitCode, CommandError> {
     if job.get_str(fields::STATUS) == Ok("waiting") {
         eprintln!("mongoq: {}", waiting_note(queue, &job)?);
     }
+    if job.get_str(fields::STATUS) == Ok("pending") {
+        if let Some((first, status)) = mongoq::groups::ordered::ahead_of(queue, &job)? {
+            let group = job.get_str(fields::GROUP).unwrap_or_default();
+            let first = id_text(&first);
+            if status == "failed" {
+                eprintln!("mongoq: its ordered group {group} is HALTED: job {first} failed for good (mongoq retry-failed --id {first}, or mongoq cancel {first}, lets the group go on)");
+            } else {
+                eprintln!("mongoq: its ordered group {group} runs job {first} ({status}) first");
+            }
+        }
+    }
     let json = mongoq::bson::Bson::Document(job).into_relaxed_extjson();
     println!(
         "{}",

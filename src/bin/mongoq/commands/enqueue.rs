@@ -38,6 +38,9 @@ fn enqueue_options(queue: &Queue, args: &EnqueueArgs) -> Result<EnqueueOptions, 
     if let Some(queue) = &args.queue {
         mongoq::queue::validate_queue_name(queue).map_err(|e| usage(format!("--queue: {e}")))?;
     }
+    if let Some(group) = &args.group {
+        mongoq::queue::validate_group_name(group).map_err(|e| usage(format!("--group: {e}")))?;
+    }
     let expires_at = instant(
         queue,
         "--expires-at",
@@ -64,6 +67,7 @@ fn enqueue_options(queue: &Queue, args: &EnqueueArgs) -> Result<EnqueueOptions, 
         run_at,
         max_attempts: args.max_attempts,
         queue: args.queue.clone(),
+        group: args.group.clone(),
         unique_key: args.unique_key.clone(),
         after: args.after.iter().map(|id| id_value(id)).collect(),
         if_dep_fails,

@@ -8,7 +8,7 @@ use mongoq::queue::{QueueControl, Rate, WorkerInfo};
 use mongoq::Queue;
 
 use crate::cli::{LimitArgs, PauseArgs, ResumeArgs, WorkersArgs};
-use crate::error::CommandError;
+use crate::error::{usage, CommandError};
 
 fn json(value: &impl serde::Serialize) {
     println!(
@@ -88,11 +88,79 @@ pub fn limit(queue: &Queue, args: &LimitArgs) -> Result<ExitCode, CommandError> 
         }
         return Ok(ExitCode::SUCCESS);
     };
+    if let Some(group) = &args.group {
+        if args.clear {
+            queue.set_group_limit(name, group, None, None, None)?;
+            println!("queue {name}, group {group}: the queue's limits for every group");
+            return Ok(ExitCode::SUCCESS);
+        }
+        // What is not given keeps its value.
+        let own = queue
+            .controls_of(std::slice::from_ref(name))?
+            .into_iter()
+            .flat_map(|c| c.group_overrides)
+            .find(|o| &o.group == group);
+        let concurrency = args
+            .concurrency
+            .or(own.as_ref().and_then(|o| o.concurrency));
+        let rate = match &args.rate {
+            Some(rate) => Some(Rate::parse(rate)?),
+            None => own.as_ref().and_then(|o| o.rate),
+        };
+        let weight = args.weight.or(own.as_ref().and_then(|o| o.weight));
+        queue.set_group_limit(name, group, concurrency, rate, weight)?;
+        let mut said = Vec::new();
+        if let Some(n) = concurrency {
+            said.push(format!("at most {n} jobs run at once"));
+        }
+        if let Some(rate) = rate {
+            said.push(format!("at most {rate} job starts"));
+        }
+        if let Some(weight) = weight {
+            said.push(format!("{weight} turns per round of fair share"));
+        }
+        println!(
+            "queue {name}, group {group}: {}, fleet-wide",
+            said.join(" and ")
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
     if args.clear {
         queue.set_concurrency(name, None)?;
         queue.set_rate(name, None)?;
+        queue.set_group_concurrency(name, None)?;
+        queue.set_group_rate(name, None)?;
+        queue.set_ordered(name, None)?;
+        for own in queue
+            .controls_of(std::slice::from_ref(name))?
+            .into_iter()
+            .flat_map(|c| c.group_overrides)
+        {
+            queue.set_group_limit(name, &own.group, None, None, None)?;
+        }
         println!("queue {name}: no limits");
         return Ok(ExitCode::SUCCESS);
+    }
+    if args.ordered {
+        queue.set_ordered(name, Some(args.continue_on_failure))?;
+        println!(
+            "queue {name}: each group's jobs start one at a time, in order; a job that fails for good {}",
+            if args.continue_on_failure {
+                "does not stop its group"
+            } else {
+                "halts its group until it is retried or cancelled"
+            }
+        );
+    }
+    if let Some(concurrency) = args.group_concurrency {
+        queue.set_group_concurrency(name, Some(concurrency))?;
+        println!("queue {name}: at most {concurrency} jobs of each group run at once, fleet-wide");
+    }
+    if let Some(rate) = &args.group_rate {
+        let rate = Rate::parse(rate)
+            .map_err(|e| usage(e.to_string().replacen("--rate", "--group-rate", 1)))?;
+        queue.set_group_rate(name, Some(rate))?;
+        println!("queue {name}: at most {rate} job starts of each group, fleet-wide");
     }
     if let Some(concurrency) = args.concurrency {
         queue.set_concurrency(name, Some(concurrency))?;
@@ -138,6 +206,30 @@ pub fn render_controls(controls: &[QueueControl], now: mongoq::bson::DateTime) -
         }
         if let Some(rate) = c.rate {
             parts.push(format!("rate {rate}"));
+        }
+        if c.ordered {
+            parts.push(if c.continue_on_failure {
+                "ordered groups (a failure does not halt)".to_string()
+            } else {
+                "ordered groups".to_string()
+            });
+        }
+        if let Some(limit) = c.group_concurrency {
+            parts.push(format!("each group at most {limit} at once"));
+        }
+        if let Some(rate) = c.group_rate {
+            parts.push(format!("each group rate {rate}"));
+        }
+        for own in &c.group_overrides {
+            if let Some(limit) = own.concurrency {
+                parts.push(format!("group {} at most {limit}", own.group));
+            }
+            if let Some(rate) = own.rate {
+                parts.push(format!("group {} rate {rate}", own.group));
+            }
+            if let Some(weight) = own.weight {
+                parts.push(format!("group {} weight {weight}", own.group));
+            }
         }
         if parts.is_empty() {
             parts.push("no limits".into());

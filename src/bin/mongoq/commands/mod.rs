@@ -11,7 +11,7 @@ mod fleet;
 mod history;
 mod init;
 mod schedule;
-mod stats;
+pub mod stats;
 mod work;
 
 use std::process::ExitCode;
@@ -65,6 +65,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, CommandError> {
         Command::Work(args) => work::work(queue, args, &commands),
         Command::Stats(args) if args.watch => stats::watch_stats(&queue, args.interval),
         Command::Stats(args) if args.history => history::history(&queue, &args),
+        Command::Stats(args) if args.groups.is_some() => stats::groups(&queue, &args),
         Command::Stats(args) => stats::stats(&queue, &args),
         Command::Show(args) => admin::show(&queue, &args.id),
         Command::Cancel(args) => admin::cancel(&queue, &args.id),

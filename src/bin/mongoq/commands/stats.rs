@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use mongoq::{Queue, Shutdown};
 
 use crate::cli::StatsArgs;
-use crate::error::{failure, CommandError};
+use crate::error::{failure, usage, CommandError};
 
 pub fn stats(queue: &Queue, args: &StatsArgs) -> Result<ExitCode, CommandError> {
     if args.recount {
@@ -19,7 +19,11 @@ pub fn stats(queue: &Queue, args: &StatsArgs) -> Result<ExitCode, CommandError> 
             counters.len()
         );
     }
-    let stats = queue.stats()?;
+    let stats = if args.exact {
+        queue.stats_exact()?
+    } else {
+        queue.stats()?
+    };
     let controls = queue.controls()?;
     let schedules = mongoq::schedule::Schedules::new(queue).list()?;
     if args.json {
@@ -59,6 +63,70 @@ pub fn stats(queue: &Queue, args: &StatsArgs) -> Result<ExitCode, CommandError> 
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `stats --groups QUEUE`: the queue's busiest groups.
+pub fn groups(queue: &Queue, args: &StatsArgs) -> Result<ExitCode, CommandError> {
+    let name = args.groups.clone().unwrap_or_default();
+    mongoq::queue::validate_queue_name(&name).map_err(|e| usage(format!("--groups: {e}")))?;
+    let busiest = queue.busiest_groups(&name, args.top)?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&busiest).unwrap_or_default()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    print!("{}", render_groups(&name, &busiest));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The groups table of `stats --groups`.
+pub fn render_groups(queue: &str, busiest: &mongoq::groups::Busiest) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "queue {queue}: {} groups with pending or running jobs",
+        busiest.active_groups
+    );
+    let _ = writeln!(
+        out,
+        "  {:<30} {:>10} {:>10} {:>8}",
+        "group", "pending", "running", "limit"
+    );
+    let default = &busiest.default_group;
+    for load in busiest.groups.iter().chain(std::iter::once(default)) {
+        let _ = writeln!(
+            out,
+            "  {:<30} {:>10} {:>10} {:>8}",
+            mongoq::groups::group_label(load.group.as_deref()),
+            load.pending,
+            load.running,
+            load.limit
+                .map_or_else(|| "–".to_string(), |n| n.to_string())
+        );
+    }
+    let more = busiest
+        .active_groups
+        .saturating_sub(busiest.groups.len() as u64);
+    if more > 0 {
+        let _ = writeln!(out, "  … and {more} more groups (--top N lists more)");
+    }
+    for (group, job) in &busiest.halted {
+        let _ = writeln!(
+            out,
+            "  group {group} is HALTED: job {job} failed for good (mongoq retry-failed --id {job}, or mongoq cancel {job}, lets the group go on)"
+        );
+    }
+    if let Some(left_out) = busiest.not_counted_yet {
+        let _ = writeln!(
+            out,
+            "  the default group's numbers may be short: {}",
+            not_counted_note(left_out)
+        );
+    }
+    out
 }
 
 /// The stats table; with the previous sample and its age, rates too.
@@ -110,6 +178,9 @@ pub fn render_stats(
             let _ = writeln!(out, "  {status:<10} {count:>10}{rate}");
         }
     }
+    if let Some(left_out) = stats.not_counted_yet {
+        let _ = writeln!(out, "  {}", not_counted_note(left_out));
+    }
     match stats.oldest_eligible_age_seconds {
         Some(age) => {
             let _ = writeln!(
@@ -123,6 +194,14 @@ pub fn render_stats(
         }
     }
     out
+}
+
+/// What the counts leave out when the jobs not counted yet were too many to
+/// count within a read's budget (see `mongoq::Stats::not_counted_yet`).
+pub fn not_counted_note(left_out: u64) -> String {
+    format!(
+        "these counts leave out about {left_out} jobs inserted directly that no worker has counted yet (a worker counts them in the background; `mongoq stats --exact` counts them now)"
+    )
 }
 
 /// `stats --watch`: redraw in place on a terminal, append otherwise, until

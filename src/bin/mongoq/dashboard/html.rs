@@ -88,6 +88,17 @@ pub(super) fn chart(series: &[(u64, u64)]) -> String {
 
 /// The page around a body: navigation, style, and for live pages a script
 /// that re-fetches the page every 5 s and swaps in its `#live` part.
+/// The notice a page shows when its counts leave out jobs not counted yet
+/// (see `mongoq::Stats::not_counted_yet`); empty when they are exact.
+pub(super) fn not_counted_notice(left_out: Option<u64>) -> String {
+    left_out.map_or_else(String::new, |n| {
+        format!(
+            "<p class=notice id=not-counted>{}</p>",
+            esc(&crate::commands::stats::not_counted_note(n))
+        )
+    })
+}
+
 pub(super) fn page(title: &str, active: &str, body: &str, live: bool) -> String {
     let nav: String = [
         ("/", "Overview"),
@@ -126,7 +137,7 @@ pub(super) fn page(title: &str, active: &str, body: &str, live: bool) -> String 
     )
 }
 
-const STYLE: &str = "body{font:14px system-ui,sans-serif;margin:0;color:#222}header{display:flex;gap:1.5em;align-items:center;padding:.6em 1.2em;background:#1d3b2a;color:#fff}header a{color:#cfe;margin-right:1em;text-decoration:none}header a.current{color:#fff;text-decoration:underline}header small{margin-left:auto;opacity:.7}main{padding:1em 1.2em}h1{font-size:1.3em}.cards{display:flex;gap:1em;flex-wrap:wrap}.card{border:1px solid #ccc;border-radius:6px;padding:.6em 1em;min-width:7em;text-decoration:none;color:inherit}.card b{display:block;font-size:1.6em}table{border-collapse:collapse;width:100%}td,th{border-bottom:1px solid #eee;padding:.3em .5em;text-align:left;vertical-align:top}td.err{color:#a33;font-family:monospace;font-size:12px}pre{background:#f6f6f6;padding:1em;overflow:auto;max-height:70vh}.chart{width:100%;max-width:760px;border:1px solid #eee}.chart text{font-size:10px;fill:#666}.notice{background:#eef8e8;padding:.5em}.err{color:#a33}form.inline{display:inline}.filters input,.filters select{margin-right:1em}.button,button{display:inline-block;padding:.3em .8em;border:1px solid #888;border-radius:4px;background:#fafafa;color:#222;text-decoration:none;cursor:pointer}";
+const STYLE: &str = "body{font:14px system-ui,sans-serif;margin:0;color:#222}header{display:flex;gap:1.5em;align-items:center;padding:.6em 1.2em;background:#1d3b2a;color:#fff}header a{color:#cfe;margin-right:1em;text-decoration:none}header a.current{color:#fff;text-decoration:underline}header small{margin-left:auto;opacity:.7}main{padding:1em 1.2em}h1{font-size:1.3em}.cards{display:flex;gap:1em;flex-wrap:wrap}.card{border:1px solid #ccc;border-radius:6px;padding:.6em 1em;min-width:7em;text-decoration:none;color:inherit}.card b{display:block;font-size:1.6em}table{border-collapse:collapse;width:100%}td,th{border-bottom:1px solid #eee;padding:.3em .5em;text-align:left;vertical-align:top}td.err{color:#a33;font-family:monospace;font-size:12px}pre{background:#f6f6f6;padding:1em;overflow:auto;max-height:70vh}.chart{width:100%;max-width:760px;border:1px solid #eee}.chart text{font-size:10px;fill:#666}.notice{background:#eef8e8;padding:.5em}.err{color:#a33}.muted{color:#888}td.groups{font-size:12px;white-space:nowrap}form.inline{display:inline}.filters input,.filters select{margin-right:1em}.button,button{display:inline-block;padding:.3em .8em;border:1px solid #888;border-radius:4px;background:#fafafa;color:#222;text-decoration:none;cursor:pointer}";
 
 #[cfg(test)]
 mod tests {

@@ -9,6 +9,7 @@
 
 mod actions;
 mod flow;
+mod glance;
 mod history;
 mod html;
 mod pages;
@@ -53,6 +54,8 @@ struct Dashboard {
     queue: Queue,
     config: DashboardConfig,
     csrf: String,
+    /// Every queue's busiest groups, for the Queues page.
+    glance: Arc<glance::Glance>,
 }
 
 /// The host part of a `Host` header or address: `[::1]:8080` → `::1`,
@@ -78,6 +81,7 @@ pub fn handler(queue: Queue, config: DashboardConfig) -> Handler {
         queue,
         config,
         csrf,
+        glance: Arc::default(),
     });
     Arc::new(move |request: &Request| dashboard.serve(request))
 }
@@ -133,6 +137,7 @@ impl Dashboard {
             ("GET" | "HEAD", "/workers") => self.workers(),
             ("GET" | "HEAD", "/queues") => self.queues(request),
             ("GET" | "HEAD", "/history") => self.history(request),
+            ("GET" | "HEAD", "/groups") => self.groups(request),
             ("GET" | "HEAD", "/schedules") => self.schedules(request),
             ("GET" | "HEAD", "/jobs") => self.jobs(request),
             ("GET" | "HEAD", "/job") => self.job(request),

@@ -11,7 +11,7 @@ use mongoq::text::{cut_chars, percent_encode, prefix};
 use mongoq::Error;
 
 use super::actions::read_only;
-use super::html::{chart, esc, fmt_time, job_link, page, regex_escape};
+use super::html::{chart, esc, fmt_time, job_link, not_counted_notice, page, regex_escape};
 use super::{exactly, id_param, parse_id, Dashboard, ERROR_CHARS, PAGE, SHOW_BYTES};
 use crate::http::{Request, Response};
 
@@ -42,6 +42,7 @@ impl Dashboard {
                 |s| mongoq::duration::format_duration(std::time::Duration::from_secs_f64(s))
             )
         );
+        body.push_str(&not_counted_notice(stats.not_counted_yet));
         let series = self.throughput()?;
         body.push_str("<h2>Completed and failed per minute, last hour <a href=\"/history\">(history)</a></h2>");
         body.push_str(&chart(&series));
@@ -145,6 +146,7 @@ impl Dashboard {
             .unwrap_or(Status::Pending.as_str())
             .to_string();
         let queue = request.param("queue").unwrap_or("").trim().to_string();
+        let group = request.param("group").unwrap_or("").trim().to_string();
         let text = request.param("q").unwrap_or("").trim().to_string();
         let owner = request.param("owner").unwrap_or("").to_string();
         let mut filter = doc! {fields::STATUS: &status};
@@ -153,6 +155,9 @@ impl Dashboard {
                 fields::QUEUE,
                 mongoq::queue::filters::queue_condition(std::slice::from_ref(&queue)),
             );
+        }
+        if !group.is_empty() {
+            filter.insert(fields::GROUP, &group);
         }
         if !text.is_empty() {
             filter.insert(
@@ -182,7 +187,7 @@ impl Dashboard {
         let mut body = String::new();
         let _ = write!(
             body,
-            "<form class=filters method=get action=/jobs><label>status <select name=status>{}</select></label> <label>queue <input name=queue value=\"{}\" placeholder=default></label> <label>error contains <input name=q value=\"{}\"></label> <button>Filter</button></form>",
+            "<form class=filters method=get action=/jobs><label>status <select name=status>{}</select></label> <label>queue <input name=queue value=\"{}\" placeholder=default></label> <label>group <input name=group value=\"{}\" placeholder=any></label> <label>error contains <input name=q value=\"{}\"></label> <button>Filter</button></form>",
             ["pending", "running", "completed", "failed", "cancelled"]
                 .iter()
                 .fold(String::new(), |mut options, s| {
@@ -191,6 +196,7 @@ impl Dashboard {
                     options
                 }),
             esc(&queue),
+            esc(&group),
             esc(&text)
         );
         if Status::parse(&status) == Some(Status::Failed) && !self.config.read_only {
@@ -205,9 +211,10 @@ impl Dashboard {
             if let Some(last) = rows.get(PAGE as usize - 1).and_then(|d| d.get("_id")) {
                 let _ = write!(
                     body,
-                    "<p><a class=button href=\"/jobs?status={}&amp;queue={}&amp;q={}&amp;owner={}&amp;before={}\">Older →</a></p>",
+                    "<p><a class=button href=\"/jobs?status={}&amp;queue={}&amp;group={}&amp;q={}&amp;owner={}&amp;before={}\">Older →</a></p>",
                     percent_encode(&status),
                     percent_encode(&queue),
+                    percent_encode(&group),
                     percent_encode(&text),
                     percent_encode(&owner),
                     percent_encode(&id_param(last))
@@ -270,6 +277,7 @@ impl Dashboard {
                     .or_else(|| job.get(fields::CANCELLED_AT))
             ))
         );
+        body.push_str(&queue_line(&job, &status));
         let progress = progress_text(&job, false);
         if !progress.is_empty() {
             let _ = write!(body, "<p id=progress>progress {}</p>", esc(&progress));
@@ -364,12 +372,44 @@ fn progress_text(job: &Document, short: bool) -> String {
     text
 }
 
+/// The job page's line naming the job's queue and group (linked to the
+/// group's jobs of its status).
+fn queue_line(job: &Document, status: &str) -> String {
+    let queue_name = match job.get(fields::QUEUE) {
+        Some(Bson::String(q)) => q.clone(),
+        _ => fields::DEFAULT_QUEUE.into(),
+    };
+    let mut line = format!("<p>queue <b>{}</b>", esc(&queue_name));
+    if let Some(Bson::String(group)) = job.get(fields::GROUP) {
+        let _ = write!(
+            line,
+            " · group <a id=group href=\"/jobs?status={}&amp;queue={}&amp;group={}\"><b>{}</b></a>",
+            percent_encode(status),
+            percent_encode(&queue_name),
+            percent_encode(group),
+            esc(group)
+        );
+    }
+    line.push_str("</p>");
+    line
+}
+
+/// A job's group as a list shows it: its name, or `—` for the queue's
+/// default group (and for a `group` that is not a string, which the worker
+/// fails with the reason).
+fn group_text(job: &Document) -> String {
+    match job.get(fields::GROUP) {
+        Some(Bson::String(group)) => group.clone(),
+        _ => "—".into(),
+    }
+}
+
 /// The jobs page's table; running jobs get a progress column.
 fn jobs_table(body: &mut String, rows: &[Document], running: bool) {
     body.push_str(if running {
-        "<table><tr><th>id</th><th>queue</th><th>priority</th><th>attempts</th><th>progress</th><th>run_at</th><th>last_error</th></tr>"
+        "<table><tr><th>id</th><th>queue</th><th>group</th><th>priority</th><th>attempts</th><th>progress</th><th>run_at</th><th>last_error</th></tr>"
     } else {
-        "<table><tr><th>id</th><th>queue</th><th>priority</th><th>attempts</th><th>run_at</th><th>last_error</th></tr>"
+        "<table><tr><th>id</th><th>queue</th><th>group</th><th>priority</th><th>attempts</th><th>run_at</th><th>last_error</th></tr>"
     });
     for row in rows.iter().take(PAGE as usize) {
         let id = row.get("_id").cloned().unwrap_or(Bson::Null);
@@ -384,10 +424,11 @@ fn jobs_table(body: &mut String, rows: &[Document], running: bool) {
         };
         let _ = write!(
             body,
-            "<tr><td><a href=\"{}\"><code>{}</code></a></td><td>{}</td><td>{}</td><td>{}</td>{progress}<td>{}</td><td class=err>{}</td></tr>",
+            "<tr><td><a href=\"{}\"><code>{}</code></a></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>{progress}<td>{}</td><td class=err>{}</td></tr>",
             esc(&job_link(&id)),
             esc(&mongoq::schema::id_text(&id)),
             esc(&queue_name),
+            esc(&group_text(row)),
             row.get(fields::PRIORITY).and_then(integer).unwrap_or(0),
             row.get(fields::ATTEMPTS).and_then(integer).unwrap_or(0),
             esc(&fmt_time(row.get(fields::RUN_AT))),
