@@ -10,16 +10,27 @@ ensure_server
 ensure_mongosh
 ensure_chromium
 [ -n "${MONGOQ_CHROMIUM:-}" ] || { log "no chromium: $MONGOQ_SKIP_BROWSER"; exit 1; }
+# The worker and the dashboard are started as the binary itself (not
+# through the shell function below), so their pids are theirs to stop.
 cleanup() {
-  kill ${DASH_PID:-} ${WORK_PID:-} 2>/dev/null || true
-  wait ${DASH_PID:-} ${WORK_PID:-} 2>/dev/null || true
+  local pids="${DASH_PID:-} ${WORK_PID:-}"
+  if [ -n "${pids// /}" ]; then
+    kill $pids 2>/dev/null || true
+    for _ in $(seq 1 50); do
+      kill -0 $pids 2>/dev/null || break
+      sleep 0.2
+    done
+    kill -KILL $pids 2>/dev/null || true
+    wait $pids 2>/dev/null || true
+  fi
   stop_server
 }
 trap cleanup EXIT INT TERM
 start_server
 cargo build --release --quiet
 export MONGODB_URI="$SERVER_URI" MONGOQ_DB=screens
-mongoq() { "$MONGOQ_ROOT/target/release/mongoq" --db screens "$@"; }
+MONGOQ_BIN="$MONGOQ_ROOT/target/release/mongoq"
+mongoq() { "$MONGOQ_BIN" --db screens "$@"; }
 mongoq init >/dev/null
 
 # An hour of history: completions and a few failures per minute.
@@ -94,12 +105,12 @@ def handle(job):
 
 serve(handle)
 PY
-PYTHONPATH="$MONGOQ_ROOT/clients/python" RUST_LOG=warn mongoq work --queue images --threads 4 \
+PYTHONPATH="$MONGOQ_ROOT/clients/python" RUST_LOG=warn "$MONGOQ_BIN" --db screens work --queue images --threads 4 \
   --worker-id render-1:812 --shutdown-grace 1s --pipe /usr/bin/python3 "$handler" >/dev/null 2>&1 &
 WORK_PID=$!
 sleep 6
 port="$(free_port)"
-mongoq dashboard --listen "127.0.0.1:$port" >/dev/null 2>&1 &
+"$MONGOQ_BIN" --db screens dashboard --listen "127.0.0.1:$port" >/dev/null 2>&1 &
 DASH_PID=$!
 sleep 1
 failed="$(mongosh --quiet "$SERVER_URI/screens" --eval 'EJSON.stringify(db.queue.findOne({status: "failed"})._id)')"
