@@ -204,15 +204,37 @@ fn sigterm_mid_run_exits_zero_within_grace_and_leaves_nothing_running() {
 fn sigterm_past_the_grace_period_hands_running_jobs_back() {
     let db = TestDb::new("grace");
     db.enqueue_many(2, &[]);
+    // Each handler marks its start, then runs for 30 s. A job is `running`
+    // from its claim, a moment before a thread starts it (a signal in that
+    // moment hands it back unstarted, with no grace period to run out), so
+    // the test waits for both marks.
+    let started_dir = crate::helpers::tempfile(&format!("{}-started", db.db));
+    let _ = std::fs::remove_dir_all(&started_dir);
+    std::fs::create_dir_all(&started_dir).unwrap();
+    let handler = format!(
+        "touch {}/\"$MONGOQ_JOB_ID\"; exec sleep 30",
+        started_dir.display()
+    );
     let mut worker = db.spawn_worker(&[
         "--threads",
         "2",
-        "--simulate",
-        "30s..30s",
         "--shutdown-grace",
         "1s",
+        "--exec",
+        "sh",
+        "-c",
+        &handler,
     ]);
-    db.wait_for_count(doc! {"status": "running"}, 2, Duration::from_secs(30));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::fs::read_dir(&started_dir).unwrap().count() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "both handlers did not start: {:?}; log:\n{}",
+            db.by_status(),
+            worker.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     worker.signal("TERM");
     let started = Instant::now();
     worker.expect_success(Duration::from_secs(15));
@@ -232,6 +254,7 @@ fn sigterm_past_the_grace_period_hands_running_jobs_back() {
         "{}",
         worker.log_text()
     );
+    let _ = std::fs::remove_dir_all(&started_dir);
 }
 
 #[test]

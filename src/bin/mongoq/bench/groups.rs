@@ -15,6 +15,11 @@
 //!   names an older `mongoq`, the first drain again with it, so what a
 //!   queue without groups costs the server can be read beside what it
 //!   cost before fair share.
+//!
+//! Then [`MANY`] groups of a few jobs each, drained without a group limit,
+//! with a group concurrency of 1, and as ordered groups (one at a time, in
+//! enqueue order: a run in which any group's jobs started out of order, or
+//! before the one before them ended, is not valid).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -66,13 +71,22 @@ enum Mode {
     /// their own insert.
     GroupedLate,
     Baseline(PathBuf),
-    /// `groups` groups of `each` jobs (see [`MANY`]), with a group
-    /// concurrency of 1 or without limits.
+    /// `groups` groups of `each` jobs (see [`MANY`]).
     Many {
         groups: usize,
         each: usize,
-        limited: bool,
+        limit: GroupLimit,
     },
+}
+
+/// What a drain of [`Mode::Many`] holds each group to.
+#[derive(Clone, Copy, PartialEq)]
+enum GroupLimit {
+    None,
+    /// A group concurrency of 1.
+    One,
+    /// Ordered groups (`mongoq limit QUEUE --ordered`).
+    Ordered,
 }
 
 impl Mode {
@@ -88,14 +102,14 @@ impl Mode {
             Mode::Many {
                 groups,
                 each,
-                limited,
+                limit,
             } => format!(
                 "{} groups of {each}, {}",
                 thousands(*groups),
-                if *limited {
-                    "group concurrency 1"
-                } else {
-                    "no group limit"
+                match limit {
+                    GroupLimit::None => "no group limit",
+                    GroupLimit::One => "group concurrency 1",
+                    GroupLimit::Ordered => "ordered",
                 }
             ),
         }
@@ -103,7 +117,7 @@ impl Mode {
 }
 
 /// The drains of many groups: (groups, jobs of each), each drained
-/// without a group limit and with a group concurrency of 1.
+/// without a group limit, with a group concurrency of 1 and ordered.
 pub const MANY: [(usize, usize); 2] = [(1_000, 20), (10_000, 5)];
 
 /// When the small groups arrive in [`Mode::GroupedLate`].
@@ -117,11 +131,11 @@ impl Bench<'_> {
             modes.push(Mode::Baseline(PathBuf::from(baseline)));
         }
         for (groups, each) in MANY {
-            for limited in [false, true] {
+            for limit in [GroupLimit::None, GroupLimit::One, GroupLimit::Ordered] {
                 modes.push(Mode::Many {
                     groups,
                     each,
-                    limited,
+                    limit,
                 });
             }
         }
@@ -142,7 +156,7 @@ impl Bench<'_> {
                         let unlimited = Mode::Many {
                             groups: *groups,
                             each: *each,
-                            limited: false,
+                            limit: GroupLimit::None,
                         }
                         .name();
                         rows.iter()
@@ -179,12 +193,14 @@ impl Bench<'_> {
         let jobs = if let Mode::Many {
             groups,
             each,
-            limited,
+            limit,
         } = mode
         {
             fill_many(&queue, *groups, *each)?;
-            if *limited {
-                queue.set_group_concurrency("default", Some(1))?;
+            match limit {
+                GroupLimit::None => {}
+                GroupLimit::One => queue.set_group_concurrency("default", Some(1))?,
+                GroupLimit::Ordered => queue.set_ordered("default", Some(false))?,
             }
             groups * each
         } else {
@@ -199,8 +215,8 @@ impl Bench<'_> {
             _ => self.config.exe.clone(),
         };
         let meter = ServerMeter::start(&queue, self.config.server_pid);
-        let slots =
-            matches!(mode, Mode::Many { limited: true, .. }).then(|| SlotSampler::start(&queue));
+        let slots = matches!(mode, Mode::Many { limit, .. } if *limit != GroupLimit::None)
+            .then(|| SlotSampler::start(&queue));
         let started = DateTime::now();
         let clock = Instant::now();
         let mut children = Vec::new();
@@ -218,6 +234,16 @@ impl Bench<'_> {
         let peak_slot_documents = slots.map(SlotSampler::stop);
         if failed.is_none() {
             failed = slots_left(&queue);
+        }
+        let ordered = matches!(
+            mode,
+            Mode::Many {
+                limit: GroupLimit::Ordered,
+                ..
+            }
+        );
+        if failed.is_none() && ordered {
+            failed = out_of_order(&queue);
         }
         let result = measure(&queue, started, jobs);
         for companion in [
@@ -324,6 +350,47 @@ fn slots_left(queue: &Queue) -> Option<String> {
     (left > 0).then(|| {
         format!("{left} group slot documents were left after the drain (every slot is given back when its job ends)")
     })
+}
+
+/// In an ordered drain each group's jobs (numbered `n` in enqueue order)
+/// start in order, each after the one before it completed: the first
+/// group found otherwise, if any.
+fn out_of_order(queue: &Queue) -> Option<String> {
+    let read = || -> Result<Vec<Document>, mongodb::error::Error> {
+        queue
+            .collection()
+            .find(doc! {})
+            .projection(doc! {
+                fields::GROUP: 1, "data.n": 1, fields::STATUS: 1,
+                fields::STARTED_AT: 1, fields::COMPLETED_AT: 1,
+            })
+            .sort(doc! {fields::GROUP: 1, "data.n": 1})
+            .run()?
+            .collect()
+    };
+    let jobs = match read() {
+        Ok(jobs) => jobs,
+        Err(e) => return Some(format!("cannot read the jobs to check their order: {e}")),
+    };
+    let mut previous: Option<(String, DateTime)> = None;
+    for job in &jobs {
+        let group = job.get_str(fields::GROUP).unwrap_or("").to_string();
+        let (Ok(started), Ok(completed)) = (
+            job.get_datetime(fields::STARTED_AT),
+            job.get_datetime(fields::COMPLETED_AT),
+        ) else {
+            return Some(format!("a job did not complete: {job}"));
+        };
+        if let Some((last_group, last_completed)) = &previous {
+            if *last_group == group && started < last_completed {
+                return Some(format!(
+                    "group {group}: a job started before the one before it completed: {job}"
+                ));
+            }
+        }
+        previous = Some((group, *completed));
+    }
+    None
 }
 
 /// Counts the group slot documents every 100 ms, keeping the most seen.
