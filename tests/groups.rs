@@ -851,6 +851,71 @@ fn an_ordered_group_runs_in_order_one_at_a_time_through_a_killed_worker() {
     );
 }
 
+/// A fleet drains many ordered groups and stops (`--drain`): each group's
+/// jobs started in order, each after the one before it completed, each
+/// ran once. A worker's window can still list jobs its peers ran since it
+/// was read; those must not wait at its front for ever (they did: the
+/// drain never ended).
+#[test]
+fn a_fleet_drains_many_ordered_groups_in_order_and_stops() {
+    use std::time::Duration;
+    let db = TestDb::new("groups_ordered_fleet");
+    assert!(db.run(&["limit", "default", "--ordered"]).status.success());
+    // Interleaved as producers would: every group's job 0, then job 1, …
+    let jobs: Vec<_> = (0..4)
+        .flat_map(|n| {
+            (0..300).map(
+                move |g| doc! {"data": {"n": n}, "status": "pending", "group": format!("g{g:03}")},
+            )
+        })
+        .collect();
+    db.coll().insert_many(jobs).run().unwrap();
+    let mut workers: Vec<_> = (0..3)
+        .map(|i| {
+            db.spawn_worker(&[
+                "--drain",
+                "--threads",
+                "4",
+                "--worker-id",
+                &format!("ordered-fleet-{i}"),
+                "--simulate",
+                "5ms..5ms",
+            ])
+        })
+        .collect();
+    for worker in &mut workers {
+        worker.expect_success(Duration::from_secs(180));
+    }
+    assert_eq!(
+        db.count(doc! {"status": "completed", "attempts": 1}),
+        1_200,
+        "{:?}",
+        db.by_status()
+    );
+    let mut jobs = db.all(doc! {});
+    jobs.sort_by_key(|job| {
+        (
+            job.get_str("group").unwrap().to_string(),
+            job.get_document("data").unwrap().get_i32("n").unwrap(),
+        )
+    });
+    for pair in jobs.windows(2) {
+        if pair[0].get_str("group") != pair[1].get_str("group") {
+            continue;
+        }
+        let completed = pair[0].get_datetime("completed_at").unwrap();
+        let started = pair[1].get_datetime("started_at").unwrap();
+        // Both times are the workers' reading of the server's clock
+        // (each within a few ms of it).
+        assert!(
+            started.timestamp_millis() + 5 >= completed.timestamp_millis(),
+            "{} started before {} completed",
+            pair[1],
+            pair[0]
+        );
+    }
+}
+
 /// A job of an ordered group that fails for good halts its group: the
 /// jobs after it wait, `stats --groups` says which job halts it, the
 /// metric counts it; `retry-failed` runs it again and the group goes on.

@@ -461,6 +461,10 @@ pub(crate) struct Admitted {
     pub(crate) keys: Vec<crate::fleet::window::Key>,
     /// The candidates of groups at their limit, in their order.
     pub(crate) refused: Vec<crate::fleet::window::Key>,
+    /// Candidates of an ordered queue whose jobs are no longer pending
+    /// (they ended, or a peer runs them) since the window was read:
+    /// dropped from the window, or they would wait at its front for ever.
+    pub(crate) ended: usize,
     /// Slots granted, by group.
     pub(crate) granted: HashMap<String, u32>,
     pub(crate) round_trips: u64,
@@ -499,6 +503,17 @@ impl Gate {
             }),
             _ => true,
         };
+        // A key whose job is no longer pending: its group has no head, or
+        // the head comes after it, or it is the head and running (a peer
+        // claimed it) or failed. The window is only a list of candidates:
+        // a job dropped from it that is pending after all is read again.
+        let ended = |key: &crate::fleet::window::Key| match (&heads, key.group.as_deref()) {
+            (Some(heads), Some(group)) => heads.get(group).is_none_or(|head| {
+                head.is_after(key)
+                    || (head.id == key.id && head.status != crate::schema::Status::Pending.as_str())
+            }),
+            _ => false,
+        };
         let mut wanted: Vec<Want> = Vec::new();
         let mut index: HashMap<&str, usize> = HashMap::new();
         for key in candidates.iter().filter(|k| may_ask(k)) {
@@ -530,9 +545,14 @@ impl Gate {
         let mut left = granted.clone();
         let mut keys = Vec::with_capacity(candidates.len());
         let mut refused = Vec::new();
+        let mut gone = 0;
         for key in candidates {
             if !may_ask(&key) {
-                refused.push(key);
+                if ended(&key) {
+                    gone += 1;
+                } else {
+                    refused.push(key);
+                }
                 continue;
             }
             let limited = key.group.as_deref().filter(|group| self.limited(group));
@@ -550,6 +570,7 @@ impl Gate {
         Ok(Admitted {
             keys,
             refused,
+            ended: gone,
             granted,
             round_trips,
         })

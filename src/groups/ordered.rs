@@ -35,11 +35,24 @@ use crate::queue::filters::queue_condition;
 use crate::queue::Queue;
 use crate::schema::{fields, Status};
 
-/// A group's head: its first job in order, and that job's status.
+/// A group's head: its first job in order, that job's status and its
+/// priority (none counts as 0, as in a window's keys).
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Head {
     pub(crate) id: Bson,
     pub(crate) status: String,
+    pub(crate) rank: Bson,
+}
+
+impl Head {
+    /// Whether `key` (a job of this head's group) comes before the head in
+    /// the group's order: then its job is no longer pending, running or
+    /// failed (it ended), and a window listing it is out of date.
+    pub(crate) fn is_after(&self, key: &crate::fleet::window::Key) -> bool {
+        rank_first(&key.rank, &self.rank)
+            .then_with(|| id_order(&key.id, &self.id))
+            .is_lt()
+    }
 }
 
 /// The statuses that hold a group's place: running and pending jobs, and
@@ -64,6 +77,7 @@ fn heads_pipeline(queue: &str, groups: Bson, continue_on_failure: bool) -> Vec<D
             "_id": format!("${}", fields::GROUP),
             "head": {"$first": "$_id"},
             "status": {"$first": format!("${}", fields::STATUS)},
+            "rank": {"$first": format!("${}", fields::PRIORITY)},
         }},
     ]
 }
@@ -88,6 +102,11 @@ fn read_heads(
                 Head {
                     id: row.get("head")?.clone(),
                     status: row.get_str("status").ok()?.to_string(),
+                    rank: row
+                        .get("rank")
+                        .filter(|rank| !matches!(rank, Bson::Null))
+                        .cloned()
+                        .unwrap_or(Bson::Int32(0)),
                 },
             ))
         })
@@ -234,5 +253,27 @@ mod tests {
             .map(|k| k.id.as_i64().unwrap())
             .collect();
         assert_eq!(ordered, vec![1, 10, 2, 11, 3]);
+    }
+
+    #[test]
+    fn a_key_before_its_groups_head_is_out_of_date() {
+        let head = Head {
+            id: Bson::Int64(5),
+            status: "pending".into(),
+            rank: Bson::Int32(0),
+        };
+        let key = |id: i64, rank: i32| Key {
+            id: Bson::Int64(id),
+            rank: Bson::Int32(rank),
+            group: Some("a".into()),
+        };
+        // Enqueued before the head, same priority: it ended.
+        assert!(head.is_after(&key(4, 0)));
+        // The head itself, and jobs behind it, are not.
+        assert!(!head.is_after(&key(5, 0)));
+        assert!(!head.is_after(&key(6, 0)));
+        // A higher priority comes first whatever its `_id`; a lower after.
+        assert!(head.is_after(&key(9, 1)));
+        assert!(!head.is_after(&key(1, -1)));
     }
 }

@@ -27,7 +27,9 @@ impl Claimer {
     /// admitted are claimed, the refused go to the back of the window
     /// (their groups' slots free up as jobs finish; the jobs behind them
     /// are not held up meanwhile), or, in an ordered queue, back where they
-    /// were (a group's next job must stay its first key).
+    /// were (a group's next job must stay its first key). In an ordered
+    /// queue, keys of jobs no longer pending (a peer ran them, or runs
+    /// them) are dropped: put back, they would stay in front for ever.
     pub(super) fn gated(&mut self, candidates: Vec<Key>) -> Result<Vec<Key>, Error> {
         let Some(gate) = &self.gate else {
             return Ok(candidates);
@@ -36,10 +38,11 @@ impl Claimer {
         let admitted = gate.admit(&self.queue, candidates)?;
         self.round_trips += admitted.round_trips;
         log::debug!(
-            "group limits: {} of {asked} candidates admitted ({} slots granted), {} wait",
+            "group limits: {} of {asked} candidates admitted ({} slots granted), {} wait, {} no longer pending",
             admitted.keys.len(),
             admitted.granted.values().sum::<u32>(),
-            admitted.refused.len()
+            admitted.refused.len(),
+            admitted.ended
         );
         for (group, n) in admitted.granted {
             *self.granted.entry(group).or_insert(0) += n;
@@ -47,7 +50,7 @@ impl Claimer {
         if admitted.keys.is_empty() && !admitted.refused.is_empty() {
             self.at_group_limit = true;
         }
-        if !admitted.refused.is_empty() {
+        if !admitted.refused.is_empty() || admitted.ended > 0 {
             if gate.control.ordered {
                 // In order, where they were: a group's next job is the
                 // first of its keys in the window.
