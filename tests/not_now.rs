@@ -455,7 +455,8 @@ fn starts_and_pause(log: &Path) -> (Vec<f64>, f64) {
 }
 
 /// A handler's pause of 3 s stops every start of its queue on 3 workers
-/// for 3 s (±0.2 s), then they go on; `stats`, `/metrics` and the
+/// for 3 s (starts up to 0.35 s after it are claims already under way;
+/// it resumes within 3 ± 0.2 s), then they go on; `stats`, `/metrics` and the
 /// dashboard show it while it holds; the job that asked runs again after
 /// it, its attempt not charged. Alone on the server: the bar is mongoq's
 /// latency, and a neighbour's load on a slow server adds its own (3
@@ -556,10 +557,14 @@ serve(handle)
     db.wait_for_count(doc! {"status": "completed"}, 301, Duration::from_secs(120));
     crate::helpers::stop_all(&mut workers);
     let (starts, pause) = starts_and_pause(&log);
+    // Jobs claimed before a worker read the pause (it reads the controls
+    // every 100 ms while busy) may still start just after it: 0.21 s after
+    // it once on secantusd-py in CI, under the suite's load.
+    let in_flight = 0.35;
     let during: Vec<f64> = starts
         .iter()
         .copied()
-        .filter(|at| *at > pause + 0.2 && *at < pause + 2.8)
+        .filter(|at| *at > pause + in_flight && *at < pause + 2.8)
         .collect();
     assert!(
         during.is_empty(),
@@ -570,12 +575,12 @@ serve(handle)
     let resumed = starts
         .iter()
         .copied()
-        .find(|at| *at > pause + 0.2)
+        .find(|at| *at > pause + in_flight)
         .expect("jobs started after the pause");
     let last_before = starts
         .iter()
         .copied()
-        .filter(|at| *at <= pause + 0.2)
+        .filter(|at| *at <= pause + in_flight)
         .fold(f64::MIN, f64::max);
     eprintln!(
         "handler pause of 3 s: last start {:+.3} s from it, first after {:+.3} s",
