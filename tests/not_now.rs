@@ -559,7 +559,7 @@ serve(handle)
     let (starts, pause) = starts_and_pause(&log);
     // Jobs claimed before a worker read the pause (it reads the controls
     // every 100 ms while busy) may still start just after it: 0.21 s after
-    // it once on secantusd-py in CI, under the suite's load.
+    // it once on secantusd-py in CI.
     let in_flight = 0.35;
     let during: Vec<f64> = starts
         .iter()
