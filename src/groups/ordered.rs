@@ -49,9 +49,7 @@ impl Head {
     /// the group's order: then its job is no longer pending, running or
     /// failed (it ended), and a window listing it is out of date.
     pub(crate) fn is_after(&self, key: &crate::fleet::window::Key) -> bool {
-        rank_first(&key.rank, &self.rank)
-            .then_with(|| id_order(&key.id, &self.id))
-            .is_lt()
+        group_order((&key.rank, &key.id), (&self.rank, &self.id)).is_lt()
     }
 }
 
@@ -196,12 +194,18 @@ pub(crate) fn in_group_order(
         }
         let mut own: Vec<crate::fleet::window::Key> =
             places.iter().filter_map(|&at| slots[at].take()).collect();
-        own.sort_by(|a, b| rank_first(&a.rank, &b.rank).then_with(|| id_order(&a.id, &b.id)));
+        own.sort_by(|a, b| group_order((&a.rank, &a.id), (&b.rank, &b.id)));
         for (at, key) in places.into_iter().zip(own) {
             slots[at] = Some(key);
         }
     }
     slots.into_iter().flatten().collect()
+}
+
+/// A group's order of two jobs given as (rank, `_id`): higher ranks first,
+/// then `_id`s.
+fn group_order(a: (&Bson, &Bson), b: (&Bson, &Bson)) -> std::cmp::Ordering {
+    rank_first(a.0, b.0).then_with(|| id_order(a.1, b.1))
 }
 
 /// Higher ranks first (numbers; anything else before them).

@@ -361,7 +361,7 @@ fn out_of_order(queue: &Queue) -> Option<String> {
             .collection()
             .find(doc! {})
             .projection(doc! {
-                fields::GROUP: 1, "data.n": 1, fields::STATUS: 1,
+                fields::GROUP: 1, "data.n": 1,
                 fields::STARTED_AT: 1, fields::COMPLETED_AT: 1,
             })
             .sort(doc! {fields::GROUP: 1, "data.n": 1})
