@@ -17,10 +17,10 @@ const PARENT: &str = "00f067aa0ba902b7";
 
 /// An OTLP/HTTP receiver on `port` that appends each request's JSON body,
 /// one per line, to `file`; killed when dropped.
-struct Receiver(Child);
+pub(crate) struct Receiver(Child);
 
 impl Receiver {
-    fn start(db: &TestDb, port: u16, file: &std::path::Path) -> Receiver {
+    pub(crate) fn start(db: &TestDb, port: u16, file: &std::path::Path) -> Receiver {
         let code = format!(
             r#"import http.server, sys
 class H(http.server.BaseHTTPRequestHandler):
@@ -63,7 +63,7 @@ impl Drop for Receiver {
 }
 
 /// Every span the receiver got: `(span, its resource's attributes)`.
-fn spans(file: &std::path::Path) -> Vec<(serde_json::Value, serde_json::Value)> {
+pub(crate) fn spans(file: &std::path::Path) -> Vec<(serde_json::Value, serde_json::Value)> {
     let text = std::fs::read_to_string(file).unwrap_or_default();
     let mut all = Vec::new();
     for line in text.lines() {
@@ -82,7 +82,7 @@ fn spans(file: &std::path::Path) -> Vec<(serde_json::Value, serde_json::Value)> 
 }
 
 /// An attribute's value as text (`stringValue`, or `intValue`).
-fn attribute(attributes: &serde_json::Value, key: &str) -> Option<String> {
+pub(crate) fn attribute(attributes: &serde_json::Value, key: &str) -> Option<String> {
     let found = attributes
         .as_array()?
         .iter()

@@ -281,7 +281,7 @@ fn take_pipeline(
         i64::try_from((rate.per + starts.margin).as_millis()).unwrap_or(i64::MAX)
     };
     if let Some((rate, starts)) = ask.rate {
-        // Starts kept: the last `n`; those at or after the cutoff count.
+        // Starts kept: the latest `n`; those at or after the cutoff count.
         let cutoff = DateTime::from_millis(starts.at.timestamp_millis() - window(rate, starts));
         bounds.push(Bson::Document(doc! {"$subtract": [
             i64::from(rate.count),
@@ -300,12 +300,24 @@ fn take_pipeline(
     };
     let mut keep = until;
     if let Some((rate, starts)) = ask.rate {
+        // The latest `n` starts by time, oldest first: the new ones go in
+        // their place in time, not at the end. Claims reserve their
+        // instants with different leads, so a later take can reserve an
+        // earlier instant; appending it and keeping the last `n` would drop
+        // a later start that still counts, and a window would see more.
+        let starts_where = |op: &str| {
+            doc! {"$filter": {
+                "input": {"$ifNull": ["$starts", []]},
+                "cond": {op: ["$$this", starts.at]},
+            }}
+        };
         set.insert(
             "starts",
             doc! {"$slice": [
                 {"$concatArrays": [
-                    {"$ifNull": ["$starts", []]},
+                    starts_where("$lte"),
                     {"$map": {"input": {"$range": [0, "$grant"]}, "in": starts.at}},
+                    starts_where("$gt"),
                 ]},
                 -i64::from(rate.count),
             ]},
