@@ -1024,6 +1024,36 @@ fn a_failed_job_halts_its_ordered_group_until_it_is_retried() {
     );
 }
 
+/// A drain of an ordered queue ends when all that is left waits behind a
+/// halted group: the other groups drained, the halted group's later jobs
+/// stay pending for the operator, and the log says why.
+#[test]
+fn a_drain_ends_leaving_a_halted_groups_jobs_pending() {
+    let db = TestDb::new("groups_halt_drain");
+    assert!(db.run(&["limit", "default", "--ordered"]).status.success());
+    let jobs: Vec<_> = (0..4)
+        .map(|n| doc! {"data": n, "status": "pending", "group": "h"})
+        .chain((0..3).map(|n| doc! {"data": n, "status": "pending", "group": "g"}))
+        .collect();
+    let ids = db.coll().insert_many(jobs).run().unwrap().inserted_ids;
+    let failing = ids[&1].as_object_id().unwrap().to_hex();
+    let script = format!("if [ \"$MONGOQ_JOB_ID\" = '{failing}' ]; then exit 3; fi");
+    let worker = db.drain(&["--threads", "2", "--exec", "sh", "-c", &script]);
+    assert_eq!(db.count(doc! {"group": "g", "status": "completed"}), 3);
+    assert_eq!(db.count(doc! {"group": "h", "status": "completed"}), 1);
+    assert_eq!(db.count(doc! {"group": "h", "status": "failed"}), 1);
+    assert_eq!(
+        db.count(doc! {"group": "h", "status": "pending", "attempts": {"$in": [0, null]}}),
+        2,
+        "the jobs after the failed one wait, never started"
+    );
+    let log = worker.log_text();
+    assert!(
+        log.contains("1 ordered group(s) halted by a failed job"),
+        "{log}"
+    );
+}
+
 /// Weights: a group with a weight of 3 takes three turns for each of an
 /// unweighted group's, here 3 of every 4 starts while both have jobs.
 #[test]

@@ -477,6 +477,10 @@ pub(crate) struct Admitted {
     /// (they ended, or a peer runs them) since the window was read:
     /// dropped from the window, or they would wait at its front for ever.
     pub(crate) ended: usize,
+    /// Candidates of halted ordered groups (their head failed for good):
+    /// dropped from the window too, as nothing of theirs can start until
+    /// an operator retries or cancels the failed job.
+    pub(crate) halted: usize,
     /// Slots granted, by group.
     pub(crate) granted: HashMap<String, u32>,
     pub(crate) round_trips: u64,
@@ -526,6 +530,12 @@ impl Gate {
             }),
             _ => false,
         };
+        let halted = |key: &crate::fleet::window::Key| match (&heads, key.group.as_deref()) {
+            (Some(heads), Some(group)) => heads
+                .get(group)
+                .is_some_and(|head| head.status == crate::schema::Status::Failed.as_str()),
+            _ => false,
+        };
         let mut wanted: Vec<Want> = Vec::new();
         let mut index: HashMap<&str, usize> = HashMap::new();
         for key in candidates.iter().filter(|k| may_ask(k)) {
@@ -558,10 +568,13 @@ impl Gate {
         let mut keys = Vec::with_capacity(candidates.len());
         let mut refused = Vec::new();
         let mut gone = 0;
+        let mut stopped = 0;
         for key in candidates {
             if !may_ask(&key) {
                 if ended(&key) {
                     gone += 1;
+                } else if halted(&key) {
+                    stopped += 1;
                 } else {
                     refused.push(key);
                 }
@@ -583,6 +596,7 @@ impl Gate {
             keys,
             refused,
             ended: gone,
+            halted: stopped,
             granted,
             round_trips,
         })

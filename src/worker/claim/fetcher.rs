@@ -479,28 +479,76 @@ impl Fetcher {
         // its whole window to other workers, or failed a job it could not
         // take. Two exact index seeks (one job each), cheaper than one `$or`;
         // running first, so a job that goes back to pending in between is
-        // seen by the second.
+        // seen by the second (and between them, for an ordered queue, a
+        // read of its halted groups, whose jobs the second leaves out).
         let queues = &self.config.queues;
-        let left = [
-            doc! {fields::STATUS: Status::Running, fields::QUEUE: queue_condition(queues)},
-            eligible_in(queues, self.queue.clock().passed()),
-        ];
-        for filter in left {
-            let found = retry_until_stopped(shutdown, "looking for jobs left", || {
-                self.queue
-                    .collection()
-                    .find_one(filter.clone())
-                    .projection(doc! {"_id": 1})
-                    .run()
-                    .map_err(|e| self.queue.db_error("find (jobs left)", &e))
-            });
-            match found {
-                Some(None) => {}
-                // One left, or stopping.
-                _ => return false,
-            }
+        let running =
+            doc! {fields::STATUS: Status::Running, fields::QUEUE: queue_condition(queues)};
+        if !self.none_left(shutdown, running) {
+            return false;
+        }
+        let mut eligible = eligible_in(queues, self.queue.clock().passed());
+        // The jobs of a halted ordered group wait for an operator, not for
+        // this drain: they are left pending.
+        let Some(halted) =
+            retry_until_stopped(shutdown, "reading halted groups", || self.halted_groups())
+        else {
+            return false;
+        };
+        let groups: usize = halted.iter().map(|(_, groups)| groups.len()).sum();
+        if groups > 0 {
+            let halted: Vec<_> = halted
+                .into_iter()
+                .map(|(name, groups)| {
+                    doc! {fields::QUEUE: queue_condition(&[name]), fields::GROUP: {"$in": groups}}
+                })
+                .collect();
+            eligible.insert("$nor", halted);
+        }
+        if !self.none_left(shutdown, eligible) {
+            return false;
+        }
+        if groups > 0 {
+            log::info!(
+                "--drain: {groups} ordered group(s) halted by a failed job keep their pending jobs (`mongoq stats --groups` lists them; retry-failed or cancel lets a group go on)"
+            );
         }
         true
+    }
+
+    /// Whether no job matches `filter` (`false` also when stopping).
+    fn none_left(&self, shutdown: &Shutdown, filter: mongodb::bson::Document) -> bool {
+        let found = retry_until_stopped(shutdown, "looking for jobs left", || {
+            self.queue
+                .collection()
+                .find_one(filter.clone())
+                .projection(doc! {"_id": 1})
+                .run()
+                .map_err(|e| self.queue.db_error("find (jobs left)", &e))
+        });
+        matches!(found, Some(None))
+    }
+
+    /// The halted groups of each drained ordered queue (an operator's read
+    /// of the queue's grouped jobs; only at a drain's last look).
+    fn halted_groups(&self) -> Result<Vec<(String, Vec<String>)>, crate::error::Error> {
+        let mut halted = Vec::new();
+        for control in self.controls.all() {
+            if !control.ordered || control.continue_on_failure {
+                continue;
+            }
+            if !self.config.queues.contains(&control.queue) {
+                continue;
+            }
+            let groups = crate::groups::ordered::halted(&self.queue, &control.queue)?;
+            if !groups.is_empty() {
+                halted.push((
+                    control.queue.clone(),
+                    groups.into_iter().map(|(group, _)| group).collect(),
+                ));
+            }
+        }
+        Ok(halted)
     }
 
     /// Turns claimed documents into jobs for the threads; malformed ones and

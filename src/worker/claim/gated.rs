@@ -29,7 +29,9 @@ impl Claimer {
     /// are not held up meanwhile), or, in an ordered queue, back where they
     /// were (a group's next job must stay its first key). In an ordered
     /// queue, keys of jobs no longer pending (a peer ran them, or runs
-    /// them) are dropped: put back, they would stay in front for ever.
+    /// them) and of halted groups are dropped: put back, they would stay
+    /// in front for ever (a halted group's jobs are read again with the
+    /// next window, and dropped again until the group goes on).
     pub(super) fn gated(&mut self, candidates: Vec<Key>) -> Result<Vec<Key>, Error> {
         let Some(gate) = &self.gate else {
             return Ok(candidates);
@@ -38,11 +40,12 @@ impl Claimer {
         let admitted = gate.admit(&self.queue, candidates)?;
         self.round_trips += admitted.round_trips;
         log::debug!(
-            "group limits: {} of {asked} candidates admitted ({} slots granted), {} wait, {} no longer pending",
+            "group limits: {} of {asked} candidates admitted ({} slots granted), {} wait, {} no longer pending, {} of halted groups",
             admitted.keys.len(),
             admitted.granted.values().sum::<u32>(),
             admitted.refused.len(),
-            admitted.ended
+            admitted.ended,
+            admitted.halted
         );
         for (group, n) in admitted.granted {
             *self.granted.entry(group).or_insert(0) += n;
@@ -50,7 +53,7 @@ impl Claimer {
         if admitted.keys.is_empty() && !admitted.refused.is_empty() {
             self.at_group_limit = true;
         }
-        if !admitted.refused.is_empty() || admitted.ended > 0 {
+        if !admitted.refused.is_empty() || admitted.ended > 0 || admitted.halted > 0 {
             if gate.control.ordered {
                 // In order, where they were: a group's next job is the
                 // first of its keys in the window.
