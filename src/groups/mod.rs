@@ -20,6 +20,7 @@
 use std::collections::BTreeMap;
 
 pub(crate) mod fair;
+pub(crate) mod gate;
 pub mod limits;
 pub mod ordered;
 

@@ -56,12 +56,13 @@ use crate::error::Error;
 use crate::fleet::share::{owns, Share};
 use crate::fleet::window::{Key, SharedWindow};
 use crate::groups::fair::Turns;
-use crate::groups::limits::Gate;
+use crate::groups::gate::Gate;
 use crate::queue::Queue;
 use ahead::Freshness;
 use reader::{Reader, Source};
 
 mod ahead;
+mod drain;
 pub(crate) mod fetcher;
 mod gated;
 pub(crate) mod keys;
