@@ -1024,9 +1024,11 @@ fn a_failed_job_halts_its_ordered_group_until_it_is_retried() {
     );
 }
 
-/// A drain of an ordered queue ends when all that is left waits behind a
-/// halted group: the other groups drained, the halted group's later jobs
-/// stay pending for the operator, and the log says why.
+/// A drain of an ordered queue ends when all that is left waits behind
+/// halted groups: the other groups drained, the halted groups' later jobs
+/// stay pending for the operator, and the log says why. In group `p` a
+/// job of a higher priority enqueued later comes first: its failure halts
+/// the job enqueued before it.
 #[test]
 fn a_drain_ends_leaving_a_halted_groups_jobs_pending() {
     let db = TestDb::new("groups_halt_drain");
@@ -1034,10 +1036,18 @@ fn a_drain_ends_leaving_a_halted_groups_jobs_pending() {
     let jobs: Vec<_> = (0..4)
         .map(|n| doc! {"data": n, "status": "pending", "group": "h"})
         .chain((0..3).map(|n| doc! {"data": n, "status": "pending", "group": "g"}))
+        .chain([
+            doc! {"data": "first in", "status": "pending", "group": "p"},
+            doc! {"data": "urgent", "status": "pending", "group": "p", "priority": 3},
+        ])
         .collect();
     let ids = db.coll().insert_many(jobs).run().unwrap().inserted_ids;
-    let failing = ids[&1].as_object_id().unwrap().to_hex();
-    let script = format!("if [ \"$MONGOQ_JOB_ID\" = '{failing}' ]; then exit 3; fi");
+    let id = |n: usize| ids[&n].as_object_id().unwrap().to_hex();
+    let script = format!(
+        "case \"$MONGOQ_JOB_ID\" in {}|{}) exit 3;; esac",
+        id(1),
+        id(8)
+    );
     let worker = db.drain(&["--threads", "2", "--exec", "sh", "-c", &script]);
     assert_eq!(db.count(doc! {"group": "g", "status": "completed"}), 3);
     assert_eq!(db.count(doc! {"group": "h", "status": "completed"}), 1);
@@ -1047,9 +1057,18 @@ fn a_drain_ends_leaving_a_halted_groups_jobs_pending() {
         2,
         "the jobs after the failed one wait, never started"
     );
+    assert_eq!(
+        db.count(doc! {"group": "p", "status": "failed", "priority": 3}),
+        1
+    );
+    assert_eq!(
+        db.count(doc! {"group": "p", "status": "pending", "attempts": {"$in": [0, null]}}),
+        1,
+        "the job enqueued first waits behind the urgent one that failed"
+    );
     let log = worker.log_text();
     assert!(
-        log.contains("1 ordered group(s) halted by a failed job"),
+        log.contains("2 ordered group(s) halted by a failed job"),
         "{log}"
     );
 }
