@@ -2,7 +2,7 @@
 //! limits passes the candidates it took from the window through it. One
 //! take ([`super::limits::take`]) asks slots (and rate starts) for the
 //! limited groups among them; in an ordered queue one heads read
-//! ([`super::ordered::heads_of`]) first admits only each group's head.
+//! ([`super::ordered::heads`]) first admits only each group's head.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -56,11 +56,15 @@ impl Gate {
         // Ordered: only a group's head may start (see `super::ordered`), so
         // slots are asked for heads only.
         let heads = if self.control.ordered {
+            let mut groups: Vec<String> =
+                candidates.iter().filter_map(|k| k.group.clone()).collect();
+            groups.sort();
+            groups.dedup();
             round_trips += 1;
-            Some(super::ordered::heads_of(
+            Some(super::ordered::heads(
                 queue,
                 &self.control.queue,
-                &candidates,
+                &groups,
                 self.control.continue_on_failure,
             )?)
         } else {
