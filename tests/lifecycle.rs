@@ -200,14 +200,13 @@ fn sigterm_mid_run_exits_zero_within_grace_and_leaves_nothing_running() {
     }
 }
 
-#[test]
-fn sigterm_past_the_grace_period_hands_running_jobs_back() {
-    let db = TestDb::new("grace");
+/// A worker of 2 threads (with `flags`) whose handlers each mark their
+/// start, then run for 30 s, once both have started. A job is `running`
+/// from its claim, a moment before a thread starts it (a signal in that
+/// moment hands it back unstarted, with nothing left to wait for), so a
+/// test of what a signal does to running handlers waits for both marks.
+fn worker_with_two_handlers_started(db: &TestDb, flags: &[&str]) -> crate::helpers::Worker {
     db.enqueue_many(2, &[]);
-    // Each handler marks its start, then runs for 30 s. A job is `running`
-    // from its claim, a moment before a thread starts it (a signal in that
-    // moment hands it back unstarted, with no grace period to run out), so
-    // the test waits for both marks.
     let started_dir = crate::helpers::tempfile(&format!("{}-started", db.db));
     let _ = std::fs::remove_dir_all(&started_dir);
     std::fs::create_dir_all(&started_dir).unwrap();
@@ -215,16 +214,10 @@ fn sigterm_past_the_grace_period_hands_running_jobs_back() {
         "touch {}/\"$MONGOQ_JOB_ID\"; exec sleep 30",
         started_dir.display()
     );
-    let mut worker = db.spawn_worker(&[
-        "--threads",
-        "2",
-        "--shutdown-grace",
-        "1s",
-        "--exec",
-        "sh",
-        "-c",
-        &handler,
-    ]);
+    let mut args = vec!["--threads", "2"];
+    args.extend_from_slice(flags);
+    args.extend(["--exec", "sh", "-c", &handler]);
+    let worker = db.spawn_worker(&args);
     let deadline = Instant::now() + Duration::from_secs(30);
     while std::fs::read_dir(&started_dir).unwrap().count() < 2 {
         assert!(
@@ -235,6 +228,14 @@ fn sigterm_past_the_grace_period_hands_running_jobs_back() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+    let _ = std::fs::remove_dir_all(&started_dir);
+    worker
+}
+
+#[test]
+fn sigterm_past_the_grace_period_hands_running_jobs_back() {
+    let db = TestDb::new("grace");
+    let mut worker = worker_with_two_handlers_started(&db, &["--shutdown-grace", "1s"]);
     worker.signal("TERM");
     let started = Instant::now();
     worker.expect_success(Duration::from_secs(15));
@@ -254,27 +255,21 @@ fn sigterm_past_the_grace_period_hands_running_jobs_back() {
         "{}",
         worker.log_text()
     );
-    let _ = std::fs::remove_dir_all(&started_dir);
 }
 
 #[test]
 fn a_second_signal_exits_at_once() {
     let db = TestDb::new("second_signal");
-    db.enqueue_many(2, &[]);
-    let mut worker = db.spawn_worker(&[
-        "--threads",
-        "2",
-        "--simulate",
-        "30s..30s",
-        "--shutdown-grace",
-        "60s",
-    ]);
-    db.wait_for_count(doc! {"status": "running"}, 2, Duration::from_secs(30));
+    let mut worker = worker_with_two_handlers_started(&db, &["--shutdown-grace", "60s"]);
     worker.signal("INT");
     std::thread::sleep(Duration::from_millis(300));
     worker.signal("INT");
     let status = worker.wait(Duration::from_secs(5));
-    assert!(!status.success());
+    assert!(
+        !status.success(),
+        "the second signal should end the worker at once, not after its handlers; log:\n{}",
+        worker.log_text()
+    );
 }
 
 #[test]
