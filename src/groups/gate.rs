@@ -8,8 +8,11 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use super::limits::{take, GroupSlots, Starts, Want};
+use super::ordered::Head;
 use crate::error::Error;
+use crate::fleet::window::Key;
 use crate::queue::Queue;
+use crate::schema::Status;
 
 /// What a claim of a queue with group limits passes its candidates
 /// through: it takes slots for their limited groups and admits each
@@ -27,9 +30,9 @@ pub(crate) struct Gate {
 /// What [`Gate::admit`] decided.
 pub(crate) struct Admitted {
     /// The candidates to claim, in their order.
-    pub(crate) keys: Vec<crate::fleet::window::Key>,
+    pub(crate) keys: Vec<Key>,
     /// The candidates of groups at their limit, in their order.
-    pub(crate) refused: Vec<crate::fleet::window::Key>,
+    pub(crate) refused: Vec<Key>,
     /// Candidates of an ordered queue whose jobs are no longer pending
     /// (they ended, or a peer runs them) since the window was read:
     /// dropped from the window, or they would wait at its front for ever.
@@ -43,15 +46,54 @@ pub(crate) struct Admitted {
     pub(crate) round_trips: u64,
 }
 
+/// Where a candidate stands in its ordered group (any candidate of a
+/// queue that is not ordered, or of no group, may start: `Head`).
+enum Standing {
+    /// Its group's head, pending: it may ask for a slot.
+    Head,
+    /// No longer pending since the window was read: dropped.
+    Ended,
+    /// Behind a head that failed for good: dropped.
+    Halted,
+    /// Behind a pending or running head: it waits.
+    Behind,
+}
+
+impl Standing {
+    /// Where `key` stands against its group's head in `heads` (`None`: the
+    /// queue is not ordered). A key whose job is no longer pending has
+    /// ended: its group has no head, or the head comes after it, or it is
+    /// the head and running (a peer claimed it) or failed. The window is
+    /// only a list of candidates: a job dropped from it that is pending
+    /// after all is read again.
+    fn of(heads: Option<&HashMap<String, Head>>, key: &Key) -> Standing {
+        let (Some(heads), Some(group)) = (heads, key.group.as_deref()) else {
+            return Standing::Head;
+        };
+        let Some(head) = heads.get(group) else {
+            return Standing::Ended;
+        };
+        if head.id == key.id {
+            if head.status == Status::Pending.as_str() {
+                Standing::Head
+            } else {
+                Standing::Ended
+            }
+        } else if head.is_after(key) {
+            Standing::Ended
+        } else if head.status == Status::Failed.as_str() {
+            Standing::Halted
+        } else {
+            Standing::Behind
+        }
+    }
+}
+
 impl Gate {
     /// Takes slots for the limited groups among `candidates` (one round
     /// trip for all of them, one to read the grants) and splits the
     /// candidates into those admitted and those refused.
-    pub(crate) fn admit(
-        &self,
-        queue: &Queue,
-        candidates: Vec<crate::fleet::window::Key>,
-    ) -> Result<Admitted, Error> {
+    pub(crate) fn admit(&self, queue: &Queue, candidates: Vec<Key>) -> Result<Admitted, Error> {
         let mut round_trips = 0;
         // Ordered: only a group's head may start (see `super::ordered`), so
         // slots are asked for heads only.
@@ -70,32 +112,13 @@ impl Gate {
         } else {
             None
         };
-        let may_ask = |key: &crate::fleet::window::Key| match (&heads, key.group.as_deref()) {
-            (Some(heads), Some(group)) => heads.get(group).is_some_and(|head| {
-                head.id == key.id && head.status == crate::schema::Status::Pending.as_str()
-            }),
-            _ => true,
-        };
-        // A key whose job is no longer pending: its group has no head, or
-        // the head comes after it, or it is the head and running (a peer
-        // claimed it) or failed. The window is only a list of candidates:
-        // a job dropped from it that is pending after all is read again.
-        let ended = |key: &crate::fleet::window::Key| match (&heads, key.group.as_deref()) {
-            (Some(heads), Some(group)) => heads.get(group).is_none_or(|head| {
-                head.is_after(key)
-                    || (head.id == key.id && head.status != crate::schema::Status::Pending.as_str())
-            }),
-            _ => false,
-        };
-        let halted = |key: &crate::fleet::window::Key| match (&heads, key.group.as_deref()) {
-            (Some(heads), Some(group)) => heads
-                .get(group)
-                .is_some_and(|head| head.status == crate::schema::Status::Failed.as_str()),
-            _ => false,
-        };
+        let standing = |key: &Key| Standing::of(heads.as_ref(), key);
         let mut wanted: Vec<Want> = Vec::new();
         let mut index: HashMap<&str, usize> = HashMap::new();
-        for key in candidates.iter().filter(|k| may_ask(k)) {
+        for key in candidates
+            .iter()
+            .filter(|k| matches!(standing(k), Standing::Head))
+        {
             let Some(group) = key.group.as_deref().filter(|g| self.limited(g)) else {
                 continue;
             };
@@ -127,15 +150,20 @@ impl Gate {
         let mut gone = 0;
         let mut stopped = 0;
         for key in candidates {
-            if !may_ask(&key) {
-                if ended(&key) {
+            match standing(&key) {
+                Standing::Head => {}
+                Standing::Ended => {
                     gone += 1;
-                } else if halted(&key) {
-                    stopped += 1;
-                } else {
-                    refused.push(key);
+                    continue;
                 }
-                continue;
+                Standing::Halted => {
+                    stopped += 1;
+                    continue;
+                }
+                Standing::Behind => {
+                    refused.push(key);
+                    continue;
+                }
             }
             let limited = key.group.as_deref().filter(|group| self.limited(group));
             match limited {
@@ -170,5 +198,46 @@ impl Gate {
         for (group, n) in left {
             self.slots.free(&self.control.queue, group, *n);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use mongodb::bson::Bson;
+
+    use super::*;
+
+    #[test]
+    fn a_candidate_stands_as_its_groups_head_says() {
+        let key = |id: i64, group: Option<&str>| Key {
+            id: Bson::Int64(id),
+            rank: Bson::Int32(0),
+            group: group.map(str::to_string),
+        };
+        let head = |id: i64, status: &str| Head {
+            id: Bson::Int64(id),
+            status: status.into(),
+            rank: Bson::Int32(0),
+        };
+        let is = |heads: Option<&HashMap<String, Head>>, k: &Key| match Standing::of(heads, k) {
+            Standing::Head => "head",
+            Standing::Ended => "ended",
+            Standing::Halted => "halted",
+            Standing::Behind => "behind",
+        };
+        // Not ordered, or no group: any candidate may start.
+        assert_eq!(is(None, &key(1, Some("a"))), "head");
+        let mut heads = HashMap::from([("a".to_string(), head(5, "pending"))]);
+        assert_eq!(is(Some(&heads), &key(1, None)), "head");
+        assert_eq!(is(Some(&heads), &key(5, Some("a"))), "head");
+        assert_eq!(is(Some(&heads), &key(6, Some("a"))), "behind");
+        assert_eq!(is(Some(&heads), &key(4, Some("a"))), "ended");
+        assert_eq!(is(Some(&heads), &key(1, Some("b"))), "ended", "no head");
+        heads.insert("a".into(), head(5, "running"));
+        assert_eq!(is(Some(&heads), &key(5, Some("a"))), "ended");
+        assert_eq!(is(Some(&heads), &key(6, Some("a"))), "behind");
+        heads.insert("a".into(), head(5, "failed"));
+        assert_eq!(is(Some(&heads), &key(5, Some("a"))), "ended");
+        assert_eq!(is(Some(&heads), &key(6, Some("a"))), "halted");
     }
 }
